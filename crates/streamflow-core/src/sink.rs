@@ -1,0 +1,36 @@
+//! The sink trait: where records leave a pipeline.
+
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+
+use crate::Result;
+
+/// One instance of a sink.
+///
+/// Transactional sinks stage data on [`pre_commit`](Sink::pre_commit) and
+/// publish it on [`commit`](Sink::commit) once the checkpoint is complete; a
+/// commit replayed after a crash must be a no-op. Sinks that do not override
+/// them are at-least-once.
+#[async_trait]
+pub trait Sink: Send {
+    /// Writes one batch.
+    async fn write(&mut self, batch: RecordBatch) -> Result<()>;
+
+    /// Stages everything written so far as part of checkpoint `checkpoint`.
+    async fn pre_commit(&mut self, _checkpoint: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Publishes what was staged for `checkpoint`.
+    async fn commit(&mut self, _checkpoint: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Discards what was staged for `checkpoint`.
+    async fn abort(&mut self, _checkpoint: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// End of input: flush and close.
+    async fn finish(&mut self) -> Result<()>;
+}

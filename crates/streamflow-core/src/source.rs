@@ -1,0 +1,52 @@
+//! The source trait: where records enter a pipeline.
+
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+
+use crate::{DeadLetter, Result};
+
+/// What a source produced for one pull: a batch of good records (if any) and
+/// the records it could not decode.
+#[derive(Debug, Default)]
+pub struct SourceBatch {
+    /// Decoded records, in the source's schema.
+    pub data: Option<RecordBatch>,
+    /// Records that failed decoding, with file, line and reason.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+/// One instance of a source. The runtime pulls batches in a loop, so that
+/// barriers, watermarks and shutdown can be interleaved between pulls; a
+/// slow downstream therefore simply stops the pulling (backpressure).
+#[async_trait]
+pub trait Source: Send {
+    /// Produces the next batch; `Ok(None)` once the input is exhausted.
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch>>;
+
+    /// The position to resume from after a restore (file + byte offset,
+    /// event index, broker sequence ...). Recorded at checkpoints.
+    fn offset(&self) -> SourceOffset {
+        SourceOffset::None
+    }
+
+    /// Total number of records if known in advance (drives progress bars).
+    fn size_hint(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// A position in a source, recorded at checkpoints to resume from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceOffset {
+    /// The source cannot replay (at-least-once at best).
+    None,
+    /// The index of the next record to produce (generators).
+    Index(u64),
+    /// A file and the byte offset of the next unread record.
+    File {
+        /// Path of the file being read.
+        path: String,
+        /// Byte offset of the next unread record.
+        byte: u64,
+    },
+}
