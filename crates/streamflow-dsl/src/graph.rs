@@ -1,0 +1,420 @@
+//! The logical graph: a flow declaration whose names, wiring and numbers
+//! have been checked, in topological order.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+use streamflow_core::Diagnostics;
+
+use crate::parse::suggest;
+use crate::spec::{FlowSpec, Inputs, Mode, QueueSpec};
+use crate::DEFAULT_QUEUE_CAPACITY;
+
+/// Index of a node in [`FlowGraph::nodes`].
+pub type NodeId = usize;
+
+/// What part a node plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Produces records; has no input.
+    Source,
+    /// Transforms records.
+    Stage,
+    /// Consumes records.
+    Sink,
+}
+
+impl Role {
+    /// Section name in the flow file.
+    pub fn section(self) -> &'static str {
+        match self {
+            Role::Source => "sources",
+            Role::Stage => "stages",
+            Role::Sink => "sinks",
+        }
+    }
+}
+
+/// One source, stage or sink after structural validation.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Unique name.
+    pub name: String,
+    /// Source, stage or sink.
+    pub role: Role,
+    /// Component type name (`filter`, `nexmark`, ...).
+    pub kind: String,
+    /// Path of the declaration, e.g. `stages[2]`.
+    pub path: String,
+    /// Path under which `settings` keys live (`sources[0].config`, `stages[2]`).
+    pub settings_path: String,
+    /// Upstream nodes, in declaration order (logical input 0, 1, ...).
+    pub inputs: Vec<NodeId>,
+    /// Nodes whose dead letters this node receives (a `dlq` sink).
+    pub dead_letter_inputs: Vec<NodeId>,
+    /// Number of parallel instances.
+    pub parallelism: usize,
+    /// Capacity in batches of each edge into this node.
+    pub queue_capacity: usize,
+    /// The sink receiving this node's dead letters.
+    pub dlq: Option<NodeId>,
+    /// Partitioning expressions for the edges into this node.
+    pub key_by: Vec<String>,
+    /// Type-specific settings.
+    pub settings: Map<String, Value>,
+}
+
+/// A structurally valid pipeline: unique names, existing inputs, no cycles.
+/// Nodes are in topological order (every input precedes its consumers).
+#[derive(Debug, Clone)]
+pub struct FlowGraph {
+    /// Pipeline name.
+    pub name: String,
+    /// Streaming or job.
+    pub mode: Mode,
+    /// All nodes, inputs first.
+    pub nodes: Vec<Node>,
+}
+
+impl FlowGraph {
+    /// Checks the declaration and builds the graph.
+    ///
+    /// # Errors
+    /// Every structural problem, each with its path.
+    pub fn from_spec(spec: &FlowSpec) -> Result<FlowGraph, Diagnostics> {
+        let mut d = Diagnostics::new();
+        let name = match &spec.name {
+            Some(n) if !n.trim().is_empty() => n.clone(),
+            _ => {
+                d.push("name", "required");
+                String::new()
+            }
+        };
+        let default_capacity = queue_capacity(spec.queue.as_ref(), "queue", DEFAULT_QUEUE_CAPACITY, &mut d);
+        if spec.sources.is_empty() {
+            d.push("sources", "at least one source is required");
+        }
+        if spec.sinks.is_empty() {
+            d.push("sinks", "at least one sink is required");
+        }
+
+        // Declarations in one list, with their raw wiring.
+        struct Decl<'a> {
+            node: Node,
+            input: Option<&'a Inputs>,
+            dlq: Option<&'a String>,
+        }
+        let mut decls: Vec<Decl> = Vec::new();
+        for (i, s) in spec.sources.iter().enumerate() {
+            let path = format!("sources[{i}]");
+            let node = Node {
+                name: required(&s.name, &path, "name", &mut d),
+                role: Role::Source,
+                kind: required(&s.kind, &path, "type", &mut d),
+                settings_path: format!("{path}.config"),
+                inputs: Vec::new(),
+                dead_letter_inputs: Vec::new(),
+                parallelism: parallelism(s.parallelism, &path, &mut d),
+                queue_capacity: default_capacity,
+                dlq: None,
+                key_by: Vec::new(),
+                settings: s.config.clone(),
+                path,
+            };
+            decls.push(Decl { node, input: None, dlq: s.dlq.as_ref() });
+        }
+        for (i, s) in spec.stages.iter().enumerate() {
+            let path = format!("stages[{i}]");
+            if s.input.is_none() {
+                d.push(format!("{path}.input"), "required");
+            }
+            let node = Node {
+                name: required(&s.name, &path, "name", &mut d),
+                role: Role::Stage,
+                kind: required(&s.kind, &path, "type", &mut d),
+                settings_path: path.clone(),
+                inputs: Vec::new(),
+                dead_letter_inputs: Vec::new(),
+                parallelism: parallelism(s.parallelism, &path, &mut d),
+                queue_capacity: queue_capacity(s.queue.as_ref(), &format!("{path}.queue"), default_capacity, &mut d),
+                dlq: None,
+                key_by: s.key_by.clone().unwrap_or_default(),
+                settings: s.settings.clone(),
+                path,
+            };
+            decls.push(Decl { node, input: s.input.as_ref(), dlq: s.dlq.as_ref() });
+        }
+        for (i, s) in spec.sinks.iter().enumerate() {
+            let path = format!("sinks[{i}]");
+            if let Some(Inputs::Many(v)) = &s.input {
+                if v.len() != 1 {
+                    d.push(format!("{path}.input"), "a sink reads exactly one input; put a union stage before it");
+                }
+            }
+            let node = Node {
+                name: required(&s.name, &path, "name", &mut d),
+                role: Role::Sink,
+                kind: required(&s.kind, &path, "type", &mut d),
+                settings_path: format!("{path}.config"),
+                inputs: Vec::new(),
+                dead_letter_inputs: Vec::new(),
+                parallelism: parallelism(s.parallelism, &path, &mut d),
+                queue_capacity: queue_capacity(s.queue.as_ref(), &format!("{path}.queue"), default_capacity, &mut d),
+                dlq: None,
+                key_by: Vec::new(),
+                settings: s.config.clone(),
+                path,
+            };
+            decls.push(Decl { node, input: s.input.as_ref(), dlq: None });
+        }
+
+        // Unique names.
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        for (id, decl) in decls.iter().enumerate() {
+            if decl.node.name.is_empty() {
+                continue;
+            }
+            if let Some(&first) = by_name.get(&decl.node.name) {
+                d.push(
+                    format!("{}.name", decl.node.path),
+                    format!("duplicate name '{}' (also used by {})", decl.node.name, decls[first].node.path),
+                );
+            } else {
+                by_name.insert(decl.node.name.clone(), id);
+            }
+        }
+        let names: Vec<&str> = by_name.keys().map(String::as_str).collect();
+        let lookup = |name: &str| -> Result<usize, String> {
+            by_name.get(name).copied().ok_or_else(|| match suggest(name, &names) {
+                Some(s) => format!("unknown input '{name}' (did you mean '{s}'?)"),
+                None => format!("unknown input '{name}'"),
+            })
+        };
+
+        // Wiring: inputs and dead-letter targets.
+        let mut inputs: Vec<Vec<usize>> = vec![Vec::new(); decls.len()];
+        let mut dlqs: Vec<Option<usize>> = vec![None; decls.len()];
+        for (id, decl) in decls.iter().enumerate() {
+            let path = &decl.node.path;
+            if let Some(input) = decl.input {
+                let list = input.names();
+                if list.is_empty() {
+                    d.push(format!("{path}.input"), "needs at least one input");
+                }
+                for (k, name) in list.iter().enumerate() {
+                    let at = match input {
+                        Inputs::One(_) => format!("{path}.input"),
+                        Inputs::Many(_) => format!("{path}.input[{k}]"),
+                    };
+                    match lookup(name) {
+                        Ok(up) if decls[up].node.role == Role::Sink => {
+                            d.push(at, format!("'{name}' is a sink and has no output"));
+                        }
+                        Ok(up) if up == id => d.push(at, format!("'{name}' cannot read its own output")),
+                        Ok(up) => inputs[id].push(up),
+                        Err(m) => d.push(at, m),
+                    }
+                }
+            }
+            if let Some(target) = decl.dlq {
+                let at = format!("{path}.dlq");
+                match by_name.get(target.as_str()) {
+                    Some(&t) if decls[t].node.role == Role::Sink => dlqs[id] = Some(t),
+                    Some(_) => d.push(at, format!("'{target}' is not a sink; a dlq must name a sink")),
+                    None => d.push(
+                        at,
+                        match suggest(target, &names) {
+                            Some(s) => format!("unknown sink '{target}' (did you mean '{s}'?)"),
+                            None => format!("unknown sink '{target}'"),
+                        },
+                    ),
+                }
+            }
+        }
+        for (id, decl) in decls.iter().enumerate() {
+            if decl.node.role != Role::Sink || decl.node.name.is_empty() {
+                continue;
+            }
+            let is_dlq = dlqs.iter().any(|t| *t == Some(id));
+            match (decl.input.is_some(), is_dlq) {
+                (false, false) => d.push(
+                    format!("{}.input", decl.node.path),
+                    "required: a sink reads one input (or is named as another node's dlq)",
+                ),
+                (true, true) => d.push(
+                    format!("{}.input", decl.node.path),
+                    "a sink used as a dlq receives dead letters only and takes no input",
+                ),
+                _ => {}
+            }
+        }
+
+        // Cycles, and a topological order (Kahn).
+        let n = decls.len();
+        let mut indegree: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        let mut consumers: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (id, ins) in inputs.iter().enumerate() {
+            for &up in ins {
+                consumers[up].push(id);
+            }
+        }
+        let mut order: Vec<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
+        let mut head = 0;
+        while head < order.len() {
+            let id = order[head];
+            head += 1;
+            for &c in &consumers[id] {
+                indegree[c] -= 1;
+                if indegree[c] == 0 {
+                    order.push(c);
+                }
+            }
+        }
+        if order.len() < n {
+            let in_cycle: Vec<usize> = (0..n).filter(|i| indegree[*i] > 0).collect();
+            if let Some(&start) = in_cycle.first() {
+                let cycle = describe_cycle(start, &inputs, &indegree, &decls.iter().map(|x| x.node.name.as_str()).collect::<Vec<_>>());
+                d.push(format!("{}.input", decls[start].node.path), format!("cycle: {cycle}"));
+            }
+        }
+        if !d.is_empty() {
+            return Err(d);
+        }
+
+        // Renumber in topological order.
+        let mut position = vec![0usize; n];
+        for (pos, &id) in order.iter().enumerate() {
+            position[id] = pos;
+        }
+        let mut slots: Vec<Option<Decl>> = decls.into_iter().map(Some).collect();
+        let mut nodes = Vec::with_capacity(n);
+        for &id in &order {
+            let Some(decl) = slots[id].take() else { continue };
+            let mut node = decl.node;
+            node.inputs = inputs[id].iter().map(|&u| position[u]).collect();
+            node.dlq = dlqs[id].map(|t| position[t]);
+            nodes.push(node);
+        }
+        for id in 0..nodes.len() {
+            if let Some(t) = nodes[id].dlq {
+                nodes[t].dead_letter_inputs.push(id);
+            }
+        }
+        Ok(FlowGraph { name, mode: spec.mode, nodes })
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    /// Nodes reading `id`'s output, with the logical input index they read it as.
+    pub fn consumers(&self, id: NodeId) -> Vec<(NodeId, usize)> {
+        let mut out = Vec::new();
+        for (c, node) in self.nodes.iter().enumerate() {
+            for (k, &up) in node.inputs.iter().enumerate() {
+                if up == id {
+                    out.push((c, k));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn required(value: &Option<String>, path: &str, field: &str, d: &mut Diagnostics) -> String {
+    match value {
+        Some(v) if !v.trim().is_empty() => v.clone(),
+        _ => {
+            d.push(format!("{path}.{field}"), "required");
+            String::new()
+        }
+    }
+}
+
+fn parallelism(value: Option<i64>, path: &str, d: &mut Diagnostics) -> usize {
+    match value {
+        None => 1,
+        Some(p) if p >= 1 => p as usize,
+        Some(p) => {
+            d.push(format!("{path}.parallelism"), format!("must be at least 1 (got {p})"));
+            1
+        }
+    }
+}
+
+fn queue_capacity(q: Option<&QueueSpec>, path: &str, default: usize, d: &mut Diagnostics) -> usize {
+    match q {
+        None => default,
+        Some(q) if q.capacity > 0 => q.capacity as usize,
+        Some(q) => {
+            d.push(format!("{path}.capacity"), format!("must be greater than 0 (got {})", q.capacity));
+            default
+        }
+    }
+}
+
+/// Follows inputs from `start` until a node repeats: `a -> b -> a`.
+fn describe_cycle(start: usize, inputs: &[Vec<usize>], indegree: &[usize], names: &[&str]) -> String {
+    let mut path = vec![start];
+    let mut cur = start;
+    loop {
+        let Some(&next) = inputs[cur].iter().find(|&&u| indegree[u] > 0) else { break };
+        if let Some(pos) = path.iter().position(|&p| p == next) {
+            let mut cyc: Vec<&str> = path[pos..].iter().rev().map(|&i| names[i]).collect();
+            cyc.push(names[path[path.len() - 1]]);
+            return cyc.join(" -> ");
+        }
+        path.push(next);
+        cur = next;
+    }
+    names[start].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::{FileFormat, parse_str};
+
+    fn graph(yaml: &str) -> Result<FlowGraph, Diagnostics> {
+        FlowGraph::from_spec(&parse_str(yaml, FileFormat::Yaml).expect("parses"))
+    }
+
+    #[test]
+    fn builds_topological_order() {
+        let g = graph(
+            "name: t\nsinks: [{name: out, type: stdout, input: f}]\nstages: [{name: f, type: filter, input: src, where: 'true'}]\nsources: [{name: src, type: nexmark}]\n",
+        )
+        .expect("valid");
+        let names: Vec<&str> = g.nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, vec!["src", "f", "out"]);
+        assert_eq!(g.nodes[2].inputs, vec![1]);
+    }
+
+    #[test]
+    fn reports_all_structural_errors_at_once() {
+        let err = graph(
+            "name: t\nsources: [{name: bids, type: nexmark, parallelism: 0}]\nstages:\n  - {name: a, type: filter, input: bidz, queue: {capacity: 0}}\n  - {name: a, type: map, input: bids}\nsinks: [{name: out, type: stdout}]\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for expected in [
+            "sources[0].parallelism: must be at least 1 (got 0)",
+            "stages[0].input: unknown input 'bidz' (did you mean 'bids'?)",
+            "stages[0].queue.capacity: must be greater than 0 (got 0)",
+            "stages[1].name: duplicate name 'a' (also used by stages[0])",
+            "sinks[0].input: required",
+        ] {
+            assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn detects_cycles() {
+        let err = graph(
+            "name: t\nsources: [{name: s, type: nexmark}]\nstages:\n  - {name: a, type: union, input: [s, b]}\n  - {name: b, type: map, input: a}\nsinks: [{name: out, type: stdout, input: b}]\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cycle: "), "{err}");
+    }
+}

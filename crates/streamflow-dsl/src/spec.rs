@@ -1,0 +1,131 @@
+//! The declaration types of a flow file, as written by users.
+//!
+//! Fields common to every source, stage or sink are typed here; the
+//! type-specific part (`config` of sources and sinks, the remaining keys of a
+//! stage) is kept as JSON and decoded by the component that owns it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Streaming runs until stopped (or every source is exhausted); job mode
+/// requires bounded sources, drains them, flushes and exits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Run until SIGINT/SIGTERM, then drain gracefully.
+    #[default]
+    Streaming,
+    /// Drain bounded sources, flush, print a summary, exit.
+    Job,
+}
+
+/// A whole flow file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FlowSpec {
+    /// Pipeline name.
+    pub name: Option<String>,
+    /// Execution mode (default `streaming`).
+    #[serde(default)]
+    pub mode: Mode,
+    /// Default queue for every edge not configured otherwise.
+    pub queue: Option<QueueSpec>,
+    /// Where data enters.
+    #[serde(default)]
+    pub sources: Vec<SourceSpec>,
+    /// Operators, in any order; wiring is by `input`.
+    #[serde(default)]
+    pub stages: Vec<StageSpec>,
+    /// Where data leaves.
+    #[serde(default)]
+    pub sinks: Vec<SinkSpec>,
+}
+
+/// A bounded queue on the edges into a stage or sink.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSpec {
+    /// Maximum number of batches waiting on the edge (> 0).
+    pub capacity: i64,
+}
+
+/// One or several input names.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum Inputs {
+    /// A single input.
+    One(String),
+    /// Several inputs (fan-in; schemas must match unless the stage says otherwise).
+    Many(Vec<String>),
+}
+
+impl Inputs {
+    /// The input names in order.
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            Inputs::One(s) => vec![s.as_str()],
+            Inputs::Many(v) => v.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+/// A source declaration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Unique name.
+    pub name: Option<String>,
+    /// Source type (`nexmark`, `generator`, `file`, `stdin`, ...).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Type-specific settings.
+    #[serde(default)]
+    pub config: Map<String, Value>,
+    /// Number of parallel instances (≥ 1).
+    pub parallelism: Option<i64>,
+    /// Sink receiving records that fail decoding.
+    pub dlq: Option<String>,
+}
+
+/// A stage declaration: common fields plus type-specific keys.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StageSpec {
+    /// Unique name.
+    pub name: Option<String>,
+    /// Stage type (`filter`, `select`, `map`, ...).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// Upstream source(s) or stage(s).
+    pub input: Option<Inputs>,
+    /// Number of parallel instances (≥ 1).
+    pub parallelism: Option<i64>,
+    /// Queue on the edges into this stage.
+    pub queue: Option<QueueSpec>,
+    /// Sink receiving rows this stage rejects.
+    pub dlq: Option<String>,
+    /// Expressions whose hash routes rows to instances.
+    pub key_by: Option<Vec<String>>,
+    /// Type-specific settings (`where`, `select`, `window`, ...).
+    #[serde(flatten)]
+    pub settings: Map<String, Value>,
+}
+
+/// A sink declaration.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SinkSpec {
+    /// Unique name.
+    pub name: Option<String>,
+    /// Sink type (`stdout`, `file`, `blackhole`, ...).
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// The stage or source it writes; absent for a sink used only as a `dlq`.
+    pub input: Option<Inputs>,
+    /// Type-specific settings.
+    #[serde(default)]
+    pub config: Map<String, Value>,
+    /// Number of parallel instances (≥ 1).
+    pub parallelism: Option<i64>,
+    /// Queue on the edge into this sink.
+    pub queue: Option<QueueSpec>,
+}
