@@ -1,0 +1,45 @@
+//! The one table of stage types: name → planner and metadata.
+
+use std::sync::Arc;
+
+use streamflow_core::Diagnostics;
+
+use crate::stage::{InputRule, StageContext, StageFactory};
+use crate::{add_column, filter, map, rename, select, union, validate};
+
+/// Plans a stage from its context.
+pub type PlanFn = fn(&StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diagnostics>;
+
+/// A stage type known to the flow-file language.
+#[derive(Debug, Clone, Copy)]
+pub struct StageKind {
+    /// The `type:` value.
+    pub name: &'static str,
+    /// One line for `--help` and error messages.
+    pub description: &'static str,
+    /// How several inputs are handled.
+    pub inputs: InputRule,
+    /// Validates settings against the input schemas and plans the stage.
+    pub plan: PlanFn,
+}
+
+/// Every stage type, in the order shown to users.
+pub static STAGES: &[StageKind] = &[
+    StageKind { name: "filter", description: "keep rows where a predicate holds", inputs: InputRule::SameSchema, plan: filter::plan },
+    StageKind { name: "select", description: "project columns or expressions", inputs: InputRule::SameSchema, plan: select::plan },
+    StageKind { name: "rename", description: "rename columns", inputs: InputRule::SameSchema, plan: rename::plan },
+    StageKind { name: "add_column", description: "add columns with static values", inputs: InputRule::SameSchema, plan: add_column::plan },
+    StageKind { name: "map", description: "add or replace computed columns", inputs: InputRule::SameSchema, plan: map::plan },
+    StageKind { name: "validate", description: "enforce a declared schema; bad rows to the dlq", inputs: InputRule::SameSchema, plan: validate::plan },
+    StageKind { name: "union", description: "merge inputs with identical schemas", inputs: InputRule::SameSchema, plan: union::plan },
+];
+
+/// All stage types.
+pub fn stage_kinds() -> &'static [StageKind] {
+    STAGES
+}
+
+/// The stage type called `name`.
+pub fn find_stage(name: &str) -> Option<&'static StageKind> {
+    STAGES.iter().find(|k| k.name == name)
+}

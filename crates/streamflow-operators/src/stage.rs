@@ -1,0 +1,57 @@
+//! What the planner asks of every stage type.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
+use streamflow_core::{Diagnostics, Operator};
+
+/// Everything a stage type needs to validate its settings and plan itself.
+#[derive(Debug)]
+pub struct StageContext<'a> {
+    /// Stage name.
+    pub name: &'a str,
+    /// Path of the stage's settings in the flow file, e.g. `stages[2]`.
+    pub path: &'a str,
+    /// The type-specific settings.
+    pub settings: &'a Map<String, Value>,
+    /// Schemas of the logical inputs, in order.
+    pub inputs: &'a [SchemaRef],
+}
+
+impl StageContext<'_> {
+    /// Decodes the settings into the stage's config struct.
+    ///
+    /// # Errors
+    /// Unknown fields and wrong types, with paths.
+    pub fn config<T: DeserializeOwned>(&self) -> Result<T, Diagnostics> {
+        streamflow_dsl::decode_settings(self.settings, self.path)
+    }
+    /// The schema of the first (for most stages, only) input.
+    pub fn input_schema(&self) -> SchemaRef {
+        self.inputs.first().cloned().unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()))
+    }
+    /// Path of one settings key, e.g. `stages[2].where`.
+    pub fn at(&self, key: &str) -> String {
+        format!("{}.{key}", self.path)
+    }
+}
+
+/// How a stage type treats several inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputRule {
+    /// Any number of inputs whose schemas must be identical (fan-in).
+    SameSchema,
+    /// Exactly this many inputs, each with its own schema (joins).
+    Exactly(usize),
+}
+
+/// A stage planned against its input schemas: knows its output schema and
+/// creates one operator per parallel instance.
+pub trait StageFactory: Send + Sync {
+    /// Schema of every batch the stage emits.
+    fn output_schema(&self) -> SchemaRef;
+    /// A new operator instance.
+    fn create(&self) -> Box<dyn Operator>;
+}
