@@ -7,13 +7,13 @@
 //! planner once every schema is known. Both collect all errors at once.
 
 pub mod builder;
-pub mod duration;
 pub mod graph;
 pub mod parse;
 pub mod spec;
+pub mod units;
 
 pub use builder::PipelineBuilder;
-pub use duration::parse_duration;
+pub use units::{ByteSize, HumanDuration, parse_byte_size, parse_duration};
 pub use graph::{FlowGraph, Node, NodeId, Role};
 pub use parse::{FileFormat, apply_override, decode_settings, load_file, parse_str, suggest};
 pub use spec::{FlowSpec, Mode, SinkSpec, SourceSpec, StageSpec};

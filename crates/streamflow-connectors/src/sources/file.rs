@@ -1,0 +1,318 @@
+//! `file`: reads JSON lines, CSV or Parquet files named by a path or glob.
+//!
+//! The schema is declared (`schema: {col: type}`) or inferred from the first
+//! file; nested JSON objects become struct columns (`Bid.price`). Integer
+//! epoch-millisecond fields listed in `timestamps` become timestamp columns.
+//! Undecodable lines go to the source's `dlq` with file and line; without a
+//! `dlq` the pipeline fails naming the file, line and reason.
+//!
+//! ```yaml
+//! - name: raw
+//!   type: file
+//!   dlq: bad
+//!   config: {path: "data/*.jsonl", timestamps: [Bid.date_time]}
+//! ```
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Source, SourceBatch, SourceOffset};
+
+use super::decode::{LineDecoder, TextFormat, TextReader};
+use crate::registry::{SourceContext, SourceFactory};
+
+/// File formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFormat {
+    /// One JSON object per line.
+    Jsonl,
+    /// Comma-separated values (first line is a header unless `header: false`).
+    Csv,
+    /// Apache Parquet.
+    Parquet,
+}
+
+/// Settings of a `file` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// A file path or a glob (`data/*.jsonl`); files are read in name order.
+    pub path: String,
+    /// Format; by default from the extension (`.jsonl`/`.json`/`.ndjson`, `.csv`, `.parquet`).
+    pub format: Option<FileFormat>,
+    /// Declared schema, column → type; inferred from the first file when absent.
+    pub schema: Option<Map<String, Value>>,
+    /// Lines sampled for inference.
+    #[serde(default = "default_infer_rows")]
+    pub infer_rows: usize,
+    /// Integer epoch-millisecond fields to read as timestamps (dotted paths for nested JSON).
+    #[serde(default)]
+    pub timestamps: Vec<String>,
+    /// CSV: whether the first line is a header.
+    #[serde(default = "yes")]
+    pub header: bool,
+    /// CSV field delimiter.
+    #[serde(default = "comma")]
+    pub delimiter: char,
+    /// Parquet rows per batch.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+}
+
+fn default_infer_rows() -> usize {
+    1000
+}
+fn yes() -> bool {
+    true
+}
+fn comma() -> char {
+    ','
+}
+fn default_batch_size() -> usize {
+    8192
+}
+
+pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Diagnostics> {
+    let config: FileSourceConfig = ctx.config()?;
+    let at = |k: &str| ctx.at(k);
+    let fail = |k: &str, m: String| Diagnostics::from(Diagnostic::new(at(k), m));
+    let files = expand(&config.path).map_err(|m| fail("path", m))?;
+    let format = match config.format {
+        Some(f) => f,
+        None => format_of(&files[0]).ok_or_else(|| {
+            fail("format", format!("cannot tell the format of '{}'; set format: jsonl, csv or parquet", files[0].display()))
+        })?,
+    };
+    if !config.delimiter.is_ascii() {
+        return Err(fail("delimiter", "must be a single ASCII character".into()));
+    }
+    let raw = match &config.schema {
+        Some(declared) => declared_schema(declared, &at("schema"))?,
+        None => infer(&files[0], format, &config).map_err(|m| fail("path", m))?,
+    };
+    let schema = retype_timestamps(&raw, &config.timestamps).map_err(|m| fail("timestamps", m))?;
+    Ok(Arc::new(FileSourceFactory { files, format, raw: Arc::new(raw), schema: Arc::new(schema), config }))
+}
+
+fn expand(pattern: &str) -> Result<Vec<PathBuf>, String> {
+    let mut files: Vec<PathBuf> = glob::glob(pattern)
+        .map_err(|e| format!("invalid glob '{pattern}': {e}"))?
+        .filter_map(|p| p.ok())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(format!("no file matches '{pattern}'"));
+    }
+    Ok(files)
+}
+
+fn format_of(path: &Path) -> Option<FileFormat> {
+    match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+        "jsonl" | "json" | "ndjson" => Some(FileFormat::Jsonl),
+        "csv" => Some(FileFormat::Csv),
+        "parquet" => Some(FileFormat::Parquet),
+        _ => None,
+    }
+}
+
+/// A schema declared as `column → type name`.
+pub(crate) fn declared_schema(declared: &Map<String, Value>, path: &str) -> Result<Schema, Diagnostics> {
+    let mut d = Diagnostics::new();
+    let mut fields = Vec::new();
+    for (name, ty) in declared {
+        match ty.as_str().map(streamflow_expr::parse_data_type) {
+            Some(Ok(t)) => fields.push(Field::new(name, t, true)),
+            Some(Err(m)) => d.push(format!("{path}.{name}"), m),
+            None => d.push(format!("{path}.{name}"), "expected a type name"),
+        }
+    }
+    d.into_result(Schema::new(fields))
+}
+
+fn infer(file: &Path, format: FileFormat, config: &FileSourceConfig) -> Result<Schema, String> {
+    let open = || std::fs::File::open(file).map_err(|e| format!("cannot open '{}': {e}", file.display()));
+    let what = |e: &dyn std::fmt::Display| format!("cannot infer the schema of '{}': {e}", file.display());
+    match format {
+        FileFormat::Jsonl => {
+            let reader = std::io::BufReader::new(open()?);
+            arrow::json::reader::infer_json_schema(reader, Some(config.infer_rows))
+                .map(|(s, _)| s)
+                .map_err(|e| what(&e))
+        }
+        FileFormat::Csv => arrow::csv::reader::Format::default()
+            .with_header(config.header)
+            .with_delimiter(config.delimiter as u8)
+            .infer_schema(open()?, Some(config.infer_rows))
+            .map(|(s, _)| s)
+            .map_err(|e| what(&e)),
+        FileFormat::Parquet => ParquetRecordBatchReaderBuilder::try_new(open()?)
+            .map(|b| b.schema().as_ref().clone())
+            .map_err(|e| what(&e)),
+    }
+}
+
+/// Replaces the integer fields at `paths` with millisecond timestamps.
+fn retype_timestamps(schema: &Schema, paths: &[String]) -> Result<Schema, String> {
+    fn retype(fields: &Fields, path: &[&str], full: &str) -> Result<Fields, String> {
+        let Some((head, rest)) = path.split_first() else { return Ok(fields.clone()) };
+        let Some((i, field)) = fields.find(head) else {
+            return Err(format!("field '{full}' not found"));
+        };
+        let new_type = match (rest.is_empty(), field.data_type()) {
+            (true, t) if t.is_integer() || matches!(t, DataType::Timestamp(..)) => {
+                DataType::Timestamp(TimeUnit::Millisecond, None)
+            }
+            (true, t) => return Err(format!("field '{full}' is {t}, not an integer")),
+            (false, DataType::Struct(children)) => DataType::Struct(retype(children, rest, full)?),
+            (false, t) => return Err(format!("field '{head}' is {t}, not a struct")),
+        };
+        let mut out: Vec<Field> = fields.iter().map(|f| f.as_ref().clone()).collect();
+        out[i] = field.as_ref().clone().with_data_type(new_type);
+        Ok(Fields::from(out))
+    }
+    let mut fields = schema.fields().clone();
+    for p in paths {
+        let parts: Vec<&str> = p.split('.').collect();
+        fields = retype(&fields, &parts, p)?;
+    }
+    Ok(Schema::new(fields))
+}
+
+struct FileSourceFactory {
+    files: Vec<PathBuf>,
+    format: FileFormat,
+    /// Schema as stored in the files (before timestamp conversion).
+    raw: SchemaRef,
+    /// Schema emitted.
+    schema: SchemaRef,
+    config: FileSourceConfig,
+}
+
+impl SourceFactory for FileSourceFactory {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+    fn bounded(&self) -> bool {
+        true
+    }
+    fn create(&self, instance: usize, parallelism: usize) -> Result<Box<dyn Source>> {
+        let files: VecDeque<PathBuf> =
+            self.files.iter().enumerate().filter(|(i, _)| i % parallelism == instance).map(|(_, f)| f.clone()).collect();
+        // JSON decodes straight into the final types; CSV and Parquet are cast after decoding.
+        let decode_schema = match self.format {
+            FileFormat::Jsonl => Arc::clone(&self.schema),
+            _ => Arc::clone(&self.raw),
+        };
+        Ok(Box::new(FileSource {
+            files,
+            format: self.format,
+            decoder: LineDecoder::new(
+                decode_schema,
+                if self.format == FileFormat::Csv { TextFormat::Csv } else { TextFormat::Jsonl },
+                self.config.delimiter as u8,
+            ),
+            schema: Arc::clone(&self.schema),
+            header: self.config.header,
+            batch_size: self.config.batch_size,
+            current: None,
+        }))
+    }
+}
+
+enum Reader {
+    Text(TextReader<tokio::fs::File>),
+    Parquet { reader: ParquetRecordBatchReader, name: String },
+}
+
+struct FileSource {
+    files: VecDeque<PathBuf>,
+    format: FileFormat,
+    decoder: LineDecoder,
+    schema: SchemaRef,
+    header: bool,
+    batch_size: usize,
+    current: Option<Reader>,
+}
+
+impl FileSource {
+    async fn open_next(&mut self) -> Result<bool> {
+        let Some(path) = self.files.pop_front() else { return Ok(false) };
+        let name = path.display().to_string();
+        self.current = Some(match self.format {
+            FileFormat::Parquet => {
+                let file = std::fs::File::open(&path).map_err(|e| Error::io(format!("opening {name}"), e))?;
+                let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                    .and_then(|b| b.with_batch_size(self.batch_size).build())
+                    .map_err(|e| Error::Decode { location: name.clone(), message: e.to_string() })?;
+                Reader::Parquet { reader, name }
+            }
+            _ => {
+                let file = tokio::fs::File::open(&path).await.map_err(|e| Error::io(format!("opening {name}"), e))?;
+                let skip_header = self.format == FileFormat::Csv && self.header;
+                Reader::Text(TextReader::new(file, name, self.decoder.clone(), skip_header))
+            }
+        });
+        Ok(true)
+    }
+
+    /// Casts decoded columns to the emitted schema (integer → timestamp).
+    fn conform(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        if batch.schema().fields() == self.schema.fields() {
+            return Ok(batch);
+        }
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(self.schema.fields())
+            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(Arc::clone(c)) } else { cast(c, f.data_type()) })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::arrow("converting timestamps", e))?;
+        RecordBatch::try_new(Arc::clone(&self.schema), columns).map_err(|e| Error::arrow("converting timestamps", e))
+    }
+}
+
+#[async_trait]
+impl Source for FileSource {
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
+        loop {
+            if self.current.is_none() && !self.open_next().await? {
+                return Ok(None);
+            }
+            let produced = match self.current.as_mut() {
+                Some(Reader::Parquet { reader, name }) => match reader.next() {
+                    Some(batch) => Some(SourceBatch {
+                        data: Some(batch.map_err(|e| Error::arrow(format!("reading {name}"), e))?),
+                        dead_letters: Vec::new(),
+                    }),
+                    None => None,
+                },
+                Some(Reader::Text(reader)) => reader.next().await?,
+                None => None,
+            };
+            match produced {
+                Some(mut batch) => {
+                    batch.data = batch.data.map(|b| self.conform(b)).transpose()?;
+                    return Ok(Some(batch));
+                }
+                None => self.current = None,
+            }
+        }
+    }
+
+    fn offset(&self) -> SourceOffset {
+        match &self.current {
+            Some(Reader::Text(r)) => SourceOffset::File { path: r.name().to_string(), byte: r.offset() },
+            _ => SourceOffset::None,
+        }
+    }
+}

@@ -1,0 +1,9 @@
+//! Sources, one module per system.
+
+pub mod file;
+pub mod generator;
+pub mod nexmark;
+pub mod stdin;
+
+mod decode;
+mod sequence;
