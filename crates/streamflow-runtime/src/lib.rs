@@ -1,1 +1,22 @@
-//! placeholder
+//! The StreamFlow runtime: plans a validated flow against its schemas and
+//! runs it as one task per operator instance, connected by bounded channels.
+//!
+//! - [`plan`] resolves every schema, expression and component, collecting
+//!   all errors with their flow-file paths;
+//! - [`exchange`] moves batches between instances (forward, round-robin or
+//!   key-hash partitioning over key groups);
+//! - [`input`] merges an instance's input channels: minimum watermark,
+//!   aligned barriers, end of stream;
+//! - [`engine`] spawns the tasks, propagates failures and shutdown, and
+//!   reports per-stage metrics.
+
+pub mod engine;
+pub mod exchange;
+pub mod input;
+pub mod metrics;
+pub mod plan;
+mod tasks;
+
+pub use engine::{Pipeline, RunHandle, RunSummary, StageSummary};
+pub use metrics::NodeMetrics;
+pub use plan::{PhysicalPlan, Planned, PlannedNode, plan, validate_spec};

@@ -1,0 +1,232 @@
+//! The receiving side of an instance: its input channels merged into one
+//! ordered stream of events, with the rules every operator relies on:
+//!
+//! - the watermark is the minimum over inputs that have not ended, and is
+//!   reported only when it advances;
+//! - a checkpoint barrier is reported once it has arrived on every live
+//!   input; until then, inputs that delivered it are not read (alignment);
+//! - end of stream is reported once every input has ended.
+//!
+//! This logic is pure with respect to time and I/O apart from polling the
+//! channels, which keeps it testable.
+
+use std::future::poll_fn;
+use std::task::Poll;
+
+use arrow::record_batch::RecordBatch;
+use streamflow_core::{CheckpointBarrier, Message, Watermark};
+use tokio::sync::mpsc::Receiver;
+
+/// One channel from one producer instance.
+#[derive(Debug)]
+pub struct InputChannel {
+    /// Messages from the producer.
+    pub receiver: Receiver<Message>,
+    /// Which logical input of the operator it belongs to.
+    pub logical: usize,
+}
+
+/// What the merged inputs deliver next.
+#[derive(Debug)]
+pub enum InputEvent {
+    /// A batch on logical input `input`.
+    Data {
+        /// Logical input index.
+        input: usize,
+        /// The batch.
+        batch: RecordBatch,
+    },
+    /// The merged watermark advanced.
+    Watermark(Watermark),
+    /// A barrier has arrived on every live input.
+    Barrier(CheckpointBarrier),
+    /// Every input has ended.
+    End,
+}
+
+#[derive(Debug)]
+struct ChannelState {
+    channel: InputChannel,
+    watermark: Watermark,
+    ended: bool,
+    blocked: bool,
+}
+
+/// The merged inputs of one instance.
+#[derive(Debug)]
+pub struct InputSet {
+    channels: Vec<ChannelState>,
+    current: Watermark,
+    pending_barrier: Option<CheckpointBarrier>,
+    cursor: usize,
+    done: bool,
+}
+
+impl InputSet {
+    /// Merges `channels`. With no channels the set is immediately ended.
+    pub fn new(channels: Vec<InputChannel>) -> Self {
+        let done = channels.is_empty();
+        Self {
+            channels: channels
+                .into_iter()
+                .map(|channel| ChannelState { channel, watermark: Watermark::MIN, ended: false, blocked: false })
+                .collect(),
+            current: Watermark::MIN,
+            pending_barrier: None,
+            cursor: 0,
+            done,
+        }
+    }
+
+    /// The next event; after [`InputEvent::End`] it keeps returning `End`.
+    pub async fn next(&mut self) -> InputEvent {
+        loop {
+            if self.done {
+                return InputEvent::End;
+            }
+            let (idx, message) = self.poll_any().await;
+            if let Some(event) = self.on_message(idx, message) {
+                return event;
+            }
+        }
+    }
+
+    /// Receives from the next readable channel, rotating for fairness. A
+    /// closed channel reads as end of stream.
+    async fn poll_any(&mut self) -> (usize, Message) {
+        poll_fn(|cx| {
+            let n = self.channels.len();
+            for step in 0..n {
+                let i = (self.cursor + step) % n;
+                let ch = &mut self.channels[i];
+                if ch.ended || ch.blocked {
+                    continue;
+                }
+                match ch.channel.receiver.poll_recv(cx) {
+                    Poll::Ready(m) => {
+                        self.cursor = (i + 1) % n;
+                        return Poll::Ready((i, m.unwrap_or(Message::EndOfStream)));
+                    }
+                    Poll::Pending => {}
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// Applies one message to the channel states; returns what to report.
+    fn on_message(&mut self, idx: usize, message: Message) -> Option<InputEvent> {
+        match message {
+            Message::Data(batch) => Some(InputEvent::Data { input: self.channels[idx].channel.logical, batch }),
+            Message::Watermark(w) => {
+                let ch = &mut self.channels[idx];
+                ch.watermark = ch.watermark.max(w);
+                self.advance_watermark()
+            }
+            Message::Barrier(b) => {
+                self.channels[idx].blocked = true;
+                self.pending_barrier = Some(b);
+                self.complete_barrier()
+            }
+            Message::EndOfStream => {
+                self.channels[idx].ended = true;
+                self.channels[idx].blocked = false;
+                if self.channels.iter().all(|c| c.ended) {
+                    self.done = true;
+                    return Some(InputEvent::End);
+                }
+                // An ended input no longer holds back barriers or the watermark.
+                if let Some(b) = self.complete_barrier() {
+                    return Some(b);
+                }
+                self.advance_watermark()
+            }
+        }
+    }
+
+    fn advance_watermark(&mut self) -> Option<InputEvent> {
+        let min = self.channels.iter().filter(|c| !c.ended).map(|c| c.watermark).min()?;
+        if min > self.current {
+            self.current = min;
+            Some(InputEvent::Watermark(min))
+        } else {
+            None
+        }
+    }
+
+    fn complete_barrier(&mut self) -> Option<InputEvent> {
+        let barrier = self.pending_barrier?;
+        if self.channels.iter().all(|c| c.ended || c.blocked) {
+            self.pending_barrier = None;
+            for c in &mut self.channels {
+                c.blocked = false;
+            }
+            Some(InputEvent::Barrier(barrier))
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc::{Sender, channel};
+
+    fn set(n: usize) -> (Vec<Sender<Message>>, InputSet) {
+        let mut txs = Vec::new();
+        let mut chans = Vec::new();
+        for i in 0..n {
+            let (tx, rx) = channel(8);
+            txs.push(tx);
+            chans.push(InputChannel { receiver: rx, logical: i });
+        }
+        (txs, InputSet::new(chans))
+    }
+
+    #[tokio::test]
+    async fn watermark_is_minimum_of_live_inputs() {
+        let (txs, mut inputs) = set(2);
+        txs[0].send(Message::Watermark(Watermark(10))).await.expect("send");
+        txs[1].send(Message::Watermark(Watermark(5))).await.expect("send");
+        assert!(matches!(inputs.next().await, InputEvent::Watermark(Watermark(5))));
+        txs[1].send(Message::Watermark(Watermark(20))).await.expect("send");
+        assert!(matches!(inputs.next().await, InputEvent::Watermark(Watermark(10))));
+        txs[0].send(Message::EndOfStream).await.expect("send");
+        assert!(matches!(inputs.next().await, InputEvent::Watermark(Watermark(20))));
+        txs[1].send(Message::EndOfStream).await.expect("send");
+        assert!(matches!(inputs.next().await, InputEvent::End));
+    }
+
+    #[tokio::test]
+    async fn barrier_waits_for_all_inputs_and_blocks_aligned_ones() {
+        let (txs, mut inputs) = set(2);
+        let b = CheckpointBarrier { id: 1, timestamp_ms: 0, is_final: false };
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::empty());
+        let data = || {
+            Message::Data(
+                RecordBatch::try_new_with_options(
+                    schema.clone(),
+                    vec![],
+                    &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(1)),
+                )
+                .expect("batch"),
+            )
+        };
+        txs[0].send(Message::Barrier(b)).await.expect("send");
+        txs[0].send(data()).await.expect("send"); // after the barrier: must wait
+        txs[1].send(data()).await.expect("send"); // before the barrier: flows
+        txs[1].send(Message::Barrier(b)).await.expect("send");
+        assert!(matches!(inputs.next().await, InputEvent::Data { input: 1, .. }));
+        assert!(matches!(inputs.next().await, InputEvent::Barrier(x) if x.id == 1));
+        assert!(matches!(inputs.next().await, InputEvent::Data { input: 0, .. }));
+    }
+
+    #[tokio::test]
+    async fn dropped_sender_counts_as_end() {
+        let (txs, mut inputs) = set(1);
+        drop(txs);
+        assert!(matches!(inputs.next().await, InputEvent::End));
+    }
+}

@@ -1,0 +1,188 @@
+//! From a structurally valid graph to a physical plan: every component
+//! planned against its input schemas, all errors collected with paths.
+
+use std::sync::Arc;
+
+use arrow::datatypes::SchemaRef;
+use streamflow_connectors::{SinkContext, SinkFactory, SourceContext, SourceFactory};
+use streamflow_core::{Diagnostics, dead_letter_schema};
+use streamflow_dsl::{FlowGraph, FlowSpec, Node, Role};
+use streamflow_expr::CompiledExpr;
+use streamflow_operators::{InputRule, StageContext, StageFactory};
+
+/// A planned component.
+#[derive(Clone)]
+pub enum Planned {
+    /// A source and how to create its instances.
+    Source(Arc<dyn SourceFactory>),
+    /// A stage and how to create its operators.
+    Stage(Arc<dyn StageFactory>),
+    /// A sink and how to create its instances.
+    Sink(Arc<dyn SinkFactory>),
+}
+
+/// One node of the physical plan.
+#[derive(Clone)]
+pub struct PlannedNode {
+    /// The component.
+    pub planned: Planned,
+    /// Output schema (sources, stages) or input schema (sinks).
+    pub schema: SchemaRef,
+    /// `key_by` expressions compiled against the node's input schema.
+    pub key_by: Vec<CompiledExpr>,
+}
+
+/// A fully planned pipeline, ready to run.
+#[derive(Clone)]
+pub struct PhysicalPlan {
+    /// The logical graph (names, wiring, parallelism, queues).
+    pub graph: FlowGraph,
+    /// Planned components, indexed like `graph.nodes`.
+    pub nodes: Vec<PlannedNode>,
+}
+
+impl PhysicalPlan {
+    /// The output schema of the node called `name`.
+    pub fn schema_of(&self, name: &str) -> Option<SchemaRef> {
+        let i = self.graph.nodes.iter().position(|n| n.name == name)?;
+        Some(Arc::clone(&self.nodes[i].schema))
+    }
+}
+
+/// Validates a declaration completely: structure, then schemas.
+///
+/// # Errors
+/// Every problem found, each with its path.
+pub fn validate_spec(spec: &FlowSpec) -> Result<PhysicalPlan, Diagnostics> {
+    let graph = FlowGraph::from_spec(spec)?;
+    plan(graph)
+}
+
+/// Plans every node of `graph` in topological order.
+///
+/// # Errors
+/// Every problem found. A node whose inputs failed to plan is skipped, so
+/// one mistake is not reported again downstream.
+pub fn plan(graph: FlowGraph) -> Result<PhysicalPlan, Diagnostics> {
+    let mut d = Diagnostics::new();
+    let mut planned: Vec<Option<PlannedNode>> = Vec::with_capacity(graph.nodes.len());
+    for node in &graph.nodes {
+        let inputs: Option<Vec<SchemaRef>> = if node.role == Role::Sink && node.inputs.is_empty() {
+            Some(vec![dead_letter_schema()])
+        } else {
+            node.inputs.iter().map(|&i| planned[i].as_ref().map(|p| Arc::clone(&p.schema))).collect()
+        };
+        let result = match inputs {
+            None => None,
+            Some(inputs) => match plan_node(&graph, node, &inputs) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    d.extend(e);
+                    None
+                }
+            },
+        };
+        planned.push(result);
+    }
+    if !d.is_empty() {
+        return Err(d);
+    }
+    let nodes = planned.into_iter().flatten().collect();
+    Ok(PhysicalPlan { graph, nodes })
+}
+
+fn unknown_type(node: &Node, known: &[&str]) -> Diagnostics {
+    let what = match node.role {
+        Role::Source => "source",
+        Role::Stage => "stage",
+        Role::Sink => "sink",
+    };
+    let hint = match streamflow_dsl::suggest(&node.kind, known) {
+        Some(s) => format!(" (did you mean '{s}'?)"),
+        None => format!(" (known: {})", known.join(", ")),
+    };
+    Diagnostics::from(streamflow_core::Diagnostic::new(
+        format!("{}.type", node.path),
+        format!("unknown {what} type '{}'{hint}", node.kind),
+    ))
+}
+
+fn plan_node(graph: &FlowGraph, node: &Node, inputs: &[SchemaRef]) -> Result<PlannedNode, Diagnostics> {
+    match node.role {
+        Role::Source => {
+            let kinds = streamflow_connectors::source_kinds();
+            let kind = streamflow_connectors::find_source(&node.kind)
+                .ok_or_else(|| unknown_type(node, &kinds.iter().map(|k| k.name).collect::<Vec<_>>()))?;
+            let ctx = SourceContext { name: &node.name, path: &node.settings_path, settings: &node.settings, mode: graph.mode };
+            let factory = (kind.plan)(&ctx)?;
+            Ok(PlannedNode { schema: factory.schema(), planned: Planned::Source(factory), key_by: Vec::new() })
+        }
+        Role::Stage => {
+            let kinds = streamflow_operators::stage_kinds();
+            let kind = streamflow_operators::find_stage(&node.kind)
+                .ok_or_else(|| unknown_type(node, &kinds.iter().map(|k| k.name).collect::<Vec<_>>()))?;
+            let mut d = Diagnostics::new();
+            match kind.inputs {
+                InputRule::SameSchema => {
+                    for (k, schema) in inputs.iter().enumerate().skip(1) {
+                        if !same_columns(schema, &inputs[0]) {
+                            d.push(
+                                format!("{}.input[{k}]", node.path),
+                                format!(
+                                    "schema of '{}' ({}) does not match '{}' ({})",
+                                    graph.nodes[node.inputs[k]].name,
+                                    describe(schema),
+                                    graph.nodes[node.inputs[0]].name,
+                                    describe(&inputs[0]),
+                                ),
+                            );
+                        }
+                    }
+                }
+                InputRule::Exactly(n) if inputs.len() != n => {
+                    d.push(format!("{}.input", node.path), format!("{} takes exactly {n} inputs", node.kind));
+                }
+                InputRule::Exactly(_) => {}
+            }
+            let key_by = compile_keys(node, inputs.first(), &mut d);
+            d.into_result(())?;
+            let ctx = StageContext { name: &node.name, path: &node.settings_path, settings: &node.settings, inputs };
+            let factory = (kind.plan)(&ctx)?;
+            Ok(PlannedNode { schema: factory.output_schema(), planned: Planned::Stage(factory), key_by })
+        }
+        Role::Sink => {
+            let kinds = streamflow_connectors::sink_kinds();
+            let kind = streamflow_connectors::find_sink(&node.kind)
+                .ok_or_else(|| unknown_type(node, &kinds.iter().map(|k| k.name).collect::<Vec<_>>()))?;
+            let schema = inputs.first().cloned().unwrap_or_else(dead_letter_schema);
+            let ctx = SinkContext { name: &node.name, path: &node.settings_path, settings: &node.settings, input: Arc::clone(&schema) };
+            let factory = (kind.plan)(&ctx)?;
+            Ok(PlannedNode { schema, planned: Planned::Sink(factory), key_by: Vec::new() })
+        }
+    }
+}
+
+fn compile_keys(node: &Node, input: Option<&SchemaRef>, d: &mut Diagnostics) -> Vec<CompiledExpr> {
+    let Some(schema) = input else { return Vec::new() };
+    node.key_by
+        .iter()
+        .enumerate()
+        .filter_map(|(i, sql)| match streamflow_expr::compile(sql, schema) {
+            Ok(e) => Some(e),
+            Err(e) => {
+                d.push(format!("{}.key_by[{i}]", node.path), e.message);
+                None
+            }
+        })
+        .collect()
+}
+
+/// Same column names and types, in order (nullability may differ).
+fn same_columns(a: &SchemaRef, b: &SchemaRef) -> bool {
+    a.fields().len() == b.fields().len()
+        && a.fields().iter().zip(b.fields()).all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
+}
+
+fn describe(schema: &SchemaRef) -> String {
+    schema.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect::<Vec<_>>().join(", ")
+}

@@ -1,0 +1,172 @@
+//! The three task loops: source, operator and sink instances.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::record_batch::RecordBatch;
+use streamflow_core::{DeadLetter, Error, Message, Operator, Output, Result, Sink, Source, dead_letter_batch};
+use tokio::sync::watch;
+
+use crate::exchange::Exchange;
+use crate::input::{InputEvent, InputSet};
+use crate::metrics::NodeMetrics;
+
+/// Where one instance sends its output and dead letters.
+pub(crate) struct Outputs {
+    pub(crate) node: String,
+    pub(crate) metrics: Arc<NodeMetrics>,
+    pub(crate) edges: Vec<Exchange>,
+    pub(crate) dlq: Option<Exchange>,
+}
+
+impl Outputs {
+    async fn emit(&mut self, batch: RecordBatch) -> Result<()> {
+        self.metrics.add_out(batch.num_rows());
+        if let Some((last, rest)) = self.edges.split_last_mut() {
+            for edge in rest {
+                edge.send(batch.clone()).await?;
+            }
+            last.send(batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn broadcast(&mut self, message: Message) -> Result<()> {
+        for edge in &mut self.edges {
+            edge.broadcast(message.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Routes dead letters to the `dlq`, or fails naming the first one.
+    async fn dead_letters(&mut self, letters: Vec<DeadLetter>) -> Result<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        self.metrics.add_dead(letters.len());
+        match self.dlq.as_mut() {
+            Some(dlq) => {
+                let batch = dead_letter_batch(&self.node, &letters).map_err(|e| Error::arrow("building dead letters", e))?;
+                dlq.send(batch).await
+            }
+            None => {
+                let first = &letters[0];
+                let location = match (&first.file, first.line) {
+                    (Some(f), Some(l)) => format!("{f}:{l}"),
+                    (Some(f), None) => f.clone(),
+                    _ => format!("record {}", first.payload.as_deref().unwrap_or("?")),
+                };
+                Err(Error::Decode {
+                    location,
+                    message: format!("{} (set `dlq:` on '{}' to route bad records instead of failing)", first.error, self.node),
+                })
+            }
+        }
+    }
+
+    async fn drain(&mut self, out: &mut Output) -> Result<()> {
+        self.dead_letters(out.take_dead_letters()).await?;
+        for batch in out.take_batches() {
+            self.emit(batch).await?;
+        }
+        Ok(())
+    }
+
+    async fn end(&mut self) -> Result<()> {
+        self.broadcast(Message::EndOfStream).await?;
+        if let Some(dlq) = self.dlq.as_mut() {
+            dlq.broadcast(Message::EndOfStream).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Waits until `stop` turns true; never returns if the sender is gone.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Pulls from a source until it ends or a stop is requested, then ends its outputs.
+pub(crate) async fn run_source(mut source: Box<dyn Source>, mut out: Outputs, mut stop: watch::Receiver<bool>) -> Result<()> {
+    let node = out.node.clone();
+    let result = async {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = stopped(&mut stop) => break,
+                next = source.next_batch() => next?,
+            };
+            let Some(batch) = next else { break };
+            out.dead_letters(batch.dead_letters).await?;
+            if let Some(data) = batch.data {
+                if data.num_rows() > 0 {
+                    out.emit(data).await?;
+                }
+            }
+        }
+        out.end().await
+    }
+    .await;
+    result.map_err(|e| e.in_stage(&node))
+}
+
+/// Runs one operator instance over its merged inputs.
+pub(crate) async fn run_operator(mut op: Box<dyn Operator>, mut inputs: InputSet, mut out: Outputs) -> Result<()> {
+    let node = out.node.clone();
+    let metrics = Arc::clone(&out.metrics);
+    let result = async {
+        op.open(None).await?;
+        let mut buffer = Output::new();
+        loop {
+            match inputs.next().await {
+                InputEvent::Data { input, batch } => {
+                    metrics.add_in(batch.num_rows());
+                    let started = Instant::now();
+                    op.process_batch(input, batch, &mut buffer).await?;
+                    metrics.add_busy(started.elapsed());
+                    out.drain(&mut buffer).await?;
+                }
+                InputEvent::Watermark(w) => {
+                    op.process_watermark(w, &mut buffer).await?;
+                    out.drain(&mut buffer).await?;
+                    out.broadcast(Message::Watermark(w)).await?;
+                }
+                InputEvent::Barrier(b) => {
+                    let snapshot = op.snapshot(&b).await?;
+                    tracing::debug!(stage = %node, checkpoint = b.id, entries = snapshot.entries.len(), "snapshot taken");
+                    out.broadcast(Message::Barrier(b)).await?;
+                }
+                InputEvent::End => {
+                    op.finish(&mut buffer).await?;
+                    out.drain(&mut buffer).await?;
+                    return out.end().await;
+                }
+            }
+        }
+    }
+    .await;
+    result.map_err(|e| e.in_stage(&node))
+}
+
+/// Writes everything arriving on a sink instance's inputs.
+pub(crate) async fn run_sink(mut sink: Box<dyn Sink>, mut inputs: InputSet, node: String, metrics: Arc<NodeMetrics>) -> Result<()> {
+    let result = async {
+        loop {
+            match inputs.next().await {
+                InputEvent::Data { batch, .. } => {
+                    metrics.add_in(batch.num_rows());
+                    let started = Instant::now();
+                    sink.write(batch).await?;
+                    metrics.add_busy(started.elapsed());
+                }
+                InputEvent::Watermark(_) => {}
+                InputEvent::Barrier(b) => sink.pre_commit(b.id).await?,
+                InputEvent::End => return sink.finish().await,
+            }
+        }
+    }
+    .await;
+    result.map_err(|e| e.in_stage(&node))
+}
