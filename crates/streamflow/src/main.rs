@@ -1,1 +1,249 @@
-fn main() {}
+//! The `streamflow` command line.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use clap::{Parser, Subcommand};
+use streamflow::bench::{BenchResult, QUERIES, query_text};
+use streamflow::{Diagnostics, Mode, Pipeline, RunHandle, RunSummary};
+use streamflow_dsl::{FileFormat, Role};
+
+#[derive(Parser)]
+#[command(name = "streamflow", version, about = "Stream processing on Arrow batches")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline (streaming: until stopped; job: until the sources are drained).
+    Run {
+        /// Flow file (.yaml, .yml or .json).
+        file: PathBuf,
+        /// Override a setting, e.g. `--set sources.events.config.events=1000`.
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        overrides: Vec<String>,
+        /// Worker threads (default: all cores).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// No progress bar or summary.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Check a flow file and report every problem with its path.
+    Validate {
+        /// Flow file (.yaml, .yml or .json).
+        file: PathBuf,
+        /// Override a setting, as for `run`.
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        overrides: Vec<String>,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        suite: BenchSuite,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchSuite {
+    /// Nexmark queries on a blackhole sink, generator included.
+    Nexmark {
+        /// Query name (q0, q1, q2, q21, q22).
+        #[arg(long, default_value = "q0")]
+        query: String,
+        /// Events to generate.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        /// Worker threads (the figure per core is events/s divided by this).
+        #[arg(long, default_value_t = 1)]
+        cores: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STREAMFLOW_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let outcome = match cli.command {
+        Command::Validate { file, overrides } => return validate(&file, &overrides),
+        Command::Run { file, overrides, workers, quiet } => run(&file, &overrides, workers, quiet),
+        Command::Bench { suite: BenchSuite::Nexmark { query, events, cores, json } } => bench(&query, events, cores, json),
+    };
+    match outcome {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_diagnostics(d: &Diagnostics) {
+    for diag in d.iter() {
+        eprintln!("error: {diag}");
+    }
+    eprintln!("{} error{} found", d.len(), if d.len() == 1 { "" } else { "s" });
+}
+
+fn validate(file: &PathBuf, overrides: &[String]) -> ExitCode {
+    match Pipeline::from_file(file, overrides) {
+        Err(d) => {
+            print_diagnostics(&d);
+            ExitCode::from(2)
+        }
+        Ok(p) => {
+            let plan = p.plan();
+            let g = &plan.graph;
+            println!("{}: valid ({} mode)", g.name, if g.mode == Mode::Job { "job" } else { "streaming" });
+            for (node, planned) in g.nodes.iter().zip(&plan.nodes) {
+                let role = match node.role {
+                    Role::Source => "source",
+                    Role::Stage => "stage",
+                    Role::Sink => "sink",
+                };
+                println!("  {role} {} ({}, parallelism {})", node.name, node.kind, node.parallelism);
+                if node.role != Role::Sink {
+                    for f in planned.schema.fields() {
+                        println!("      {}: {}{}", f.name(), f.data_type(), if f.is_nullable() { "" } else { " not null" });
+                    }
+                }
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(w) = workers {
+        b.worker_threads(w.max(1));
+    }
+    b.enable_all().build().context("starting the runtime")
+}
+
+fn run(file: &PathBuf, overrides: &[String], workers: Option<usize>, quiet: bool) -> anyhow::Result<ExitCode> {
+    let pipeline = match Pipeline::from_file(file, overrides) {
+        Ok(p) => p,
+        Err(d) => {
+            print_diagnostics(&d);
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let mode = pipeline.plan().graph.mode;
+    let rt = runtime(workers)?;
+    let summary = rt.block_on(async {
+        let handle = pipeline.start().map_err(|e| anyhow!(e))?;
+        spawn_signal_handler(&handle);
+        let progress = (!quiet && mode == Mode::Job && std::io::stderr().is_terminal()).then(|| progress_bar(&handle));
+        let result = handle.wait().await;
+        if let Some((bar, task)) = progress {
+            task.abort();
+            bar.finish_and_clear();
+        }
+        result.map_err(|e| anyhow!(e))
+    })?;
+    if !quiet {
+        print_summary(&summary);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(summary: &RunSummary) {
+    eprintln!("{summary}");
+}
+
+/// First SIGINT/SIGTERM: graceful stop (drain and flush); second: exit now.
+fn spawn_signal_handler(handle: &RunHandle) {
+    let stop = handle.stopper();
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        for round in 0..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+            if round == 0 {
+                tracing::warn!("stopping: draining the pipeline (signal again to exit at once)");
+                let _ = stop.send(true);
+            } else {
+                std::process::exit(130);
+            }
+        }
+    });
+}
+
+fn progress_bar(handle: &RunHandle) -> (indicatif::ProgressBar, tokio::task::JoinHandle<()>) {
+    let bar = match handle.expected_records() {
+        Some(total) => indicatif::ProgressBar::new(total),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} records ({per_sec})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let metrics: Vec<_> =
+        handle.nodes().iter().filter(|n| n.role == Role::Source).map(|n| std::sync::Arc::clone(&n.metrics)).collect();
+    let b = bar.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            b.set_position(metrics.iter().map(|m| m.records_out()).sum());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (bar, task)
+}
+
+fn bench(query: &str, events: u64, cores: usize, json: bool) -> anyhow::Result<ExitCode> {
+    let text = query_text(query).ok_or_else(|| {
+        anyhow!("unknown query '{query}' (known: {})", QUERIES.iter().map(|(q, _)| *q).collect::<Vec<_>>().join(", "))
+    })?;
+    let mut spec = streamflow_dsl::parse_str(text, FileFormat::Yaml).map_err(|d| anyhow!("{d}"))?;
+    spec.mode = Mode::Job;
+    for source in &mut spec.sources {
+        source.config.insert("events".into(), events.into());
+    }
+    for sink in &mut spec.sinks {
+        sink.kind = Some("blackhole".into());
+        sink.config.clear();
+    }
+    let pipeline = Pipeline::from_spec(&spec).map_err(|d| anyhow!("{d}"))?;
+    let rt = runtime(Some(cores))?;
+    let summary = rt.block_on(async { pipeline.start()?.wait().await }).map_err(|e| anyhow!(e))?;
+    let output: u64 = summary.stages.iter().filter(|s| s.role == Role::Sink).map(|s| s.records_in).sum();
+    let result = BenchResult::new(query, summary.source_records(), summary.elapsed, cores, output);
+    if json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        println!(
+            "nexmark {}: {} events in {:.3}s = {:.2} M events/s ({:.2} M/s per core, {} cores), {} output records, peak RSS {:.0} MiB",
+            result.query,
+            result.events,
+            result.seconds,
+            result.events_per_sec / 1e6,
+            result.events_per_sec_per_core / 1e6,
+            result.cores,
+            result.output_records,
+            result.peak_rss_mib.unwrap_or(f64::NAN)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,67 @@
+//! `streamflow bench`: the Nexmark queries shipped in `examples/nexmark/`,
+//! run on a blackhole sink with the generator included in the measurement.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// A Nexmark query that can be benchmarked: its name and flow file text.
+pub const QUERIES: &[(&str, &str)] = &[
+    ("q0", include_str!("../../../examples/nexmark/q0.yaml")),
+    ("q1", include_str!("../../../examples/nexmark/q1.yaml")),
+    ("q2", include_str!("../../../examples/nexmark/q2.yaml")),
+    ("q21", include_str!("../../../examples/nexmark/q21.yaml")),
+    ("q22", include_str!("../../../examples/nexmark/q22.yaml")),
+];
+
+/// The flow file text of `query`.
+pub fn query_text(query: &str) -> Option<&'static str> {
+    QUERIES.iter().find(|(q, _)| *q == query).map(|(_, t)| *t)
+}
+
+/// One benchmark result (the `--json` output).
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    /// Query name.
+    pub query: String,
+    /// Events generated.
+    pub events: u64,
+    /// Wall-clock seconds, generator included.
+    pub seconds: f64,
+    /// Events per second.
+    pub events_per_sec: f64,
+    /// Worker threads used.
+    pub cores: usize,
+    /// Events per second per core.
+    pub events_per_sec_per_core: f64,
+    /// Records that reached the sink.
+    pub output_records: u64,
+    /// Peak resident memory of the process, in MiB (Linux).
+    pub peak_rss_mib: Option<f64>,
+}
+
+impl BenchResult {
+    /// Builds the result from raw measurements.
+    pub fn new(query: &str, events: u64, elapsed: Duration, cores: usize, output_records: u64) -> Self {
+        let seconds = elapsed.as_secs_f64();
+        let eps = events as f64 / seconds.max(1e-9);
+        Self {
+            query: query.to_string(),
+            events,
+            seconds,
+            events_per_sec: eps,
+            cores,
+            events_per_sec_per_core: eps / cores.max(1) as f64,
+            output_records,
+            peak_rss_mib: peak_rss_mib(),
+        }
+    }
+}
+
+/// Peak resident set size of this process (`VmHWM`), in MiB.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
