@@ -31,8 +31,10 @@ impl Outputs {
         Ok(())
     }
 
+    /// Sends a control message on every edge, the dead-letter edge included
+    /// (so that barriers and end of stream reach `dlq` sinks too).
     async fn broadcast(&mut self, message: Message) -> Result<()> {
-        for edge in &mut self.edges {
+        for edge in self.edges.iter_mut().chain(self.dlq.as_mut()) {
             edge.broadcast(message.clone()).await?;
         }
         Ok(())
@@ -73,11 +75,7 @@ impl Outputs {
     }
 
     async fn end(&mut self) -> Result<()> {
-        self.broadcast(Message::EndOfStream).await?;
-        if let Some(dlq) = self.dlq.as_mut() {
-            dlq.broadcast(Message::EndOfStream).await?;
-        }
-        Ok(())
+        self.broadcast(Message::EndOfStream).await
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
 use streamflow::bench::{BenchResult, QUERIES, query_text};
-use streamflow::{Diagnostics, Mode, Pipeline, RunHandle, RunSummary};
+use streamflow::{Diagnostics, FlowSpec, Mode, Pipeline, PipelineBuilder, RunHandle, RunSummary};
 use streamflow_dsl::{FileFormat, Role};
 
 #[derive(Parser)]
@@ -66,6 +66,18 @@ enum BenchSuite {
         #[arg(long)]
         json: bool,
     },
+    /// JSON-lines file → filter → blackhole (the file is written first, untimed).
+    Jsonl {
+        /// Bids in the file.
+        #[arg(long, default_value_t = 5_000_000)]
+        events: u64,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1)]
+        cores: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +93,7 @@ fn main() -> ExitCode {
         Command::Validate { file, overrides } => return validate(&file, &overrides),
         Command::Run { file, overrides, workers, quiet } => run(&file, &overrides, workers, quiet),
         Command::Bench { suite: BenchSuite::Nexmark { query, events, cores, json } } => bench(&query, events, cores, json),
+        Command::Bench { suite: BenchSuite::Jsonl { events, cores, json } } => bench_jsonl(events, cores, json),
     };
     match outcome {
         Ok(code) => code,
@@ -212,6 +225,31 @@ fn progress_bar(handle: &RunHandle) -> (indicatif::ProgressBar, tokio::task::Joi
     (bar, task)
 }
 
+/// Runs `spec` in job mode on `cores` worker threads and reports it.
+fn measure(name: &str, spec: &FlowSpec, cores: usize, json: bool) -> anyhow::Result<ExitCode> {
+    let pipeline = Pipeline::from_spec(spec).map_err(|d| anyhow!("{d}"))?;
+    let rt = runtime(Some(cores))?;
+    let summary = rt.block_on(async { pipeline.start()?.wait().await }).map_err(|e| anyhow!(e))?;
+    let output: u64 = summary.stages.iter().filter(|s| s.role == Role::Sink).map(|s| s.records_in).sum();
+    let result = BenchResult::new(name, summary.source_records(), summary.elapsed, cores, output);
+    if json {
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        println!(
+            "{}: {} events in {:.3}s = {:.2} M events/s ({:.2} M/s per core, {} cores), {} output records, peak RSS {:.0} MiB",
+            result.query,
+            result.events,
+            result.seconds,
+            result.events_per_sec / 1e6,
+            result.events_per_sec_per_core / 1e6,
+            result.cores,
+            result.output_records,
+            result.peak_rss_mib.unwrap_or(f64::NAN)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn bench(query: &str, events: u64, cores: usize, json: bool) -> anyhow::Result<ExitCode> {
     let text = query_text(query).ok_or_else(|| {
         anyhow!("unknown query '{query}' (known: {})", QUERIES.iter().map(|(q, _)| *q).collect::<Vec<_>>().join(", "))
@@ -225,25 +263,28 @@ fn bench(query: &str, events: u64, cores: usize, json: bool) -> anyhow::Result<E
         sink.kind = Some("blackhole".into());
         sink.config.clear();
     }
-    let pipeline = Pipeline::from_spec(&spec).map_err(|d| anyhow!("{d}"))?;
-    let rt = runtime(Some(cores))?;
-    let summary = rt.block_on(async { pipeline.start()?.wait().await }).map_err(|e| anyhow!(e))?;
-    let output: u64 = summary.stages.iter().filter(|s| s.role == Role::Sink).map(|s| s.records_in).sum();
-    let result = BenchResult::new(query, summary.source_records(), summary.elapsed, cores, output);
-    if json {
-        println!("{}", serde_json::to_string(&result)?);
-    } else {
-        println!(
-            "nexmark {}: {} events in {:.3}s = {:.2} M events/s ({:.2} M/s per core, {} cores), {} output records, peak RSS {:.0} MiB",
-            result.query,
-            result.events,
-            result.seconds,
-            result.events_per_sec / 1e6,
-            result.events_per_sec_per_core / 1e6,
-            result.cores,
-            result.output_records,
-            result.peak_rss_mib.unwrap_or(f64::NAN)
-        );
-    }
-    Ok(ExitCode::SUCCESS)
+    measure(query, &spec, cores, json)
+}
+
+fn bench_jsonl(events: u64, cores: usize, json: bool) -> anyhow::Result<ExitCode> {
+    let dir = std::env::temp_dir().join(format!("streamflow-bench-{}", std::process::id()));
+    let file = dir.join("bids.jsonl");
+    let prepare = PipelineBuilder::new("bench-jsonl-prepare")
+        .source("bids", "nexmark", serde_json::json!({"events": events * 50 / 46, "table": "bid"}))
+        .sink("file", "file", serde_json::json!({"path": file}))
+        .build();
+    let rt = runtime(None)?;
+    rt.block_on(async { Pipeline::from_spec(&prepare).map_err(|d| anyhow!("{d}"))?.start()?.wait().await.map_err(|e| anyhow!(e)) })?;
+    let spec = PipelineBuilder::new("jsonl-filter")
+        .source(
+            "bids",
+            "file",
+            serde_json::json!({"path": file, "schema": {"auction": "int64", "bidder": "int64", "price": "int64", "channel": "string", "url": "string", "date_time": "timestamp(ms)", "extra": "string"}}),
+        )
+        .filter("cheap", "price < 100000")
+        .sink("void", "blackhole", serde_json::json!({}))
+        .build();
+    let outcome = measure("jsonl-filter", &spec, cores, json);
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
 }

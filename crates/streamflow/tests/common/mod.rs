@@ -1,0 +1,59 @@
+//! Helpers for driving the `streamflow` binary in tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The workspace root (for `examples/`).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+}
+
+/// A `streamflow` command.
+pub fn streamflow() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_streamflow"));
+    c.env_remove("STREAMFLOW_LOG");
+    c
+}
+
+/// Runs `streamflow args...` to completion.
+pub fn run(args: &[&str]) -> Output {
+    streamflow().args(args).output().expect("runs streamflow")
+}
+
+/// Writes `text` to `dir/name` and returns the path as a string.
+pub fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).expect("write file");
+    p.to_string_lossy().into_owned()
+}
+
+/// stderr as text.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// stdout as text.
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Every JSON line of every `.jsonl` file directly in `dir` (or the file itself).
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<PathBuf> = if path.is_dir() {
+        std::fs::read_dir(path)
+            .expect("read dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+            .collect()
+    } else {
+        vec![path.to_path_buf()]
+    };
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| std::fs::read_to_string(f).expect("read output").lines().map(str::to_string).collect::<Vec<_>>())
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(&l).expect("valid JSON line"))
+        .collect()
+}

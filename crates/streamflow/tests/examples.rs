@@ -1,0 +1,9 @@
+//! The Rust examples in `examples/` really run.
+
+#[path = "../../../examples/builder.rs"]
+mod builder_example;
+
+#[test]
+fn builder_example_runs() {
+    builder_example::main().expect("the builder example runs");
+}
