@@ -6,6 +6,6 @@ pub mod sinks;
 pub mod sources;
 
 pub use registry::{
-    SinkContext, SinkFactory, SinkKind, SourceContext, SourceFactory, SourceKind, find_sink, find_source, sink_kinds,
-    source_kinds,
+    SinkContext, SinkFactory, SinkKind, SourceContext, SourceFactory, SourceKind, find_sink,
+    find_source, sink_kinds, source_kinds,
 };

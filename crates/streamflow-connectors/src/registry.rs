@@ -110,17 +110,45 @@ pub struct SinkKind {
 
 /// Every source type.
 pub static SOURCES: &[SourceKind] = &[
-    SourceKind { name: "nexmark", description: "Nexmark auction events (person, auction, bid)", plan: sources::nexmark::plan },
-    SourceKind { name: "generator", description: "rows computed from a sequence by SQL expressions", plan: sources::generator::plan },
-    SourceKind { name: "file", description: "JSON lines, CSV or Parquet files (path or glob)", plan: sources::file::plan },
-    SourceKind { name: "stdin", description: "JSON lines or CSV from standard input", plan: sources::stdin::plan },
+    SourceKind {
+        name: "nexmark",
+        description: "Nexmark auction events (person, auction, bid)",
+        plan: sources::nexmark::plan,
+    },
+    SourceKind {
+        name: "generator",
+        description: "rows computed from a sequence by SQL expressions",
+        plan: sources::generator::plan,
+    },
+    SourceKind {
+        name: "file",
+        description: "JSON lines, CSV or Parquet files (path or glob)",
+        plan: sources::file::plan,
+    },
+    SourceKind {
+        name: "stdin",
+        description: "JSON lines or CSV from standard input",
+        plan: sources::stdin::plan,
+    },
 ];
 
 /// Every sink type.
 pub static SINKS: &[SinkKind] = &[
-    SinkKind { name: "stdout", description: "print as JSON lines, CSV or a table", plan: sinks::stdout::plan },
-    SinkKind { name: "file", description: "JSON lines, CSV or Parquet files, rolling by size", plan: sinks::file::plan },
-    SinkKind { name: "blackhole", description: "count and discard (benchmarks)", plan: sinks::blackhole::plan },
+    SinkKind {
+        name: "stdout",
+        description: "print as JSON lines, CSV or a table",
+        plan: sinks::stdout::plan,
+    },
+    SinkKind {
+        name: "file",
+        description: "JSON lines, CSV or Parquet files, rolling by size",
+        plan: sinks::file::plan,
+    },
+    SinkKind {
+        name: "blackhole",
+        description: "count and discard (benchmarks)",
+        plan: sinks::blackhole::plan,
+    },
 ];
 
 /// All source types.

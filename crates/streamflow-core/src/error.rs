@@ -62,17 +62,26 @@ pub enum Error {
 impl Error {
     /// Wraps an Arrow error with context.
     pub fn arrow(context: impl Into<String>, source: ArrowError) -> Self {
-        Error::Arrow { context: context.into(), source }
+        Error::Arrow {
+            context: context.into(),
+            source,
+        }
     }
     /// Wraps an I/O error with context.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
     /// Attributes the error to a stage (idempotent).
     pub fn in_stage(self, stage: &str) -> Self {
         match self {
             e @ Error::Stage { .. } => e,
-            e => Error::Stage { stage: stage.to_string(), source: Box::new(e) },
+            e => Error::Stage {
+                stage: stage.to_string(),
+                source: Box::new(e),
+            },
         }
     }
 }

@@ -54,7 +54,12 @@ pub trait Operator: Send {
     }
 
     /// Processes one batch from logical input `input`.
-    async fn process_batch(&mut self, input: usize, batch: RecordBatch, out: &mut Output) -> Result<()>;
+    async fn process_batch(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        out: &mut Output,
+    ) -> Result<()>;
 
     /// The merged input watermark advanced; emit whatever it completes.
     async fn process_watermark(&mut self, _watermark: Watermark, _out: &mut Output) -> Result<()> {

@@ -17,7 +17,10 @@ pub struct OperatorSnapshot {
 impl OperatorSnapshot {
     /// Records `batch` under `name` for `key_group`.
     pub fn put(&mut self, name: &str, key_group: Option<u32>, batch: RecordBatch) {
-        self.entries.entry(name.to_string()).or_default().push((key_group, batch));
+        self.entries
+            .entry(name.to_string())
+            .or_default()
+            .push((key_group, batch));
     }
     /// `true` when the operator has no state.
     pub fn is_empty(&self) -> bool {

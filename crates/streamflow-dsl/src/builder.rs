@@ -25,7 +25,14 @@ pub struct PipelineBuilder {
 impl PipelineBuilder {
     /// A pipeline called `name`, in job mode.
     pub fn new(name: &str) -> Self {
-        Self { spec: FlowSpec { name: Some(name.to_string()), mode: Mode::Job, ..FlowSpec::default() }, last: None }
+        Self {
+            spec: FlowSpec {
+                name: Some(name.to_string()),
+                mode: Mode::Job,
+                ..FlowSpec::default()
+            },
+            last: None,
+        }
     }
 
     /// Sets the execution mode.
@@ -53,7 +60,13 @@ impl PipelineBuilder {
     }
 
     /// Adds a stage reading `input` explicitly.
-    pub fn stage_from(mut self, name: &str, kind: &str, input: Option<Inputs>, settings: Value) -> Self {
+    pub fn stage_from(
+        mut self,
+        name: &str,
+        kind: &str,
+        input: Option<Inputs>,
+        settings: Value,
+    ) -> Self {
         self.spec.stages.push(StageSpec {
             name: Some(name.to_string()),
             kind: Some(kind.to_string()),
@@ -72,13 +85,19 @@ impl PipelineBuilder {
 
     /// Adds a `select` stage computing `columns` (name → SQL expression).
     pub fn select(self, name: &str, columns: &[(&str, &str)]) -> Self {
-        let map: Map<String, Value> = columns.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let map: Map<String, Value> = columns
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
         self.stage(name, "select", json!({ "select": map }))
     }
 
     /// Adds a `map` stage adding or replacing `columns` (name → SQL expression).
     pub fn map(self, name: &str, columns: &[(&str, &str)]) -> Self {
-        let map: Map<String, Value> = columns.iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        let map: Map<String, Value> = columns
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
         self.stage(name, "map", json!({ "map": map }))
     }
 

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use serde_json::{Map, Value};
 use streamflow_core::Diagnostics;
 
+use crate::DEFAULT_QUEUE_CAPACITY;
 use crate::parse::suggest;
 use crate::spec::{FlowSpec, Inputs, Mode, QueueSpec};
-use crate::DEFAULT_QUEUE_CAPACITY;
 
 /// Index of a node in [`FlowGraph::nodes`].
 pub type NodeId = usize;
@@ -90,7 +90,8 @@ impl FlowGraph {
                 String::new()
             }
         };
-        let default_capacity = queue_capacity(spec.queue.as_ref(), "queue", DEFAULT_QUEUE_CAPACITY, &mut d);
+        let default_capacity =
+            queue_capacity(spec.queue.as_ref(), "queue", DEFAULT_QUEUE_CAPACITY, &mut d);
         if spec.sources.is_empty() {
             d.push("sources", "at least one source is required");
         }
@@ -121,7 +122,11 @@ impl FlowGraph {
                 settings: s.config.clone(),
                 path,
             };
-            decls.push(Decl { node, input: None, dlq: s.dlq.as_ref() });
+            decls.push(Decl {
+                node,
+                input: None,
+                dlq: s.dlq.as_ref(),
+            });
         }
         for (i, s) in spec.stages.iter().enumerate() {
             let path = format!("stages[{i}]");
@@ -136,19 +141,31 @@ impl FlowGraph {
                 inputs: Vec::new(),
                 dead_letter_inputs: Vec::new(),
                 parallelism: parallelism(s.parallelism, &path, &mut d),
-                queue_capacity: queue_capacity(s.queue.as_ref(), &format!("{path}.queue"), default_capacity, &mut d),
+                queue_capacity: queue_capacity(
+                    s.queue.as_ref(),
+                    &format!("{path}.queue"),
+                    default_capacity,
+                    &mut d,
+                ),
                 dlq: None,
                 key_by: s.key_by.clone().unwrap_or_default(),
                 settings: s.settings.clone(),
                 path,
             };
-            decls.push(Decl { node, input: s.input.as_ref(), dlq: s.dlq.as_ref() });
+            decls.push(Decl {
+                node,
+                input: s.input.as_ref(),
+                dlq: s.dlq.as_ref(),
+            });
         }
         for (i, s) in spec.sinks.iter().enumerate() {
             let path = format!("sinks[{i}]");
             if let Some(Inputs::Many(v)) = &s.input {
                 if v.len() != 1 {
-                    d.push(format!("{path}.input"), "a sink reads exactly one input; put a union stage before it");
+                    d.push(
+                        format!("{path}.input"),
+                        "a sink reads exactly one input; put a union stage before it",
+                    );
                 }
             }
             let node = Node {
@@ -159,13 +176,22 @@ impl FlowGraph {
                 inputs: Vec::new(),
                 dead_letter_inputs: Vec::new(),
                 parallelism: parallelism(s.parallelism, &path, &mut d),
-                queue_capacity: queue_capacity(s.queue.as_ref(), &format!("{path}.queue"), default_capacity, &mut d),
+                queue_capacity: queue_capacity(
+                    s.queue.as_ref(),
+                    &format!("{path}.queue"),
+                    default_capacity,
+                    &mut d,
+                ),
                 dlq: None,
                 key_by: Vec::new(),
                 settings: s.config.clone(),
                 path,
             };
-            decls.push(Decl { node, input: s.input.as_ref(), dlq: None });
+            decls.push(Decl {
+                node,
+                input: s.input.as_ref(),
+                dlq: None,
+            });
         }
 
         // Unique names.
@@ -177,7 +203,10 @@ impl FlowGraph {
             if let Some(&first) = by_name.get(&decl.node.name) {
                 d.push(
                     format!("{}.name", decl.node.path),
-                    format!("duplicate name '{}' (also used by {})", decl.node.name, decls[first].node.path),
+                    format!(
+                        "duplicate name '{}' (also used by {})",
+                        decl.node.name, decls[first].node.path
+                    ),
                 );
             } else {
                 by_name.insert(decl.node.name.clone(), id);
@@ -185,10 +214,13 @@ impl FlowGraph {
         }
         let names: Vec<&str> = by_name.keys().map(String::as_str).collect();
         let lookup = |name: &str| -> Result<usize, String> {
-            by_name.get(name).copied().ok_or_else(|| match suggest(name, &names) {
-                Some(s) => format!("unknown input '{name}' (did you mean '{s}'?)"),
-                None => format!("unknown input '{name}'"),
-            })
+            by_name
+                .get(name)
+                .copied()
+                .ok_or_else(|| match suggest(name, &names) {
+                    Some(s) => format!("unknown input '{name}' (did you mean '{s}'?)"),
+                    None => format!("unknown input '{name}'"),
+                })
         };
 
         // Wiring: inputs and dead-letter targets.
@@ -210,7 +242,9 @@ impl FlowGraph {
                         Ok(up) if decls[up].node.role == Role::Sink => {
                             d.push(at, format!("'{name}' is a sink and has no output"));
                         }
-                        Ok(up) if up == id => d.push(at, format!("'{name}' cannot read its own output")),
+                        Ok(up) if up == id => {
+                            d.push(at, format!("'{name}' cannot read its own output"))
+                        }
                         Ok(up) => inputs[id].push(up),
                         Err(m) => d.push(at, m),
                     }
@@ -220,7 +254,10 @@ impl FlowGraph {
                 let at = format!("{path}.dlq");
                 match by_name.get(target.as_str()) {
                     Some(&t) if decls[t].node.role == Role::Sink => dlqs[id] = Some(t),
-                    Some(_) => d.push(at, format!("'{target}' is not a sink; a dlq must name a sink")),
+                    Some(_) => d.push(
+                        at,
+                        format!("'{target}' is not a sink; a dlq must name a sink"),
+                    ),
                     None => d.push(
                         at,
                         match suggest(target, &names) {
@@ -273,8 +310,19 @@ impl FlowGraph {
         if order.len() < n {
             let in_cycle: Vec<usize> = (0..n).filter(|i| indegree[*i] > 0).collect();
             if let Some(&start) = in_cycle.first() {
-                let cycle = describe_cycle(start, &inputs, &indegree, &decls.iter().map(|x| x.node.name.as_str()).collect::<Vec<_>>());
-                d.push(format!("{}.input", decls[start].node.path), format!("cycle: {cycle}"));
+                let cycle = describe_cycle(
+                    start,
+                    &inputs,
+                    &indegree,
+                    &decls
+                        .iter()
+                        .map(|x| x.node.name.as_str())
+                        .collect::<Vec<_>>(),
+                );
+                d.push(
+                    format!("{}.input", decls[start].node.path),
+                    format!("cycle: {cycle}"),
+                );
             }
         }
         if !d.is_empty() {
@@ -289,7 +337,9 @@ impl FlowGraph {
         let mut slots: Vec<Option<Decl>> = decls.into_iter().map(Some).collect();
         let mut nodes = Vec::with_capacity(n);
         for &id in &order {
-            let Some(decl) = slots[id].take() else { continue };
+            let Some(decl) = slots[id].take() else {
+                continue;
+            };
             let mut node = decl.node;
             node.inputs = inputs[id].iter().map(|&u| position[u]).collect();
             node.dlq = dlqs[id].map(|t| position[t]);
@@ -300,7 +350,11 @@ impl FlowGraph {
                 nodes[t].dead_letter_inputs.push(id);
             }
         }
-        Ok(FlowGraph { name, mode: spec.mode, nodes })
+        Ok(FlowGraph {
+            name,
+            mode: spec.mode,
+            nodes,
+        })
     }
 
     /// The node called `name`.
@@ -337,7 +391,10 @@ fn parallelism(value: Option<i64>, path: &str, d: &mut Diagnostics) -> usize {
         None => 1,
         Some(p) if p >= 1 => p as usize,
         Some(p) => {
-            d.push(format!("{path}.parallelism"), format!("must be at least 1 (got {p})"));
+            d.push(
+                format!("{path}.parallelism"),
+                format!("must be at least 1 (got {p})"),
+            );
             1
         }
     }
@@ -348,18 +405,28 @@ fn queue_capacity(q: Option<&QueueSpec>, path: &str, default: usize, d: &mut Dia
         None => default,
         Some(q) if q.capacity > 0 => q.capacity as usize,
         Some(q) => {
-            d.push(format!("{path}.capacity"), format!("must be greater than 0 (got {})", q.capacity));
+            d.push(
+                format!("{path}.capacity"),
+                format!("must be greater than 0 (got {})", q.capacity),
+            );
             default
         }
     }
 }
 
 /// Follows inputs from `start` until a node repeats: `a -> b -> a`.
-fn describe_cycle(start: usize, inputs: &[Vec<usize>], indegree: &[usize], names: &[&str]) -> String {
+fn describe_cycle(
+    start: usize,
+    inputs: &[Vec<usize>],
+    indegree: &[usize],
+    names: &[&str],
+) -> String {
     let mut path = vec![start];
     let mut cur = start;
     loop {
-        let Some(&next) = inputs[cur].iter().find(|&&u| indegree[u] > 0) else { break };
+        let Some(&next) = inputs[cur].iter().find(|&&u| indegree[u] > 0) else {
+            break;
+        };
         if let Some(pos) = path.iter().position(|&p| p == next) {
             let mut cyc: Vec<&str> = path[pos..].iter().rev().map(|&i| names[i]).collect();
             cyc.push(names[path[path.len() - 1]]);

@@ -28,8 +28,12 @@ impl FileFormat {
         match ext.to_ascii_lowercase().as_str() {
             "yaml" | "yml" => Ok(FileFormat::Yaml),
             "json" => Ok(FileFormat::Json),
-            "" => Err("unsupported file format: no extension (use .yaml, .yml or .json)".to_string()),
-            _ => Err(format!("unsupported file format: .{ext} (use .yaml, .yml or .json)")),
+            "" => {
+                Err("unsupported file format: no extension (use .yaml, .yml or .json)".to_string())
+            }
+            _ => Err(format!(
+                "unsupported file format: .{ext} (use .yaml, .yml or .json)"
+            )),
         }
     }
 }
@@ -41,9 +45,14 @@ impl FileFormat {
 /// Every problem found, each with its path (syntax errors with line:column).
 pub fn load_file(path: &Path, overrides: &[String]) -> Result<FlowSpec, Diagnostics> {
     let display = path.display().to_string();
-    let format = FileFormat::from_path(path).map_err(|m| Diagnostics::from(streamflow_core::Diagnostic::new(&display, m)))?;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Diagnostics::from(streamflow_core::Diagnostic::new(&display, format!("cannot read: {e}"))))?;
+    let format = FileFormat::from_path(path)
+        .map_err(|m| Diagnostics::from(streamflow_core::Diagnostic::new(&display, m)))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Diagnostics::from(streamflow_core::Diagnostic::new(
+            &display,
+            format!("cannot read: {e}"),
+        ))
+    })?;
     let mut doc = parse_document(&text, format).map_err(|e| e.at(&format!("{display}:")))?;
     let mut diags = Diagnostics::new();
     for o in overrides {
@@ -96,10 +105,17 @@ fn parse_document(text: &str, format: FileFormat) -> Result<Value, SyntaxError> 
                 return Ok(Value::Object(Map::new()));
             }
             serde_saphyr::from_str::<Value>(text).map_err(|e| {
-                let (line, col) = e.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+                let (line, col) = e
+                    .location()
+                    .map(|l| (l.line(), l.column()))
+                    .unwrap_or((0, 0));
                 let msg = e.to_string();
                 let first = msg.lines().next().unwrap_or("invalid YAML").to_string();
-                SyntaxError { line, column: col, message: strip_position(&first) }
+                SyntaxError {
+                    line,
+                    column: col,
+                    message: strip_position(&first),
+                }
             })
         }
     }
@@ -122,7 +138,8 @@ pub fn apply_override(doc: &mut Value, assignment: &str) -> Result<(), String> {
     let (path, raw) = assignment
         .split_once('=')
         .ok_or_else(|| format!("'{assignment}': expected path=value"))?;
-    let value: Value = serde_saphyr::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+    let value: Value =
+        serde_saphyr::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
     let mut segments = Vec::new();
     for part in path.split('.') {
         let (key, rest) = match part.find('[') {
@@ -149,7 +166,8 @@ pub fn apply_override(doc: &mut Value, assignment: &str) -> Result<(), String> {
             Ok(())
         }
         _ => {
-            let slot = step(node, last, false).ok_or_else(|| format!("'{path}': no '{last}' here"))?;
+            let slot =
+                step(node, last, false).ok_or_else(|| format!("'{path}': no '{last}' here"))?;
             *slot = value;
             Ok(())
         }
@@ -166,7 +184,9 @@ fn step<'a>(node: &'a mut Value, seg: &str, create: bool) -> Option<&'a mut Valu
         }
         Value::Array(items) => match seg.parse::<usize>() {
             Ok(i) => items.get_mut(i),
-            Err(_) => items.iter_mut().find(|v| v.get("name").and_then(Value::as_str) == Some(seg)),
+            Err(_) => items
+                .iter_mut()
+                .find(|v| v.get("name").and_then(Value::as_str) == Some(seg)),
         },
         _ => None,
     }
@@ -176,7 +196,10 @@ fn step<'a>(node: &'a mut Value, seg: &str, create: bool) -> Option<&'a mut Valu
 fn decode_flow(doc: Value) -> Result<FlowSpec, Diagnostics> {
     let mut diags = Diagnostics::new();
     let Value::Object(top) = doc else {
-        diags.push("", "a flow file must be a mapping with name, sources, stages and sinks");
+        diags.push(
+            "",
+            "a flow file must be a mapping with name, sources, stages and sinks",
+        );
         return Err(diags);
     };
     let mut flow = FlowSpec::default();
@@ -190,7 +213,10 @@ fn decode_flow(doc: Value) -> Result<FlowSpec, Diagnostics> {
             "sinks" => flow.sinks = decode_list(value, "sinks", &mut diags),
             other => diags.push(
                 other,
-                unknown_field_message(other, &["name", "mode", "queue", "sources", "stages", "sinks"]),
+                unknown_field_message(
+                    other,
+                    &["name", "mode", "queue", "sources", "stages", "sinks"],
+                ),
             ),
         }
     }
@@ -213,7 +239,11 @@ fn decode_list<T: DeserializeOwned>(value: Value, path: &str, diags: &mut Diagno
 }
 
 /// Decodes one value, turning a serde error into a path-qualified diagnostic.
-pub(crate) fn decode<T: DeserializeOwned>(value: Value, path: &str, diags: &mut Diagnostics) -> Option<T> {
+pub(crate) fn decode<T: DeserializeOwned>(
+    value: Value,
+    path: &str,
+    diags: &mut Diagnostics,
+) -> Option<T> {
     match serde_path_to_error::deserialize::<_, T>(value) {
         Ok(v) => Some(v),
         Err(e) => {
@@ -230,7 +260,10 @@ pub(crate) fn decode<T: DeserializeOwned>(value: Value, path: &str, diags: &mut 
 ///
 /// # Errors
 /// The decoding problem with its path.
-pub fn decode_settings<T: DeserializeOwned>(settings: &Map<String, Value>, path: &str) -> Result<T, Diagnostics> {
+pub fn decode_settings<T: DeserializeOwned>(
+    settings: &Map<String, Value>,
+    path: &str,
+) -> Result<T, Diagnostics> {
     let mut diags = Diagnostics::new();
     match decode(Value::Object(settings.clone()), path, &mut diags) {
         Some(v) => Ok(v),
@@ -261,7 +294,10 @@ pub fn friendly_serde_message(msg: &str) -> String {
     if let Some(rest) = msg.strip_prefix("unknown variant `") {
         if let Some((v, tail)) = rest.split_once('`') {
             let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
-            return format!("unknown value '{v}' (expected one of: {})", expected.join(", "));
+            return format!(
+                "unknown value '{v}' (expected one of: {})",
+                expected.join(", ")
+            );
         }
     }
     msg.to_string()
@@ -272,7 +308,10 @@ pub fn unknown_field_message(field: &str, expected: &[&str]) -> String {
     match suggest(field, expected) {
         Some(s) => format!("unknown field '{field}' (did you mean '{s}'?)"),
         None if expected.is_empty() => format!("unknown field '{field}'"),
-        None => format!("unknown field '{field}' (expected one of: {})", expected.join(", ")),
+        None => format!(
+            "unknown field '{field}' (expected one of: {})",
+            expected.join(", ")
+        ),
     }
 }
 
@@ -293,7 +332,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -306,8 +347,14 @@ mod tests {
 
     #[test]
     fn format_by_extension_any_case() {
-        assert_eq!(FileFormat::from_path(Path::new("a.YML")), Ok(FileFormat::Yaml));
-        assert_eq!(FileFormat::from_path(Path::new("a.Json")), Ok(FileFormat::Json));
+        assert_eq!(
+            FileFormat::from_path(Path::new("a.YML")),
+            Ok(FileFormat::Yaml)
+        );
+        assert_eq!(
+            FileFormat::from_path(Path::new("a.Json")),
+            Ok(FileFormat::Json)
+        );
         assert_eq!(
             FileFormat::from_path(Path::new("a.txt")).unwrap_err(),
             "unsupported file format: .txt (use .yaml, .yml or .json)"
@@ -324,22 +371,33 @@ mod tests {
 
     #[test]
     fn json_syntax_error_has_line_and_column() {
-        let err = parse_str("{\n \"name\": \"x\",\n \"sources\": [}\n", FileFormat::Json).unwrap_err();
+        let err =
+            parse_str("{\n \"name\": \"x\",\n \"sources\": [}\n", FileFormat::Json).unwrap_err();
         assert_eq!(err.0[0].path, "3:14", "{}", err);
     }
 
     #[test]
     fn unknown_fields_are_reported_with_suggestions() {
-        let err = parse_str("name: x\nsinkz: []\nsources:\n  - {name: a, type: nexmark, dlg: bad}\n", FileFormat::Yaml)
-            .unwrap_err();
+        let err = parse_str(
+            "name: x\nsinkz: []\nsources:\n  - {name: a, type: nexmark, dlg: bad}\n",
+            FileFormat::Yaml,
+        )
+        .unwrap_err();
         let text = err.to_string();
-        assert!(text.contains("sinkz: unknown field 'sinkz' (did you mean 'sinks'?)"), "{text}");
-        assert!(text.contains("sources[0].dlg: unknown field 'dlg' (did you mean 'dlq'?)"), "{text}");
+        assert!(
+            text.contains("sinkz: unknown field 'sinkz' (did you mean 'sinks'?)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sources[0].dlg: unknown field 'dlg' (did you mean 'dlq'?)"),
+            "{text}"
+        );
     }
 
     #[test]
     fn overrides_by_name_and_index() {
-        let mut doc: Value = serde_json::json!({"sources": [{"name": "ev", "config": {"events": 5}}]});
+        let mut doc: Value =
+            serde_json::json!({"sources": [{"name": "ev", "config": {"events": 5}}]});
         apply_override(&mut doc, "sources.ev.config.events=100").expect("by name");
         assert_eq!(doc["sources"][0]["config"]["events"], 100);
         apply_override(&mut doc, "sources[0].config.rate=fast").expect("by index");

@@ -10,20 +10,27 @@ use std::time::Duration;
 /// A message naming the problem, e.g. `invalid duration '10x': unknown unit 'x'`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    let bad = |why: &str| format!("invalid duration '{text}': {why} (expected e.g. 500ms, 10s, 1h30m)");
+    let bad =
+        |why: &str| format!("invalid duration '{text}': {why} (expected e.g. 500ms, 10s, 1h30m)");
     if t.is_empty() {
         return Err(bad("empty"));
     }
     let mut total = Duration::ZERO;
     let mut rest = t;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(bad("expected a number"));
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad("number too large"))?;
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| bad("number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let part = match unit {
@@ -50,7 +57,8 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let bad = |why: &str| format!("invalid size '{text}': {why} (expected e.g. 1048576, 64MB, 512KiB)");
+    let bad =
+        |why: &str| format!("invalid size '{text}': {why} (expected e.g. 1048576, 64MB, 512KiB)");
     let n: u64 = num.parse().map_err(|_| bad("expected a number"))?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
@@ -72,9 +80,16 @@ pub struct ByteSize(pub u64);
 impl<'de> serde::Deserialize<'de> for ByteSize {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match serde_json::Value::deserialize(d)? {
-            serde_json::Value::Number(n) => n.as_u64().map(ByteSize).ok_or_else(|| serde::de::Error::custom("expected a positive size")),
-            serde_json::Value::String(s) => parse_byte_size(&s).map(ByteSize).map_err(serde::de::Error::custom),
-            other => Err(serde::de::Error::custom(format!("expected a size, found {other}"))),
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .map(ByteSize)
+                .ok_or_else(|| serde::de::Error::custom("expected a positive size")),
+            serde_json::Value::String(s) => parse_byte_size(&s)
+                .map(ByteSize)
+                .map_err(serde::de::Error::custom),
+            other => Err(serde::de::Error::custom(format!(
+                "expected a size, found {other}"
+            ))),
         }
     }
 }
@@ -86,7 +101,9 @@ pub struct HumanDuration(pub Duration);
 impl<'de> serde::Deserialize<'de> for HumanDuration {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         match serde_json::Value::deserialize(d)? {
-            serde_json::Value::String(s) => parse_duration(&s).map(HumanDuration).map_err(serde::de::Error::custom),
+            serde_json::Value::String(s) => parse_duration(&s)
+                .map(HumanDuration)
+                .map_err(serde::de::Error::custom),
             other => Err(serde::de::Error::custom(format!(
                 "invalid duration '{other}': missing unit (expected e.g. 500ms, 10s, 1h30m)"
             ))),
@@ -111,15 +128,26 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("1m30s500ms"), Ok(Duration::from_millis(90_500)));
+        assert_eq!(
+            parse_duration("1m30s500ms"),
+            Ok(Duration::from_millis(90_500))
+        );
     }
 
     #[test]
     fn rejects_malformed_durations() {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("10").unwrap_err().contains("missing unit"));
-        assert!(parse_duration("10x").unwrap_err().contains("unknown unit 'x'"));
-        assert!(parse_duration("s10").unwrap_err().contains("expected a number"));
+        assert!(
+            parse_duration("10x")
+                .unwrap_err()
+                .contains("unknown unit 'x'")
+        );
+        assert!(
+            parse_duration("s10")
+                .unwrap_err()
+                .contains("expected a number")
+        );
         assert!(parse_duration("-5s").is_err());
     }
 }

@@ -43,13 +43,21 @@ impl FunctionCatalog {
                 Arc::new(datafusion_functions::unicode::planner::UnicodeFunctionPlanner),
                 Arc::new(datafusion_functions_aggregate::planner::AggregateFunctionPlanner),
             ];
-            FunctionCatalog { scalars, aggregates, planners, options: ConfigOptions::default() }
+            FunctionCatalog {
+                scalars,
+                aggregates,
+                planners,
+                options: ConfigOptions::default(),
+            }
         })
     }
 }
 
 impl ContextProvider for FunctionCatalog {
-    fn get_table_source(&self, name: TableReference) -> datafusion_common::Result<Arc<dyn TableSource>> {
+    fn get_table_source(
+        &self,
+        name: TableReference,
+    ) -> datafusion_common::Result<Arc<dyn TableSource>> {
         plan_err!("tables are not available in expressions (found '{name}')")
     }
     fn get_expr_planners(&self) -> &[Arc<dyn ExprPlanner>] {
@@ -93,7 +101,12 @@ pub fn suggest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) ->
     let lower = name.to_lowercase();
     candidates
         .into_iter()
-        .map(|c| (datafusion_common::utils::datafusion_strsim::levenshtein(&lower, &c.to_lowercase()), c))
+        .map(|c| {
+            (
+                datafusion_common::utils::datafusion_strsim::levenshtein(&lower, &c.to_lowercase()),
+                c,
+            )
+        })
         .filter(|(d, c)| *d <= 2.max(c.len() / 3))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)

@@ -7,10 +7,10 @@ use arrow::array::{Array, ArrayRef, BooleanArray};
 use arrow::datatypes::{DataType, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use datafusion_common::{Column, DFSchema, DataFusionError, SchemaError};
+use datafusion_expr::Expr;
 use datafusion_expr::execution_props::ExecutionProps;
 use datafusion_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion_expr::simplify::SimplifyContext;
-use datafusion_expr::Expr;
 use datafusion_optimizer::simplify_expressions::ExprSimplifier;
 use datafusion_physical_expr::{PhysicalExpr, create_physical_expr};
 use datafusion_sql::planner::{ParserOptions, PlannerContext, SqlToRel};
@@ -30,7 +30,9 @@ pub struct ExprError {
 
 impl ExprError {
     fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into() }
+        Self {
+            message: message.into(),
+        }
     }
 }
 
@@ -46,7 +48,10 @@ pub struct CompiledExpr {
 
 impl fmt::Debug for CompiledExpr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CompiledExpr").field("sql", &self.sql).field("type", &self.data_type).finish()
+        f.debug_struct("CompiledExpr")
+            .field("sql", &self.sql)
+            .field("type", &self.data_type)
+            .finish()
     }
 }
 
@@ -100,11 +105,19 @@ pub fn compile(sql: &str, schema: &SchemaRef) -> Result<CompiledExpr, ExprError>
             "aggregate functions are not allowed here (found in `{sql}`); use a window or aggregate stage"
         )));
     }
-    let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| ExprError::new(clean_message(&e)))?;
-    let props = ExecutionProps::new();
-    let physical = create_physical_expr(&logical, &df_schema, &props, &PhysicalPlanningContext::default())
+    let df_schema = DFSchema::try_from(schema.as_ref().clone())
         .map_err(|e| ExprError::new(clean_message(&e)))?;
-    let field = physical.return_field(schema.as_ref()).map_err(|e| ExprError::new(clean_message(&e)))?;
+    let props = ExecutionProps::new();
+    let physical = create_physical_expr(
+        &logical,
+        &df_schema,
+        &props,
+        &PhysicalPlanningContext::default(),
+    )
+    .map_err(|e| ExprError::new(clean_message(&e)))?;
+    let field = physical
+        .return_field(schema.as_ref())
+        .map_err(|e| ExprError::new(clean_message(&e)))?;
     Ok(CompiledExpr {
         sql: sql.to_string(),
         physical,
@@ -136,7 +149,8 @@ fn plan_logical(sql: &str, schema: &SchemaRef) -> Result<Expr, ExprError> {
             Ok(e)
         })
         .map_err(|e| ExprError::new(format!("invalid expression `{sql}`: {e}")))?;
-    let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| ExprError::new(clean_message(&e)))?;
+    let df_schema = DFSchema::try_from(schema.as_ref().clone())
+        .map_err(|e| ExprError::new(clean_message(&e)))?;
     let options = ParserOptions {
         enable_ident_normalization: false,
         map_string_types_to_utf8view: false,
@@ -145,11 +159,21 @@ fn plan_logical(sql: &str, schema: &SchemaRef) -> Result<Expr, ExprError> {
     let planner = SqlToRel::new_with_options(FunctionCatalog::get(), options);
     let expr = planner
         .sql_to_expr(ast, &df_schema, &mut PlannerContext::new())
-        .map_err(|e| unknown_name_error(&e, schema).unwrap_or_else(|| ExprError::new(clean_message(&e))))?;
+        .map_err(|e| {
+            unknown_name_error(&e, schema).unwrap_or_else(|| ExprError::new(clean_message(&e)))
+        })?;
     let df_schema = Arc::new(df_schema);
-    let simplifier = ExprSimplifier::new(SimplifyContext::builder().with_schema(Arc::clone(&df_schema)).build());
-    let expr = simplifier.coerce(expr, &df_schema).map_err(|e| ExprError::new(clean_message(&e)))?;
-    simplifier.simplify(expr).map_err(|e| ExprError::new(clean_message(&e)))
+    let simplifier = ExprSimplifier::new(
+        SimplifyContext::builder()
+            .with_schema(Arc::clone(&df_schema))
+            .build(),
+    );
+    let expr = simplifier
+        .coerce(expr, &df_schema)
+        .map_err(|e| ExprError::new(clean_message(&e)))?;
+    simplifier
+        .simplify(expr)
+        .map_err(|e| ExprError::new(clean_message(&e)))
 }
 
 fn contains_aggregate(expr: &Expr) -> bool {
@@ -209,7 +233,9 @@ impl ContextNames {
 fn clean_message(e: &DataFusionError) -> String {
     let root = e.find_root();
     let text = match root {
-        DataFusionError::Plan(m) | DataFusionError::Execution(m) | DataFusionError::NotImplemented(m) => m.clone(),
+        DataFusionError::Plan(m)
+        | DataFusionError::Execution(m)
+        | DataFusionError::NotImplemented(m) => m.clone(),
         DataFusionError::ArrowError(a, _) => a.to_string(),
         other => other.to_string(),
     };
@@ -252,7 +278,11 @@ mod tests {
 
     #[test]
     fn functions_and_case() {
-        let e = compile("CASE WHEN lower(channel) = 'apple' THEN 1 ELSE 0 END", &schema()).expect("compiles");
+        let e = compile(
+            "CASE WHEN lower(channel) = 'apple' THEN 1 ELSE 0 END",
+            &schema(),
+        )
+        .expect("compiles");
         let out = e.evaluate(&batch()).expect("evaluates");
         let out = out.as_any().downcast_ref::<Int64Array>().expect("i64");
         assert_eq!(out.values().to_vec(), vec![0, 1]);
@@ -261,14 +291,25 @@ mod tests {
     #[test]
     fn unknown_column_suggests() {
         let err = compile("prise > 3", &schema()).expect_err("unknown column");
-        assert_eq!(err.message, "column 'prise' not found (did you mean 'price'?)");
+        assert_eq!(
+            err.message,
+            "column 'prise' not found (did you mean 'price'?)"
+        );
     }
 
     #[test]
     fn unknown_function_suggests() {
         let err = compile("lowr(channel)", &schema()).expect_err("unknown function");
-        assert!(err.message.starts_with("unknown function 'lowr'"), "{}", err.message);
-        assert!(err.message.contains("did you mean 'lower'"), "{}", err.message);
+        assert!(
+            err.message.starts_with("unknown function 'lowr'"),
+            "{}",
+            err.message
+        );
+        assert!(
+            err.message.contains("did you mean 'lower'"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
@@ -280,14 +321,26 @@ mod tests {
     #[test]
     fn syntax_error_is_reported() {
         let err = compile("price * ", &schema()).expect_err("syntax");
-        assert!(err.message.starts_with("invalid expression"), "{}", err.message);
+        assert!(
+            err.message.starts_with("invalid expression"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]
     fn struct_fields_are_case_sensitive_paths() {
         let inner = Fields::from(vec![Field::new("price", DataType::Int64, true)]);
-        let s = Arc::new(Schema::new(vec![Field::new("Bid", DataType::Struct(inner.clone()), true)]));
-        let bid = StructArray::new(inner, vec![Arc::new(Int64Array::from(vec![5, 7])) as ArrayRef], None);
+        let s = Arc::new(Schema::new(vec![Field::new(
+            "Bid",
+            DataType::Struct(inner.clone()),
+            true,
+        )]));
+        let bid = StructArray::new(
+            inner,
+            vec![Arc::new(Int64Array::from(vec![5, 7])) as ArrayRef],
+            None,
+        );
         let b = RecordBatch::try_new(Arc::clone(&s), vec![Arc::new(bid)]).expect("batch");
         let e = compile("Bid.price * 2", &s).expect("compiles");
         let out = e.evaluate(&b).expect("evaluates");

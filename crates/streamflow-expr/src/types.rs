@@ -52,7 +52,11 @@ pub fn scalar_from_json(value: &serde_json::Value) -> Result<ScalarValue, String
             None => ScalarValue::Float64(n.as_f64()),
         },
         Value::String(s) => ScalarValue::Utf8(Some(s.clone())),
-        other => return Err(format!("expected a scalar value (string, number, boolean or null), found {other}")),
+        other => {
+            return Err(format!(
+                "expected a scalar value (string, number, boolean or null), found {other}"
+            ));
+        }
     })
 }
 
@@ -63,7 +67,10 @@ mod tests {
     #[test]
     fn parses_common_names() {
         assert_eq!(parse_data_type("BIGINT"), Ok(DataType::Int64));
-        assert_eq!(parse_data_type("timestamp(ms)"), Ok(DataType::Timestamp(TimeUnit::Millisecond, None)));
+        assert_eq!(
+            parse_data_type("timestamp(ms)"),
+            Ok(DataType::Timestamp(TimeUnit::Millisecond, None))
+        );
         assert_eq!(parse_data_type("Utf8"), Ok(DataType::Utf8));
         assert!(parse_data_type("nope").is_err());
     }

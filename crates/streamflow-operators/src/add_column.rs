@@ -30,7 +30,10 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
     for (name, value) in &config.add_column {
         let path = ctx.at(&format!("add_column.{name}"));
         if schema.index_of(name).is_ok() {
-            d.push(path, format!("column '{name}' already exists (use map to replace it)"));
+            d.push(
+                path,
+                format!("column '{name}' already exists (use map to replace it)"),
+            );
             continue;
         }
         match streamflow_expr::scalar_from_json(value) {

@@ -34,8 +34,10 @@ struct FilterFactory {
 pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diagnostics> {
     let config: FilterConfig = ctx.config()?;
     let schema = ctx.input_schema();
-    let predicate = streamflow_expr::compile_predicate(&config.predicate, &schema)
-        .map_err(|e| Diagnostics::from(streamflow_core::Diagnostic::new(ctx.at("where"), e.message)))?;
+    let predicate =
+        streamflow_expr::compile_predicate(&config.predicate, &schema).map_err(|e| {
+            Diagnostics::from(streamflow_core::Diagnostic::new(ctx.at("where"), e.message))
+        })?;
     Ok(Arc::new(FilterFactory { schema, predicate }))
 }
 
@@ -44,7 +46,9 @@ impl StageFactory for FilterFactory {
         Arc::clone(&self.schema)
     }
     fn create(&self) -> Box<dyn Operator> {
-        Box::new(Filter { predicate: self.predicate.clone() })
+        Box::new(Filter {
+            predicate: self.predicate.clone(),
+        })
     }
 }
 
@@ -55,14 +59,22 @@ struct Filter {
 
 impl Filter {
     fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch, String> {
-        let mask = self.predicate.evaluate_predicate(batch).map_err(|e| e.message)?;
+        let mask = self
+            .predicate
+            .evaluate_predicate(batch)
+            .map_err(|e| e.message)?;
         filter_record_batch(batch, &mask).map_err(|e| e.to_string())
     }
 }
 
 #[async_trait]
 impl Operator for Filter {
-    async fn process_batch(&mut self, _input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
+    async fn process_batch(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        out: &mut Output,
+    ) -> Result<()> {
         if let Some(kept) = apply_isolating(&batch, out, |b| self.apply(b))? {
             out.emit(kept);
         }
@@ -76,32 +88,63 @@ mod tests {
     use arrow::array::{Int64Array, RecordBatch};
     use arrow::datatypes::{DataType, Field, Schema};
 
-    fn ctx_plan(settings: serde_json::Value, schema: SchemaRef) -> Result<Arc<dyn StageFactory>, Diagnostics> {
+    fn ctx_plan(
+        settings: serde_json::Value,
+        schema: SchemaRef,
+    ) -> Result<Arc<dyn StageFactory>, Diagnostics> {
         let map = settings.as_object().cloned().unwrap_or_default();
-        plan(&StageContext { name: "f", path: "stages[0]", settings: &map, inputs: &[schema] })
+        plan(&StageContext {
+            name: "f",
+            path: "stages[0]",
+            settings: &map,
+            inputs: &[schema],
+        })
     }
 
     #[tokio::test]
     async fn keeps_matching_rows_and_dead_letters_failing_ones() {
         let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, false)]));
-        let f = ctx_plan(serde_json::json!({"where": "10 / a > 2"}), Arc::clone(&schema)).expect("plans");
-        let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 0, 5, 2]))]).expect("batch");
+        let f = ctx_plan(
+            serde_json::json!({"where": "10 / a > 2"}),
+            Arc::clone(&schema),
+        )
+        .expect("plans");
+        let batch =
+            RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![1, 0, 5, 2]))])
+                .expect("batch");
         let mut op = f.create();
         let mut out = Output::new();
         op.process_batch(0, batch, &mut out).await.expect("runs");
         let kept = out.take_batches();
-        let a = kept[0].column(0).as_any().downcast_ref::<Int64Array>().expect("i64");
+        let a = kept[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("i64");
         assert_eq!(a.values().to_vec(), vec![1, 2]);
         let dead = out.take_dead_letters();
         assert_eq!(dead.len(), 1);
         assert_eq!(dead[0].payload.as_deref(), Some(r#"{"a":0}"#));
-        assert!(dead[0].error.contains("Divide by zero"), "{}", dead[0].error);
+        assert!(
+            dead[0].error.contains("Divide by zero"),
+            "{}",
+            dead[0].error
+        );
     }
 
     #[test]
     fn unknown_column_is_reported_at_where() {
-        let schema = Arc::new(Schema::new(vec![Field::new("price", DataType::Int64, false)]));
-        let err = ctx_plan(serde_json::json!({"where": "prise > 1"}), schema).err().expect("fails");
-        assert_eq!(err.to_string(), "stages[0].where: column 'prise' not found (did you mean 'price'?)");
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "price",
+            DataType::Int64,
+            false,
+        )]));
+        let err = ctx_plan(serde_json::json!({"where": "prise > 1"}), schema)
+            .err()
+            .expect("fails");
+        assert_eq!(
+            err.to_string(),
+            "stages[0].where: column 'prise' not found (did you mean 'price'?)"
+        );
     }
 }

@@ -44,12 +44,20 @@ impl Projection {
                 ColumnSource::Constant(v) => Field::new(name, v.data_type(), v.is_null()),
             })
             .collect();
-        Self { schema: Arc::new(Schema::new(fields)), columns: columns.into_iter().map(|(_, s)| s).collect() }
+        Self {
+            schema: Arc::new(Schema::new(fields)),
+            columns: columns.into_iter().map(|(_, s)| s).collect(),
+        }
     }
 
     /// Every input column kept under its own name.
     pub(crate) fn identity(input: &Schema) -> Vec<(String, ColumnSource)> {
-        input.fields().iter().enumerate().map(|(i, f)| (f.name().clone(), ColumnSource::Input(i))).collect()
+        input
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name().clone(), ColumnSource::Input(i)))
+            .collect()
     }
 
     fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch, String> {
@@ -83,7 +91,12 @@ impl StageFactory for Projection {
 
 #[async_trait]
 impl Operator for Projection {
-    async fn process_batch(&mut self, _input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
+    async fn process_batch(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        out: &mut Output,
+    ) -> Result<()> {
         if let Some(projected) = apply_isolating(&batch, out, |b| self.apply(b))? {
             out.emit(projected);
         }

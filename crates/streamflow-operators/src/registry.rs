@@ -25,13 +25,48 @@ pub struct StageKind {
 
 /// Every stage type, in the order shown to users.
 pub static STAGES: &[StageKind] = &[
-    StageKind { name: "filter", description: "keep rows where a predicate holds", inputs: InputRule::SameSchema, plan: filter::plan },
-    StageKind { name: "select", description: "project columns or expressions", inputs: InputRule::SameSchema, plan: select::plan },
-    StageKind { name: "rename", description: "rename columns", inputs: InputRule::SameSchema, plan: rename::plan },
-    StageKind { name: "add_column", description: "add columns with static values", inputs: InputRule::SameSchema, plan: add_column::plan },
-    StageKind { name: "map", description: "add or replace computed columns", inputs: InputRule::SameSchema, plan: map::plan },
-    StageKind { name: "validate", description: "enforce a declared schema; bad rows to the dlq", inputs: InputRule::SameSchema, plan: validate::plan },
-    StageKind { name: "union", description: "merge inputs with identical schemas", inputs: InputRule::SameSchema, plan: union::plan },
+    StageKind {
+        name: "filter",
+        description: "keep rows where a predicate holds",
+        inputs: InputRule::SameSchema,
+        plan: filter::plan,
+    },
+    StageKind {
+        name: "select",
+        description: "project columns or expressions",
+        inputs: InputRule::SameSchema,
+        plan: select::plan,
+    },
+    StageKind {
+        name: "rename",
+        description: "rename columns",
+        inputs: InputRule::SameSchema,
+        plan: rename::plan,
+    },
+    StageKind {
+        name: "add_column",
+        description: "add columns with static values",
+        inputs: InputRule::SameSchema,
+        plan: add_column::plan,
+    },
+    StageKind {
+        name: "map",
+        description: "add or replace computed columns",
+        inputs: InputRule::SameSchema,
+        plan: map::plan,
+    },
+    StageKind {
+        name: "validate",
+        description: "enforce a declared schema; bad rows to the dlq",
+        inputs: InputRule::SameSchema,
+        plan: validate::plan,
+    },
+    StageKind {
+        name: "union",
+        description: "merge inputs with identical schemas",
+        inputs: InputRule::SameSchema,
+        plan: union::plan,
+    },
 ];
 
 /// All stage types.

@@ -42,7 +42,10 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
     }
     for (i, (name, _)) in columns.iter().enumerate() {
         if columns[..i].iter().any(|(n, _)| n == name) {
-            d.push(ctx.at("rename"), format!("renaming makes column '{name}' appear twice"));
+            d.push(
+                ctx.at("rename"),
+                format!("renaming makes column '{name}' appear twice"),
+            );
         }
     }
     d.into_result(())?;

@@ -34,14 +34,20 @@ pub(crate) fn apply_isolating(
             Ok(_) => keep.push(true),
             Err(error) => {
                 keep.push(false);
-                out.dead_letter(DeadLetter { file: None, line: None, payload: Some(row_as_json(&row)), error });
+                out.dead_letter(DeadLetter {
+                    file: None,
+                    line: None,
+                    payload: Some(row_as_json(&row)),
+                    error,
+                });
             }
         }
     }
     if !keep.contains(&true) {
         return Ok(None);
     }
-    let good = filter_record_batch(batch, &BooleanArray::from(keep)).map_err(|e| Error::arrow("filtering failed rows", e))?;
+    let good = filter_record_batch(batch, &BooleanArray::from(keep))
+        .map_err(|e| Error::arrow("filtering failed rows", e))?;
     f(&good).map(Some).map_err(Error::Other)
 }
 

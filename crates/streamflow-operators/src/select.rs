@@ -32,7 +32,10 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
             true => ctx.at(&format!("select.{name}")),
             false => ctx.at(&format!("select[{i}]")),
         };
-        if columns.iter().any(|(n, _): &(String, ColumnSource)| *n == name) {
+        if columns
+            .iter()
+            .any(|(n, _): &(String, ColumnSource)| *n == name)
+        {
             d.push(path, format!("column '{name}' selected twice"));
             continue;
         }
@@ -67,7 +70,9 @@ mod columns {
         /// `(output name, sql, written as map)` per column.
         pub(crate) fn entries(&self) -> Vec<(String, String, bool)> {
             match self {
-                OrderedColumns::List(v) => v.iter().map(|s| (s.clone(), s.clone(), false)).collect(),
+                OrderedColumns::List(v) => {
+                    v.iter().map(|s| (s.clone(), s.clone(), false)).collect()
+                }
                 OrderedColumns::Map(m) => m
                     .iter()
                     .map(|(k, v)| {

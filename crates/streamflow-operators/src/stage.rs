@@ -30,7 +30,10 @@ impl StageContext<'_> {
     }
     /// The schema of the first (for most stages, only) input.
     pub fn input_schema(&self) -> SchemaRef {
-        self.inputs.first().cloned().unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()))
+        self.inputs
+            .first()
+            .cloned()
+            .unwrap_or_else(|| Arc::new(arrow::datatypes::Schema::empty()))
     }
     /// Path of one settings key, e.g. `stages[2].where`.
     pub fn at(&self, key: &str) -> String {

@@ -21,5 +21,8 @@ struct UnionConfig {}
 pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diagnostics> {
     let _: UnionConfig = ctx.config()?;
     let schema = ctx.input_schema();
-    Ok(Arc::new(Projection::new(&schema, Projection::identity(&schema))))
+    Ok(Arc::new(Projection::new(
+        &schema,
+        Projection::identity(&schema),
+    )))
 }

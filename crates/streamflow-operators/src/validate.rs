@@ -78,11 +78,17 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
     for (name, decl) in &config.schema {
         let path = ctx.at(&format!("schema.{name}"));
         let decl = match decl {
-            Value::String(t) => ColumnDecl { data_type: t.clone(), nullable: true },
+            Value::String(t) => ColumnDecl {
+                data_type: t.clone(),
+                nullable: true,
+            },
             other => match serde_json::from_value::<ColumnDecl>(other.clone()) {
                 Ok(c) => c,
                 Err(e) => {
-                    d.push(path, streamflow_dsl::parse::friendly_serde_message(&e.to_string()));
+                    d.push(
+                        path,
+                        streamflow_dsl::parse::friendly_serde_message(&e.to_string()),
+                    );
                     continue;
                 }
             },
@@ -98,19 +104,31 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
             d.push(
                 path,
                 match streamflow_dsl::suggest(name, &names) {
-                    Some(s) => format!("column '{name}' not found in the input (did you mean '{s}'?)"),
+                    Some(s) => {
+                        format!("column '{name}' not found in the input (did you mean '{s}'?)")
+                    }
                     None => format!("column '{name}' not found in the input"),
                 },
             );
             continue;
         };
         if !arrow::compute::can_cast_types(input.field(index).data_type(), &data_type) {
-            d.push(path, format!("cannot convert {} to {data_type}", input.field(index).data_type()));
+            d.push(
+                path,
+                format!(
+                    "cannot convert {} to {data_type}",
+                    input.field(index).data_type()
+                ),
+            );
             continue;
         }
         strict[index] = Field::new(name, data_type.clone(), decl.nullable);
         relaxed[index] = Field::new(name, data_type.clone(), true);
-        columns.push(DeclaredColumn { index, data_type, nullable: decl.nullable });
+        columns.push(DeclaredColumn {
+            index,
+            data_type,
+            nullable: decl.nullable,
+        });
     }
     let strict = Arc::new(Schema::new(strict));
     let relaxed = Arc::new(Schema::new(relaxed));
@@ -122,7 +140,12 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
         }
     }
     d.into_result(())?;
-    Ok(Arc::new(ValidateFactory { strict, relaxed, columns, checks }))
+    Ok(Arc::new(ValidateFactory {
+        strict,
+        relaxed,
+        columns,
+        checks,
+    }))
 }
 
 impl StageFactory for ValidateFactory {
@@ -137,7 +160,8 @@ impl StageFactory for ValidateFactory {
 impl ValidateFactory {
     /// Re-labels a batch whose rows all conform with the strict schema.
     fn typed(&self, batch: RecordBatch) -> Result<RecordBatch> {
-        RecordBatch::try_new(Arc::clone(&self.strict), batch.columns().to_vec()).map_err(|e| Error::arrow("validate", e))
+        RecordBatch::try_new(Arc::clone(&self.strict), batch.columns().to_vec())
+            .map_err(|e| Error::arrow("validate", e))
     }
 
     fn record(reasons: &mut [Option<String>], row: usize, why: impl FnOnce() -> String) {
@@ -149,28 +173,43 @@ impl ValidateFactory {
 
 #[async_trait]
 impl Operator for ValidateFactory {
-    async fn process_batch(&mut self, _input: usize, batch: RecordBatch, out: &mut Output) -> Result<()> {
+    async fn process_batch(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        out: &mut Output,
+    ) -> Result<()> {
         let n = batch.num_rows();
         let mut reasons: Vec<Option<String>> = vec![None; n];
         let mut arrays: Vec<ArrayRef> = batch.columns().to_vec();
-        let options = CastOptions { safe: true, ..CastOptions::default() };
+        let options = CastOptions {
+            safe: true,
+            ..CastOptions::default()
+        };
         for c in &self.columns {
             let src = batch.column(c.index);
             let cast = if src.data_type() == &c.data_type {
                 Arc::clone(src)
             } else {
-                cast_with_options(src, &c.data_type, &options).map_err(|e| Error::arrow("validate: cast", e))?
+                cast_with_options(src, &c.data_type, &options)
+                    .map_err(|e| Error::arrow("validate: cast", e))?
             };
             if cast.null_count() > 0 {
                 let name = self.strict.field(c.index).name();
                 for row in (0..n).filter(|&r| cast.is_null(r)) {
                     if src.is_valid(row) {
                         Self::record(&mut reasons, row, || {
-                            let shown = arrow::util::display::array_value_to_string(src, row).unwrap_or_default();
-                            format!("column '{name}': cannot convert '{shown}' to {}", c.data_type)
+                            let shown = arrow::util::display::array_value_to_string(src, row)
+                                .unwrap_or_default();
+                            format!(
+                                "column '{name}': cannot convert '{shown}' to {}",
+                                c.data_type
+                            )
                         });
                     } else if !c.nullable {
-                        Self::record(&mut reasons, row, || format!("column '{name}': null in a non-nullable column"));
+                        Self::record(&mut reasons, row, || {
+                            format!("column '{name}': null in a non-nullable column")
+                        });
                     }
                 }
             }
@@ -179,10 +218,17 @@ impl Operator for ValidateFactory {
         let relaxed = RecordBatch::try_new(Arc::clone(&self.relaxed), arrays)
             .map_err(|e| Error::arrow("validate: assembling batch", e))?;
         for check in &self.checks {
-            let result = check.evaluate(&relaxed).map_err(|e| Error::Expression { expr: check.sql().to_string(), message: e.message })?;
-            let Some(result) = result.as_any().downcast_ref::<BooleanArray>() else { continue };
+            let result = check.evaluate(&relaxed).map_err(|e| Error::Expression {
+                expr: check.sql().to_string(),
+                message: e.message,
+            })?;
+            let Some(result) = result.as_any().downcast_ref::<BooleanArray>() else {
+                continue;
+            };
             for row in (0..n).filter(|&r| result.is_valid(r) && !result.value(r)) {
-                Self::record(&mut reasons, row, || format!("check `{}` failed", check.sql()));
+                Self::record(&mut reasons, row, || {
+                    format!("check `{}` failed", check.sql())
+                });
             }
         }
         if reasons.iter().all(Option::is_none) {
@@ -192,10 +238,16 @@ impl Operator for ValidateFactory {
         let keep: BooleanArray = reasons.iter().map(|r| Some(r.is_none())).collect();
         for (row, reason) in reasons.into_iter().enumerate() {
             if let Some(error) = reason {
-                out.dead_letter(DeadLetter { file: None, line: None, payload: Some(row_as_json(&batch.slice(row, 1))), error });
+                out.dead_letter(DeadLetter {
+                    file: None,
+                    line: None,
+                    payload: Some(row_as_json(&batch.slice(row, 1))),
+                    error,
+                });
             }
         }
-        let good = filter_record_batch(&relaxed, &keep).map_err(|e| Error::arrow("validate: filter", e))?;
+        let good = filter_record_batch(&relaxed, &keep)
+            .map_err(|e| Error::arrow("validate: filter", e))?;
         out.emit(self.typed(good)?);
         Ok(())
     }
@@ -217,13 +269,28 @@ mod tests {
             "checks": ["price >= 0"]
         });
         let map = settings.as_object().cloned().unwrap_or_default();
-        let factory = plan(&StageContext { name: "v", path: "stages[0]", settings: &map, inputs: &[Arc::clone(&input)] })
-            .expect("plans");
+        let factory = plan(&StageContext {
+            name: "v",
+            path: "stages[0]",
+            settings: &map,
+            inputs: &[Arc::clone(&input)],
+        })
+        .expect("plans");
         let batch = RecordBatch::try_new(
             input,
             vec![
-                Arc::new(StringArray::from(vec![Some("10"), Some("abc"), Some("5"), Some("-1")])),
-                Arc::new(StringArray::from(vec![Some("web"), Some("web"), None, Some("app")])),
+                Arc::new(StringArray::from(vec![
+                    Some("10"),
+                    Some("abc"),
+                    Some("5"),
+                    Some("-1"),
+                ])),
+                Arc::new(StringArray::from(vec![
+                    Some("web"),
+                    Some("web"),
+                    None,
+                    Some("app"),
+                ])),
             ],
         )
         .expect("batch");
@@ -234,9 +301,17 @@ mod tests {
         assert_eq!(good.len(), 1);
         assert_eq!(good[0].schema().field(0).data_type(), &DataType::Int64);
         assert!(!good[0].schema().field(1).is_nullable());
-        let prices = good[0].column(0).as_any().downcast_ref::<Int64Array>().expect("i64");
+        let prices = good[0]
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("i64");
         assert_eq!(prices.values().to_vec(), vec![10]);
-        let errors: Vec<String> = out.take_dead_letters().into_iter().map(|d| d.error).collect();
+        let errors: Vec<String> = out
+            .take_dead_letters()
+            .into_iter()
+            .map(|d| d.error)
+            .collect();
         assert_eq!(
             errors,
             vec![

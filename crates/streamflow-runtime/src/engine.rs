@@ -38,7 +38,9 @@ impl Pipeline {
     /// # Errors
     /// Every problem in the declaration, each with its path.
     pub fn from_spec(spec: &FlowSpec) -> Result<Self, Diagnostics> {
-        Ok(Self { plan: validate_spec(spec)? })
+        Ok(Self {
+            plan: validate_spec(spec)?,
+        })
     }
 
     /// The physical plan (schemas per node).
@@ -54,23 +56,37 @@ impl Pipeline {
         let plan = &self.plan;
         let graph = &plan.graph;
         let n = graph.nodes.len();
-        let metrics: Vec<Arc<NodeMetrics>> = (0..n).map(|_| Arc::new(NodeMetrics::default())).collect();
+        let metrics: Vec<Arc<NodeMetrics>> =
+            (0..n).map(|_| Arc::new(NodeMetrics::default())).collect();
 
         // Channels: for each consumer, per (producer instance, consumer instance).
-        let mut inputs: Vec<Vec<Vec<InputChannel>>> =
-            graph.nodes.iter().map(|node| (0..node.parallelism).map(|_| Vec::new()).collect()).collect();
-        let mut edges: Vec<Vec<Vec<Exchange>>> =
-            graph.nodes.iter().map(|node| (0..node.parallelism).map(|_| Vec::new()).collect()).collect();
-        let mut dlqs: Vec<Vec<Option<Exchange>>> =
-            graph.nodes.iter().map(|node| (0..node.parallelism).map(|_| None).collect()).collect();
+        let mut inputs: Vec<Vec<Vec<InputChannel>>> = graph
+            .nodes
+            .iter()
+            .map(|node| (0..node.parallelism).map(|_| Vec::new()).collect())
+            .collect();
+        let mut edges: Vec<Vec<Vec<Exchange>>> = graph
+            .nodes
+            .iter()
+            .map(|node| (0..node.parallelism).map(|_| Vec::new()).collect())
+            .collect();
+        let mut dlqs: Vec<Vec<Option<Exchange>>> = graph
+            .nodes
+            .iter()
+            .map(|node| (0..node.parallelism).map(|_| None).collect())
+            .collect();
         for (c, consumer) in graph.nodes.iter().enumerate() {
             for (logical, &p) in consumer.inputs.iter().enumerate() {
                 let producer = &graph.nodes[p];
                 let key_by = &plan.nodes[c].key_by;
                 for i in 0..producer.parallelism {
-                    let (senders, receivers) = channels(consumer.parallelism, consumer.queue_capacity);
+                    let (senders, receivers) =
+                        channels(consumer.parallelism, consumer.queue_capacity);
                     for (j, rx) in receivers.into_iter().enumerate() {
-                        inputs[c][j].push(InputChannel { receiver: rx, logical });
+                        inputs[c][j].push(InputChannel {
+                            receiver: rx,
+                            logical,
+                        });
                     }
                     let partitioning = if !key_by.is_empty() {
                         Partitioning::Hash(Arc::new(key_by.clone()))
@@ -84,9 +100,13 @@ impl Pipeline {
             }
             for &p in &consumer.dead_letter_inputs {
                 for i in 0..graph.nodes[p].parallelism {
-                    let (senders, receivers) = channels(consumer.parallelism, consumer.queue_capacity);
+                    let (senders, receivers) =
+                        channels(consumer.parallelism, consumer.queue_capacity);
                     for (j, rx) in receivers.into_iter().enumerate() {
-                        inputs[c][j].push(InputChannel { receiver: rx, logical: 0 });
+                        inputs[c][j].push(InputChannel {
+                            receiver: rx,
+                            logical: 0,
+                        });
                     }
                     dlqs[p][i] = Some(Exchange::new(senders, Partitioning::RoundRobin));
                 }
@@ -100,11 +120,23 @@ impl Pipeline {
             let node_inputs = std::mem::take(&mut inputs[id]);
             let node_edges = std::mem::take(&mut edges[id]);
             let node_dlqs = std::mem::take(&mut dlqs[id]);
-            for (instance, ((chans, outs), dlq)) in node_inputs.into_iter().zip(node_edges).zip(node_dlqs).enumerate() {
-                let outputs = Outputs { node: node.name.clone(), metrics: Arc::clone(&metrics[id]), edges: outs, dlq };
+            for (instance, ((chans, outs), dlq)) in node_inputs
+                .into_iter()
+                .zip(node_edges)
+                .zip(node_dlqs)
+                .enumerate()
+            {
+                let outputs = Outputs {
+                    node: node.name.clone(),
+                    metrics: Arc::clone(&metrics[id]),
+                    edges: outs,
+                    dlq,
+                };
                 match &plan.nodes[id].planned {
                     Planned::Source(f) => {
-                        let source = f.create(instance, node.parallelism).map_err(|e| e.in_stage(&node.name))?;
+                        let source = f
+                            .create(instance, node.parallelism)
+                            .map_err(|e| e.in_stage(&node.name))?;
                         expected = expected.zip(source.size_hint()).map(|(a, b)| a + b);
                         tasks.spawn(run_source(source, outputs, stop_rx.clone()));
                     }
@@ -113,7 +145,12 @@ impl Pipeline {
                     }
                     Planned::Sink(f) => {
                         let sink = f.create(instance).map_err(|e| e.in_stage(&node.name))?;
-                        tasks.spawn(run_sink(sink, InputSet::new(chans), node.name.clone(), Arc::clone(&metrics[id])));
+                        tasks.spawn(run_sink(
+                            sink,
+                            InputSet::new(chans),
+                            node.name.clone(),
+                            Arc::clone(&metrics[id]),
+                        ));
                     }
                 }
             }
@@ -123,9 +160,22 @@ impl Pipeline {
             .nodes
             .iter()
             .zip(&metrics)
-            .map(|(n, m)| NodeInfo { name: n.name.clone(), role: n.role, kind: n.kind.clone(), parallelism: n.parallelism, metrics: Arc::clone(m) })
+            .map(|(n, m)| NodeInfo {
+                name: n.name.clone(),
+                role: n.role,
+                kind: n.kind.clone(),
+                parallelism: n.parallelism,
+                metrics: Arc::clone(m),
+            })
             .collect();
-        Ok(RunHandle { tasks, stop: stop_tx, nodes, started: Instant::now(), expected, mode: graph.mode })
+        Ok(RunHandle {
+            tasks,
+            stop: stop_tx,
+            nodes,
+            started: Instant::now(),
+            expected,
+            mode: graph.mode,
+        })
     }
 }
 
@@ -181,7 +231,11 @@ impl RunHandle {
 
     /// Records produced by the sources so far.
     pub fn source_records(&self) -> u64 {
-        self.nodes.iter().filter(|n| n.role == Role::Source).map(|n| n.metrics.records_out()).sum()
+        self.nodes
+            .iter()
+            .filter(|n| n.role == Role::Source)
+            .map(|n| n.metrics.records_out())
+            .sum()
     }
 
     /// Waits for every task. On the first failure the others are cancelled
@@ -197,7 +251,8 @@ impl RunHandle {
                 Err(e) => Err(Error::Other(format!("a task was cancelled: {e}"))),
             };
             if let Err(e) = outcome {
-                if matches!(e, Error::Stage { ref source, .. } if matches!(**source, Error::ChannelClosed(_))) {
+                if matches!(e, Error::Stage { ref source, .. } if matches!(**source, Error::ChannelClosed(_)))
+                {
                     // A consequence of another failure; keep waiting for the cause.
                     continue;
                 }
@@ -224,7 +279,10 @@ impl RunHandle {
                 })
                 .collect(),
         };
-        tracing::info!(elapsed_ms = summary.elapsed.as_millis() as u64, "pipeline finished");
+        tracing::info!(
+            elapsed_ms = summary.elapsed.as_millis() as u64,
+            "pipeline finished"
+        );
         Ok(summary)
     }
 }
@@ -264,13 +322,21 @@ pub struct RunSummary {
 impl RunSummary {
     /// Records produced by all sources.
     pub fn source_records(&self) -> u64 {
-        self.stages.iter().filter(|s| s.role == Role::Source).map(|s| s.records_out).sum()
+        self.stages
+            .iter()
+            .filter(|s| s.role == Role::Source)
+            .map(|s| s.records_out)
+            .sum()
     }
 }
 
 impl fmt::Display for RunSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:<20} {:<11} {:>4} {:>12} {:>12} {:>10} {:>10}", "node", "type", "par", "in", "out", "dead", "busy")?;
+        writeln!(
+            f,
+            "{:<20} {:<11} {:>4} {:>12} {:>12} {:>10} {:>10}",
+            "node", "type", "par", "in", "out", "dead", "busy"
+        )?;
         for s in &self.stages {
             let (inn, out) = match s.role {
                 Role::Source => ("-".to_string(), s.records_out.to_string()),

@@ -57,7 +57,12 @@ pub struct Exchange {
 impl Exchange {
     /// An exchange over one channel per consumer instance.
     pub fn new(senders: Vec<Sender<Message>>, partitioning: Partitioning) -> Self {
-        Self { senders, partitioning, next: 0, hashes: Vec::new() }
+        Self {
+            senders,
+            partitioning,
+            next: 0,
+            hashes: Vec::new(),
+        }
     }
 
     /// Sends a batch, waiting while the receiving queue is full (backpressure).
@@ -104,20 +109,36 @@ impl Exchange {
     }
 
     async fn send_to(&self, i: usize, message: Message) -> Result<()> {
-        self.senders[i].send(message).await.map_err(|_| Error::ChannelClosed("downstream stopped".into()))
+        self.senders[i]
+            .send(message)
+            .await
+            .map_err(|_| Error::ChannelClosed("downstream stopped".into()))
     }
 
     /// Splits rows by owning instance; `None` where an instance gets no rows.
-    fn split_by_key(&mut self, batch: &RecordBatch, keys: &[CompiledExpr]) -> Result<Vec<Option<RecordBatch>>> {
+    fn split_by_key(
+        &mut self,
+        batch: &RecordBatch,
+        keys: &[CompiledExpr],
+    ) -> Result<Vec<Option<RecordBatch>>> {
         let n = self.senders.len();
         let arrays = keys
             .iter()
-            .map(|k| k.evaluate(batch).map_err(|e| Error::Expression { expr: k.sql().to_string(), message: e.message }))
+            .map(|k| {
+                k.evaluate(batch).map_err(|e| Error::Expression {
+                    expr: k.sql().to_string(),
+                    message: e.message,
+                })
+            })
             .collect::<Result<Vec<ArrayRef>>>()?;
         self.hashes.clear();
         self.hashes.resize(batch.num_rows(), 0);
-        create_hashes(&arrays, &RandomState::with_seed(KEY_HASH_SEED), &mut self.hashes)
-            .map_err(|e| Error::Other(format!("hashing keys: {e}")))?;
+        create_hashes(
+            &arrays,
+            &RandomState::with_seed(KEY_HASH_SEED),
+            &mut self.hashes,
+        )
+        .map_err(|e| Error::Other(format!("hashing keys: {e}")))?;
         let mut indices: Vec<Vec<u32>> = vec![Vec::new(); n];
         for (row, h) in self.hashes.iter().enumerate() {
             indices[instance_for_key_group(key_group(*h), n)].push(row as u32);
@@ -130,7 +151,9 @@ impl Exchange {
                 } else if idx.len() == batch.num_rows() {
                     Ok(Some(batch.clone()))
                 } else {
-                    take_record_batch(batch, &UInt32Array::from(idx)).map(Some).map_err(|e| Error::arrow("partitioning", e))
+                    take_record_batch(batch, &UInt32Array::from(idx))
+                        .map(Some)
+                        .map_err(|e| Error::arrow("partitioning", e))
                 }
             })
             .collect()
@@ -147,7 +170,9 @@ mod tests {
     #[test]
     fn key_groups_cover_instances_contiguously() {
         for p in 1..=8 {
-            let owners: Vec<usize> = (0..MAX_KEY_GROUPS).map(|g| instance_for_key_group(g, p)).collect();
+            let owners: Vec<usize> = (0..MAX_KEY_GROUPS)
+                .map(|g| instance_for_key_group(g, p))
+                .collect();
             assert!(owners.windows(2).all(|w| w[0] <= w[1]));
             assert_eq!(owners.first(), Some(&0));
             assert_eq!(owners.last(), Some(&(p - 1)));
@@ -166,8 +191,11 @@ mod tests {
         }
         let mut ex = Exchange::new(txs, Partitioning::Hash(keys));
         for _ in 0..2 {
-            let b = RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(Int64Array::from_iter_values(0..100))])
-                .expect("batch");
+            let b = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![Arc::new(Int64Array::from_iter_values(0..100))],
+            )
+            .expect("batch");
             ex.send(b).await.expect("send");
         }
         drop(ex);
@@ -175,14 +203,29 @@ mod tests {
         let mut total = 0;
         for (i, rx) in rxs.iter_mut().enumerate() {
             while let Some(Message::Data(b)) = rx.recv().await {
-                let k = b.column(0).as_any().downcast_ref::<Int64Array>().expect("i64");
+                let k = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("i64");
                 for v in k.values() {
                     total += 1;
-                    assert_eq!(*owner.entry(*v).or_insert(i), i, "key {v} went to two instances");
+                    assert_eq!(
+                        *owner.entry(*v).or_insert(i),
+                        i,
+                        "key {v} went to two instances"
+                    );
                 }
             }
         }
         assert_eq!(total, 200);
-        assert!(owner.values().collect::<std::collections::HashSet<_>>().len() > 1, "all keys on one instance");
+        assert!(
+            owner
+                .values()
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                > 1,
+            "all keys on one instance"
+        );
     }
 }

@@ -69,7 +69,12 @@ impl InputSet {
         Self {
             channels: channels
                 .into_iter()
-                .map(|channel| ChannelState { channel, watermark: Watermark::MIN, ended: false, blocked: false })
+                .map(|channel| ChannelState {
+                    channel,
+                    watermark: Watermark::MIN,
+                    ended: false,
+                    blocked: false,
+                })
                 .collect(),
             current: Watermark::MIN,
             pending_barrier: None,
@@ -118,7 +123,10 @@ impl InputSet {
     /// Applies one message to the channel states; returns what to report.
     fn on_message(&mut self, idx: usize, message: Message) -> Option<InputEvent> {
         match message {
-            Message::Data(batch) => Some(InputEvent::Data { input: self.channels[idx].channel.logical, batch }),
+            Message::Data(batch) => Some(InputEvent::Data {
+                input: self.channels[idx].channel.logical,
+                batch,
+            }),
             Message::Watermark(w) => {
                 let ch = &mut self.channels[idx];
                 ch.watermark = ch.watermark.max(w);
@@ -146,7 +154,12 @@ impl InputSet {
     }
 
     fn advance_watermark(&mut self) -> Option<InputEvent> {
-        let min = self.channels.iter().filter(|c| !c.ended).map(|c| c.watermark).min()?;
+        let min = self
+            .channels
+            .iter()
+            .filter(|c| !c.ended)
+            .map(|c| c.watermark)
+            .min()?;
         if min > self.current {
             self.current = min;
             Some(InputEvent::Watermark(min))
@@ -180,7 +193,10 @@ mod tests {
         for i in 0..n {
             let (tx, rx) = channel(8);
             txs.push(tx);
-            chans.push(InputChannel { receiver: rx, logical: i });
+            chans.push(InputChannel {
+                receiver: rx,
+                logical: i,
+            });
         }
         (txs, InputSet::new(chans))
     }
@@ -188,13 +204,31 @@ mod tests {
     #[tokio::test]
     async fn watermark_is_minimum_of_live_inputs() {
         let (txs, mut inputs) = set(2);
-        txs[0].send(Message::Watermark(Watermark(10))).await.expect("send");
-        txs[1].send(Message::Watermark(Watermark(5))).await.expect("send");
-        assert!(matches!(inputs.next().await, InputEvent::Watermark(Watermark(5))));
-        txs[1].send(Message::Watermark(Watermark(20))).await.expect("send");
-        assert!(matches!(inputs.next().await, InputEvent::Watermark(Watermark(10))));
+        txs[0]
+            .send(Message::Watermark(Watermark(10)))
+            .await
+            .expect("send");
+        txs[1]
+            .send(Message::Watermark(Watermark(5)))
+            .await
+            .expect("send");
+        assert!(matches!(
+            inputs.next().await,
+            InputEvent::Watermark(Watermark(5))
+        ));
+        txs[1]
+            .send(Message::Watermark(Watermark(20)))
+            .await
+            .expect("send");
+        assert!(matches!(
+            inputs.next().await,
+            InputEvent::Watermark(Watermark(10))
+        ));
         txs[0].send(Message::EndOfStream).await.expect("send");
-        assert!(matches!(inputs.next().await, InputEvent::Watermark(Watermark(20))));
+        assert!(matches!(
+            inputs.next().await,
+            InputEvent::Watermark(Watermark(20))
+        ));
         txs[1].send(Message::EndOfStream).await.expect("send");
         assert!(matches!(inputs.next().await, InputEvent::End));
     }
@@ -202,7 +236,11 @@ mod tests {
     #[tokio::test]
     async fn barrier_waits_for_all_inputs_and_blocks_aligned_ones() {
         let (txs, mut inputs) = set(2);
-        let b = CheckpointBarrier { id: 1, timestamp_ms: 0, is_final: false };
+        let b = CheckpointBarrier {
+            id: 1,
+            timestamp_ms: 0,
+            is_final: false,
+        };
         let schema = std::sync::Arc::new(arrow::datatypes::Schema::empty());
         let data = || {
             Message::Data(
@@ -218,9 +256,15 @@ mod tests {
         txs[0].send(data()).await.expect("send"); // after the barrier: must wait
         txs[1].send(data()).await.expect("send"); // before the barrier: flows
         txs[1].send(Message::Barrier(b)).await.expect("send");
-        assert!(matches!(inputs.next().await, InputEvent::Data { input: 1, .. }));
+        assert!(matches!(
+            inputs.next().await,
+            InputEvent::Data { input: 1, .. }
+        ));
         assert!(matches!(inputs.next().await, InputEvent::Barrier(x) if x.id == 1));
-        assert!(matches!(inputs.next().await, InputEvent::Data { input: 0, .. }));
+        assert!(matches!(
+            inputs.next().await,
+            InputEvent::Data { input: 0, .. }
+        ));
     }
 
     #[tokio::test]

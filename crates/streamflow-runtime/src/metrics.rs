@@ -40,6 +40,7 @@ impl NodeMetrics {
         self.dead_letters.fetch_add(n as u64, Ordering::Relaxed);
     }
     pub(crate) fn add_busy(&self, d: Duration) {
-        self.busy_ns.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+        self.busy_ns
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
     }
 }

@@ -70,7 +70,10 @@ pub fn plan(graph: FlowGraph) -> Result<PhysicalPlan, Diagnostics> {
         let inputs: Option<Vec<SchemaRef>> = if node.role == Role::Sink && node.inputs.is_empty() {
             Some(vec![dead_letter_schema()])
         } else {
-            node.inputs.iter().map(|&i| planned[i].as_ref().map(|p| Arc::clone(&p.schema))).collect()
+            node.inputs
+                .iter()
+                .map(|&i| planned[i].as_ref().map(|p| Arc::clone(&p.schema)))
+                .collect()
         };
         let result = match inputs {
             None => None,
@@ -107,20 +110,35 @@ fn unknown_type(node: &Node, known: &[&str]) -> Diagnostics {
     ))
 }
 
-fn plan_node(graph: &FlowGraph, node: &Node, inputs: &[SchemaRef]) -> Result<PlannedNode, Diagnostics> {
+fn plan_node(
+    graph: &FlowGraph,
+    node: &Node,
+    inputs: &[SchemaRef],
+) -> Result<PlannedNode, Diagnostics> {
     match node.role {
         Role::Source => {
             let kinds = streamflow_connectors::source_kinds();
-            let kind = streamflow_connectors::find_source(&node.kind)
-                .ok_or_else(|| unknown_type(node, &kinds.iter().map(|k| k.name).collect::<Vec<_>>()))?;
-            let ctx = SourceContext { name: &node.name, path: &node.settings_path, settings: &node.settings, mode: graph.mode };
+            let kind = streamflow_connectors::find_source(&node.kind).ok_or_else(|| {
+                unknown_type(node, &kinds.iter().map(|k| k.name).collect::<Vec<_>>())
+            })?;
+            let ctx = SourceContext {
+                name: &node.name,
+                path: &node.settings_path,
+                settings: &node.settings,
+                mode: graph.mode,
+            };
             let factory = (kind.plan)(&ctx)?;
-            Ok(PlannedNode { schema: factory.schema(), planned: Planned::Source(factory), key_by: Vec::new() })
+            Ok(PlannedNode {
+                schema: factory.schema(),
+                planned: Planned::Source(factory),
+                key_by: Vec::new(),
+            })
         }
         Role::Stage => {
             let kinds = streamflow_operators::stage_kinds();
-            let kind = streamflow_operators::find_stage(&node.kind)
-                .ok_or_else(|| unknown_type(node, &kinds.iter().map(|k| k.name).collect::<Vec<_>>()))?;
+            let kind = streamflow_operators::find_stage(&node.kind).ok_or_else(|| {
+                unknown_type(node, &kinds.iter().map(|k| k.name).collect::<Vec<_>>())
+            })?;
             let mut d = Diagnostics::new();
             match kind.inputs {
                 InputRule::SameSchema => {
@@ -140,30 +158,54 @@ fn plan_node(graph: &FlowGraph, node: &Node, inputs: &[SchemaRef]) -> Result<Pla
                     }
                 }
                 InputRule::Exactly(n) if inputs.len() != n => {
-                    d.push(format!("{}.input", node.path), format!("{} takes exactly {n} inputs", node.kind));
+                    d.push(
+                        format!("{}.input", node.path),
+                        format!("{} takes exactly {n} inputs", node.kind),
+                    );
                 }
                 InputRule::Exactly(_) => {}
             }
             let key_by = compile_keys(node, inputs.first(), &mut d);
             d.into_result(())?;
-            let ctx = StageContext { name: &node.name, path: &node.settings_path, settings: &node.settings, inputs };
+            let ctx = StageContext {
+                name: &node.name,
+                path: &node.settings_path,
+                settings: &node.settings,
+                inputs,
+            };
             let factory = (kind.plan)(&ctx)?;
-            Ok(PlannedNode { schema: factory.output_schema(), planned: Planned::Stage(factory), key_by })
+            Ok(PlannedNode {
+                schema: factory.output_schema(),
+                planned: Planned::Stage(factory),
+                key_by,
+            })
         }
         Role::Sink => {
             let kinds = streamflow_connectors::sink_kinds();
-            let kind = streamflow_connectors::find_sink(&node.kind)
-                .ok_or_else(|| unknown_type(node, &kinds.iter().map(|k| k.name).collect::<Vec<_>>()))?;
+            let kind = streamflow_connectors::find_sink(&node.kind).ok_or_else(|| {
+                unknown_type(node, &kinds.iter().map(|k| k.name).collect::<Vec<_>>())
+            })?;
             let schema = inputs.first().cloned().unwrap_or_else(dead_letter_schema);
-            let ctx = SinkContext { name: &node.name, path: &node.settings_path, settings: &node.settings, input: Arc::clone(&schema) };
+            let ctx = SinkContext {
+                name: &node.name,
+                path: &node.settings_path,
+                settings: &node.settings,
+                input: Arc::clone(&schema),
+            };
             let factory = (kind.plan)(&ctx)?;
-            Ok(PlannedNode { schema, planned: Planned::Sink(factory), key_by: Vec::new() })
+            Ok(PlannedNode {
+                schema,
+                planned: Planned::Sink(factory),
+                key_by: Vec::new(),
+            })
         }
     }
 }
 
 fn compile_keys(node: &Node, input: Option<&SchemaRef>, d: &mut Diagnostics) -> Vec<CompiledExpr> {
-    let Some(schema) = input else { return Vec::new() };
+    let Some(schema) = input else {
+        return Vec::new();
+    };
     node.key_by
         .iter()
         .enumerate()
@@ -180,9 +222,17 @@ fn compile_keys(node: &Node, input: Option<&SchemaRef>, d: &mut Diagnostics) -> 
 /// Same column names and types, in order (nullability may differ).
 fn same_columns(a: &SchemaRef, b: &SchemaRef) -> bool {
     a.fields().len() == b.fields().len()
-        && a.fields().iter().zip(b.fields()).all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
+        && a.fields()
+            .iter()
+            .zip(b.fields())
+            .all(|(x, y)| x.name() == y.name() && x.data_type() == y.data_type())
 }
 
 fn describe(schema: &SchemaRef) -> String {
-    schema.fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect::<Vec<_>>().join(", ")
+    schema
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

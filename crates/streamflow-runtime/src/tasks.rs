@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
-use streamflow_core::{DeadLetter, Error, Message, Operator, Output, Result, Sink, Source, dead_letter_batch};
+use streamflow_core::{
+    DeadLetter, Error, Message, Operator, Output, Result, Sink, Source, dead_letter_batch,
+};
 use tokio::sync::watch;
 
 use crate::exchange::Exchange;
@@ -48,7 +50,8 @@ impl Outputs {
         self.metrics.add_dead(letters.len());
         match self.dlq.as_mut() {
             Some(dlq) => {
-                let batch = dead_letter_batch(&self.node, &letters).map_err(|e| Error::arrow("building dead letters", e))?;
+                let batch = dead_letter_batch(&self.node, &letters)
+                    .map_err(|e| Error::arrow("building dead letters", e))?;
                 dlq.send(batch).await
             }
             None => {
@@ -60,7 +63,10 @@ impl Outputs {
                 };
                 Err(Error::Decode {
                     location,
-                    message: format!("{} (set `dlq:` on '{}' to route bad records instead of failing)", first.error, self.node),
+                    message: format!(
+                        "{} (set `dlq:` on '{}' to route bad records instead of failing)",
+                        first.error, self.node
+                    ),
                 })
             }
         }
@@ -87,7 +93,11 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 /// Pulls from a source until it ends or a stop is requested, then ends its outputs.
-pub(crate) async fn run_source(mut source: Box<dyn Source>, mut out: Outputs, mut stop: watch::Receiver<bool>) -> Result<()> {
+pub(crate) async fn run_source(
+    mut source: Box<dyn Source>,
+    mut out: Outputs,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
     let node = out.node.clone();
     let result = async {
         loop {
@@ -111,7 +121,11 @@ pub(crate) async fn run_source(mut source: Box<dyn Source>, mut out: Outputs, mu
 }
 
 /// Runs one operator instance over its merged inputs.
-pub(crate) async fn run_operator(mut op: Box<dyn Operator>, mut inputs: InputSet, mut out: Outputs) -> Result<()> {
+pub(crate) async fn run_operator(
+    mut op: Box<dyn Operator>,
+    mut inputs: InputSet,
+    mut out: Outputs,
+) -> Result<()> {
     let node = out.node.clone();
     let metrics = Arc::clone(&out.metrics);
     let result = async {
@@ -149,7 +163,12 @@ pub(crate) async fn run_operator(mut op: Box<dyn Operator>, mut inputs: InputSet
 }
 
 /// Writes everything arriving on a sink instance's inputs.
-pub(crate) async fn run_sink(mut sink: Box<dyn Sink>, mut inputs: InputSet, node: String, metrics: Arc<NodeMetrics>) -> Result<()> {
+pub(crate) async fn run_sink(
+    mut sink: Box<dyn Sink>,
+    mut inputs: InputSet,
+    node: String,
+    metrics: Arc<NodeMetrics>,
+) -> Result<()> {
     let result = async {
         loop {
             match inputs.next().await {

@@ -42,7 +42,13 @@ pub struct BenchResult {
 
 impl BenchResult {
     /// Builds the result from raw measurements.
-    pub fn new(query: &str, events: u64, elapsed: Duration, cores: usize, output_records: u64) -> Self {
+    pub fn new(
+        query: &str,
+        events: u64,
+        elapsed: Duration,
+        cores: usize,
+        output_records: u64,
+    ) -> Self {
         let seconds = elapsed.as_secs_f64();
         let eps = events as f64 / seconds.max(1e-9);
         Self {

@@ -12,7 +12,11 @@ use streamflow::{Diagnostics, FlowSpec, Mode, Pipeline, PipelineBuilder, RunHand
 use streamflow_dsl::{FileFormat, Role};
 
 #[derive(Parser)]
-#[command(name = "streamflow", version, about = "Stream processing on Arrow batches")]
+#[command(
+    name = "streamflow",
+    version,
+    about = "Stream processing on Arrow batches"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -91,9 +95,29 @@ fn main() -> ExitCode {
         .init();
     let outcome = match cli.command {
         Command::Validate { file, overrides } => return validate(&file, &overrides),
-        Command::Run { file, overrides, workers, quiet } => run(&file, &overrides, workers, quiet),
-        Command::Bench { suite: BenchSuite::Nexmark { query, events, cores, json } } => bench(&query, events, cores, json),
-        Command::Bench { suite: BenchSuite::Jsonl { events, cores, json } } => bench_jsonl(events, cores, json),
+        Command::Run {
+            file,
+            overrides,
+            workers,
+            quiet,
+        } => run(&file, &overrides, workers, quiet),
+        Command::Bench {
+            suite:
+                BenchSuite::Nexmark {
+                    query,
+                    events,
+                    cores,
+                    json,
+                },
+        } => bench(&query, events, cores, json),
+        Command::Bench {
+            suite:
+                BenchSuite::Jsonl {
+                    events,
+                    cores,
+                    json,
+                },
+        } => bench_jsonl(events, cores, json),
     };
     match outcome {
         Ok(code) => code,
@@ -108,7 +132,11 @@ fn print_diagnostics(d: &Diagnostics) {
     for diag in d.iter() {
         eprintln!("error: {diag}");
     }
-    eprintln!("{} error{} found", d.len(), if d.len() == 1 { "" } else { "s" });
+    eprintln!(
+        "{} error{} found",
+        d.len(),
+        if d.len() == 1 { "" } else { "s" }
+    );
 }
 
 fn validate(file: &PathBuf, overrides: &[String]) -> ExitCode {
@@ -120,17 +148,33 @@ fn validate(file: &PathBuf, overrides: &[String]) -> ExitCode {
         Ok(p) => {
             let plan = p.plan();
             let g = &plan.graph;
-            println!("{}: valid ({} mode)", g.name, if g.mode == Mode::Job { "job" } else { "streaming" });
+            println!(
+                "{}: valid ({} mode)",
+                g.name,
+                if g.mode == Mode::Job {
+                    "job"
+                } else {
+                    "streaming"
+                }
+            );
             for (node, planned) in g.nodes.iter().zip(&plan.nodes) {
                 let role = match node.role {
                     Role::Source => "source",
                     Role::Stage => "stage",
                     Role::Sink => "sink",
                 };
-                println!("  {role} {} ({}, parallelism {})", node.name, node.kind, node.parallelism);
+                println!(
+                    "  {role} {} ({}, parallelism {})",
+                    node.name, node.kind, node.parallelism
+                );
                 if node.role != Role::Sink {
                     for f in planned.schema.fields() {
-                        println!("      {}: {}{}", f.name(), f.data_type(), if f.is_nullable() { "" } else { " not null" });
+                        println!(
+                            "      {}: {}{}",
+                            f.name(),
+                            f.data_type(),
+                            if f.is_nullable() { "" } else { " not null" }
+                        );
                     }
                 }
             }
@@ -147,7 +191,12 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     b.enable_all().build().context("starting the runtime")
 }
 
-fn run(file: &PathBuf, overrides: &[String], workers: Option<usize>, quiet: bool) -> anyhow::Result<ExitCode> {
+fn run(
+    file: &PathBuf,
+    overrides: &[String],
+    workers: Option<usize>,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
     let pipeline = match Pipeline::from_file(file, overrides) {
         Ok(p) => p,
         Err(d) => {
@@ -160,7 +209,8 @@ fn run(file: &PathBuf, overrides: &[String], workers: Option<usize>, quiet: bool
     let summary = rt.block_on(async {
         let handle = pipeline.start().map_err(|e| anyhow!(e))?;
         spawn_signal_handler(&handle);
-        let progress = (!quiet && mode == Mode::Job && std::io::stderr().is_terminal()).then(|| progress_bar(&handle));
+        let progress = (!quiet && mode == Mode::Job && std::io::stderr().is_terminal())
+            .then(|| progress_bar(&handle));
         let result = handle.wait().await;
         if let Some((bar, task)) = progress {
             task.abort();
@@ -182,13 +232,14 @@ fn print_summary(summary: &RunSummary) {
 fn spawn_signal_handler(handle: &RunHandle) {
     let stop = handle.stopper();
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         for round in 0..2 {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {},
@@ -210,11 +261,17 @@ fn progress_bar(handle: &RunHandle) -> (indicatif::ProgressBar, tokio::task::Joi
         None => indicatif::ProgressBar::new_spinner(),
     };
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} records ({per_sec})")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} records ({per_sec})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let metrics: Vec<_> =
-        handle.nodes().iter().filter(|n| n.role == Role::Source).map(|n| std::sync::Arc::clone(&n.metrics)).collect();
+    let metrics: Vec<_> = handle
+        .nodes()
+        .iter()
+        .filter(|n| n.role == Role::Source)
+        .map(|n| std::sync::Arc::clone(&n.metrics))
+        .collect();
     let b = bar.clone();
     let task = tokio::spawn(async move {
         loop {
@@ -229,9 +286,22 @@ fn progress_bar(handle: &RunHandle) -> (indicatif::ProgressBar, tokio::task::Joi
 fn measure(name: &str, spec: &FlowSpec, cores: usize, json: bool) -> anyhow::Result<ExitCode> {
     let pipeline = Pipeline::from_spec(spec).map_err(|d| anyhow!("{d}"))?;
     let rt = runtime(Some(cores))?;
-    let summary = rt.block_on(async { pipeline.start()?.wait().await }).map_err(|e| anyhow!(e))?;
-    let output: u64 = summary.stages.iter().filter(|s| s.role == Role::Sink).map(|s| s.records_in).sum();
-    let result = BenchResult::new(name, summary.source_records(), summary.elapsed, cores, output);
+    let summary = rt
+        .block_on(async { pipeline.start()?.wait().await })
+        .map_err(|e| anyhow!(e))?;
+    let output: u64 = summary
+        .stages
+        .iter()
+        .filter(|s| s.role == Role::Sink)
+        .map(|s| s.records_in)
+        .sum();
+    let result = BenchResult::new(
+        name,
+        summary.source_records(),
+        summary.elapsed,
+        cores,
+        output,
+    );
     if json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
@@ -252,7 +322,14 @@ fn measure(name: &str, spec: &FlowSpec, cores: usize, json: bool) -> anyhow::Res
 
 fn bench(query: &str, events: u64, cores: usize, json: bool) -> anyhow::Result<ExitCode> {
     let text = query_text(query).ok_or_else(|| {
-        anyhow!("unknown query '{query}' (known: {})", QUERIES.iter().map(|(q, _)| *q).collect::<Vec<_>>().join(", "))
+        anyhow!(
+            "unknown query '{query}' (known: {})",
+            QUERIES
+                .iter()
+                .map(|(q, _)| *q)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     })?;
     let mut spec = streamflow_dsl::parse_str(text, FileFormat::Yaml).map_err(|d| anyhow!("{d}"))?;
     spec.mode = Mode::Job;
@@ -270,11 +347,22 @@ fn bench_jsonl(events: u64, cores: usize, json: bool) -> anyhow::Result<ExitCode
     let dir = std::env::temp_dir().join(format!("streamflow-bench-{}", std::process::id()));
     let file = dir.join("bids.jsonl");
     let prepare = PipelineBuilder::new("bench-jsonl-prepare")
-        .source("bids", "nexmark", serde_json::json!({"events": events * 50 / 46, "table": "bid"}))
+        .source(
+            "bids",
+            "nexmark",
+            serde_json::json!({"events": events * 50 / 46, "table": "bid"}),
+        )
         .sink("file", "file", serde_json::json!({"path": file}))
         .build();
     let rt = runtime(None)?;
-    rt.block_on(async { Pipeline::from_spec(&prepare).map_err(|d| anyhow!("{d}"))?.start()?.wait().await.map_err(|e| anyhow!(e)) })?;
+    rt.block_on(async {
+        Pipeline::from_spec(&prepare)
+            .map_err(|d| anyhow!("{d}"))?
+            .start()?
+            .wait()
+            .await
+            .map_err(|e| anyhow!(e))
+    })?;
     let spec = PipelineBuilder::new("jsonl-filter")
         .source(
             "bids",

@@ -40,7 +40,10 @@ fn stalled_sink_blocks_the_producer_and_memory_stays_bounded() {
         peak = peak.max(rss_kib(pid).unwrap_or(0));
     }
     assert!(peak > 0, "could not read the child's memory");
-    assert!(peak < 300 * 1024, "memory grew to {peak} KiB while the sink was stalled");
+    assert!(
+        peak < 300 * 1024,
+        "memory grew to {peak} KiB while the sink was stalled"
+    );
 
     // Draining the sink lets data flow again.
     let mut stdout = child.stdout.take().expect("stdout");
@@ -52,7 +55,9 @@ fn stalled_sink_blocks_the_producer_and_memory_stays_bounded() {
     assert_eq!(v["id"], 0);
 
     // Graceful stop: SIGTERM drains and exits 0 while we keep reading.
-    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
     let reader = std::thread::spawn(move || {
         let mut rest = Vec::new();
         let _ = stdout.read_to_end(&mut rest);

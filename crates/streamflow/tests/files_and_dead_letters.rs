@@ -12,7 +12,11 @@ use common::{read_jsonl, run, stderr, stdout, streamflow, write};
 fn malformed_json_lines_go_to_the_dlq_with_line_numbers() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    write(d, "in.jsonl", "{\"id\": 1, \"name\": \"a\"}\n{\"id\": 2, \"name\": \n{\"id\": 3, \"name\": \"c\"}\nnot json\n\n{\"id\": \"four\", \"name\": \"d\"}\n{\"id\": 5, \"name\": \"e\"}\n");
+    write(
+        d,
+        "in.jsonl",
+        "{\"id\": 1, \"name\": \"a\"}\n{\"id\": 2, \"name\": \n{\"id\": 3, \"name\": \"c\"}\nnot json\n\n{\"id\": \"four\", \"name\": \"d\"}\n{\"id\": 5, \"name\": \"e\"}\n",
+    );
     let flow = write(
         d,
         "flow.yaml",
@@ -25,14 +29,25 @@ fn malformed_json_lines_go_to_the_dlq_with_line_numbers() {
     );
     let out = run(&["run", &flow]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let good: Vec<i64> = read_jsonl(&d.join("good.jsonl")).iter().map(|r| r["id"].as_i64().expect("id")).collect();
+    let good: Vec<i64> = read_jsonl(&d.join("good.jsonl"))
+        .iter()
+        .map(|r| r["id"].as_i64().expect("id"))
+        .collect();
     assert_eq!(good, vec![1, 3, 5]);
     let bad = read_jsonl(&d.join("bad.jsonl"));
-    let lines: Vec<u64> = bad.iter().map(|r| r["line"].as_u64().expect("line")).collect();
+    let lines: Vec<u64> = bad
+        .iter()
+        .map(|r| r["line"].as_u64().expect("line"))
+        .collect();
     assert_eq!(lines, vec![2, 4, 6]);
-    assert!(bad.iter().all(|r| r["stage"] == "raw" && r["file"].as_str().is_some_and(|f| f.ends_with("in.jsonl"))));
+    assert!(bad.iter().all(
+        |r| r["stage"] == "raw" && r["file"].as_str().is_some_and(|f| f.ends_with("in.jsonl"))
+    ));
     assert_eq!(bad[1]["payload"], "not json");
-    assert!(bad.iter().all(|r| !r["error"].as_str().unwrap_or("").is_empty()));
+    assert!(
+        bad.iter()
+            .all(|r| !r["error"].as_str().unwrap_or("").is_empty())
+    );
     assert!(stderr(&out).contains("raw"), "summary names the source");
 }
 
@@ -44,7 +59,9 @@ fn without_a_dlq_a_bad_line_fails_with_file_line_and_reason() {
     let flow = write(
         d,
         "flow.yaml",
-        &format!("name: nodlq\nmode: job\nsources: [{{name: raw, type: file, config: {{path: {input}, schema: {{id: int64}}}}}}]\nsinks: [{{name: o, type: blackhole, input: raw}}]\n"),
+        &format!(
+            "name: nodlq\nmode: job\nsources: [{{name: raw, type: file, config: {{path: {input}, schema: {{id: int64}}}}}}]\nsinks: [{{name: o, type: blackhole, input: raw}}]\n"
+        ),
     );
     let out = run(&["run", &flow]);
     assert!(!out.status.success());
@@ -73,7 +90,12 @@ fn nested_json_becomes_struct_columns_and_epoch_millis_become_timestamps() {
         ),
     );
     let v = run(&["validate", &flow]);
-    assert!(stdout(&v).contains("ts: Timestamp(ms)"), "{}{}", stdout(&v), stderr(&v));
+    assert!(
+        stdout(&v).contains("ts: Timestamp(ms)"),
+        "{}{}",
+        stdout(&v),
+        stderr(&v)
+    );
     let out = run(&["run", &flow]);
     assert!(out.status.success(), "{}", stderr(&out));
     let rows = read_jsonl(&d.join("o.jsonl"));
@@ -87,7 +109,11 @@ fn nested_json_becomes_struct_columns_and_epoch_millis_become_timestamps() {
 fn csv_with_inferred_schema_and_validate_stage() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    write(d, "orders.csv", "id,amount,country\n1,10.5,FR\n2,abc,DE\n3,-4,FR\n4,8,\n");
+    write(
+        d,
+        "orders.csv",
+        "id,amount,country\n1,10.5,FR\n2,abc,DE\n3,-4,FR\n4,8,\n",
+    );
     let flow = write(
         d,
         "flow.yaml",
@@ -104,10 +130,17 @@ fn csv_with_inferred_schema_and_validate_stage() {
     assert_eq!(good.len(), 1);
     assert_eq!(good[0]["id"], 1);
     let rejects = read_jsonl(&d.join("r.jsonl"));
-    let errors: Vec<&str> = rejects.iter().map(|r| r["error"].as_str().expect("error")).collect();
+    let errors: Vec<&str> = rejects
+        .iter()
+        .map(|r| r["error"].as_str().expect("error"))
+        .collect();
     assert_eq!(
         errors,
-        vec!["column 'amount': cannot convert 'abc' to Float64", "check `amount >= 0` failed", "column 'country': null in a non-nullable column"]
+        vec![
+            "column 'amount': cannot convert 'abc' to Float64",
+            "check `amount >= 0` failed",
+            "column 'country': null in a non-nullable column"
+        ]
     );
     assert!(rejects.iter().all(|r| r["stage"] == "typed"));
 }
@@ -127,13 +160,21 @@ fn expression_errors_dead_letter_the_row_only() {
     );
     let out = run(&["run", &flow]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let ys: Vec<i64> = read_jsonl(&d.join("o.jsonl")).iter().map(|r| r["y"].as_i64().expect("y")).collect();
+    let ys: Vec<i64> = read_jsonl(&d.join("o.jsonl"))
+        .iter()
+        .map(|r| r["y"].as_i64().expect("y"))
+        .collect();
     assert_eq!(ys.len(), 9);
     assert_eq!(ys.iter().filter(|y| **y == 100).count(), 1);
     let bad = read_jsonl(&d.join("b.jsonl"));
     assert_eq!(bad.len(), 1);
     assert_eq!(bad[0]["payload"], "{\"x\":0}");
-    assert!(bad[0]["error"].as_str().expect("error").contains("Divide by zero"));
+    assert!(
+        bad[0]["error"]
+            .as_str()
+            .expect("error")
+            .contains("Divide by zero")
+    );
 }
 
 #[test]
@@ -151,7 +192,10 @@ fn parquet_round_trip_through_rolling_files_and_globs() {
     let out = run(&["run", &write_flow]);
     assert!(out.status.success(), "{}", stderr(&out));
     let parts = std::fs::read_dir(d.join("pq")).expect("dir").count();
-    assert!(parts > 1, "expected rolling into several files, got {parts}");
+    assert!(
+        parts > 1,
+        "expected rolling into several files, got {parts}"
+    );
     let read_flow = write(
         d,
         "r.yaml",
@@ -163,7 +207,10 @@ fn parquet_round_trip_through_rolling_files_and_globs() {
     );
     let out = run(&["run", &read_flow]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let mut ids: Vec<i64> = read_jsonl(&d.join("o.jsonl")).iter().map(|r| r["id"].as_i64().expect("id")).collect();
+    let mut ids: Vec<i64> = read_jsonl(&d.join("o.jsonl"))
+        .iter()
+        .map(|r| r["id"].as_i64().expect("id"))
+        .collect();
     ids.sort_unstable();
     assert_eq!(ids, (0..50_000).filter(|i| i % 7 == 3).collect::<Vec<_>>());
 }
@@ -183,7 +230,12 @@ fn stdin_to_stdout_with_rename_and_add_column() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    child.stdin.take().expect("stdin").write_all(b"{\"a\": 1, \"b\": \"x\"}\n{\"a\": 2, \"b\": \"y\"}\n").expect("write");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"{\"a\": 1, \"b\": \"x\"}\n{\"a\": 2, \"b\": \"y\"}\n")
+        .expect("write");
     let out = child.wait_with_output().expect("wait");
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "a,label,v\n1,x,2\n2,y,2\n");
@@ -198,5 +250,9 @@ fn add_column_rejects_existing_names() {
         "name: a\nmode: job\nsources: [{name: g, type: generator, config: {count: 1, columns: {x: i}}}]\nstages: [{name: t, type: add_column, input: g, add_column: {x: 1}}]\nsinks: [{name: o, type: blackhole, input: t}]\n",
     );
     let out = run(&["validate", &flow]);
-    assert!(stderr(&out).contains("stages[0].add_column.x: column 'x' already exists"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("stages[0].add_column.x: column 'x' already exists"),
+        "{}",
+        stderr(&out)
+    );
 }

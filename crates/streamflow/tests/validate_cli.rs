@@ -28,7 +28,9 @@ fn valid_file_prints_schemas() {
     let path = write(
         dir.path(),
         "ok.yaml",
-        &format!("name: ok\nmode: job\n{SOURCE}stages: [{{name: f, type: filter, input: bids, where: 'price > 5'}}]\nsinks: [{{name: out, type: blackhole, input: f}}]\n"),
+        &format!(
+            "name: ok\nmode: job\n{SOURCE}stages: [{{name: f, type: filter, input: bids, where: 'price > 5'}}]\nsinks: [{{name: out, type: blackhole, input: f}}]\n"
+        ),
     );
     let out = run(&["validate", &path]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -58,7 +60,9 @@ fn structural_rules_all_reported_together() {
 #[test]
 fn cycles_are_rejected() {
     assert_errors(
-        &format!("name: c\n{SOURCE}stages:\n  - {{name: a, type: union, input: [bids, b]}}\n  - {{name: b, type: filter, input: a, where: 'true'}}\nsinks: [{{name: out, type: blackhole, input: b}}]\n"),
+        &format!(
+            "name: c\n{SOURCE}stages:\n  - {{name: a, type: union, input: [bids, b]}}\n  - {{name: b, type: filter, input: a, where: 'true'}}\nsinks: [{{name: out, type: blackhole, input: b}}]\n"
+        ),
         &["cycle: "],
     );
 }
@@ -66,8 +70,13 @@ fn cycles_are_rejected() {
 #[test]
 fn source_with_input_and_unknown_fields_are_errors() {
     assert_errors(
-        &format!("name: u\nsources: [{{name: bids, type: nexmark, input: x}}]\nsinks: [{{name: out, type: blackhole, input: bids, confg: {{}}}}]\n"),
-        &["sources[0].input: unknown field 'input'", "sinks[0].confg: unknown field 'confg' (did you mean 'config'?)"],
+        &format!(
+            "name: u\nsources: [{{name: bids, type: nexmark, input: x}}]\nsinks: [{{name: out, type: blackhole, input: bids, confg: {{}}}}]\n"
+        ),
+        &[
+            "sources[0].input: unknown field 'input'",
+            "sinks[0].confg: unknown field 'confg' (did you mean 'config'?)",
+        ],
     );
 }
 
@@ -141,7 +150,11 @@ fn file_formats_by_extension() {
     let txt = write(dir.path(), "flow.txt", "name: x");
     let out = run(&["validate", &txt]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("unsupported file format: .txt"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unsupported file format: .txt"),
+        "{}",
+        stderr(&out)
+    );
 
     let upper = write(
         dir.path(),
@@ -161,11 +174,19 @@ fn file_formats_by_extension() {
 #[test]
 fn syntax_errors_have_line_and_column() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let json = write(dir.path(), "bad.json", "{\n  \"name\": \"x\",\n  \"sources\": [\n}\n");
+    let json = write(
+        dir.path(),
+        "bad.json",
+        "{\n  \"name\": \"x\",\n  \"sources\": [\n}\n",
+    );
     let err = stderr(&run(&["validate", &json]));
     assert!(err.contains("bad.json:4:1: syntax error"), "{err}");
 
-    let yaml = write(dir.path(), "bad.yaml", "name: x\nsources:\n  - {name: a, type: nexmark\nsinks: []\n");
+    let yaml = write(
+        dir.path(),
+        "bad.yaml",
+        "name: x\nsources:\n  - {name: a, type: nexmark\nsinks: []\n",
+    );
     let err = stderr(&run(&["validate", &yaml]));
     assert!(err.contains("bad.yaml:"), "{err}");
     assert!(err.contains("syntax error"), "{err}");
@@ -180,5 +201,9 @@ fn set_overrides_apply_before_validation() {
         "name: x\nmode: job\nsources: [{name: a, type: nexmark, config: {events: 1}}]\nsinks: [{name: o, type: blackhole, input: a}]\n",
     );
     let out = run(&["validate", &path, "--set", "sources.a.parallelism=0"]);
-    assert!(stderr(&out).contains("sources[0].parallelism: must be at least 1 (got 0)"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("sources[0].parallelism: must be at least 1 (got 0)"),
+        "{}",
+        stderr(&out)
+    );
 }

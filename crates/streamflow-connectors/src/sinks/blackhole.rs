@@ -20,7 +20,9 @@ struct BlackholeConfig {}
 
 pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagnostics> {
     let _: BlackholeConfig = ctx.config()?;
-    Ok(Arc::new(BlackholeFactory { name: ctx.name.to_string() }))
+    Ok(Arc::new(BlackholeFactory {
+        name: ctx.name.to_string(),
+    }))
 }
 
 struct BlackholeFactory {
@@ -29,7 +31,10 @@ struct BlackholeFactory {
 
 impl SinkFactory for BlackholeFactory {
     fn create(&self, _instance: usize) -> Result<Box<dyn Sink>> {
-        Ok(Box::new(Blackhole { name: self.name.clone(), rows: 0 }))
+        Ok(Box::new(Blackhole {
+            name: self.name.clone(),
+            rows: 0,
+        }))
     }
 }
 

@@ -70,13 +70,21 @@ enum Kind<W: Write + Send> {
 impl<W: Write + Send> Encoder<W> {
     pub(crate) fn new(encoding: Encoding, schema: &SchemaRef, out: W) -> Result<Self> {
         let bytes = Arc::new(AtomicU64::new(0));
-        let out = Counting { inner: out, bytes: Arc::clone(&bytes) };
+        let out = Counting {
+            inner: out,
+            bytes: Arc::clone(&bytes),
+        };
         use Kind as Encoder;
         let kind = match encoding {
             Encoding::Jsonl => Encoder::Json(arrow::json::LineDelimitedWriter::new(out)),
-            Encoding::Csv => Encoder::Csv(arrow::csv::WriterBuilder::new().with_header(true).build(out)),
+            Encoding::Csv => Encoder::Csv(
+                arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(out),
+            ),
             Encoding::Parquet => Encoder::Parquet(
-                ArrowWriter::try_new(out, schema.clone(), None).map_err(|e| Error::Other(format!("parquet writer: {e}")))?,
+                ArrowWriter::try_new(out, schema.clone(), None)
+                    .map_err(|e| Error::Other(format!("parquet writer: {e}")))?,
             ),
             Encoding::Table => Encoder::Table(out),
         };
@@ -89,9 +97,12 @@ impl<W: Write + Send> Encoder<W> {
         match &mut self.kind {
             Encoder::Json(w) => w.write(batch).map_err(err),
             Encoder::Csv(w) => w.write(batch).map_err(err),
-            Encoder::Parquet(w) => w.write(batch).map_err(|e| Error::Other(format!("writing parquet: {e}"))),
+            Encoder::Parquet(w) => w
+                .write(batch)
+                .map_err(|e| Error::Other(format!("writing parquet: {e}"))),
             Encoder::Table(w) => {
-                let table = arrow::util::pretty::pretty_format_batches(std::slice::from_ref(batch)).map_err(err)?;
+                let table = arrow::util::pretty::pretty_format_batches(std::slice::from_ref(batch))
+                    .map_err(err)?;
                 writeln!(w, "{table}").map_err(|e| Error::io("writing table", e))
             }
         }
@@ -125,7 +136,10 @@ impl<W: Write + Send> Encoder<W> {
                 Ok(w.into_inner().inner)
             }
             Encoder::Csv(w) => Ok(w.into_inner().inner),
-            Encoder::Parquet(w) => Ok(w.into_inner().map_err(|e| Error::Other(format!("closing parquet: {e}")))?.inner),
+            Encoder::Parquet(w) => Ok(w
+                .into_inner()
+                .map_err(|e| Error::Other(format!("closing parquet: {e}")))?
+                .inner),
             Encoder::Table(w) => Ok(w.inner),
         }
     }

@@ -59,16 +59,27 @@ pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagno
     let format = config.format.or(single).unwrap_or_default();
     let mut d = Diagnostics::new();
     if format == Encoding::Table {
-        d.0.push(Diagnostic::new(ctx.at("format"), "table is for stdout; use jsonl, csv or parquet"));
+        d.0.push(Diagnostic::new(
+            ctx.at("format"),
+            "table is for stdout; use jsonl, csv or parquet",
+        ));
     }
     if single.is_some() && config.max_file_size.is_some() {
-        d.push(ctx.at("max_file_size"), "rolling needs a directory path, not a file name");
+        d.push(
+            ctx.at("max_file_size"),
+            "rolling needs a directory path, not a file name",
+        );
     }
     if config.max_file_size == Some(ByteSize(0)) {
         d.push(ctx.at("max_file_size"), "must be greater than 0");
     }
     d.into_result(())?;
-    Ok(Arc::new(FileSinkFactory { config, format, single: single.is_some(), schema: Arc::clone(&ctx.input) }))
+    Ok(Arc::new(FileSinkFactory {
+        config,
+        format,
+        single: single.is_some(),
+        schema: Arc::clone(&ctx.input),
+    }))
 }
 
 struct FileSinkFactory {
@@ -86,9 +97,14 @@ impl SinkFactory for FileSinkFactory {
                 self.config.path.display()
             )));
         }
-        let dir = if self.single { self.config.path.parent().map(Path::to_path_buf) } else { Some(self.config.path.clone()) };
+        let dir = if self.single {
+            self.config.path.parent().map(Path::to_path_buf)
+        } else {
+            Some(self.config.path.clone())
+        };
         if let Some(dir) = dir.filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         }
         Ok(Box::new(FileSink {
             config: self.config.clone(),
@@ -136,18 +152,34 @@ impl FileSink {
             let mut temp = target.clone().into_os_string();
             temp.push(".inprogress");
             let temp = PathBuf::from(temp);
-            let file = File::create(&temp).map_err(|e| Error::io(format!("creating {}", temp.display()), e))?;
-            let encoder = Encoder::new(self.format, &self.schema, BufWriter::with_capacity(1 << 20, file))?;
-            self.current = Some(OpenFile { encoder, temp, target });
+            let file = File::create(&temp)
+                .map_err(|e| Error::io(format!("creating {}", temp.display()), e))?;
+            let encoder = Encoder::new(
+                self.format,
+                &self.schema,
+                BufWriter::with_capacity(1 << 20, file),
+            )?;
+            self.current = Some(OpenFile {
+                encoder,
+                temp,
+                target,
+            });
         }
-        self.current.as_mut().ok_or_else(|| Error::Other("file sink: no open file".into()))
+        self.current
+            .as_mut()
+            .ok_or_else(|| Error::Other("file sink: no open file".into()))
     }
 
     fn close_current(&mut self) -> Result<()> {
-        let Some(f) = self.current.take() else { return Ok(()) };
+        let Some(f) = self.current.take() else {
+            return Ok(());
+        };
         let writer = f.encoder.close()?;
-        let file = writer.into_inner().map_err(|e| Error::io(format!("writing {}", f.temp.display()), e.into_error()))?;
-        file.sync_all().map_err(|e| Error::io(format!("syncing {}", f.temp.display()), e))?;
+        let file = writer
+            .into_inner()
+            .map_err(|e| Error::io(format!("writing {}", f.temp.display()), e.into_error()))?;
+        file.sync_all()
+            .map_err(|e| Error::io(format!("syncing {}", f.temp.display()), e))?;
         std::fs::rename(&f.temp, &f.target)
             .map_err(|e| Error::io(format!("publishing {}", f.target.display()), e))
     }

@@ -29,9 +29,16 @@ struct StdoutConfig {
 pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagnostics> {
     let config: StdoutConfig = ctx.config()?;
     if config.format == Encoding::Parquet {
-        return Err(Diagnostic::new(ctx.at("format"), "parquet cannot be printed; use jsonl, csv or table").into());
+        return Err(Diagnostic::new(
+            ctx.at("format"),
+            "parquet cannot be printed; use jsonl, csv or table",
+        )
+        .into());
     }
-    Ok(Arc::new(StdoutFactory { format: config.format, schema: Arc::clone(&ctx.input) }))
+    Ok(Arc::new(StdoutFactory {
+        format: config.format,
+        schema: Arc::clone(&ctx.input),
+    }))
 }
 
 struct StdoutFactory {
@@ -42,7 +49,9 @@ struct StdoutFactory {
 impl SinkFactory for StdoutFactory {
     fn create(&self, _instance: usize) -> Result<Box<dyn Sink>> {
         let out = BufWriter::with_capacity(1 << 16, std::io::stdout());
-        Ok(Box::new(StdoutSink { encoder: Some(Encoder::new(self.format, &self.schema, out)?) }))
+        Ok(Box::new(StdoutSink {
+            encoder: Some(Encoder::new(self.format, &self.schema, out)?),
+        }))
     }
 }
 
@@ -64,7 +73,8 @@ impl Sink for StdoutSink {
         if let Some(e) = self.encoder.take() {
             use std::io::Write;
             let mut w = e.close()?;
-            w.flush().map_err(|e| streamflow_core::Error::io("writing to stdout", e))?;
+            w.flush()
+                .map_err(|e| streamflow_core::Error::io("writing to stdout", e))?;
         }
         Ok(())
     }

@@ -34,7 +34,11 @@ pub(crate) struct LineDecoder {
 
 impl LineDecoder {
     pub(crate) fn new(schema: SchemaRef, format: TextFormat, delimiter: u8) -> Self {
-        Self { schema, format, delimiter }
+        Self {
+            schema,
+            format,
+            delimiter,
+        }
     }
 
     /// Decodes `chunk` (complete lines, each ending in `\n`), whose first
@@ -42,7 +46,12 @@ impl LineDecoder {
     pub(crate) fn decode(&self, chunk: &[u8], file: &str, first_line: u64) -> Result<SourceBatch> {
         let lines = memchr::memchr_iter(b'\n', chunk).count() + 1;
         match self.decode_all(chunk, lines) {
-            Ok(data) => return Ok(SourceBatch { data, dead_letters: Vec::new() }),
+            Ok(data) => {
+                return Ok(SourceBatch {
+                    data,
+                    dead_letters: Vec::new(),
+                });
+            }
             Err(_) => {}
         }
         let mut good = Vec::with_capacity(chunk.len());
@@ -63,9 +72,10 @@ impl LineDecoder {
             }
             line_no += 1;
         }
-        let data = self
-            .decode_all(&good, lines)
-            .map_err(|e| Error::Decode { location: format!("{file}:{first_line}"), message: clean_error(&e) })?;
+        let data = self.decode_all(&good, lines).map_err(|e| Error::Decode {
+            location: format!("{file}:{first_line}"),
+            message: clean_error(&e),
+        })?;
         Ok(SourceBatch { data, dead_letters })
     }
 
@@ -80,7 +90,9 @@ impl LineDecoder {
                     .build_decoder()?;
                 let used = decoder.decode(bytes)?;
                 if used < bytes.len() {
-                    return Err(ArrowError::JsonError("more records than expected in chunk".into()));
+                    return Err(ArrowError::JsonError(
+                        "more records than expected in chunk".into(),
+                    ));
                 }
                 decoder.flush()
             }
@@ -134,7 +146,11 @@ pub(crate) struct LineChunker {
 
 impl LineChunker {
     pub(crate) fn new() -> Self {
-        Self { pending: Vec::new(), next_line: 1, next_offset: 0 }
+        Self {
+            pending: Vec::new(),
+            next_line: 1,
+            next_offset: 0,
+        }
     }
 
     /// Appends freshly read bytes.
@@ -270,7 +286,11 @@ mod tests {
         let chunk = b"{\"a\": 1}\n{\"a\": \n\n{\"a\": \"x\"}\n{\"a\": 4}\n";
         let out = d.decode(chunk, "in.jsonl", 10).expect("decodes");
         let data = out.data.expect("good rows");
-        let a = data.column(0).as_any().downcast_ref::<Int64Array>().expect("i64");
+        let a = data
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("i64");
         assert_eq!(a.values().to_vec(), vec![1, 4]);
         let lines: Vec<u64> = out.dead_letters.iter().filter_map(|d| d.line).collect();
         assert_eq!(lines, vec![11, 13]);

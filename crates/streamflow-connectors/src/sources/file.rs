@@ -89,7 +89,13 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
     let format = match config.format {
         Some(f) => f,
         None => format_of(&files[0]).ok_or_else(|| {
-            fail("format", format!("cannot tell the format of '{}'; set format: jsonl, csv or parquet", files[0].display()))
+            fail(
+                "format",
+                format!(
+                    "cannot tell the format of '{}'; set format: jsonl, csv or parquet",
+                    files[0].display()
+                ),
+            )
         })?,
     };
     if !config.delimiter.is_ascii() {
@@ -100,7 +106,13 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
         None => infer(&files[0], format, &config).map_err(|m| fail("path", m))?,
     };
     let schema = retype_timestamps(&raw, &config.timestamps).map_err(|m| fail("timestamps", m))?;
-    Ok(Arc::new(FileSourceFactory { files, format, raw: Arc::new(raw), schema: Arc::new(schema), config }))
+    Ok(Arc::new(FileSourceFactory {
+        files,
+        format,
+        raw: Arc::new(raw),
+        schema: Arc::new(schema),
+        config,
+    }))
 }
 
 fn expand(pattern: &str) -> Result<Vec<PathBuf>, String> {
@@ -126,7 +138,10 @@ fn format_of(path: &Path) -> Option<FileFormat> {
 }
 
 /// A schema declared as `column → type name`.
-pub(crate) fn declared_schema(declared: &Map<String, Value>, path: &str) -> Result<Schema, Diagnostics> {
+pub(crate) fn declared_schema(
+    declared: &Map<String, Value>,
+    path: &str,
+) -> Result<Schema, Diagnostics> {
     let mut d = Diagnostics::new();
     let mut fields = Vec::new();
     for (name, ty) in declared {
@@ -140,8 +155,10 @@ pub(crate) fn declared_schema(declared: &Map<String, Value>, path: &str) -> Resu
 }
 
 fn infer(file: &Path, format: FileFormat, config: &FileSourceConfig) -> Result<Schema, String> {
-    let open = || std::fs::File::open(file).map_err(|e| format!("cannot open '{}': {e}", file.display()));
-    let what = |e: &dyn std::fmt::Display| format!("cannot infer the schema of '{}': {e}", file.display());
+    let open =
+        || std::fs::File::open(file).map_err(|e| format!("cannot open '{}': {e}", file.display()));
+    let what =
+        |e: &dyn std::fmt::Display| format!("cannot infer the schema of '{}': {e}", file.display());
     match format {
         FileFormat::Jsonl => {
             let reader = std::io::BufReader::new(open()?);
@@ -164,7 +181,9 @@ fn infer(file: &Path, format: FileFormat, config: &FileSourceConfig) -> Result<S
 /// Replaces the integer fields at `paths` with millisecond timestamps.
 fn retype_timestamps(schema: &Schema, paths: &[String]) -> Result<Schema, String> {
     fn retype(fields: &Fields, path: &[&str], full: &str) -> Result<Fields, String> {
-        let Some((head, rest)) = path.split_first() else { return Ok(fields.clone()) };
+        let Some((head, rest)) = path.split_first() else {
+            return Ok(fields.clone());
+        };
         let Some((i, field)) = fields.find(head) else {
             return Err(format!("field '{full}' not found"));
         };
@@ -206,8 +225,13 @@ impl SourceFactory for FileSourceFactory {
         true
     }
     fn create(&self, instance: usize, parallelism: usize) -> Result<Box<dyn Source>> {
-        let files: VecDeque<PathBuf> =
-            self.files.iter().enumerate().filter(|(i, _)| i % parallelism == instance).map(|(_, f)| f.clone()).collect();
+        let files: VecDeque<PathBuf> = self
+            .files
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % parallelism == instance)
+            .map(|(_, f)| f.clone())
+            .collect();
         // JSON decodes straight into the final types; CSV and Parquet are cast after decoding.
         let decode_schema = match self.format {
             FileFormat::Jsonl => Arc::clone(&self.schema),
@@ -218,7 +242,11 @@ impl SourceFactory for FileSourceFactory {
             format: self.format,
             decoder: LineDecoder::new(
                 decode_schema,
-                if self.format == FileFormat::Csv { TextFormat::Csv } else { TextFormat::Jsonl },
+                if self.format == FileFormat::Csv {
+                    TextFormat::Csv
+                } else {
+                    TextFormat::Jsonl
+                },
                 self.config.delimiter as u8,
             ),
             schema: Arc::clone(&self.schema),
@@ -231,7 +259,10 @@ impl SourceFactory for FileSourceFactory {
 
 enum Reader {
     Text(TextReader<tokio::fs::File>),
-    Parquet { reader: ParquetRecordBatchReader, name: String },
+    Parquet {
+        reader: ParquetRecordBatchReader,
+        name: String,
+    },
 }
 
 struct FileSource {
@@ -246,20 +277,33 @@ struct FileSource {
 
 impl FileSource {
     async fn open_next(&mut self) -> Result<bool> {
-        let Some(path) = self.files.pop_front() else { return Ok(false) };
+        let Some(path) = self.files.pop_front() else {
+            return Ok(false);
+        };
         let name = path.display().to_string();
         self.current = Some(match self.format {
             FileFormat::Parquet => {
-                let file = std::fs::File::open(&path).map_err(|e| Error::io(format!("opening {name}"), e))?;
+                let file = std::fs::File::open(&path)
+                    .map_err(|e| Error::io(format!("opening {name}"), e))?;
                 let reader = ParquetRecordBatchReaderBuilder::try_new(file)
                     .and_then(|b| b.with_batch_size(self.batch_size).build())
-                    .map_err(|e| Error::Decode { location: name.clone(), message: e.to_string() })?;
+                    .map_err(|e| Error::Decode {
+                        location: name.clone(),
+                        message: e.to_string(),
+                    })?;
                 Reader::Parquet { reader, name }
             }
             _ => {
-                let file = tokio::fs::File::open(&path).await.map_err(|e| Error::io(format!("opening {name}"), e))?;
+                let file = tokio::fs::File::open(&path)
+                    .await
+                    .map_err(|e| Error::io(format!("opening {name}"), e))?;
                 let skip_header = self.format == FileFormat::Csv && self.header;
-                Reader::Text(TextReader::new(file, name, self.decoder.clone(), skip_header))
+                Reader::Text(TextReader::new(
+                    file,
+                    name,
+                    self.decoder.clone(),
+                    skip_header,
+                ))
             }
         });
         Ok(true)
@@ -274,10 +318,17 @@ impl FileSource {
             .columns()
             .iter()
             .zip(self.schema.fields())
-            .map(|(c, f)| if c.data_type() == f.data_type() { Ok(Arc::clone(c)) } else { cast(c, f.data_type()) })
+            .map(|(c, f)| {
+                if c.data_type() == f.data_type() {
+                    Ok(Arc::clone(c))
+                } else {
+                    cast(c, f.data_type())
+                }
+            })
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Error::arrow("converting timestamps", e))?;
-        RecordBatch::try_new(Arc::clone(&self.schema), columns).map_err(|e| Error::arrow("converting timestamps", e))
+        RecordBatch::try_new(Arc::clone(&self.schema), columns)
+            .map_err(|e| Error::arrow("converting timestamps", e))
     }
 }
 
@@ -311,7 +362,10 @@ impl Source for FileSource {
 
     fn offset(&self) -> SourceOffset {
         match &self.current {
-            Some(Reader::Text(r)) => SourceOffset::File { path: r.name().to_string(), byte: r.offset() },
+            Some(Reader::Text(r)) => SourceOffset::File {
+                path: r.name().to_string(),
+                byte: r.offset(),
+            },
             _ => SourceOffset::None,
         }
     }

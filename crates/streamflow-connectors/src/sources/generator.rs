@@ -47,7 +47,8 @@ fn default_batch_size() -> usize {
 
 fn sequence_schema() -> SchemaRef {
     static S: OnceLock<SchemaRef> = OnceLock::new();
-    S.get_or_init(|| Arc::new(Schema::new(vec![Field::new("i", DataType::Int64, false)]))).clone()
+    S.get_or_init(|| Arc::new(Schema::new(vec![Field::new("i", DataType::Int64, false)])))
+        .clone()
 }
 
 pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Diagnostics> {
@@ -75,10 +76,17 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
         d.push(ctx.at("batch_size"), "must be greater than 0");
     }
     if ctx.mode == Mode::Job && config.count.is_none() {
-        d.push(ctx.at("count"), "required in job mode (the source must end)");
+        d.push(
+            ctx.at("count"),
+            "required in job mode (the source must end)",
+        );
     }
     d.into_result(())?;
-    Ok(Arc::new(GeneratorFactory { schema: Arc::new(Schema::new(fields)), exprs: Arc::new(exprs), config }))
+    Ok(Arc::new(GeneratorFactory {
+        schema: Arc::new(Schema::new(fields)),
+        exprs: Arc::new(exprs),
+        config,
+    }))
 }
 
 struct GeneratorFactory {
@@ -115,7 +123,9 @@ struct GeneratorSource {
 #[async_trait]
 impl Source for GeneratorSource {
     async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
-        let Some(range) = self.cursor.next().await else { return Ok(None) };
+        let Some(range) = self.cursor.next().await else {
+            return Ok(None);
+        };
         let start = self.start;
         let seq = Int64Array::from_iter_values(range.map(|n| start + n as i64));
         let input = RecordBatch::try_new(sequence_schema(), vec![Arc::new(seq)])
@@ -123,10 +133,19 @@ impl Source for GeneratorSource {
         let columns = self
             .exprs
             .iter()
-            .map(|e| e.evaluate(&input).map_err(|m| Error::Expression { expr: e.sql().to_string(), message: m.message }))
+            .map(|e| {
+                e.evaluate(&input).map_err(|m| Error::Expression {
+                    expr: e.sql().to_string(),
+                    message: m.message,
+                })
+            })
             .collect::<Result<Vec<ArrayRef>>>()?;
-        let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns).map_err(|e| Error::arrow("generator", e))?;
-        Ok(Some(SourceBatch { data: Some(batch), dead_letters: Vec::new() }))
+        let batch = RecordBatch::try_new(Arc::clone(&self.schema), columns)
+            .map_err(|e| Error::arrow("generator", e))?;
+        Ok(Some(SourceBatch {
+            data: Some(batch),
+            dead_letters: Vec::new(),
+        }))
     }
 
     fn offset(&self) -> SourceOffset {

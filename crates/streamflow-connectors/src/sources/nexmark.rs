@@ -52,11 +52,25 @@ const AVG_AUCTION_BYTES: usize = 500;
 const AVG_BID_BYTES: usize = 100;
 
 const HOT_CHANNELS: [&str; 4] = ["Google", "Facebook", "Baidu", "Apple"];
-const FIRST_NAMES: [&str; 11] = ["Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah", "Deiter", "Walter"];
-const LAST_NAMES: [&str; 9] = ["Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones", "Noris"];
+const FIRST_NAMES: [&str; 11] = [
+    "Peter", "Paul", "Luke", "John", "Saul", "Vicky", "Kate", "Julie", "Sarah", "Deiter", "Walter",
+];
+const LAST_NAMES: [&str; 9] = [
+    "Shultz", "Abrams", "Spencer", "White", "Bartels", "Walton", "Smith", "Jones", "Noris",
+];
 const US_STATES: [&str; 6] = ["AZ", "CA", "ID", "OR", "WA", "WY"];
-const US_CITIES: [&str; 10] =
-    ["Phoenix", "Los Angeles", "San Francisco", "Boise", "Portland", "Bend", "Redmond", "Seattle", "Kent", "Cheyenne"];
+const US_CITIES: [&str; 10] = [
+    "Phoenix",
+    "Los Angeles",
+    "San Francisco",
+    "Boise",
+    "Portland",
+    "Bend",
+    "Redmond",
+    "Seattle",
+    "Kent",
+    "Cheyenne",
+];
 
 /// Which rows and columns the source emits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -136,10 +150,15 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
         d.push(ctx.at("rate"), "must be greater than 0");
     }
     if ctx.mode == Mode::Job && config.events.is_none() {
-        d.push(ctx.at("events"), "required in job mode (the source must end)");
+        d.push(
+            ctx.at("events"),
+            "required in job mode (the source must end)",
+        );
     }
     d.into_result(())?;
-    Ok(Arc::new(NexmarkFactory { generator: Arc::new(NexmarkGenerator::new(config)) }))
+    Ok(Arc::new(NexmarkFactory {
+        generator: Arc::new(NexmarkGenerator::new(config)),
+    }))
 }
 
 struct NexmarkFactory {
@@ -171,9 +190,14 @@ struct NexmarkSource {
 #[async_trait]
 impl Source for NexmarkSource {
     async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
-        let Some(range) = self.cursor.next().await else { return Ok(None) };
+        let Some(range) = self.cursor.next().await else {
+            return Ok(None);
+        };
         let batch = self.generator.generate(range)?;
-        Ok(Some(SourceBatch { data: Some(batch), dead_letters: Vec::new() }))
+        Ok(Some(SourceBatch {
+            data: Some(batch),
+            dead_letters: Vec::new(),
+        }))
     }
 
     fn offset(&self) -> SourceOffset {
@@ -231,7 +255,11 @@ impl NexmarkGenerator {
                 let mut person = PersonColumns::with_capacity(n / 50 + 1);
                 let mut auction = AuctionColumns::with_capacity(n * 3 / 50 + 1);
                 let mut bid = BidColumns::with_capacity(n);
-                let (mut pv, mut av, mut bv) = (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+                let (mut pv, mut av, mut bv) = (
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                    Vec::with_capacity(n),
+                );
                 for idx in range {
                     let mut rng = Rng::for_event(c.seed, idx);
                     let ts = self.timestamp(idx);
@@ -261,15 +289,30 @@ impl NexmarkGenerator {
                         }
                     }
                 }
-                let person = StructArray::try_new(person_fields(), person.finish(), Some(NullBuffer::from(pv)))
-                    .map_err(arrow_err)?;
-                let auction = StructArray::try_new(auction_fields(), auction.finish(), Some(NullBuffer::from(av)))
-                    .map_err(arrow_err)?;
+                let person = StructArray::try_new(
+                    person_fields(),
+                    person.finish(),
+                    Some(NullBuffer::from(pv)),
+                )
+                .map_err(arrow_err)?;
+                let auction = StructArray::try_new(
+                    auction_fields(),
+                    auction.finish(),
+                    Some(NullBuffer::from(av)),
+                )
+                .map_err(arrow_err)?;
                 let bid =
-                    StructArray::try_new(bid_fields(), bid.finish(), Some(NullBuffer::from(bv))).map_err(arrow_err)?;
+                    StructArray::try_new(bid_fields(), bid.finish(), Some(NullBuffer::from(bv)))
+                        .map_err(arrow_err)?;
                 RecordBatch::try_new(
                     self.schema(),
-                    vec![Arc::new(kinds.finish()), Arc::new(times.finish()), Arc::new(person), Arc::new(auction), Arc::new(bid)],
+                    vec![
+                        Arc::new(kinds.finish()),
+                        Arc::new(times.finish()),
+                        Arc::new(person),
+                        Arc::new(auction),
+                        Arc::new(bid),
+                    ],
                 )
                 .map_err(arrow_err)
             }
@@ -283,7 +326,12 @@ impl NexmarkGenerator {
             NexmarkTable::Auction => {
                 let mut auction = AuctionColumns::with_capacity(n * 3 / 50 + 1);
                 for idx in range.filter(|&i| Kind::of(i) == Kind::Auction) {
-                    auction.push(idx, self.timestamp(idx), self.avg_auction_ms(), &mut Rng::for_event(c.seed, idx));
+                    auction.push(
+                        idx,
+                        self.timestamp(idx),
+                        self.avg_auction_ms(),
+                        &mut Rng::for_event(c.seed, idx),
+                    );
                 }
                 RecordBatch::try_new(self.schema(), auction.finish()).map_err(arrow_err)
             }
@@ -421,7 +469,9 @@ fn text_pool() -> &'static str {
     static POOL: OnceLock<String> = OnceLock::new();
     POOL.get_or_init(|| {
         let mut r = Rng(0x5EED);
-        (0..16_384).map(|_| (b'a' + r.below(26) as u8) as char).collect()
+        (0..16_384)
+            .map(|_| (b'a' + r.below(26) as u8) as char)
+            .collect()
     })
 }
 
@@ -431,7 +481,15 @@ fn channels() -> &'static [(String, String)] {
     CHANNELS.get_or_init(|| {
         let mut r = Rng(0xC4A77E1);
         (0..CHANNELS_NUMBER)
-            .map(|i| (format!("channel-{i}"), format!("https://www.nexmark.com/{}/item.htm?query=1&channel_id={i}", r.text(5))))
+            .map(|i| {
+                (
+                    format!("channel-{i}"),
+                    format!(
+                        "https://www.nexmark.com/{}/item.htm?query=1&channel_id={i}",
+                        r.text(5)
+                    ),
+                )
+            })
             .collect()
     })
 }
@@ -439,7 +497,15 @@ fn channels() -> &'static [(String, String)] {
 fn hot_urls() -> &'static [String] {
     static URLS: OnceLock<Vec<String>> = OnceLock::new();
     URLS.get_or_init(|| {
-        HOT_CHANNELS.iter().map(|c| format!("https://www.nexmark.com/{}/item.htm?query=1", c.to_lowercase())).collect()
+        HOT_CHANNELS
+            .iter()
+            .map(|c| {
+                format!(
+                    "https://www.nexmark.com/{}/item.htm?query=1",
+                    c.to_lowercase()
+                )
+            })
+            .collect()
     })
 }
 
@@ -501,21 +567,31 @@ impl PersonColumns {
         }
     }
     fn push(&mut self, idx: u64, ts: i64, rng: &mut Rng) {
-        self.id.append_value(last_base0_person_id(idx) + FIRST_PERSON_ID);
+        self.id
+            .append_value(last_base0_person_id(idx) + FIRST_PERSON_ID);
         let first = FIRST_NAMES[rng.below(FIRST_NAMES.len() as u64) as usize];
         let last = LAST_NAMES[rng.below(LAST_NAMES.len() as u64) as usize];
         let _ = write!(self.name, "{first} {last}");
         self.name.append_value("");
         let _ = write!(self.email, "{}@{}.com", rng.text(7), rng.text(5));
         self.email.append_value("");
-        let (a, b, c, d) = (rng.below(10_000), rng.below(10_000), rng.below(10_000), rng.below(10_000));
+        let (a, b, c, d) = (
+            rng.below(10_000),
+            rng.below(10_000),
+            rng.below(10_000),
+            rng.below(10_000),
+        );
         let _ = write!(self.card, "{a:04} {b:04} {c:04} {d:04}");
         self.card.append_value("");
         let city = US_CITIES[rng.below(US_CITIES.len() as u64) as usize];
         self.city.append_value(city);
-        self.state.append_value(US_STATES[rng.below(US_STATES.len() as u64) as usize]);
+        self.state
+            .append_value(US_STATES[rng.below(US_STATES.len() as u64) as usize]);
         self.date_time.append_value(ts);
-        self.extra.append_value(rng.extra(8 + first.len() + last.len() + 14 + 19 + city.len() + 2 + 8, AVG_PERSON_BYTES));
+        self.extra.append_value(rng.extra(
+            8 + first.len() + last.len() + 14 + 19 + city.len() + 2 + 8,
+            AVG_PERSON_BYTES,
+        ));
     }
     fn push_null(&mut self) {
         self.id.append_value(0);
@@ -570,7 +646,8 @@ impl AuctionColumns {
         }
     }
     fn push(&mut self, idx: u64, ts: i64, avg_len_ms: i64, rng: &mut Rng) {
-        self.id.append_value(last_base0_auction_id(idx) + FIRST_AUCTION_ID);
+        self.id
+            .append_value(last_base0_auction_id(idx) + FIRST_AUCTION_ID);
         let name_len = 5 + rng.below(16) as usize;
         self.item_name.append_value(rng.text(name_len));
         let desc_len = 20 + rng.below(81) as usize;
@@ -579,15 +656,18 @@ impl AuctionColumns {
         self.initial_bid.append_value(initial);
         self.reserve.append_value(initial + rng.price());
         self.date_time.append_value(ts);
-        self.expires.append_value(ts + 1 + rng.below((2 * avg_len_ms) as u64) as i64);
+        self.expires
+            .append_value(ts + 1 + rng.below((2 * avg_len_ms) as u64) as i64);
         let seller = if rng.below(HOT_SELLER_RATIO as u64) > 0 {
             (last_base0_person_id(idx) / HOT_SELLER_RATIO) * HOT_SELLER_RATIO
         } else {
             next_base0_person_id(idx, rng)
         };
         self.seller.append_value(seller + FIRST_PERSON_ID);
-        self.category.append_value(FIRST_CATEGORY_ID + rng.below(NUM_CATEGORIES) as i64);
-        self.extra.append_value(rng.extra(name_len + desc_len + 8 * 7, AVG_AUCTION_BYTES));
+        self.category
+            .append_value(FIRST_CATEGORY_ID + rng.below(NUM_CATEGORIES) as i64);
+        self.extra
+            .append_value(rng.extra(name_len + desc_len + 8 * 7, AVG_AUCTION_BYTES));
     }
     fn push_null(&mut self) {
         self.id.append_value(0);
@@ -663,7 +743,8 @@ impl BidColumns {
         self.channel.append_value(channel);
         self.url.append_value(url);
         self.date_time.append_value(ts);
-        self.extra.append_value(rng.extra(32 + channel.len() + url.len(), AVG_BID_BYTES));
+        self.extra
+            .append_value(rng.extra(32 + channel.len() + url.len(), AVG_BID_BYTES));
     }
     fn push_null(&mut self) {
         self.auction.append_value(0);
@@ -693,15 +774,29 @@ mod tests {
     use arrow::array::{Array, Int64Array, StringArray};
 
     fn generator(table: NexmarkTable) -> NexmarkGenerator {
-        NexmarkGenerator::new(NexmarkConfig { events: Some(1000), seed: 3, table, ..NexmarkConfig::default() })
+        NexmarkGenerator::new(NexmarkConfig {
+            events: Some(1000),
+            seed: 3,
+            table,
+            ..NexmarkConfig::default()
+        })
     }
 
     #[test]
     fn proportions_are_1_3_46() {
-        let b = generator(NexmarkTable::Events).generate(0..5000).expect("batch");
-        let kinds = b.column(0).as_any().downcast_ref::<StringArray>().expect("utf8");
+        let b = generator(NexmarkTable::Events)
+            .generate(0..5000)
+            .expect("batch");
+        let kinds = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("utf8");
         let count = |k: &str| kinds.iter().filter(|v| *v == Some(k)).count();
-        assert_eq!((count("person"), count("auction"), count("bid")), (100, 300, 4600));
+        assert_eq!(
+            (count("person"), count("auction"), count("bid")),
+            (100, 300, 4600)
+        );
     }
 
     #[test]
@@ -712,18 +807,41 @@ mod tests {
         let b = g.generate(333..1000).expect("b");
         let joined = arrow::compute::concat_batches(&g.schema(), [&a, &b]).expect("concat");
         assert_eq!(whole, joined);
-        let other_seed =
-            NexmarkGenerator::new(NexmarkConfig { seed: 4, table: NexmarkTable::Bid, ..NexmarkConfig::default() });
+        let other_seed = NexmarkGenerator::new(NexmarkConfig {
+            seed: 4,
+            table: NexmarkTable::Bid,
+            ..NexmarkConfig::default()
+        });
         assert_ne!(whole, other_seed.generate(0..1000).expect("other"));
     }
 
     #[test]
     fn bids_reference_existing_auctions_and_people_ranges() {
-        let b = generator(NexmarkTable::Bid).generate(0..10_000).expect("batch");
-        let auction = b.column(0).as_any().downcast_ref::<Int64Array>().expect("i64");
-        let price = b.column(2).as_any().downcast_ref::<Int64Array>().expect("i64");
-        assert!(auction.values().iter().all(|&a| (FIRST_AUCTION_ID..FIRST_AUCTION_ID + 700).contains(&a)));
-        assert!(price.values().iter().all(|&p| (100..=100_000_000).contains(&p)));
+        let b = generator(NexmarkTable::Bid)
+            .generate(0..10_000)
+            .expect("batch");
+        let auction = b
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("i64");
+        let price = b
+            .column(2)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("i64");
+        assert!(
+            auction
+                .values()
+                .iter()
+                .all(|&a| (FIRST_AUCTION_ID..FIRST_AUCTION_ID + 700).contains(&a))
+        );
+        assert!(
+            price
+                .values()
+                .iter()
+                .all(|&p| (100..=100_000_000).contains(&p))
+        );
         assert_eq!(auction.null_count(), 0);
     }
 }

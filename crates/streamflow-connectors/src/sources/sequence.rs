@@ -20,7 +20,13 @@ pub(crate) struct ChunkCursor {
 impl ChunkCursor {
     /// A cursor for instance `instance` of `parallelism`; `rate` (records
     /// per second, shared by all instances) throttles it.
-    pub(crate) fn new(instance: usize, parallelism: usize, batch_size: usize, total: Option<u64>, rate: Option<u64>) -> Self {
+    pub(crate) fn new(
+        instance: usize,
+        parallelism: usize,
+        batch_size: usize,
+        total: Option<u64>,
+        rate: Option<u64>,
+    ) -> Self {
         Self {
             next_chunk: instance as u64,
             stride: parallelism.max(1) as u64,
@@ -42,7 +48,8 @@ impl ChunkCursor {
         };
         if let Some((rate, began)) = &mut self.throttle {
             let began = *began.get_or_insert_with(Instant::now);
-            let due = Duration::from_secs_f64(self.produced as f64 * self.stride as f64 / *rate as f64);
+            let due =
+                Duration::from_secs_f64(self.produced as f64 * self.stride as f64 / *rate as f64);
             if let Some(wait) = due.checked_sub(began.elapsed()) {
                 tokio::time::sleep(wait).await;
             }

@@ -50,11 +50,19 @@ impl SourceFactory for StdinFactory {
     }
     fn create(&self, instance: usize, _parallelism: usize) -> Result<Box<dyn Source>> {
         if instance > 0 {
-            return Err(Error::Other("stdin can only be read by one instance (parallelism: 1)".into()));
+            return Err(Error::Other(
+                "stdin can only be read by one instance (parallelism: 1)".into(),
+            ));
         }
         let decoder = LineDecoder::new(Arc::clone(&self.schema), self.config.format, b',');
         Ok(Box::new(StdinSource {
-            reader: TextReader::new(tokio::io::stdin(), "<stdin>".into(), decoder, self.config.header).eager(),
+            reader: TextReader::new(
+                tokio::io::stdin(),
+                "<stdin>".into(),
+                decoder,
+                self.config.header,
+            )
+            .eager(),
         }))
     }
 }

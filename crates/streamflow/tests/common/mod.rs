@@ -6,7 +6,10 @@ use std::process::{Command, Output};
 
 /// The workspace root (for `examples/`).
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
 }
 
 /// A `streamflow` command.
@@ -52,7 +55,13 @@ pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
     files.sort();
     files
         .iter()
-        .flat_map(|f| std::fs::read_to_string(f).expect("read output").lines().map(str::to_string).collect::<Vec<_>>())
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .expect("read output")
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(&l).expect("valid JSON line"))
         .collect()
