@@ -160,13 +160,13 @@ impl FlowGraph {
         }
         for (i, s) in spec.sinks.iter().enumerate() {
             let path = format!("sinks[{i}]");
-            if let Some(Inputs::Many(v)) = &s.input {
-                if v.len() != 1 {
-                    d.push(
-                        format!("{path}.input"),
-                        "a sink reads exactly one input; put a union stage before it",
-                    );
-                }
+            if let Some(Inputs::Many(v)) = &s.input
+                && v.len() != 1
+            {
+                d.push(
+                    format!("{path}.input"),
+                    "a sink reads exactly one input; put a union stage before it",
+                );
             }
             let node = Node {
                 name: required(&s.name, &path, "name", &mut d),
@@ -272,7 +272,7 @@ impl FlowGraph {
             if decl.node.role != Role::Sink || decl.node.name.is_empty() {
                 continue;
             }
-            let is_dlq = dlqs.iter().any(|t| *t == Some(id));
+            let is_dlq = dlqs.contains(&Some(id));
             match (decl.input.is_some(), is_dlq) {
                 (false, false) => d.push(
                     format!("{}.input", decl.node.path),
@@ -423,14 +423,11 @@ fn describe_cycle(
 ) -> String {
     let mut path = vec![start];
     let mut cur = start;
-    loop {
-        let Some(&next) = inputs[cur].iter().find(|&&u| indegree[u] > 0) else {
-            break;
-        };
+    while let Some(&next) = inputs[cur].iter().find(|&&u| indegree[u] > 0) {
         if let Some(pos) = path.iter().position(|&p| p == next) {
-            let mut cyc: Vec<&str> = path[pos..].iter().rev().map(|&i| names[i]).collect();
-            cyc.push(names[path[path.len() - 1]]);
-            return cyc.join(" -> ");
+            let mut cycle: Vec<&str> = path[pos..].iter().rev().map(|&i| names[i]).collect();
+            cycle.push(names[path[path.len() - 1]]);
+            return cycle.join(" -> ");
         }
         path.push(next);
         cur = next;

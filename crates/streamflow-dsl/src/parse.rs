@@ -285,20 +285,20 @@ pub(crate) fn join_path(base: &str, inner: &str) -> String {
 /// Rewrites serde's `unknown field `x`, expected one of ...` into a short
 /// message with a suggestion; other messages pass through.
 pub fn friendly_serde_message(msg: &str) -> String {
-    if let Some(rest) = msg.strip_prefix("unknown field `") {
-        if let Some((field, tail)) = rest.split_once('`') {
-            let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
-            return unknown_field_message(field, &expected);
-        }
+    if let Some(rest) = msg.strip_prefix("unknown field `")
+        && let Some((field, tail)) = rest.split_once('`')
+    {
+        let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+        return unknown_field_message(field, &expected);
     }
-    if let Some(rest) = msg.strip_prefix("unknown variant `") {
-        if let Some((v, tail)) = rest.split_once('`') {
-            let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
-            return format!(
-                "unknown value '{v}' (expected one of: {})",
-                expected.join(", ")
-            );
-        }
+    if let Some(rest) = msg.strip_prefix("unknown variant `")
+        && let Some((v, tail)) = rest.split_once('`')
+    {
+        let expected: Vec<&str> = tail.split('`').skip(1).step_by(2).collect();
+        return format!(
+            "unknown value '{v}' (expected one of: {})",
+            expected.join(", ")
+        );
     }
     msg.to_string()
 }

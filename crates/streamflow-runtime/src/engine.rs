@@ -79,7 +79,7 @@ impl Pipeline {
             for (logical, &p) in consumer.inputs.iter().enumerate() {
                 let producer = &graph.nodes[p];
                 let key_by = &plan.nodes[c].key_by;
-                for i in 0..producer.parallelism {
+                for (i, producer_edges) in edges[p].iter_mut().enumerate() {
                     let (senders, receivers) =
                         channels(consumer.parallelism, consumer.queue_capacity);
                     for (j, rx) in receivers.into_iter().enumerate() {
@@ -95,11 +95,11 @@ impl Pipeline {
                     } else {
                         Partitioning::RoundRobin
                     };
-                    edges[p][i].push(Exchange::new(senders, partitioning));
+                    producer_edges.push(Exchange::new(senders, partitioning));
                 }
             }
             for &p in &consumer.dead_letter_inputs {
-                for i in 0..graph.nodes[p].parallelism {
+                for slot in dlqs[p].iter_mut() {
                     let (senders, receivers) =
                         channels(consumer.parallelism, consumer.queue_capacity);
                     for (j, rx) in receivers.into_iter().enumerate() {
@@ -108,7 +108,7 @@ impl Pipeline {
                             logical: 0,
                         });
                     }
-                    dlqs[p][i] = Some(Exchange::new(senders, Partitioning::RoundRobin));
+                    *slot = Some(Exchange::new(senders, Partitioning::RoundRobin));
                 }
             }
         }

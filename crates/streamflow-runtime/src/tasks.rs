@@ -108,10 +108,10 @@ pub(crate) async fn run_source(
             };
             let Some(batch) = next else { break };
             out.dead_letters(batch.dead_letters).await?;
-            if let Some(data) = batch.data {
-                if data.num_rows() > 0 {
-                    out.emit(data).await?;
-                }
+            if let Some(data) = batch.data
+                && data.num_rows() > 0
+            {
+                out.emit(data).await?;
             }
         }
         out.end().await

@@ -1,7 +1,8 @@
 //! The `streamflow` command line.
+#![allow(clippy::print_stdout)] // the CLI layer is where output is printed
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -139,7 +140,7 @@ fn print_diagnostics(d: &Diagnostics) {
     );
 }
 
-fn validate(file: &PathBuf, overrides: &[String]) -> ExitCode {
+fn validate(file: &Path, overrides: &[String]) -> ExitCode {
     match Pipeline::from_file(file, overrides) {
         Err(d) => {
             print_diagnostics(&d);
@@ -192,7 +193,7 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(
-    file: &PathBuf,
+    file: &Path,
     overrides: &[String],
     workers: Option<usize>,
     quiet: bool,

@@ -70,9 +70,7 @@ fn cycles_are_rejected() {
 #[test]
 fn source_with_input_and_unknown_fields_are_errors() {
     assert_errors(
-        &format!(
-            "name: u\nsources: [{{name: bids, type: nexmark, input: x}}]\nsinks: [{{name: out, type: blackhole, input: bids, confg: {{}}}}]\n"
-        ),
+        "name: u\nsources: [{name: bids, type: nexmark, input: x}]\nsinks: [{name: out, type: blackhole, input: bids, confg: {}}]\n",
         &[
             "sources[0].input: unknown field 'input'",
             "sinks[0].confg: unknown field 'confg' (did you mean 'config'?)",
@@ -117,6 +115,15 @@ fn durations_and_sizes_parse() {
             "name: d\nmode: job\n{SOURCE}sinks: [{{name: out, type: file, input: bids, config: {{path: /tmp/x, max_file_size: 10XB}}}}]\n"
         ),
         &["sinks[0].config.max_file_size: invalid size '10XB'"],
+    );
+    assert_errors(
+        &format!(
+            "name: d\nmode: job\n{SOURCE}sinks:\n  - {{name: a, type: file, input: bids, config: {{path: /tmp/x, rollover_interval: 10x}}}}\n  - {{name: b, type: file, input: bids, config: {{path: /tmp/y, rollover_interval: 10}}}}\n"
+        ),
+        &[
+            "sinks[0].config.rollover_interval: invalid duration '10x': unknown unit 'x'",
+            "sinks[1].config.rollover_interval: invalid duration '10': missing unit",
+        ],
     );
 }
 

@@ -2,7 +2,8 @@
 //!
 //! `path` is either a file (`out/bad.jsonl`, one instance) or a directory,
 //! into which each instance writes `part-<instance>-<seq>.<ext>` files,
-//! rolling to a new file once `max_file_size` is reached. A file is written
+//! rolling to a new file once `max_file_size` is reached or the file is
+//! older than `rollover_interval`. A file is written
 //! under a `.inprogress` name and renamed when complete, so readers never
 //! see a partial file.
 //!
@@ -20,7 +21,7 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use serde::Deserialize;
 use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Sink};
-use streamflow_dsl::ByteSize;
+use streamflow_dsl::{ByteSize, HumanDuration};
 
 use super::encode::{Encoder, Encoding};
 use crate::registry::{SinkContext, SinkFactory};
@@ -35,6 +36,9 @@ struct FileSinkConfig {
     format: Option<Encoding>,
     /// Start a new part file once this many bytes are written (directories only).
     max_file_size: Option<ByteSize>,
+    /// Start a new part file once the current one is this old, e.g. `15m`
+    /// (checked when a batch arrives; directories only).
+    rollover_interval: Option<HumanDuration>,
     /// Name prefix of part files.
     #[serde(default = "default_prefix")]
     prefix: String,
@@ -69,6 +73,15 @@ pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagno
             ctx.at("max_file_size"),
             "rolling needs a directory path, not a file name",
         );
+    }
+    if single.is_some() && config.rollover_interval.is_some() {
+        d.push(
+            ctx.at("rollover_interval"),
+            "rolling needs a directory path, not a file name",
+        );
+    }
+    if config.rollover_interval.is_some_and(|i| i.0.is_zero()) {
+        d.push(ctx.at("rollover_interval"), "must be greater than 0");
     }
     if config.max_file_size == Some(ByteSize(0)) {
         d.push(ctx.at("max_file_size"), "must be greater than 0");
@@ -120,6 +133,7 @@ impl SinkFactory for FileSinkFactory {
 
 struct OpenFile {
     encoder: Encoder<BufWriter<File>>,
+    opened: std::time::Instant,
     temp: PathBuf,
     target: PathBuf,
 }
@@ -161,6 +175,7 @@ impl FileSink {
             )?;
             self.current = Some(OpenFile {
                 encoder,
+                opened: std::time::Instant::now(),
                 temp,
                 target,
             });
@@ -189,9 +204,12 @@ impl FileSink {
 impl Sink for FileSink {
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         let limit = self.config.max_file_size.map(|b| b.0);
+        let interval = self.config.rollover_interval.map(|i| i.0);
         let file = self.open()?;
         file.encoder.write(&batch)?;
-        if limit.is_some_and(|l| file.encoder.bytes() >= l) {
+        if limit.is_some_and(|l| file.encoder.bytes() >= l)
+            || interval.is_some_and(|i| file.opened.elapsed() >= i)
+        {
             self.close_current()?;
         }
         Ok(())

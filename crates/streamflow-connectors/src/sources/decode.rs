@@ -45,19 +45,15 @@ impl LineDecoder {
     /// line is line `first_line` (1-based) of `file`.
     pub(crate) fn decode(&self, chunk: &[u8], file: &str, first_line: u64) -> Result<SourceBatch> {
         let lines = memchr::memchr_iter(b'\n', chunk).count() + 1;
-        match self.decode_all(chunk, lines) {
-            Ok(data) => {
-                return Ok(SourceBatch {
-                    data,
-                    dead_letters: Vec::new(),
-                });
-            }
-            Err(_) => {}
+        if let Ok(data) = self.decode_all(chunk, lines) {
+            return Ok(SourceBatch {
+                data,
+                dead_letters: Vec::new(),
+            });
         }
         let mut good = Vec::with_capacity(chunk.len());
         let mut dead_letters = Vec::new();
-        let mut line_no = first_line;
-        for line in chunk.split_inclusive(|b| *b == b'\n') {
+        for (line_no, line) in (first_line..).zip(chunk.split_inclusive(|b| *b == b'\n')) {
             let text = trim_line(line);
             if !text.is_empty() {
                 match self.decode_all(line, 1) {
@@ -70,7 +66,6 @@ impl LineDecoder {
                     }),
                 }
             }
-            line_no += 1;
         }
         let data = self.decode_all(&good, lines).map_err(|e| Error::Decode {
             location: format!("{file}:{first_line}"),

@@ -511,7 +511,7 @@ fn hot_urls() -> &'static [String] {
 
 fn last_base0_person_id(idx: u64) -> i64 {
     let epoch = idx / TOTAL_PROPORTION;
-    let offset = (idx % TOTAL_PROPORTION).min(PERSON_PROPORTION - 1);
+    let offset = PERSON_PROPORTION - 1;
     (epoch * PERSON_PROPORTION + offset) as i64
 }
 
