@@ -29,7 +29,7 @@ pub struct ExprError {
 }
 
 impl ExprError {
-    fn new(message: impl Into<String>) -> Self {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
         }
@@ -139,7 +139,7 @@ pub fn compile_predicate(sql: &str, schema: &SchemaRef) -> Result<CompiledExpr, 
 }
 
 /// SQL text → type-coerced, simplified logical expression.
-fn plan_logical(sql: &str, schema: &SchemaRef) -> Result<Expr, ExprError> {
+pub(crate) fn plan_logical(sql: &str, schema: &SchemaRef) -> Result<Expr, ExprError> {
     let dialect = GenericDialect {};
     let ast = Parser::new(&dialect)
         .try_with_sql(sql)
@@ -230,7 +230,7 @@ impl ContextNames {
 
 /// DataFusion errors carry prefixes ("Error during planning: ") and
 /// backtrace hints; keep only the message.
-fn clean_message(e: &DataFusionError) -> String {
+pub(crate) fn clean_message(e: &DataFusionError) -> String {
     let root = e.find_root();
     let text = match root {
         DataFusionError::Plan(m)

@@ -5,10 +5,12 @@
 //! turned into a physical expression; evaluating it on a batch is then fully
 //! vectorised. Unknown columns and functions are reported with a suggestion.
 
+mod aggregate;
 mod context;
 mod expression;
 mod types;
 
+pub use aggregate::{CompiledAggregate, GroupedAggregate, compile_aggregate};
 pub use context::suggest;
 pub use expression::{CompiledExpr, ExprError, compile, compile_predicate};
 pub use types::{parse_data_type, scalar_from_json};

@@ -1,0 +1,242 @@
+//! Aggregate expressions (`count(*)`, `max(price)`, `count(DISTINCT bidder)`,
+//! `approx_percentile_cont(price, 0.5)`, ...) backed by DataFusion's
+//! accumulators, so every aggregate DataFusion has is available.
+//!
+//! [`GroupedAggregate`] keeps the state of many groups: vectorised
+//! `GroupsAccumulator`s where the function has one, otherwise one
+//! `Accumulator` per group (e.g. DISTINCT).
+
+use std::fmt;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, UInt32Array};
+use arrow::compute::take;
+use arrow::datatypes::{FieldRef, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use datafusion_common::{DFSchema, ScalarValue};
+use datafusion_expr::execution_props::ExecutionProps;
+use datafusion_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion_expr::{Accumulator, EmitTo, Expr, GroupsAccumulator};
+use datafusion_physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
+use datafusion_physical_expr::{PhysicalExpr, create_physical_expr};
+
+use crate::expression::{ExprError, clean_message, plan_logical};
+
+/// An aggregate call planned against an input schema.
+#[derive(Clone)]
+pub struct CompiledAggregate {
+    sql: String,
+    function: Arc<AggregateFunctionExpr>,
+    args: Vec<Arc<dyn PhysicalExpr>>,
+}
+
+impl fmt::Debug for CompiledAggregate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompiledAggregate").field("sql", &self.sql).finish()
+    }
+}
+
+/// Plans `sql`, which must be a single aggregate call, against `schema`;
+/// `name` becomes its output column name.
+///
+/// # Errors
+/// Unknown columns/functions, wrong argument types, or text that is not one aggregate call.
+pub fn compile_aggregate(sql: &str, name: &str, schema: &SchemaRef) -> Result<CompiledAggregate, ExprError> {
+    let logical = plan_logical(sql, schema)?;
+    let Expr::AggregateFunction(agg) = logical.unalias_nested().data else {
+        return Err(ExprError::new(format!(
+            "`{sql}` is not an aggregate call (expected e.g. count(*), sum(price), max(price))"
+        )));
+    };
+    if agg.params.filter.is_some() || !agg.params.order_by.is_empty() {
+        return Err(ExprError::new(format!("`{sql}`: FILTER and ORDER BY inside aggregates are not supported")));
+    }
+    let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| ExprError::new(clean_message(&e)))?;
+    let props = ExecutionProps::new();
+    let args = agg
+        .params
+        .args
+        .iter()
+        .map(|a| create_physical_expr(a, &df_schema, &props, &PhysicalPlanningContext::default()))
+        .collect::<datafusion_common::Result<Vec<_>>>()
+        .map_err(|e| ExprError::new(clean_message(&e)))?;
+    let function = AggregateExprBuilder::new(Arc::clone(&agg.func), args.clone())
+        .schema(Arc::clone(schema))
+        .alias(name)
+        .with_distinct(agg.params.distinct)
+        .build()
+        .map_err(|e| ExprError::new(format!("`{sql}`: {}", clean_message(&e))))?;
+    Ok(CompiledAggregate { sql: sql.to_string(), function: Arc::new(function), args })
+}
+
+impl CompiledAggregate {
+    /// The SQL text.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// The output field (named as requested).
+    pub fn field(&self) -> FieldRef {
+        self.function.field()
+    }
+
+    /// Evaluates the arguments on a batch.
+    ///
+    /// # Errors
+    /// When an argument expression fails.
+    pub fn arguments(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>, ExprError> {
+        self.args
+            .iter()
+            .map(|a| a.evaluate(batch).and_then(|v| v.into_array(batch.num_rows())))
+            .collect::<datafusion_common::Result<Vec<_>>>()
+            .map_err(|e| ExprError::new(clean_message(&e)))
+    }
+
+    /// Empty state for a set of groups.
+    ///
+    /// # Errors
+    /// When DataFusion cannot create the accumulator.
+    pub fn new_state(&self) -> Result<GroupedAggregate, ExprError> {
+        let err = |e: datafusion_common::DataFusionError| ExprError::new(clean_message(&e));
+        let inner = if self.function.groups_accumulator_supported() {
+            Grouped::Vectorised(self.function.create_groups_accumulator().map_err(err)?)
+        } else {
+            Grouped::PerGroup(Vec::new())
+        };
+        Ok(GroupedAggregate { function: Arc::clone(&self.function), inner, groups: 0 })
+    }
+}
+
+enum Grouped {
+    Vectorised(Box<dyn GroupsAccumulator>),
+    PerGroup(Vec<Box<dyn Accumulator>>),
+}
+
+/// The running state of one aggregate over numbered groups `0..n`.
+pub struct GroupedAggregate {
+    function: Arc<AggregateFunctionExpr>,
+    inner: Grouped,
+    groups: usize,
+}
+
+impl fmt::Debug for GroupedAggregate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GroupedAggregate").field("function", &self.function.name()).field("groups", &self.groups).finish()
+    }
+}
+
+impl GroupedAggregate {
+    /// Adds rows: `values` are the argument arrays, `groups[i]` the group of row `i`;
+    /// `total_groups` is the number of groups seen so far (≥ every index + 1).
+    ///
+    /// # Errors
+    /// When the accumulator rejects the values.
+    pub fn update(&mut self, values: &[ArrayRef], groups: &[usize], total_groups: usize) -> Result<(), ExprError> {
+        let err = |e: datafusion_common::DataFusionError| ExprError::new(clean_message(&e));
+        self.groups = self.groups.max(total_groups);
+        match &mut self.inner {
+            Grouped::Vectorised(acc) => acc.update_batch(values, groups, None, total_groups).map_err(err),
+            Grouped::PerGroup(accs) => {
+                while accs.len() < total_groups {
+                    accs.push(self.function.create_accumulator().map_err(err)?);
+                }
+                // Rows per group, then one update per group.
+                let mut rows: Vec<Vec<u32>> = vec![Vec::new(); total_groups];
+                for (row, g) in groups.iter().enumerate() {
+                    rows[*g].push(row as u32);
+                }
+                for (g, idx) in rows.into_iter().enumerate().filter(|(_, r)| !r.is_empty()) {
+                    let idx = UInt32Array::from(idx);
+                    let taken = values
+                        .iter()
+                        .map(|v| take(v.as_ref(), &idx, None))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| ExprError::new(e.to_string()))?;
+                    accs[g].update_batch(&taken).map_err(err)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The final value of every group, in group order; the state is consumed.
+    ///
+    /// # Errors
+    /// When the accumulator cannot produce its result.
+    pub fn finish(self) -> Result<ArrayRef, ExprError> {
+        let err = |e: datafusion_common::DataFusionError| ExprError::new(clean_message(&e));
+        match self.inner {
+            Grouped::Vectorised(mut acc) => acc.evaluate(EmitTo::All).map_err(err),
+            Grouped::PerGroup(mut accs) => {
+                while accs.len() < self.groups {
+                    accs.push(self.function.create_accumulator().map_err(err)?);
+                }
+                let values = accs.iter_mut().map(|a| a.evaluate()).collect::<datafusion_common::Result<Vec<_>>>().map_err(err)?;
+                if values.is_empty() {
+                    return Ok(arrow::array::new_empty_array(self.function.field().data_type()));
+                }
+                ScalarValue::iter_to_array(values).map_err(err)
+            }
+        }
+    }
+
+    /// Approximate memory held, in bytes.
+    pub fn size(&self) -> usize {
+        match &self.inner {
+            Grouped::Vectorised(acc) => acc.size(),
+            Grouped::PerGroup(accs) => accs.iter().map(|a| a.size()).sum(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Float64Array, Int64Array};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn input() -> (SchemaRef, RecordBatch) {
+        let s = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let b = RecordBatch::try_new(
+            Arc::clone(&s),
+            vec![Arc::new(Int64Array::from(vec![1, 1, 2, 2, 2])), Arc::new(Int64Array::from(vec![3, 3, 5, 7, 5]))],
+        )
+        .expect("batch");
+        (s, b)
+    }
+
+    fn run(sql: &str) -> ArrayRef {
+        let (s, b) = input();
+        let agg = compile_aggregate(sql, "out", &s).expect("compiles");
+        let mut state = agg.new_state().expect("state");
+        let values = agg.arguments(&b).expect("args");
+        state.update(&values, &[0, 0, 1, 1, 1], 2).expect("update");
+        state.finish().expect("finish")
+    }
+
+    #[test]
+    fn vectorised_and_per_group_aggregates() {
+        let count = run("count(*)");
+        assert_eq!(count.as_any().downcast_ref::<Int64Array>().expect("i64").values().to_vec(), vec![2, 3]);
+        let max = run("max(v)");
+        assert_eq!(max.as_any().downcast_ref::<Int64Array>().expect("i64").values().to_vec(), vec![3, 7]);
+        let avg = run("avg(v)");
+        let avg = avg.as_any().downcast_ref::<Float64Array>().expect("f64");
+        assert!((avg.value(1) - 17.0 / 3.0).abs() < 1e-12);
+        let distinct = run("count(DISTINCT v)");
+        assert_eq!(distinct.as_any().downcast_ref::<Int64Array>().expect("i64").values().to_vec(), vec![1, 2]);
+        assert_eq!(run("approx_distinct(v)").len(), 2);
+    }
+
+    #[test]
+    fn non_aggregates_are_rejected() {
+        let (s, _) = input();
+        let err = compile_aggregate("v + 1", "x", &s).expect_err("not an aggregate");
+        assert!(err.message.contains("not an aggregate call"), "{}", err.message);
+        let err = compile_aggregate("max(w)", "x", &s).expect_err("unknown column");
+        assert!(err.message.contains("column 'w' not found"), "{}", err.message);
+    }
+}
