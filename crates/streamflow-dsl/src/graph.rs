@@ -8,7 +8,7 @@ use streamflow_core::Diagnostics;
 
 use crate::DEFAULT_QUEUE_CAPACITY;
 use crate::parse::suggest;
-use crate::spec::{FlowSpec, Inputs, Mode, QueueSpec};
+use crate::spec::{EventTimeSpec, FlowSpec, Inputs, Mode, QueueSpec};
 
 /// Index of a node in [`FlowGraph::nodes`].
 pub type NodeId = usize;
@@ -62,6 +62,8 @@ pub struct Node {
     pub key_by: Vec<String>,
     /// Type-specific settings.
     pub settings: Map<String, Value>,
+    /// Event time declared on a source.
+    pub event_time: Option<EventTimeSpec>,
 }
 
 /// A structurally valid pipeline: unique names, existing inputs, no cycles.
@@ -120,6 +122,7 @@ impl FlowGraph {
                 dlq: None,
                 key_by: Vec::new(),
                 settings: s.config.clone(),
+                event_time: s.event_time.clone(),
                 path,
             };
             decls.push(Decl {
@@ -150,6 +153,7 @@ impl FlowGraph {
                 dlq: None,
                 key_by: s.key_by.clone().unwrap_or_default(),
                 settings: s.settings.clone(),
+                event_time: None,
                 path,
             };
             decls.push(Decl {
@@ -185,6 +189,7 @@ impl FlowGraph {
                 dlq: None,
                 key_by: Vec::new(),
                 settings: s.config.clone(),
+                event_time: None,
                 path,
             };
             decls.push(Decl {

@@ -85,6 +85,47 @@ pub struct SourceSpec {
     pub parallelism: Option<i64>,
     /// Sink receiving records that fail decoding.
     pub dlq: Option<String>,
+    /// Which column carries event time, and how watermarks are derived from it.
+    pub event_time: Option<EventTimeSpec>,
+}
+
+/// Event time of a source: `{column: date_time, watermark: {max_out_of_orderness: 2s}}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeSpec {
+    /// A top-level timestamp column of the source.
+    pub column: String,
+    /// Watermark strategy.
+    #[serde(default)]
+    pub watermark: WatermarkSpec,
+}
+
+/// Bounded out-of-orderness watermarks.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WatermarkSpec {
+    /// How far behind the highest event time seen the watermark trails (default 0s).
+    #[serde(default, with = "opt_duration")]
+    pub max_out_of_orderness: Option<std::time::Duration>,
+}
+
+/// Durations in specs are written as text (`2s`) and kept as `Duration`.
+mod opt_duration {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<crate::units::HumanDuration>::deserialize(d)?.map(|h| h.0))
+    }
 }
 
 /// A stage declaration: common fields plus type-specific keys.

@@ -32,7 +32,9 @@ pub struct CompiledAggregate {
 
 impl fmt::Debug for CompiledAggregate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CompiledAggregate").field("sql", &self.sql).finish()
+        f.debug_struct("CompiledAggregate")
+            .field("sql", &self.sql)
+            .finish()
     }
 }
 
@@ -41,7 +43,11 @@ impl fmt::Debug for CompiledAggregate {
 ///
 /// # Errors
 /// Unknown columns/functions, wrong argument types, or text that is not one aggregate call.
-pub fn compile_aggregate(sql: &str, name: &str, schema: &SchemaRef) -> Result<CompiledAggregate, ExprError> {
+pub fn compile_aggregate(
+    sql: &str,
+    name: &str,
+    schema: &SchemaRef,
+) -> Result<CompiledAggregate, ExprError> {
     let logical = plan_logical(sql, schema)?;
     let Expr::AggregateFunction(agg) = logical.unalias_nested().data else {
         return Err(ExprError::new(format!(
@@ -49,9 +55,12 @@ pub fn compile_aggregate(sql: &str, name: &str, schema: &SchemaRef) -> Result<Co
         )));
     };
     if agg.params.filter.is_some() || !agg.params.order_by.is_empty() {
-        return Err(ExprError::new(format!("`{sql}`: FILTER and ORDER BY inside aggregates are not supported")));
+        return Err(ExprError::new(format!(
+            "`{sql}`: FILTER and ORDER BY inside aggregates are not supported"
+        )));
     }
-    let df_schema = DFSchema::try_from(schema.as_ref().clone()).map_err(|e| ExprError::new(clean_message(&e)))?;
+    let df_schema = DFSchema::try_from(schema.as_ref().clone())
+        .map_err(|e| ExprError::new(clean_message(&e)))?;
     let props = ExecutionProps::new();
     let args = agg
         .params
@@ -66,7 +75,11 @@ pub fn compile_aggregate(sql: &str, name: &str, schema: &SchemaRef) -> Result<Co
         .with_distinct(agg.params.distinct)
         .build()
         .map_err(|e| ExprError::new(format!("`{sql}`: {}", clean_message(&e))))?;
-    Ok(CompiledAggregate { sql: sql.to_string(), function: Arc::new(function), args })
+    Ok(CompiledAggregate {
+        sql: sql.to_string(),
+        function: Arc::new(function),
+        args,
+    })
 }
 
 impl CompiledAggregate {
@@ -87,7 +100,10 @@ impl CompiledAggregate {
     pub fn arguments(&self, batch: &RecordBatch) -> Result<Vec<ArrayRef>, ExprError> {
         self.args
             .iter()
-            .map(|a| a.evaluate(batch).and_then(|v| v.into_array(batch.num_rows())))
+            .map(|a| {
+                a.evaluate(batch)
+                    .and_then(|v| v.into_array(batch.num_rows()))
+            })
             .collect::<datafusion_common::Result<Vec<_>>>()
             .map_err(|e| ExprError::new(clean_message(&e)))
     }
@@ -103,7 +119,11 @@ impl CompiledAggregate {
         } else {
             Grouped::PerGroup(Vec::new())
         };
-        Ok(GroupedAggregate { function: Arc::clone(&self.function), inner, groups: 0 })
+        Ok(GroupedAggregate {
+            function: Arc::clone(&self.function),
+            inner,
+            groups: 0,
+        })
     }
 }
 
@@ -121,7 +141,10 @@ pub struct GroupedAggregate {
 
 impl fmt::Debug for GroupedAggregate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GroupedAggregate").field("function", &self.function.name()).field("groups", &self.groups).finish()
+        f.debug_struct("GroupedAggregate")
+            .field("function", &self.function.name())
+            .field("groups", &self.groups)
+            .finish()
     }
 }
 
@@ -131,11 +154,18 @@ impl GroupedAggregate {
     ///
     /// # Errors
     /// When the accumulator rejects the values.
-    pub fn update(&mut self, values: &[ArrayRef], groups: &[usize], total_groups: usize) -> Result<(), ExprError> {
+    pub fn update(
+        &mut self,
+        values: &[ArrayRef],
+        groups: &[usize],
+        total_groups: usize,
+    ) -> Result<(), ExprError> {
         let err = |e: datafusion_common::DataFusionError| ExprError::new(clean_message(&e));
         self.groups = self.groups.max(total_groups);
         match &mut self.inner {
-            Grouped::Vectorised(acc) => acc.update_batch(values, groups, None, total_groups).map_err(err),
+            Grouped::Vectorised(acc) => acc
+                .update_batch(values, groups, None, total_groups)
+                .map_err(err),
             Grouped::PerGroup(accs) => {
                 while accs.len() < total_groups {
                     accs.push(self.function.create_accumulator().map_err(err)?);
@@ -171,9 +201,15 @@ impl GroupedAggregate {
                 while accs.len() < self.groups {
                     accs.push(self.function.create_accumulator().map_err(err)?);
                 }
-                let values = accs.iter_mut().map(|a| a.evaluate()).collect::<datafusion_common::Result<Vec<_>>>().map_err(err)?;
+                let values = accs
+                    .iter_mut()
+                    .map(|a| a.evaluate())
+                    .collect::<datafusion_common::Result<Vec<_>>>()
+                    .map_err(err)?;
                 if values.is_empty() {
-                    return Ok(arrow::array::new_empty_array(self.function.field().data_type()));
+                    return Ok(arrow::array::new_empty_array(
+                        self.function.field().data_type(),
+                    ));
                 }
                 ScalarValue::iter_to_array(values).map_err(err)
             }
@@ -202,7 +238,10 @@ mod tests {
         ]));
         let b = RecordBatch::try_new(
             Arc::clone(&s),
-            vec![Arc::new(Int64Array::from(vec![1, 1, 2, 2, 2])), Arc::new(Int64Array::from(vec![3, 3, 5, 7, 5]))],
+            vec![
+                Arc::new(Int64Array::from(vec![1, 1, 2, 2, 2])),
+                Arc::new(Int64Array::from(vec![3, 3, 5, 7, 5])),
+            ],
         )
         .expect("batch");
         (s, b)
@@ -220,14 +259,37 @@ mod tests {
     #[test]
     fn vectorised_and_per_group_aggregates() {
         let count = run("count(*)");
-        assert_eq!(count.as_any().downcast_ref::<Int64Array>().expect("i64").values().to_vec(), vec![2, 3]);
+        assert_eq!(
+            count
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("i64")
+                .values()
+                .to_vec(),
+            vec![2, 3]
+        );
         let max = run("max(v)");
-        assert_eq!(max.as_any().downcast_ref::<Int64Array>().expect("i64").values().to_vec(), vec![3, 7]);
+        assert_eq!(
+            max.as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("i64")
+                .values()
+                .to_vec(),
+            vec![3, 7]
+        );
         let avg = run("avg(v)");
         let avg = avg.as_any().downcast_ref::<Float64Array>().expect("f64");
         assert!((avg.value(1) - 17.0 / 3.0).abs() < 1e-12);
         let distinct = run("count(DISTINCT v)");
-        assert_eq!(distinct.as_any().downcast_ref::<Int64Array>().expect("i64").values().to_vec(), vec![1, 2]);
+        assert_eq!(
+            distinct
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("i64")
+                .values()
+                .to_vec(),
+            vec![1, 2]
+        );
         assert_eq!(run("approx_distinct(v)").len(), 2);
     }
 
@@ -235,8 +297,16 @@ mod tests {
     fn non_aggregates_are_rejected() {
         let (s, _) = input();
         let err = compile_aggregate("v + 1", "x", &s).expect_err("not an aggregate");
-        assert!(err.message.contains("not an aggregate call"), "{}", err.message);
+        assert!(
+            err.message.contains("not an aggregate call"),
+            "{}",
+            err.message
+        );
         let err = compile_aggregate("max(w)", "x", &s).expect_err("unknown column");
-        assert!(err.message.contains("column 'w' not found"), "{}", err.message);
+        assert!(
+            err.message.contains("column 'w' not found"),
+            "{}",
+            err.message
+        );
     }
 }

@@ -98,6 +98,8 @@ mod tests {
             path: "stages[0]",
             settings: &map,
             inputs: &[schema],
+            key_by: &[],
+            event_time: None,
         })
     }
 

@@ -17,6 +17,7 @@ mod row_errors;
 mod select;
 mod union;
 mod validate;
+mod window;
 
 pub use registry::{StageKind, find_stage, stage_kinds};
 pub use stage::{InputRule, StageContext, StageFactory};

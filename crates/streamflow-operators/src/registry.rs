@@ -5,7 +5,7 @@ use std::sync::Arc;
 use streamflow_core::Diagnostics;
 
 use crate::stage::{InputRule, StageContext, StageFactory};
-use crate::{add_column, filter, map, rename, select, union, validate};
+use crate::{add_column, filter, map, rename, select, union, validate, window};
 
 /// Plans a stage from its context.
 pub type PlanFn = fn(&StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diagnostics>;
@@ -60,6 +60,12 @@ pub static STAGES: &[StageKind] = &[
         description: "enforce a declared schema; bad rows to the dlq",
         inputs: InputRule::SameSchema,
         plan: validate::plan,
+    },
+    StageKind {
+        name: "window",
+        description: "event-time tumbling or sliding windows with aggregates",
+        inputs: InputRule::SameSchema,
+        plan: window::plan,
     },
     StageKind {
         name: "union",

@@ -18,6 +18,10 @@ pub struct StageContext<'a> {
     pub settings: &'a Map<String, Value>,
     /// Schemas of the logical inputs, in order.
     pub inputs: &'a [SchemaRef],
+    /// The stage's `key_by` expressions (text).
+    pub key_by: &'a [String],
+    /// The event-time column of the (first) input, if known.
+    pub event_time: Option<&'a str>,
 }
 
 impl StageContext<'_> {

@@ -274,6 +274,8 @@ mod tests {
             path: "stages[0]",
             settings: &map,
             inputs: &[Arc::clone(&input)],
+            key_by: &[],
+            event_time: None,
         })
         .expect("plans");
         let batch = RecordBatch::try_new(

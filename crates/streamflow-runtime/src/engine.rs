@@ -16,6 +16,7 @@ use crate::input::{InputChannel, InputSet};
 use crate::metrics::NodeMetrics;
 use crate::plan::{PhysicalPlan, Planned, validate_spec};
 use crate::tasks::{Outputs, run_operator, run_sink, run_source};
+use crate::watermark::WatermarkGenerator;
 
 /// A validated pipeline, ready to start.
 #[derive(Clone)]
@@ -138,7 +139,22 @@ impl Pipeline {
                             .create(instance, node.parallelism)
                             .map_err(|e| e.in_stage(&node.name))?;
                         expected = expected.zip(source.size_hint()).map(|(a, b)| a + b);
-                        tasks.spawn(run_source(source, outputs, stop_rx.clone()));
+                        let watermarks = match (&plan.nodes[id].event_time, &node.event_time) {
+                            (Some(column), Some(spec)) => {
+                                let index = plan.nodes[id]
+                                    .schema
+                                    .index_of(column)
+                                    .map_err(|e| Error::arrow("event time", e))?;
+                                let lag = spec
+                                    .watermark
+                                    .max_out_of_orderness
+                                    .unwrap_or_default()
+                                    .as_millis() as i64;
+                                Some(WatermarkGenerator::new(index, lag))
+                            }
+                            _ => None,
+                        };
+                        tasks.spawn(run_source(source, outputs, stop_rx.clone(), watermarks));
                     }
                     Planned::Stage(f) => {
                         tasks.spawn(run_operator(f.create(), InputSet::new(chans), outputs));

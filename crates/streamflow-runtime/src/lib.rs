@@ -16,6 +16,7 @@ pub mod input;
 pub mod metrics;
 pub mod plan;
 mod tasks;
+pub mod watermark;
 
 pub use engine::{Pipeline, RunHandle, RunSummary, StageSummary};
 pub use metrics::NodeMetrics;

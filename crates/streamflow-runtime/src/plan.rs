@@ -30,6 +30,8 @@ pub struct PlannedNode {
     pub schema: SchemaRef,
     /// `key_by` expressions compiled against the node's input schema.
     pub key_by: Vec<CompiledExpr>,
+    /// Name of the event-time column of the node's output, if it has one.
+    pub event_time: Option<String>,
 }
 
 /// A fully planned pipeline, ready to run.
@@ -77,7 +79,15 @@ pub fn plan(graph: FlowGraph) -> Result<PhysicalPlan, Diagnostics> {
         };
         let result = match inputs {
             None => None,
-            Some(inputs) => match plan_node(&graph, node, &inputs) {
+            Some(inputs) => match plan_node(
+                &graph,
+                node,
+                &inputs,
+                node.inputs
+                    .first()
+                    .and_then(|&i| planned[i].as_ref())
+                    .and_then(|p| p.event_time.as_deref()),
+            ) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     d.extend(e);
@@ -114,6 +124,7 @@ fn plan_node(
     graph: &FlowGraph,
     node: &Node,
     inputs: &[SchemaRef],
+    input_event_time: Option<&str>,
 ) -> Result<PlannedNode, Diagnostics> {
     match node.role {
         Role::Source => {
@@ -128,10 +139,16 @@ fn plan_node(
                 mode: graph.mode,
             };
             let factory = (kind.plan)(&ctx)?;
+            let schema = factory.schema();
+            let event_time = match &node.event_time {
+                None => None,
+                Some(et) => Some(event_time_column(node, &schema, &et.column)?),
+            };
             Ok(PlannedNode {
-                schema: factory.schema(),
+                schema,
                 planned: Planned::Source(factory),
                 key_by: Vec::new(),
+                event_time,
             })
         }
         Role::Stage => {
@@ -172,12 +189,24 @@ fn plan_node(
                 path: &node.settings_path,
                 settings: &node.settings,
                 inputs,
+                key_by: &node.key_by,
+                event_time: input_event_time,
             };
             let factory = (kind.plan)(&ctx)?;
+            let schema = factory.output_schema();
+            // Event time survives a stage that keeps the column as a timestamp.
+            let event_time = input_event_time
+                .filter(|c| {
+                    schema
+                        .field_with_name(c)
+                        .is_ok_and(|f| is_timestamp(f.data_type()))
+                })
+                .map(str::to_string);
             Ok(PlannedNode {
-                schema: factory.output_schema(),
+                schema,
                 planned: Planned::Stage(factory),
                 key_by,
+                event_time,
             })
         }
         Role::Sink => {
@@ -197,7 +226,39 @@ fn plan_node(
                 schema,
                 planned: Planned::Sink(factory),
                 key_by: Vec::new(),
+                event_time: None,
             })
+        }
+    }
+}
+
+fn is_timestamp(t: &arrow::datatypes::DataType) -> bool {
+    matches!(t, arrow::datatypes::DataType::Timestamp(_, _))
+}
+
+/// Checks a source's `event_time.column` against its schema.
+fn event_time_column(node: &Node, schema: &SchemaRef, column: &str) -> Result<String, Diagnostics> {
+    let path = format!("{}.event_time.column", node.path);
+    match schema.index_of(column) {
+        Ok(i) if is_timestamp(schema.field(i).data_type()) => Ok(column.to_string()),
+        Ok(i) => Err(streamflow_core::Diagnostic::new(
+            path,
+            format!(
+                "column '{column}' is {}, not a timestamp",
+                schema.field(i).data_type()
+            ),
+        )
+        .into()),
+        Err(_) => {
+            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+            let hint = streamflow_dsl::suggest(column, &names)
+                .map(|s| format!(" (did you mean '{s}'?)"))
+                .unwrap_or_default();
+            Err(streamflow_core::Diagnostic::new(
+                path,
+                format!("column '{column}' not found{hint}"),
+            )
+            .into())
         }
     }
 }

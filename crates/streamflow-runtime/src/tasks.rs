@@ -5,13 +5,15 @@ use std::time::Instant;
 
 use arrow::record_batch::RecordBatch;
 use streamflow_core::{
-    DeadLetter, Error, Message, Operator, Output, Result, Sink, Source, dead_letter_batch,
+    DeadLetter, Error, Message, Operator, Output, Result, Sink, Source, Watermark,
+    dead_letter_batch,
 };
 use tokio::sync::watch;
 
 use crate::exchange::Exchange;
 use crate::input::{InputEvent, InputSet};
 use crate::metrics::NodeMetrics;
+use crate::watermark::WatermarkGenerator;
 
 /// Where one instance sends its output and dead letters.
 pub(crate) struct Outputs {
@@ -97,6 +99,7 @@ pub(crate) async fn run_source(
     mut source: Box<dyn Source>,
     mut out: Outputs,
     mut stop: watch::Receiver<bool>,
+    mut watermarks: Option<WatermarkGenerator>,
 ) -> Result<()> {
     let node = out.node.clone();
     let result = async {
@@ -106,13 +109,26 @@ pub(crate) async fn run_source(
                 _ = stopped(&mut stop) => break,
                 next = source.next_batch() => next?,
             };
-            let Some(batch) = next else { break };
+            let Some(batch) = next else {
+                break;
+            };
             out.dead_letters(batch.dead_letters).await?;
             if let Some(data) = batch.data
                 && data.num_rows() > 0
             {
+                let watermark = match watermarks.as_mut() {
+                    Some(g) => g.observe(&data)?,
+                    None => None,
+                };
                 out.emit(data).await?;
+                if let Some(w) = watermark {
+                    out.broadcast(Message::Watermark(w)).await?;
+                }
             }
+        }
+        if watermarks.is_some() {
+            // End of input: every event-time window may now fire.
+            out.broadcast(Message::Watermark(Watermark::MAX)).await?;
         }
         out.end().await
     }

@@ -12,6 +12,8 @@ pub const QUERIES: &[(&str, &str)] = &[
     ("q2", include_str!("../../../examples/nexmark/q2.yaml")),
     ("q21", include_str!("../../../examples/nexmark/q21.yaml")),
     ("q22", include_str!("../../../examples/nexmark/q22.yaml")),
+    ("q5", include_str!("../../../examples/nexmark/q5.yaml")),
+    ("q7", include_str!("../../../examples/nexmark/q7.yaml")),
 ];
 
 /// The flow file text of `query`.

@@ -14,6 +14,8 @@ use serde_json::Value;
 use streamflow_connectors::sources::nexmark::{NexmarkConfig, NexmarkGenerator, NexmarkTable};
 
 const EVENTS: u64 = 30_000;
+/// Event rate of the windowed queries' tests: 30 s of event time, so several windows.
+const WINDOWED_EVENT_RATE: u64 = 1_000;
 
 /// One generated bid, as plain values.
 #[derive(Debug, Clone)]
@@ -28,8 +30,14 @@ struct Bid {
 }
 
 fn bids() -> Vec<Bid> {
+    bids_at(NexmarkConfig::default().event_rate)
+}
+
+/// Bids generated at `event_rate` events per second of event time.
+fn bids_at(event_rate: u64) -> Vec<Bid> {
     let g = NexmarkGenerator::new(NexmarkConfig {
         table: NexmarkTable::Bid,
+        event_rate,
         ..NexmarkConfig::default()
     });
     let b = g.generate(0..EVENTS).expect("generate");
@@ -75,7 +83,13 @@ fn run_query(query: &str, parallelism: usize) -> Vec<Value> {
     let out_dir = dir.path().join("out");
     let flow = root().join(format!("examples/nexmark/{query}.yaml"));
     let flow = flow.to_string_lossy().into_owned();
-    let events = format!("sources.events.config.events={EVENTS}");
+    let source = if matches!(query, "q5" | "q7") {
+        "bids"
+    } else {
+        "events"
+    };
+    let events = format!("sources.{source}.config.events={EVENTS}");
+    let rate = format!("sources.{source}.config.event_rate={WINDOWED_EVENT_RATE}");
     let path = format!("sinks.out.config.path={}", out_dir.display());
     let mut args = vec![
         "run",
@@ -90,6 +104,9 @@ fn run_query(query: &str, parallelism: usize) -> Vec<Value> {
     let sink_par = format!("sinks.out.parallelism={parallelism}");
     if parallelism > 1 {
         args.extend(["--set", par.as_str(), "--set", sink_par.as_str()]);
+    }
+    if source == "bids" {
+        args.extend(["--set", rate.as_str()]);
     }
     let out = run(&args);
     assert!(out.status.success(), "{query} failed: {}", stderr(&out));
@@ -312,4 +329,99 @@ fn quickstart_runs_on_embedded_defaults() {
         "summary missing: {}",
         stderr(&out)
     );
+}
+
+/// Window starts containing `ts` for windows of `size` every `slide` (ms).
+fn window_starts(ts: i64, size: i64, slide: i64) -> Vec<i64> {
+    (ts - size + 1..=ts)
+        .filter(|s| s.rem_euclid(slide) == 0)
+        .collect()
+}
+
+fn millis(text: &str) -> i64 {
+    // "2023-11-14T22:13:20[.500]" → ms since the epoch, by difference with the base time.
+    let (date_time, frac) = text.split_once('.').unwrap_or((text, "0"));
+    let (_, time) = date_time.split_once('T').expect("T");
+    let parts: Vec<i64> = time
+        .split(':')
+        .map(|p| p.parse().expect("number"))
+        .collect();
+    let day_ms = ((parts[0] * 60 + parts[1]) * 60 + parts[2]) * 1000
+        + format!("{frac:0<3}")[..3].parse::<i64>().expect("ms");
+    // The generator's base time 1_700_000_000_000 is 2023-11-14T22:13:20 (all test events fall on that day).
+    1_700_000_000_000 - (22 * 3600 + 13 * 60 + 20) * 1000 + day_ms
+}
+
+fn bid_millis() -> Vec<(i64, Bid)> {
+    bids_at(WINDOWED_EVENT_RATE)
+        .into_iter()
+        .map(|b| (millis(&b.date_time), b))
+        .collect()
+}
+
+#[test]
+fn q7_highest_bid_per_tumbling_window() {
+    let mut expected: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    for (ts, b) in bid_millis() {
+        let e = expected
+            .entry(ts - ts.rem_euclid(10_000))
+            .or_insert((i64::MIN, 0));
+        e.0 = e.0.max(b.price);
+        e.1 += 1;
+    }
+    let expected: Vec<String> = expected
+        .into_iter()
+        .map(|(s, (max, n))| format!("{s}|{}|{max}|{n}", s + 10_000))
+        .collect();
+    let actual = sorted(
+        run_query("q7", 1)
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}|{}|{}|{}",
+                    millis(r["window_start"].as_str().expect("start")),
+                    millis(r["window_end"].as_str().expect("end")),
+                    r["max_price"],
+                    r["bids"]
+                )
+            })
+            .collect(),
+    );
+    assert!(expected.len() > 1, "the test needs several windows");
+    assert_eq!(actual, sorted(expected));
+}
+
+#[test]
+fn q5_bids_per_auction_in_sliding_windows() {
+    let mut expected: BTreeMap<(i64, i64), i64> = BTreeMap::new();
+    for (ts, b) in bid_millis() {
+        for start in window_starts(ts, 10_000, 2_000) {
+            *expected.entry((start, b.auction)).or_default() += 1;
+        }
+    }
+    let expected: Vec<String> = expected
+        .into_iter()
+        .map(|((s, a), n)| format!("{s}|{}|{a}|{n}", s + 10_000))
+        .collect();
+    for parallelism in [1, 2] {
+        let actual = sorted(
+            run_query("q5", parallelism)
+                .iter()
+                .map(|r| {
+                    format!(
+                        "{}|{}|{}|{}",
+                        millis(r["window_start"].as_str().expect("start")),
+                        millis(r["window_end"].as_str().expect("end")),
+                        r["auction"],
+                        r["num"]
+                    )
+                })
+                .collect(),
+        );
+        assert_eq!(
+            actual,
+            sorted(expected.clone()),
+            "parallelism {parallelism}"
+        );
+    }
 }

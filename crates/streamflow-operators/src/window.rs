@@ -1,0 +1,636 @@
+//! `window`: event-time tumbling and sliding windows, keyed by `key_by` or
+//! global, computing any DataFusion aggregate.
+//!
+//! ```yaml
+//! - name: hot
+//!   type: window
+//!   input: bids
+//!   key_by: [auction]
+//!   window: {kind: sliding, size: 10s, slide: 2s}
+//!   aggregates: {bids: "count(*)", top: "max(price)"}
+//! ```
+//!
+//! A window `[start, end)` fires when the watermark reaches `end - 1`,
+//! emitting one row per key: `window_start, window_end, <keys>, <aggregates>`;
+//! its state is then freed. A record whose every window has already fired
+//! is late: it is counted and reported, never merged into a fired result.
+//! Event time comes from the source's `event_time` column unless
+//! `time_column` names another timestamp column.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, TimestampMillisecondArray, UInt32Array};
+use arrow::compute::take;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, Rows, SortField};
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use streamflow_core::{Diagnostic, Diagnostics, Error, Operator, Output, Result, Watermark};
+use streamflow_dsl::HumanDuration;
+use streamflow_expr::hash_utils::RandomState;
+use streamflow_expr::{CompiledAggregate, CompiledExpr, GroupedAggregate};
+
+use crate::stage::{StageContext, StageFactory};
+
+/// Settings of a `window` stage.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WindowConfig {
+    /// Window shape.
+    window: WindowSpec,
+    /// Output column → aggregate call (`count(*)`, `max(price)`, ...).
+    aggregates: Map<String, Value>,
+    /// Timestamp column holding event time (default: the source's `event_time` column).
+    time_column: Option<String>,
+}
+
+/// Window shapes.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+enum WindowSpec {
+    /// Fixed, non-overlapping windows of `size`.
+    Tumbling { size: HumanDuration },
+    /// Windows of `size` starting every `slide`.
+    Sliding {
+        size: HumanDuration,
+        slide: HumanDuration,
+    },
+}
+
+/// Tumbling or sliding assignment, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assigner {
+    /// Window length.
+    pub size: i64,
+    /// Distance between window starts (`size` for tumbling).
+    pub slide: i64,
+}
+
+impl Assigner {
+    /// Starts of every window containing `ts`, ascending.
+    pub fn windows(&self, ts: i64) -> impl Iterator<Item = i64> + use<> {
+        let last = ts - ts.rem_euclid(self.slide);
+        let size = self.size;
+        let slide = self.slide;
+        let count = (size + slide - 1) / slide;
+        (0..count)
+            .rev()
+            .map(move |k| last - k * slide)
+            .filter(move |s| ts < s + size)
+    }
+    /// Whether the window starting at `start` has fired at `watermark`.
+    pub fn fired(&self, start: i64, watermark: i64) -> bool {
+        start + self.size - 1 <= watermark
+    }
+}
+
+struct WindowFactory {
+    schema: SchemaRef,
+    time_index: usize,
+    keys: Vec<CompiledExpr>,
+    aggregates: Vec<CompiledAggregate>,
+    assigner: Assigner,
+    name: String,
+}
+
+pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diagnostics> {
+    let config: WindowConfig = ctx.config()?;
+    let input = ctx.input_schema();
+    let mut d = Diagnostics::new();
+    let assigner = match config.window {
+        WindowSpec::Tumbling { size } => Assigner {
+            size: size.0.as_millis() as i64,
+            slide: size.0.as_millis() as i64,
+        },
+        WindowSpec::Sliding { size, slide } => Assigner {
+            size: size.0.as_millis() as i64,
+            slide: slide.0.as_millis() as i64,
+        },
+    };
+    if assigner.size <= 0 {
+        d.push(ctx.at("window.size"), "must be at least 1ms");
+    }
+    if assigner.slide <= 0 {
+        d.push(ctx.at("window.slide"), "must be at least 1ms");
+    } else if assigner.slide > assigner.size {
+        d.push(
+            ctx.at("window.slide"),
+            "must not exceed size (rows between windows would belong to none)",
+        );
+    }
+    let time_column = config
+        .time_column
+        .clone()
+        .or_else(|| ctx.event_time.map(str::to_string));
+    let time_index = match time_column {
+        None => {
+            d.0.push(Diagnostic::new(
+                ctx.at("window"),
+                "no event time: declare event_time on the source or set time_column",
+            ));
+            None
+        }
+        Some(col) => match input.index_of(&col) {
+            Ok(i) if matches!(input.field(i).data_type(), DataType::Timestamp(_, _)) => Some(i),
+            Ok(i) => {
+                d.push(
+                    ctx.at("time_column"),
+                    format!(
+                        "column '{col}' is {}, not a timestamp",
+                        input.field(i).data_type()
+                    ),
+                );
+                None
+            }
+            Err(_) => {
+                d.push(ctx.at("time_column"), format!("column '{col}' not found"));
+                None
+            }
+        },
+    };
+    let mut fields = vec![
+        Field::new(
+            "window_start",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+        Field::new(
+            "window_end",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ];
+    let mut keys = Vec::new();
+    for (i, sql) in ctx.key_by.iter().enumerate() {
+        match streamflow_expr::compile(sql, &input) {
+            Ok(e) => {
+                fields.push(Field::new(sql, e.data_type().clone(), e.nullable()));
+                keys.push(e);
+            }
+            Err(e) => d.push(format!("{}.key_by[{i}]", ctx.path), e.message),
+        }
+    }
+    let mut aggregates = Vec::new();
+    for (name, sql) in &config.aggregates {
+        let sql = sql
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| sql.to_string());
+        if fields.iter().any(|f| f.name() == name) {
+            d.push(
+                ctx.at(&format!("aggregates.{name}")),
+                format!("column '{name}' already exists in the output"),
+            );
+            continue;
+        }
+        match streamflow_expr::compile_aggregate(&sql, name, &input) {
+            Ok(a) => {
+                fields.push(a.field().as_ref().clone());
+                aggregates.push(a);
+            }
+            Err(e) => d.push(ctx.at(&format!("aggregates.{name}")), e.message),
+        }
+    }
+    if config.aggregates.is_empty() {
+        d.push(ctx.at("aggregates"), "declare at least one aggregate");
+    }
+    d.into_result(())?;
+    let Some(time_index) = time_index else {
+        return Err(Diagnostics::new());
+    };
+    Ok(Arc::new(WindowFactory {
+        schema: Arc::new(Schema::new(fields)),
+        time_index,
+        keys,
+        aggregates,
+        assigner,
+        name: ctx.name.to_string(),
+    }))
+}
+
+impl StageFactory for WindowFactory {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+    fn create(&self) -> Box<dyn Operator> {
+        Box::new(WindowOperator {
+            factory: Arc::new(WindowFactory {
+                schema: Arc::clone(&self.schema),
+                time_index: self.time_index,
+                keys: self.keys.clone(),
+                aggregates: self.aggregates.clone(),
+                assigner: self.assigner,
+                name: self.name.clone(),
+            }),
+            converter: None,
+            panes: BTreeMap::new(),
+            watermark: i64::MIN,
+            late: 0,
+        })
+    }
+}
+
+/// The state of one window: its keys and an aggregate state per aggregate.
+struct Pane {
+    groups: HashMap<Box<[u8]>, usize, RandomState>,
+    keys: Option<Rows>,
+    states: Vec<GroupedAggregate>,
+    len: usize,
+}
+
+struct WindowOperator {
+    factory: Arc<WindowFactory>,
+    converter: Option<RowConverter>,
+    panes: BTreeMap<i64, Pane>,
+    watermark: i64,
+    late: u64,
+}
+
+fn err(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Other(format!("{context}: {e}"))
+}
+
+/// Event times of a timestamp column, in milliseconds.
+fn millis(array: &ArrayRef) -> Result<TimestampMillisecondArray> {
+    let ms = arrow::compute::cast(array, &DataType::Timestamp(TimeUnit::Millisecond, None))
+        .map_err(|e| Error::arrow("reading event time", e))?;
+    ms.as_any()
+        .downcast_ref::<TimestampMillisecondArray>()
+        .cloned()
+        .ok_or_else(|| Error::Other("event time is not a timestamp".into()))
+}
+
+impl WindowOperator {
+    fn new_pane(&self) -> Result<Pane> {
+        let states = self
+            .factory
+            .aggregates
+            .iter()
+            .map(|a| a.new_state().map_err(|e| err(a.sql(), e)))
+            .collect::<Result<Vec<_>>>()?;
+        let keys = self.converter.as_ref().map(|c| c.empty_rows(64, 1024));
+        Ok(Pane {
+            groups: HashMap::with_hasher(RandomState::default()),
+            keys,
+            states,
+            len: 0,
+        })
+    }
+
+    /// Emits every pane that `watermark` completes (all, at end of input).
+    fn fire(&mut self, watermark: i64, out: &mut Output) -> Result<()> {
+        let size = self.factory.assigner.size;
+        while let Some(entry) = self.panes.first_entry() {
+            let start = *entry.key();
+            if !self.factory.assigner.fired(start, watermark) {
+                break;
+            }
+            let pane = entry.remove();
+            let n = pane.len;
+            let mut columns: Vec<ArrayRef> = vec![
+                Arc::new(TimestampMillisecondArray::from(vec![start; n])),
+                Arc::new(TimestampMillisecondArray::from(vec![start + size; n])),
+            ];
+            if let (Some(conv), Some(keys)) = (&self.converter, &pane.keys) {
+                columns.extend(
+                    conv.convert_rows(keys.iter())
+                        .map_err(|e| Error::arrow("window keys", e))?,
+                );
+            }
+            for state in pane.states {
+                columns.push(state.finish().map_err(|e| err("window aggregate", e))?);
+            }
+            let batch = RecordBatch::try_new(Arc::clone(&self.factory.schema), columns)
+                .map_err(|e| Error::arrow("window output", e))?;
+            out.emit(batch);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Operator for WindowOperator {
+    async fn process_batch(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        _out: &mut Output,
+    ) -> Result<()> {
+        let f = Arc::clone(&self.factory);
+        let n = batch.num_rows();
+        let times = millis(batch.column(f.time_index))?;
+        let key_rows = if f.keys.is_empty() {
+            None
+        } else {
+            let arrays = f
+                .keys
+                .iter()
+                .map(|k| {
+                    k.evaluate(&batch).map_err(|e| Error::Expression {
+                        expr: k.sql().into(),
+                        message: e.message,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            if self.converter.is_none() {
+                let fields = arrays
+                    .iter()
+                    .map(|a| SortField::new(a.data_type().clone()))
+                    .collect();
+                self.converter =
+                    Some(RowConverter::new(fields).map_err(|e| Error::arrow("window keys", e))?);
+            }
+            let conv = self
+                .converter
+                .as_ref()
+                .ok_or_else(|| Error::Other("no key converter".into()))?;
+            Some(
+                conv.convert_columns(&arrays)
+                    .map_err(|e| Error::arrow("window keys", e))?,
+            )
+        };
+        let args = f
+            .aggregates
+            .iter()
+            .map(|a| a.arguments(&batch).map_err(|e| err(a.sql(), e)))
+            .collect::<Result<Vec<_>>>()?;
+
+        // Rows per window; rows all of whose windows have fired are late.
+        let mut rows_of: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        for row in 0..n {
+            if times.is_null(row) {
+                self.late += 1;
+                continue;
+            }
+            let mut placed = false;
+            for start in f.assigner.windows(times.value(row)) {
+                if !f.assigner.fired(start, self.watermark) {
+                    rows_of.entry(start).or_default().push(row as u32);
+                    placed = true;
+                }
+            }
+            if !placed {
+                self.late += 1;
+            }
+        }
+        for (start, rows) in rows_of {
+            if !self.panes.contains_key(&start) {
+                let pane = self.new_pane()?;
+                self.panes.insert(start, pane);
+            }
+            let Some(pane) = self.panes.get_mut(&start) else {
+                continue;
+            };
+            let mut group_ids = Vec::with_capacity(rows.len());
+            for &r in &rows {
+                let id = match (&key_rows, pane.keys.as_mut()) {
+                    (Some(kr), Some(keys)) => {
+                        let row = kr.row(r as usize);
+                        match pane.groups.get(row.as_ref()) {
+                            Some(&g) => g,
+                            None => {
+                                let g = pane.len;
+                                pane.groups.insert(row.as_ref().into(), g);
+                                keys.push(row);
+                                pane.len += 1;
+                                g
+                            }
+                        }
+                    }
+                    _ => {
+                        pane.len = 1;
+                        0
+                    }
+                };
+                group_ids.push(id);
+            }
+            let taken: Vec<Vec<ArrayRef>> = if rows.len() == n {
+                args.clone()
+            } else {
+                let idx = UInt32Array::from(rows);
+                args.iter()
+                    .map(|vals| {
+                        vals.iter()
+                            .map(|v| take(v.as_ref(), &idx, None))
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Error::arrow("window rows", e))?
+            };
+            for (state, values) in pane.states.iter_mut().zip(&taken) {
+                state
+                    .update(values, &group_ids, pane.len)
+                    .map_err(|e| err("window aggregate", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn process_watermark(&mut self, watermark: Watermark, out: &mut Output) -> Result<()> {
+        self.watermark = self.watermark.max(watermark.0);
+        self.fire(self.watermark, out)
+    }
+
+    async fn finish(&mut self, out: &mut Output) -> Result<()> {
+        self.fire(i64::MAX, out)?;
+        if self.late > 0 {
+            tracing::warn!(stage = %self.factory.name, late = self.late, "late records were not counted in any window");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn tumbling_boundaries() {
+        let a = Assigner {
+            size: 10,
+            slide: 10,
+        };
+        assert_eq!(a.windows(0).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(a.windows(9).collect::<Vec<_>>(), vec![0]);
+        assert_eq!(a.windows(10).collect::<Vec<_>>(), vec![10]);
+        assert_eq!(a.windows(-1).collect::<Vec<_>>(), vec![-10]);
+        assert!(!a.fired(0, 8));
+        assert!(a.fired(0, 9));
+    }
+
+    #[test]
+    fn sliding_boundaries() {
+        let a = Assigner { size: 10, slide: 4 };
+        assert_eq!(a.windows(9).collect::<Vec<_>>(), vec![0, 4, 8]);
+        assert_eq!(a.windows(10).collect::<Vec<_>>(), vec![4, 8]);
+        let b = Assigner { size: 10, slide: 5 };
+        assert_eq!(b.windows(5).collect::<Vec<_>>(), vec![0, 5]);
+    }
+
+    use arrow::array::Int64Array;
+    use std::collections::BTreeMap as Map;
+
+    /// Runs a window stage over `events` (ts, key, value) split into batches,
+    /// with a watermark of `max_seen - lag - 1` after each batch, and returns
+    /// `(start, key) -> (count, sum)` plus the number of late records.
+    fn run_window(
+        kind: serde_json::Value,
+        events: &[(i64, i64, i64)],
+        batch: usize,
+        lag: i64,
+    ) -> Map<(i64, i64), (i64, i64)> {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+            Field::new("k", DataType::Int64, false),
+            Field::new("v", DataType::Int64, false),
+        ]));
+        let settings =
+            serde_json::json!({"window": kind, "aggregates": {"n": "count(*)", "s": "sum(v)"}});
+        let settings = settings.as_object().cloned().unwrap_or_default();
+        let factory = plan(&StageContext {
+            name: "w",
+            path: "stages[0]",
+            settings: &settings,
+            inputs: &[Arc::clone(&schema)],
+            key_by: &["k".to_string()],
+            event_time: Some("t"),
+        })
+        .expect("plans");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut op = factory.create();
+            let mut out = Output::new();
+            let mut max_seen = i64::MIN;
+            for chunk in events.chunks(batch.max(1)) {
+                let b = RecordBatch::try_new(
+                    Arc::clone(&schema),
+                    vec![
+                        Arc::new(TimestampMillisecondArray::from(
+                            chunk.iter().map(|e| e.0).collect::<Vec<_>>(),
+                        )),
+                        Arc::new(Int64Array::from(
+                            chunk.iter().map(|e| e.1).collect::<Vec<_>>(),
+                        )),
+                        Arc::new(Int64Array::from(
+                            chunk.iter().map(|e| e.2).collect::<Vec<_>>(),
+                        )),
+                    ],
+                )
+                .expect("batch");
+                op.process_batch(0, b, &mut out).await.expect("process");
+                max_seen = max_seen.max(chunk.iter().map(|e| e.0).max().unwrap_or(i64::MIN));
+                op.process_watermark(Watermark(max_seen - lag - 1), &mut out)
+                    .await
+                    .expect("watermark");
+            }
+            op.finish(&mut out).await.expect("finish");
+            let mut result = Map::new();
+            for b in out.take_batches() {
+                let start = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .expect("ts")
+                    .clone();
+                let key = b
+                    .column(2)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("k")
+                    .clone();
+                let n = b
+                    .column(3)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("n")
+                    .clone();
+                let s = b
+                    .column(4)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("s")
+                    .clone();
+                for r in 0..b.num_rows() {
+                    let previous =
+                        result.insert((start.value(r), key.value(r)), (n.value(r), s.value(r)));
+                    assert!(previous.is_none(), "window emitted twice");
+                }
+            }
+            result
+        })
+    }
+
+    /// The same computed directly: a record counts unless every window it
+    /// belongs to had fired when it arrived.
+    fn expected(
+        a: Assigner,
+        events: &[(i64, i64, i64)],
+        batch: usize,
+        lag: i64,
+    ) -> Map<(i64, i64), (i64, i64)> {
+        let mut result: Map<(i64, i64), (i64, i64)> = Map::new();
+        let mut watermark = i64::MIN;
+        let mut max_seen = i64::MIN;
+        for chunk in events.chunks(batch.max(1)) {
+            for &(t, k, v) in chunk {
+                for start in (t - a.size + 1..=t).filter(|s| s.rem_euclid(a.slide) == 0) {
+                    if start + a.size - 1 > watermark {
+                        let e = result.entry((start, k)).or_default();
+                        e.0 += 1;
+                        e.1 += v;
+                    }
+                }
+            }
+            max_seen = max_seen.max(chunk.iter().map(|e| e.0).max().unwrap_or(i64::MIN));
+            watermark = watermark.max(max_seen - lag - 1);
+        }
+        result
+    }
+
+    proptest! {
+        #[test]
+        fn tumbling_matches_batch_computation(
+            events in proptest::collection::vec((0i64..2_000, 0i64..4, -50i64..50), 0..300),
+            batch in 1usize..40,
+            lag in 0i64..300,
+            size in 1i64..400,
+        ) {
+            let got = run_window(serde_json::json!({"kind": "tumbling", "size": format!("{size}ms")}), &events, batch, lag);
+            prop_assert_eq!(got, expected(Assigner { size, slide: size }, &events, batch, lag));
+        }
+
+        #[test]
+        fn sliding_matches_batch_computation(
+            events in proptest::collection::vec((0i64..2_000, 0i64..4, -50i64..50), 0..300),
+            batch in 1usize..40,
+            lag in 0i64..300,
+            size in 2i64..400,
+            div in 1i64..6,
+        ) {
+            let slide = (size / div).max(1);
+            let kind = serde_json::json!({"kind": "sliding", "size": format!("{size}ms"), "slide": format!("{slide}ms")});
+            let got = run_window(kind, &events, batch, lag);
+            prop_assert_eq!(got, expected(Assigner { size, slide }, &events, batch, lag));
+        }
+
+        #[test]
+        fn every_window_contains_its_timestamp(ts in -1_000_000i64..1_000_000, size in 1i64..500, slide_div in 1i64..20) {
+            let slide = (size / slide_div).max(1);
+            let a = Assigner { size, slide };
+            let starts: Vec<i64> = a.windows(ts).collect();
+            for s in &starts {
+                prop_assert!(*s <= ts && ts < s + size);
+                prop_assert_eq!(s.rem_euclid(slide), 0);
+            }
+            // Exactly the windows containing ts.
+            let expected = (ts - size + 1..=ts).filter(|s| s.rem_euclid(slide) == 0).count();
+            prop_assert_eq!(starts.len(), expected);
+        }
+    }
+}
