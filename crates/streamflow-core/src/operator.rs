@@ -5,12 +5,13 @@ use async_trait::async_trait;
 
 use crate::{CheckpointBarrier, DeadLetter, OperatorSnapshot, Result, Watermark};
 
-/// What an operator produced for one call: data batches for its output edge
-/// and dead letters for its `dlq`. The runtime drains it after every call.
+/// What an operator produced for one call: data batches for its output edge,
+/// dead letters for its `dlq` and late records for its `late` output. The runtime drains it after every call.
 #[derive(Debug, Default)]
 pub struct Output {
     batches: Vec<RecordBatch>,
     dead_letters: Vec<DeadLetter>,
+    late: Vec<RecordBatch>,
 }
 
 impl Output {
@@ -27,6 +28,17 @@ impl Output {
     /// Sends one record to the dead-letter output.
     pub fn dead_letter(&mut self, letter: DeadLetter) {
         self.dead_letters.push(letter);
+    }
+    /// Sends input records that arrived too late for their windows to the
+    /// stage's `late` output (in the stage's input schema).
+    pub fn emit_late(&mut self, batch: RecordBatch) {
+        if batch.num_rows() > 0 {
+            self.late.push(batch);
+        }
+    }
+    /// Takes the late records, leaving the buffer empty.
+    pub fn take_late(&mut self) -> Vec<RecordBatch> {
+        std::mem::take(&mut self.late)
     }
     /// Takes the emitted batches, leaving the buffer empty.
     pub fn take_batches(&mut self) -> Vec<RecordBatch> {

@@ -52,12 +52,16 @@ pub struct Node {
     pub inputs: Vec<NodeId>,
     /// Nodes whose dead letters this node receives (a `dlq` sink).
     pub dead_letter_inputs: Vec<NodeId>,
+    /// Stages whose late records this node receives (a `late` sink).
+    pub late_inputs: Vec<NodeId>,
     /// Number of parallel instances.
     pub parallelism: usize,
     /// Capacity in batches of each edge into this node.
     pub queue_capacity: usize,
     /// The sink receiving this node's dead letters.
     pub dlq: Option<NodeId>,
+    /// The sink receiving this stage's late records.
+    pub late: Option<NodeId>,
     /// Partitioning expressions for the edges into this node.
     pub key_by: Vec<String>,
     /// Type-specific settings.
@@ -106,6 +110,7 @@ impl FlowGraph {
             node: Node,
             input: Option<&'a Inputs>,
             dlq: Option<&'a String>,
+            late: Option<&'a String>,
         }
         let mut decls: Vec<Decl> = Vec::new();
         for (i, s) in spec.sources.iter().enumerate() {
@@ -117,9 +122,11 @@ impl FlowGraph {
                 settings_path: format!("{path}.config"),
                 inputs: Vec::new(),
                 dead_letter_inputs: Vec::new(),
+                late_inputs: Vec::new(),
                 parallelism: parallelism(s.parallelism, &path, &mut d),
                 queue_capacity: default_capacity,
                 dlq: None,
+                late: None,
                 key_by: Vec::new(),
                 settings: s.config.clone(),
                 event_time: s.event_time.clone(),
@@ -129,6 +136,7 @@ impl FlowGraph {
                 node,
                 input: None,
                 dlq: s.dlq.as_ref(),
+                late: None,
             });
         }
         for (i, s) in spec.stages.iter().enumerate() {
@@ -143,6 +151,7 @@ impl FlowGraph {
                 settings_path: path.clone(),
                 inputs: Vec::new(),
                 dead_letter_inputs: Vec::new(),
+                late_inputs: Vec::new(),
                 parallelism: parallelism(s.parallelism, &path, &mut d),
                 queue_capacity: queue_capacity(
                     s.queue.as_ref(),
@@ -151,6 +160,7 @@ impl FlowGraph {
                     &mut d,
                 ),
                 dlq: None,
+                late: None,
                 key_by: s.key_by.clone().unwrap_or_default(),
                 settings: s.settings.clone(),
                 event_time: None,
@@ -160,6 +170,7 @@ impl FlowGraph {
                 node,
                 input: s.input.as_ref(),
                 dlq: s.dlq.as_ref(),
+                late: s.late.as_ref(),
             });
         }
         for (i, s) in spec.sinks.iter().enumerate() {
@@ -179,6 +190,7 @@ impl FlowGraph {
                 settings_path: format!("{path}.config"),
                 inputs: Vec::new(),
                 dead_letter_inputs: Vec::new(),
+                late_inputs: Vec::new(),
                 parallelism: parallelism(s.parallelism, &path, &mut d),
                 queue_capacity: queue_capacity(
                     s.queue.as_ref(),
@@ -187,6 +199,7 @@ impl FlowGraph {
                     &mut d,
                 ),
                 dlq: None,
+                late: None,
                 key_by: Vec::new(),
                 settings: s.config.clone(),
                 event_time: None,
@@ -196,6 +209,7 @@ impl FlowGraph {
                 node,
                 input: s.input.as_ref(),
                 dlq: None,
+                late: None,
             });
         }
 
@@ -231,6 +245,7 @@ impl FlowGraph {
         // Wiring: inputs and dead-letter targets.
         let mut inputs: Vec<Vec<usize>> = vec![Vec::new(); decls.len()];
         let mut dlqs: Vec<Option<usize>> = vec![None; decls.len()];
+        let mut lates: Vec<Option<usize>> = vec![None; decls.len()];
         for (id, decl) in decls.iter().enumerate() {
             let path = &decl.node.path;
             if let Some(input) = decl.input {
@@ -255,37 +270,49 @@ impl FlowGraph {
                     }
                 }
             }
-            if let Some(target) = decl.dlq {
-                let at = format!("{path}.dlq");
+            let mut side = |field: &str, target: Option<&String>| -> Option<usize> {
+                let target = target?;
+                let at = format!("{path}.{field}");
                 match by_name.get(target.as_str()) {
-                    Some(&t) if decls[t].node.role == Role::Sink => dlqs[id] = Some(t),
-                    Some(_) => d.push(
-                        at,
-                        format!("'{target}' is not a sink; a dlq must name a sink"),
-                    ),
-                    None => d.push(
-                        at,
-                        match suggest(target, &names) {
-                            Some(s) => format!("unknown sink '{target}' (did you mean '{s}'?)"),
-                            None => format!("unknown sink '{target}'"),
-                        },
-                    ),
+                    Some(&t) if decls[t].node.role == Role::Sink => Some(t),
+                    Some(_) => {
+                        d.push(
+                            at,
+                            format!("'{target}' is not a sink; {field} must name a sink"),
+                        );
+                        None
+                    }
+                    None => {
+                        d.push(
+                            at,
+                            match suggest(target, &names) {
+                                Some(s) => format!("unknown sink '{target}' (did you mean '{s}'?)"),
+                                None => format!("unknown sink '{target}'"),
+                            },
+                        );
+                        None
+                    }
                 }
-            }
+            };
+            dlqs[id] = side("dlq", decl.dlq);
+            lates[id] = side("late", decl.late);
         }
         for (id, decl) in decls.iter().enumerate() {
             if decl.node.role != Role::Sink || decl.node.name.is_empty() {
                 continue;
             }
             let is_dlq = dlqs.contains(&Some(id));
-            match (decl.input.is_some(), is_dlq) {
-                (false, false) => d.push(
-                    format!("{}.input", decl.node.path),
-                    "required: a sink reads one input (or is named as another node's dlq)",
-                ),
-                (true, true) => d.push(
-                    format!("{}.input", decl.node.path),
-                    "a sink used as a dlq receives dead letters only and takes no input",
+            let is_late = lates.contains(&Some(id));
+            let at = format!("{}.input", decl.node.path);
+            match (decl.input.is_some(), is_dlq, is_late) {
+                (false, false, false) => {
+                    d.push(at, "required: a sink reads one input (or is named as another node's dlq or late output)")
+                }
+                (true, true, _) => d.push(at, "a sink used as a dlq receives dead letters only and takes no input"),
+                (true, _, true) => d.push(at, "a sink used as a late output receives late records only and takes no input"),
+                (false, true, true) => d.push(
+                    format!("{}.name", decl.node.path),
+                    "a sink cannot be both a dlq and a late output (their records differ)",
                 ),
                 _ => {}
             }
@@ -298,6 +325,13 @@ impl FlowGraph {
         for (id, ins) in inputs.iter().enumerate() {
             for &up in ins {
                 consumers[up].push(id);
+            }
+        }
+        // A dlq or late sink is planned after the nodes that feed it.
+        for id in 0..n {
+            for t in [dlqs[id], lates[id]].into_iter().flatten() {
+                consumers[id].push(t);
+                indegree[t] += 1;
             }
         }
         let mut order: Vec<usize> = (0..n).filter(|&i| indegree[i] == 0).collect();
@@ -348,11 +382,15 @@ impl FlowGraph {
             let mut node = decl.node;
             node.inputs = inputs[id].iter().map(|&u| position[u]).collect();
             node.dlq = dlqs[id].map(|t| position[t]);
+            node.late = lates[id].map(|t| position[t]);
             nodes.push(node);
         }
         for id in 0..nodes.len() {
             if let Some(t) = nodes[id].dlq {
                 nodes[t].dead_letter_inputs.push(id);
+            }
+            if let Some(t) = nodes[id].late {
+                nodes[t].late_inputs.push(id);
             }
         }
         Ok(FlowGraph {

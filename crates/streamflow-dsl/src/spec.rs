@@ -144,6 +144,8 @@ pub struct StageSpec {
     pub queue: Option<QueueSpec>,
     /// Sink receiving rows this stage rejects.
     pub dlq: Option<String>,
+    /// Sink receiving records too late for their windows (window stages).
+    pub late: Option<String>,
     /// Expressions whose hash routes rows to instances.
     pub key_by: Option<Vec<String>>,
     /// Type-specific settings (`where`, `select`, `window`, ...).

@@ -19,6 +19,8 @@ pub struct StageKind {
     pub description: &'static str,
     /// How several inputs are handled.
     pub inputs: InputRule,
+    /// Whether the stage can route late records to a `late` output.
+    pub late_output: bool,
     /// Validates settings against the input schemas and plans the stage.
     pub plan: PlanFn,
 }
@@ -29,48 +31,56 @@ pub static STAGES: &[StageKind] = &[
         name: "filter",
         description: "keep rows where a predicate holds",
         inputs: InputRule::SameSchema,
+        late_output: false,
         plan: filter::plan,
     },
     StageKind {
         name: "select",
         description: "project columns or expressions",
         inputs: InputRule::SameSchema,
+        late_output: false,
         plan: select::plan,
     },
     StageKind {
         name: "rename",
         description: "rename columns",
         inputs: InputRule::SameSchema,
+        late_output: false,
         plan: rename::plan,
     },
     StageKind {
         name: "add_column",
         description: "add columns with static values",
         inputs: InputRule::SameSchema,
+        late_output: false,
         plan: add_column::plan,
     },
     StageKind {
         name: "map",
         description: "add or replace computed columns",
         inputs: InputRule::SameSchema,
+        late_output: false,
         plan: map::plan,
     },
     StageKind {
         name: "validate",
         description: "enforce a declared schema; bad rows to the dlq",
         inputs: InputRule::SameSchema,
+        late_output: false,
         plan: validate::plan,
     },
     StageKind {
         name: "window",
         description: "event-time tumbling or sliding windows with aggregates",
         inputs: InputRule::SameSchema,
+        late_output: true,
         plan: window::plan,
     },
     StageKind {
         name: "union",
         description: "merge inputs with identical schemas",
         inputs: InputRule::SameSchema,
+        late_output: false,
         plan: union::plan,
     },
 ];

@@ -13,7 +13,8 @@
 //! A window `[start, end)` fires when the watermark reaches `end - 1`,
 //! emitting one row per key: `window_start, window_end, <keys>, <aggregates>`;
 //! its state is then freed. A record whose every window has already fired
-//! is late: it is counted and reported, never merged into a fired result.
+//! is late: it is counted and sent to the stage's `late` output (a sink, in
+//! the stage's input schema), never merged into a fired result.
 //! Event time comes from the source's `event_time` column unless
 //! `time_column` names another timestamp column.
 
@@ -21,18 +22,21 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, TimestampMillisecondArray, UInt32Array};
-use arrow::compute::take;
+use arrow::compute::{take, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use arrow::row::{RowConverter, Rows, SortField};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use streamflow_core::{Diagnostic, Diagnostics, Error, Operator, Output, Result, Watermark};
+use streamflow_core::{
+    DeadLetter, Diagnostic, Diagnostics, Error, Operator, Output, Result, Watermark,
+};
 use streamflow_dsl::HumanDuration;
 use streamflow_expr::hash_utils::RandomState;
 use streamflow_expr::{CompiledAggregate, CompiledExpr, GroupedAggregate};
 
+use crate::row_errors::row_as_json;
 use crate::stage::{StageContext, StageFactory};
 
 /// Settings of a `window` stage.
@@ -317,7 +321,7 @@ impl Operator for WindowOperator {
         &mut self,
         _input: usize,
         batch: RecordBatch,
-        _out: &mut Output,
+        out: &mut Output,
     ) -> Result<()> {
         let f = Arc::clone(&self.factory);
         let n = batch.num_rows();
@@ -360,9 +364,15 @@ impl Operator for WindowOperator {
 
         // Rows per window; rows all of whose windows have fired are late.
         let mut rows_of: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
+        let mut late_rows: Vec<u32> = Vec::new();
         for row in 0..n {
             if times.is_null(row) {
-                self.late += 1;
+                out.dead_letter(DeadLetter {
+                    file: None,
+                    line: None,
+                    payload: Some(row_as_json(&batch.slice(row, 1))),
+                    error: "null event time".into(),
+                });
                 continue;
             }
             let mut placed = false;
@@ -373,8 +383,14 @@ impl Operator for WindowOperator {
                 }
             }
             if !placed {
-                self.late += 1;
+                late_rows.push(row as u32);
             }
+        }
+        if !late_rows.is_empty() {
+            self.late += late_rows.len() as u64;
+            let late = take_record_batch(&batch, &UInt32Array::from(late_rows))
+                .map_err(|e| Error::arrow("late rows", e))?;
+            out.emit_late(late);
         }
         for (start, rows) in rows_of {
             if !self.panes.contains_key(&start) {
@@ -437,7 +453,7 @@ impl Operator for WindowOperator {
     async fn finish(&mut self, out: &mut Output) -> Result<()> {
         self.fire(i64::MAX, out)?;
         if self.late > 0 {
-            tracing::warn!(stage = %self.factory.name, late = self.late, "late records were not counted in any window");
+            tracing::info!(stage = %self.factory.name, late = self.late, "late records routed to the late output");
         }
         Ok(())
     }
@@ -477,12 +493,14 @@ mod tests {
     /// Runs a window stage over `events` (ts, key, value) split into batches,
     /// with a watermark of `max_seen - lag - 1` after each batch, and returns
     /// `(start, key) -> (count, sum)` plus the number of late records.
+    type Windows = Map<(i64, i64), (i64, i64)>;
+
     fn run_window(
         kind: serde_json::Value,
         events: &[(i64, i64, i64)],
         batch: usize,
         lag: i64,
-    ) -> Map<(i64, i64), (i64, i64)> {
+    ) -> (Windows, Vec<(i64, i64, i64)>) {
         let schema = Arc::new(Schema::new(vec![
             Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, None), false),
             Field::new("k", DataType::Int64, false),
@@ -530,6 +548,28 @@ mod tests {
                     .expect("watermark");
             }
             op.finish(&mut out).await.expect("finish");
+            let mut late = Vec::new();
+            for b in out.take_late() {
+                let t = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .expect("ts")
+                    .clone();
+                let k = b
+                    .column(1)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("k")
+                    .clone();
+                let v = b
+                    .column(2)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("v")
+                    .clone();
+                late.extend((0..b.num_rows()).map(|r| (t.value(r), k.value(r), v.value(r))));
+            }
             let mut result = Map::new();
             for b in out.take_batches() {
                 let start = b
@@ -562,7 +602,7 @@ mod tests {
                     assert!(previous.is_none(), "window emitted twice");
                 }
             }
-            result
+            (result, late)
         })
     }
 
@@ -573,24 +613,30 @@ mod tests {
         events: &[(i64, i64, i64)],
         batch: usize,
         lag: i64,
-    ) -> Map<(i64, i64), (i64, i64)> {
-        let mut result: Map<(i64, i64), (i64, i64)> = Map::new();
+    ) -> (Windows, Vec<(i64, i64, i64)>) {
+        let mut result: Windows = Map::new();
+        let mut late = Vec::new();
         let mut watermark = i64::MIN;
         let mut max_seen = i64::MIN;
         for chunk in events.chunks(batch.max(1)) {
             for &(t, k, v) in chunk {
+                let mut placed = false;
                 for start in (t - a.size + 1..=t).filter(|s| s.rem_euclid(a.slide) == 0) {
                     if start + a.size - 1 > watermark {
                         let e = result.entry((start, k)).or_default();
                         e.0 += 1;
                         e.1 += v;
+                        placed = true;
                     }
+                }
+                if !placed {
+                    late.push((t, k, v));
                 }
             }
             max_seen = max_seen.max(chunk.iter().map(|e| e.0).max().unwrap_or(i64::MIN));
             watermark = watermark.max(max_seen - lag - 1);
         }
-        result
+        (result, late)
     }
 
     proptest! {

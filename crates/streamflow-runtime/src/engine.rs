@@ -71,6 +71,11 @@ impl Pipeline {
             .iter()
             .map(|node| (0..node.parallelism).map(|_| Vec::new()).collect())
             .collect();
+        let mut lates: Vec<Vec<Option<Exchange>>> = graph
+            .nodes
+            .iter()
+            .map(|node| (0..node.parallelism).map(|_| None).collect())
+            .collect();
         let mut dlqs: Vec<Vec<Option<Exchange>>> = graph
             .nodes
             .iter()
@@ -99,8 +104,11 @@ impl Pipeline {
                     producer_edges.push(Exchange::new(senders, partitioning));
                 }
             }
-            for &p in &consumer.dead_letter_inputs {
-                for slot in dlqs[p].iter_mut() {
+            let side_inputs = consumer.dead_letter_inputs.iter().map(|&p| (p, true));
+            let side_inputs = side_inputs.chain(consumer.late_inputs.iter().map(|&p| (p, false)));
+            for (p, is_dlq) in side_inputs {
+                let slots = if is_dlq { &mut dlqs[p] } else { &mut lates[p] };
+                for slot in slots.iter_mut() {
                     let (senders, receivers) =
                         channels(consumer.parallelism, consumer.queue_capacity);
                     for (j, rx) in receivers.into_iter().enumerate() {
@@ -121,10 +129,12 @@ impl Pipeline {
             let node_inputs = std::mem::take(&mut inputs[id]);
             let node_edges = std::mem::take(&mut edges[id]);
             let node_dlqs = std::mem::take(&mut dlqs[id]);
-            for (instance, ((chans, outs), dlq)) in node_inputs
+            let node_lates = std::mem::take(&mut lates[id]);
+            for (instance, (((chans, outs), dlq), late)) in node_inputs
                 .into_iter()
                 .zip(node_edges)
                 .zip(node_dlqs)
+                .zip(node_lates)
                 .enumerate()
             {
                 let outputs = Outputs {
@@ -132,6 +142,7 @@ impl Pipeline {
                     metrics: Arc::clone(&metrics[id]),
                     edges: outs,
                     dlq,
+                    late,
                 };
                 match &plan.nodes[id].planned {
                     Planned::Source(f) => {
@@ -291,6 +302,7 @@ impl RunHandle {
                     records_in: n.metrics.records_in(),
                     records_out: n.metrics.records_out(),
                     dead_letters: n.metrics.dead_letters(),
+                    late: n.metrics.late(),
                     busy: n.metrics.busy(),
                 })
                 .collect(),
@@ -320,6 +332,8 @@ pub struct StageSummary {
     pub records_out: u64,
     /// Records sent to the dead-letter output.
     pub dead_letters: u64,
+    /// Records too late for their windows.
+    pub late: u64,
     /// Processing time summed over instances.
     pub busy: Duration,
 }
@@ -350,8 +364,8 @@ impl fmt::Display for RunSummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<20} {:<11} {:>4} {:>12} {:>12} {:>10} {:>10}",
-            "node", "type", "par", "in", "out", "dead", "busy"
+            "{:<20} {:<11} {:>4} {:>12} {:>12} {:>10} {:>10} {:>10}",
+            "node", "type", "par", "in", "out", "dead", "late", "busy"
         )?;
         for s in &self.stages {
             let (inn, out) = match s.role {
@@ -361,13 +375,14 @@ impl fmt::Display for RunSummary {
             };
             writeln!(
                 f,
-                "{:<20} {:<11} {:>4} {:>12} {:>12} {:>10} {:>9.3}s",
+                "{:<20} {:<11} {:>4} {:>12} {:>12} {:>10} {:>10} {:>9.3}s",
                 s.name,
                 s.kind,
                 s.parallelism,
                 inn,
                 out,
                 s.dead_letters,
+                s.late,
                 s.busy.as_secs_f64()
             )?;
         }

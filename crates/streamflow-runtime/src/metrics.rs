@@ -10,6 +10,7 @@ pub struct NodeMetrics {
     records_in: AtomicU64,
     records_out: AtomicU64,
     dead_letters: AtomicU64,
+    late: AtomicU64,
     busy_ns: AtomicU64,
 }
 
@@ -26,6 +27,10 @@ impl NodeMetrics {
     pub fn dead_letters(&self) -> u64 {
         self.dead_letters.load(Ordering::Relaxed)
     }
+    /// Records that arrived after their windows had fired.
+    pub fn late(&self) -> u64 {
+        self.late.load(Ordering::Relaxed)
+    }
     /// Time spent processing (summed over instances).
     pub fn busy(&self) -> Duration {
         Duration::from_nanos(self.busy_ns.load(Ordering::Relaxed))
@@ -38,6 +43,9 @@ impl NodeMetrics {
     }
     pub(crate) fn add_dead(&self, n: usize) {
         self.dead_letters.fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub(crate) fn add_late(&self, n: usize) {
+        self.late.fetch_add(n as u64, Ordering::Relaxed);
     }
     pub(crate) fn add_busy(&self, d: Duration) {
         self.busy_ns

@@ -69,14 +69,18 @@ pub fn plan(graph: FlowGraph) -> Result<PhysicalPlan, Diagnostics> {
     let mut d = Diagnostics::new();
     let mut planned: Vec<Option<PlannedNode>> = Vec::with_capacity(graph.nodes.len());
     for node in &graph.nodes {
-        let inputs: Option<Vec<SchemaRef>> = if node.role == Role::Sink && node.inputs.is_empty() {
-            Some(vec![dead_letter_schema()])
-        } else {
-            node.inputs
-                .iter()
-                .map(|&i| planned[i].as_ref().map(|p| Arc::clone(&p.schema)))
-                .collect()
-        };
+        let inputs: Option<Vec<SchemaRef>> =
+            if node.role == Role::Sink && !node.late_inputs.is_empty() {
+                // A late sink receives its stages' input records.
+                late_schema(&graph, node, &planned, &mut d)
+            } else if node.role == Role::Sink && node.inputs.is_empty() {
+                Some(vec![dead_letter_schema()])
+            } else {
+                node.inputs
+                    .iter()
+                    .map(|&i| planned[i].as_ref().map(|p| Arc::clone(&p.schema)))
+                    .collect()
+            };
         let result = match inputs {
             None => None,
             Some(inputs) => match plan_node(
@@ -182,6 +186,12 @@ fn plan_node(
                 }
                 InputRule::Exactly(_) => {}
             }
+            if node.late.is_some() && !kind.late_output {
+                d.push(
+                    format!("{}.late", node.path),
+                    format!("{} stages have no late records", node.kind),
+                );
+            }
             let key_by = compile_keys(node, inputs.first(), &mut d);
             d.into_result(())?;
             let ctx = StageContext {
@@ -230,6 +240,36 @@ fn plan_node(
             })
         }
     }
+}
+
+/// The input schema shared by the stages naming `sink` as their `late` output.
+fn late_schema(
+    graph: &FlowGraph,
+    sink: &Node,
+    planned: &[Option<PlannedNode>],
+    d: &mut Diagnostics,
+) -> Option<Vec<SchemaRef>> {
+    let mut schema: Option<SchemaRef> = None;
+    for &stage in &sink.late_inputs {
+        let node = &graph.nodes[stage];
+        let input = node
+            .inputs
+            .first()
+            .and_then(|&i| planned[i].as_ref())
+            .map(|p| Arc::clone(&p.schema))?;
+        match &schema {
+            None => schema = Some(input),
+            Some(s) if same_columns(s, &input) => {}
+            Some(_) => {
+                d.push(
+                    format!("{}.late", node.path),
+                    format!("'{}' receives late records of different schemas", sink.name),
+                );
+                return None;
+            }
+        }
+    }
+    schema.map(|s| vec![s])
 }
 
 fn is_timestamp(t: &arrow::datatypes::DataType) -> bool {

@@ -21,6 +21,7 @@ pub(crate) struct Outputs {
     pub(crate) metrics: Arc<NodeMetrics>,
     pub(crate) edges: Vec<Exchange>,
     pub(crate) dlq: Option<Exchange>,
+    pub(crate) late: Option<Exchange>,
 }
 
 impl Outputs {
@@ -38,7 +39,12 @@ impl Outputs {
     /// Sends a control message on every edge, the dead-letter edge included
     /// (so that barriers and end of stream reach `dlq` sinks too).
     async fn broadcast(&mut self, message: Message) -> Result<()> {
-        for edge in self.edges.iter_mut().chain(self.dlq.as_mut()) {
+        for edge in self
+            .edges
+            .iter_mut()
+            .chain(self.dlq.as_mut())
+            .chain(self.late.as_mut())
+        {
             edge.broadcast(message.clone()).await?;
         }
         Ok(())
@@ -76,6 +82,15 @@ impl Outputs {
 
     async fn drain(&mut self, out: &mut Output) -> Result<()> {
         self.dead_letters(out.take_dead_letters()).await?;
+        for late in out.take_late() {
+            self.metrics.add_late(late.num_rows());
+            match self.late.as_mut() {
+                Some(edge) => edge.send(late).await?,
+                None => {
+                    tracing::debug!(stage = %self.node, rows = late.num_rows(), "late records dropped (no late output)")
+                }
+            }
+        }
         for batch in out.take_batches() {
             self.emit(batch).await?;
         }
