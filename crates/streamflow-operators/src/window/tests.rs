@@ -1,0 +1,184 @@
+//! The window operator against a direct computation over the same input.
+
+use super::*;
+use proptest::prelude::*;
+
+use arrow::array::Int64Array;
+use std::collections::BTreeMap as Map;
+
+/// Runs a window stage over `events` (ts, key, value) split into batches,
+/// with a watermark of `max_seen - lag - 1` after each batch, and returns
+/// `(start, key) -> (count, sum)` plus the number of late records.
+type Windows = Map<(i64, i64), (i64, i64)>;
+
+fn run_window(
+    kind: serde_json::Value,
+    events: &[(i64, i64, i64)],
+    batch: usize,
+    lag: i64,
+) -> (Windows, Vec<(i64, i64, i64)>) {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, None), false),
+        Field::new("k", DataType::Int64, false),
+        Field::new("v", DataType::Int64, false),
+    ]));
+    let settings =
+        serde_json::json!({"window": kind, "aggregates": {"n": "count(*)", "s": "sum(v)"}});
+    let settings = settings.as_object().cloned().unwrap_or_default();
+    let factory = plan(&StageContext {
+        name: "w",
+        path: "stages[0]",
+        settings: &settings,
+        inputs: &[Arc::clone(&schema)],
+        key_by: &["k".to_string()],
+        event_time: Some("t"),
+    })
+    .expect("plans");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut op = factory.create();
+        let mut out = Output::new();
+        let mut max_seen = i64::MIN;
+        for chunk in events.chunks(batch.max(1)) {
+            let b = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(TimestampMillisecondArray::from(
+                        chunk.iter().map(|e| e.0).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(Int64Array::from(
+                        chunk.iter().map(|e| e.1).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(Int64Array::from(
+                        chunk.iter().map(|e| e.2).collect::<Vec<_>>(),
+                    )),
+                ],
+            )
+            .expect("batch");
+            op.process_batch(0, b, &mut out).await.expect("process");
+            max_seen = max_seen.max(chunk.iter().map(|e| e.0).max().unwrap_or(i64::MIN));
+            op.process_watermark(Watermark(max_seen - lag - 1), &mut out)
+                .await
+                .expect("watermark");
+        }
+        op.finish(&mut out).await.expect("finish");
+        let mut late = Vec::new();
+        for b in out.take_late() {
+            let t = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .expect("ts")
+                .clone();
+            let k = b
+                .column(1)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("k")
+                .clone();
+            let v = b
+                .column(2)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("v")
+                .clone();
+            late.extend((0..b.num_rows()).map(|r| (t.value(r), k.value(r), v.value(r))));
+        }
+        let mut result = Map::new();
+        for b in out.take_batches() {
+            let start = b
+                .column(0)
+                .as_any()
+                .downcast_ref::<TimestampMillisecondArray>()
+                .expect("ts")
+                .clone();
+            let key = b
+                .column(2)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("k")
+                .clone();
+            let n = b
+                .column(3)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("n")
+                .clone();
+            let s = b
+                .column(4)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("s")
+                .clone();
+            for r in 0..b.num_rows() {
+                let previous =
+                    result.insert((start.value(r), key.value(r)), (n.value(r), s.value(r)));
+                assert!(previous.is_none(), "window emitted twice");
+            }
+        }
+        (result, late)
+    })
+}
+
+/// The same computed directly: a record counts unless every window it
+/// belongs to had fired when it arrived.
+fn expected(
+    a: Assigner,
+    events: &[(i64, i64, i64)],
+    batch: usize,
+    lag: i64,
+) -> (Windows, Vec<(i64, i64, i64)>) {
+    let mut result: Windows = Map::new();
+    let mut late = Vec::new();
+    let mut watermark = i64::MIN;
+    let mut max_seen = i64::MIN;
+    for chunk in events.chunks(batch.max(1)) {
+        for &(t, k, v) in chunk {
+            let mut placed = false;
+            for start in (t - a.size + 1..=t).filter(|s| s.rem_euclid(a.slide) == 0) {
+                if start + a.size - 1 > watermark {
+                    let e = result.entry((start, k)).or_default();
+                    e.0 += 1;
+                    e.1 += v;
+                    placed = true;
+                }
+            }
+            if !placed {
+                late.push((t, k, v));
+            }
+        }
+        max_seen = max_seen.max(chunk.iter().map(|e| e.0).max().unwrap_or(i64::MIN));
+        watermark = watermark.max(max_seen - lag - 1);
+    }
+    (result, late)
+}
+
+proptest! {
+    #[test]
+    fn tumbling_matches_batch_computation(
+        events in proptest::collection::vec((0i64..2_000, 0i64..4, -50i64..50), 0..300),
+        batch in 1usize..40,
+        lag in 0i64..300,
+        size in 1i64..400,
+    ) {
+        let got = run_window(serde_json::json!({"kind": "tumbling", "size": format!("{size}ms")}), &events, batch, lag);
+        prop_assert_eq!(got, expected(Assigner { size, slide: size }, &events, batch, lag));
+    }
+
+    #[test]
+    fn sliding_matches_batch_computation(
+        events in proptest::collection::vec((0i64..2_000, 0i64..4, -50i64..50), 0..300),
+        batch in 1usize..40,
+        lag in 0i64..300,
+        size in 2i64..400,
+        div in 1i64..6,
+    ) {
+        let slide = (size / div).max(1);
+        let kind = serde_json::json!({"kind": "sliding", "size": format!("{size}ms"), "slide": format!("{slide}ms")});
+        let got = run_window(kind, &events, batch, lag);
+        prop_assert_eq!(got, expected(Assigner { size, slide }, &events, batch, lag));
+    }
+
+}
