@@ -189,6 +189,47 @@ impl GroupedAggregate {
         }
     }
 
+    /// Merges every group of `other` (same aggregate) into group `into`,
+    /// which must already exist (`into < groups seen`). Used when windows merge.
+    ///
+    /// # Errors
+    /// When the accumulators cannot exchange state.
+    pub fn absorb(&mut self, other: GroupedAggregate, into: usize) -> Result<(), ExprError> {
+        let err = |e: datafusion_common::DataFusionError| ExprError::new(clean_message(&e));
+        let (states, n) = match other.inner {
+            Grouped::Vectorised(mut acc) => {
+                let n = other.groups;
+                (acc.state(EmitTo::All).map_err(err)?, n)
+            }
+            Grouped::PerGroup(mut accs) => {
+                let n = accs.len();
+                if n == 0 {
+                    return Ok(());
+                }
+                let rows: Vec<Vec<ScalarValue>> = accs.iter_mut().map(|a| a.state()).collect::<datafusion_common::Result<_>>().map_err(err)?;
+                let columns = (0..rows[0].len())
+                    .map(|c| ScalarValue::iter_to_array(rows.iter().map(|r| r[c].clone())))
+                    .collect::<datafusion_common::Result<Vec<_>>>()
+                    .map_err(err)?;
+                (columns, n)
+            }
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let total = self.groups.max(into + 1);
+        self.groups = total;
+        match &mut self.inner {
+            Grouped::Vectorised(acc) => acc.merge_batch(&states, &vec![into; n], total).map_err(err),
+            Grouped::PerGroup(accs) => {
+                while accs.len() < total {
+                    accs.push(self.function.create_accumulator().map_err(err)?);
+                }
+                accs[into].merge_batch(&states).map_err(err)
+            }
+        }
+    }
+
     /// The final value of every group, in group order; the state is consumed.
     ///
     /// # Errors
@@ -291,6 +332,23 @@ mod tests {
             vec![1, 2]
         );
         assert_eq!(run("approx_distinct(v)").len(), 2);
+    }
+
+    #[test]
+    fn states_merge_into_one_group() {
+        for sql in ["sum(v)", "count(DISTINCT v)"] {
+            let (s, b) = input();
+            let agg = compile_aggregate(sql, "out", &s).expect("compiles");
+            let values = agg.arguments(&b).expect("args");
+            let mut left = agg.new_state().expect("state");
+            left.update(&values, &[0, 0, 0, 0, 0], 1).expect("update");
+            let mut right = agg.new_state().expect("state");
+            right.update(&values, &[0, 0, 0, 0, 0], 1).expect("update");
+            left.absorb(right, 0).expect("absorb");
+            let out = left.finish().expect("finish");
+            let out = out.as_any().downcast_ref::<Int64Array>().expect("i64").value(0);
+            assert_eq!(out, if sql == "sum(v)" { 46 } else { 3 }, "{sql}");
+        }
     }
 
     #[test]
