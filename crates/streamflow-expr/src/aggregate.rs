@@ -206,7 +206,11 @@ impl GroupedAggregate {
                 if n == 0 {
                     return Ok(());
                 }
-                let rows: Vec<Vec<ScalarValue>> = accs.iter_mut().map(|a| a.state()).collect::<datafusion_common::Result<_>>().map_err(err)?;
+                let rows: Vec<Vec<ScalarValue>> = accs
+                    .iter_mut()
+                    .map(|a| a.state())
+                    .collect::<datafusion_common::Result<_>>()
+                    .map_err(err)?;
                 let columns = (0..rows[0].len())
                     .map(|c| ScalarValue::iter_to_array(rows.iter().map(|r| r[c].clone())))
                     .collect::<datafusion_common::Result<Vec<_>>>()
@@ -220,7 +224,9 @@ impl GroupedAggregate {
         let total = self.groups.max(into + 1);
         self.groups = total;
         match &mut self.inner {
-            Grouped::Vectorised(acc) => acc.merge_batch(&states, &vec![into; n], total).map_err(err),
+            Grouped::Vectorised(acc) => {
+                acc.merge_batch(&states, &vec![into; n], total).map_err(err)
+            }
             Grouped::PerGroup(accs) => {
                 while accs.len() < total {
                     accs.push(self.function.create_accumulator().map_err(err)?);
@@ -346,7 +352,11 @@ mod tests {
             right.update(&values, &[0, 0, 0, 0, 0], 1).expect("update");
             left.absorb(right, 0).expect("absorb");
             let out = left.finish().expect("finish");
-            let out = out.as_any().downcast_ref::<Int64Array>().expect("i64").value(0);
+            let out = out
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("i64")
+                .value(0);
             assert_eq!(out, if sql == "sum(v)" { 46 } else { 3 }, "{sql}");
         }
     }

@@ -14,6 +14,7 @@ pub const QUERIES: &[(&str, &str)] = &[
     ("q22", include_str!("../../../examples/nexmark/q22.yaml")),
     ("q5", include_str!("../../../examples/nexmark/q5.yaml")),
     ("q7", include_str!("../../../examples/nexmark/q7.yaml")),
+    ("q11", include_str!("../../../examples/nexmark/q11.yaml")),
 ];
 
 /// The flow file text of `query`.

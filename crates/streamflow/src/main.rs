@@ -58,7 +58,7 @@ enum Command {
 enum BenchSuite {
     /// Nexmark queries on a blackhole sink, generator included.
     Nexmark {
-        /// Query name (q0, q1, q2, q5, q7, q21, q22).
+        /// Query name (q0, q1, q2, q5, q7, q11, q21, q22).
         #[arg(long, default_value = "q0")]
         query: String,
         /// Events to generate.

@@ -83,7 +83,7 @@ fn run_query(query: &str, parallelism: usize) -> Vec<Value> {
     let out_dir = dir.path().join("out");
     let flow = root().join(format!("examples/nexmark/{query}.yaml"));
     let flow = flow.to_string_lossy().into_owned();
-    let source = if matches!(query, "q5" | "q7") {
+    let source = if matches!(query, "q5" | "q7" | "q11") {
         "bids"
     } else {
         "events"
@@ -424,4 +424,43 @@ fn q5_bids_per_auction_in_sliding_windows() {
             "parallelism {parallelism}"
         );
     }
+}
+
+#[test]
+fn q11_bids_per_bidder_session() {
+    let mut per_bidder: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for (ts, b) in bid_millis() {
+        per_bidder.entry(b.bidder).or_default().push(ts);
+    }
+    let mut expected = Vec::new();
+    for (bidder, mut times) in per_bidder {
+        times.sort_unstable();
+        let (mut start, mut last, mut n) = (times[0], times[0], 0);
+        for t in times {
+            if t - last > 10_000 {
+                expected.push(format!("{start}|{}|{bidder}|{n}", last + 10_000));
+                start = t;
+                n = 0;
+            }
+            n += 1;
+            last = t;
+        }
+        expected.push(format!("{start}|{}|{bidder}|{n}", last + 10_000));
+    }
+    let actual = sorted(
+        run_query("q11", 1)
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}|{}|{}|{}",
+                    millis(r["window_start"].as_str().expect("start")),
+                    millis(r["window_end"].as_str().expect("end")),
+                    r["bidder"],
+                    r["bid_count"]
+                )
+            })
+            .collect(),
+    );
+    assert!(expected.len() > 10, "the test needs several sessions");
+    assert_eq!(actual, sorted(expected));
 }

@@ -19,6 +19,7 @@
 //! `time_column` names another timestamp column.
 
 mod assign;
+mod session;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -66,14 +67,26 @@ enum WindowSpec {
         size: HumanDuration,
         slide: HumanDuration,
     },
+    /// Per-key sessions: records closer than `gap` (inclusive) share a window.
+    Session { gap: HumanDuration },
 }
 
+/// How records are grouped into windows.
+#[derive(Debug, Clone, Copy)]
+enum Shape {
+    /// Tumbling or sliding, aligned to the epoch.
+    Aligned(Assigner),
+    /// Sessions with this gap in milliseconds.
+    Session(i64),
+}
+
+#[derive(Clone)]
 struct WindowFactory {
     schema: SchemaRef,
     time_index: usize,
     keys: Vec<CompiledExpr>,
     aggregates: Vec<CompiledAggregate>,
-    assigner: Assigner,
+    shape: Shape,
     name: String,
 }
 
@@ -81,26 +94,34 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
     let config: WindowConfig = ctx.config()?;
     let input = ctx.input_schema();
     let mut d = Diagnostics::new();
-    let assigner = match config.window {
-        WindowSpec::Tumbling { size } => Assigner {
-            size: size.0.as_millis() as i64,
-            slide: size.0.as_millis() as i64,
-        },
-        WindowSpec::Sliding { size, slide } => Assigner {
-            size: size.0.as_millis() as i64,
-            slide: slide.0.as_millis() as i64,
-        },
+    let ms = |d: HumanDuration| d.0.as_millis() as i64;
+    let shape = match config.window {
+        WindowSpec::Tumbling { size } => Shape::Aligned(Assigner {
+            size: ms(size),
+            slide: ms(size),
+        }),
+        WindowSpec::Sliding { size, slide } => Shape::Aligned(Assigner {
+            size: ms(size),
+            slide: ms(slide),
+        }),
+        WindowSpec::Session { gap } => Shape::Session(ms(gap)),
     };
-    if assigner.size <= 0 {
-        d.push(ctx.at("window.size"), "must be at least 1ms");
-    }
-    if assigner.slide <= 0 {
-        d.push(ctx.at("window.slide"), "must be at least 1ms");
-    } else if assigner.slide > assigner.size {
-        d.push(
-            ctx.at("window.slide"),
-            "must not exceed size (rows between windows would belong to none)",
-        );
+    match shape {
+        Shape::Aligned(a) => {
+            if a.size <= 0 {
+                d.push(ctx.at("window.size"), "must be at least 1ms");
+            }
+            if a.slide <= 0 {
+                d.push(ctx.at("window.slide"), "must be at least 1ms");
+            } else if a.slide > a.size {
+                d.push(
+                    ctx.at("window.slide"),
+                    "must not exceed size (rows between windows would belong to none)",
+                );
+            }
+        }
+        Shape::Session(gap) if gap <= 0 => d.push(ctx.at("window.gap"), "must be at least 1ms"),
+        Shape::Session(_) => {}
     }
     let time_column = config
         .time_column
@@ -187,7 +208,7 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
         time_index,
         keys,
         aggregates,
-        assigner,
+        shape,
         name: ctx.name.to_string(),
     }))
 }
@@ -197,20 +218,18 @@ impl StageFactory for WindowFactory {
         Arc::clone(&self.schema)
     }
     fn create(&self) -> Box<dyn Operator> {
-        Box::new(WindowOperator {
-            factory: Arc::new(WindowFactory {
-                schema: Arc::clone(&self.schema),
-                time_index: self.time_index,
-                keys: self.keys.clone(),
-                aggregates: self.aggregates.clone(),
-                assigner: self.assigner,
-                name: self.name.clone(),
+        let factory = Arc::new(self.clone());
+        match self.shape {
+            Shape::Aligned(assigner) => Box::new(WindowOperator {
+                factory,
+                assigner,
+                keys: KeyRows::default(),
+                panes: BTreeMap::new(),
+                watermark: i64::MIN,
+                late: 0,
             }),
-            converter: None,
-            panes: BTreeMap::new(),
-            watermark: i64::MIN,
-            late: 0,
-        })
+            Shape::Session(gap) => Box::new(session::SessionOperator::new(factory, gap)),
+        }
     }
 }
 
@@ -224,7 +243,8 @@ struct Pane {
 
 struct WindowOperator {
     factory: Arc<WindowFactory>,
-    converter: Option<RowConverter>,
+    assigner: Assigner,
+    keys: KeyRows,
     panes: BTreeMap<i64, Pane>,
     watermark: i64,
     late: u64,
@@ -244,15 +264,93 @@ fn millis(array: &ArrayRef) -> Result<TimestampMillisecondArray> {
         .ok_or_else(|| Error::Other("event time is not a timestamp".into()))
 }
 
-impl WindowOperator {
-    fn new_pane(&self) -> Result<Pane> {
-        let states = self
-            .factory
-            .aggregates
+/// Key columns as comparable rows; the converter is made on first use.
+#[derive(Default)]
+struct KeyRows {
+    converter: Option<RowConverter>,
+}
+
+impl KeyRows {
+    /// The keys of every row of `batch`, or `None` for a global window.
+    fn rows(&mut self, keys: &[CompiledExpr], batch: &RecordBatch) -> Result<Option<Rows>> {
+        if keys.is_empty() {
+            return Ok(None);
+        }
+        let arrays = keys
+            .iter()
+            .map(|k| {
+                k.evaluate(batch).map_err(|e| Error::Expression {
+                    expr: k.sql().into(),
+                    message: e.message,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if self.converter.is_none() {
+            let fields = arrays
+                .iter()
+                .map(|a| SortField::new(a.data_type().clone()))
+                .collect();
+            self.converter =
+                Some(RowConverter::new(fields).map_err(|e| Error::arrow("window keys", e))?);
+        }
+        let conv = self
+            .converter
+            .as_ref()
+            .ok_or_else(|| Error::Other("no key converter".into()))?;
+        conv.convert_columns(&arrays)
+            .map(Some)
+            .map_err(|e| Error::arrow("window keys", e))
+    }
+}
+
+impl WindowFactory {
+    /// Argument arrays of every aggregate for `batch`.
+    fn arguments(&self, batch: &RecordBatch) -> Result<Vec<Vec<ArrayRef>>> {
+        self.aggregates
+            .iter()
+            .map(|a| a.arguments(batch).map_err(|e| err(a.sql(), e)))
+            .collect()
+    }
+
+    /// Fresh aggregate states, one per aggregate.
+    fn new_states(&self) -> Result<Vec<GroupedAggregate>> {
+        self.aggregates
             .iter()
             .map(|a| a.new_state().map_err(|e| err(a.sql(), e)))
-            .collect::<Result<Vec<_>>>()?;
-        let keys = self.converter.as_ref().map(|c| c.empty_rows(64, 1024));
+            .collect()
+    }
+}
+
+/// Argument arrays restricted to `rows` (no copy when all rows are taken).
+fn take_rows(args: &[Vec<ArrayRef>], rows: Vec<u32>, total: usize) -> Result<Vec<Vec<ArrayRef>>> {
+    if rows.len() == total {
+        return Ok(args.to_vec());
+    }
+    let idx = UInt32Array::from(rows);
+    args.iter()
+        .map(|vals| {
+            vals.iter()
+                .map(|v| take(v.as_ref(), &idx, None))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::arrow("window rows", e))
+}
+
+/// A record without event time cannot be placed in a window: dead letter.
+fn null_event_time(batch: &RecordBatch, row: usize, out: &mut Output) {
+    out.dead_letter(DeadLetter {
+        file: None,
+        line: None,
+        payload: Some(row_as_json(&batch.slice(row, 1))),
+        error: "null event time".into(),
+    });
+}
+
+impl WindowOperator {
+    fn new_pane(&self) -> Result<Pane> {
+        let states = self.factory.new_states()?;
+        let keys = self.keys.converter.as_ref().map(|c| c.empty_rows(64, 1024));
         Ok(Pane {
             groups: HashMap::with_hasher(RandomState::default()),
             keys,
@@ -263,10 +361,10 @@ impl WindowOperator {
 
     /// Emits every pane that `watermark` completes (all, at end of input).
     fn fire(&mut self, watermark: i64, out: &mut Output) -> Result<()> {
-        let size = self.factory.assigner.size;
+        let size = self.assigner.size;
         while let Some(entry) = self.panes.first_entry() {
             let start = *entry.key();
-            if !self.factory.assigner.fired(start, watermark) {
+            if !self.assigner.fired(start, watermark) {
                 break;
             }
             let pane = entry.remove();
@@ -275,7 +373,7 @@ impl WindowOperator {
                 Arc::new(TimestampMillisecondArray::from(vec![start; n])),
                 Arc::new(TimestampMillisecondArray::from(vec![start + size; n])),
             ];
-            if let (Some(conv), Some(keys)) = (&self.converter, &pane.keys) {
+            if let (Some(conv), Some(keys)) = (&self.keys.converter, &pane.keys) {
                 columns.extend(
                     conv.convert_rows(keys.iter())
                         .map_err(|e| Error::arrow("window keys", e))?,
@@ -303,58 +401,20 @@ impl Operator for WindowOperator {
         let f = Arc::clone(&self.factory);
         let n = batch.num_rows();
         let times = millis(batch.column(f.time_index))?;
-        let key_rows = if f.keys.is_empty() {
-            None
-        } else {
-            let arrays = f
-                .keys
-                .iter()
-                .map(|k| {
-                    k.evaluate(&batch).map_err(|e| Error::Expression {
-                        expr: k.sql().into(),
-                        message: e.message,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            if self.converter.is_none() {
-                let fields = arrays
-                    .iter()
-                    .map(|a| SortField::new(a.data_type().clone()))
-                    .collect();
-                self.converter =
-                    Some(RowConverter::new(fields).map_err(|e| Error::arrow("window keys", e))?);
-            }
-            let conv = self
-                .converter
-                .as_ref()
-                .ok_or_else(|| Error::Other("no key converter".into()))?;
-            Some(
-                conv.convert_columns(&arrays)
-                    .map_err(|e| Error::arrow("window keys", e))?,
-            )
-        };
-        let args = f
-            .aggregates
-            .iter()
-            .map(|a| a.arguments(&batch).map_err(|e| err(a.sql(), e)))
-            .collect::<Result<Vec<_>>>()?;
+        let key_rows = self.keys.rows(&f.keys, &batch)?;
+        let args = f.arguments(&batch)?;
 
         // Rows per window; rows all of whose windows have fired are late.
         let mut rows_of: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         let mut late_rows: Vec<u32> = Vec::new();
         for row in 0..n {
             if times.is_null(row) {
-                out.dead_letter(DeadLetter {
-                    file: None,
-                    line: None,
-                    payload: Some(row_as_json(&batch.slice(row, 1))),
-                    error: "null event time".into(),
-                });
+                null_event_time(&batch, row, out);
                 continue;
             }
             let mut placed = false;
-            for start in f.assigner.windows(times.value(row)) {
-                if !f.assigner.fired(start, self.watermark) {
+            for start in self.assigner.windows(times.value(row)) {
+                if !self.assigner.fired(start, self.watermark) {
                     rows_of.entry(start).or_default().push(row as u32);
                     placed = true;
                 }
@@ -400,19 +460,7 @@ impl Operator for WindowOperator {
                 };
                 group_ids.push(id);
             }
-            let taken: Vec<Vec<ArrayRef>> = if rows.len() == n {
-                args.clone()
-            } else {
-                let idx = UInt32Array::from(rows);
-                args.iter()
-                    .map(|vals| {
-                        vals.iter()
-                            .map(|v| take(v.as_ref(), &idx, None))
-                            .collect::<Result<Vec<_>, _>>()
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| Error::arrow("window rows", e))?
-            };
+            let taken = take_rows(&args, rows, n)?;
             for (state, values) in pane.states.iter_mut().zip(&taken) {
                 state
                     .update(values, &group_ids, pane.len)

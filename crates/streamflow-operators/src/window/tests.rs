@@ -182,3 +182,67 @@ proptest! {
     }
 
 }
+
+/// Sessions computed offline: per key, sorted by time, split where the
+/// distance to the previous record exceeds `gap`.
+fn sessions_offline(events: &[(i64, i64, i64)], gap: i64) -> Windows {
+    let mut by_key: Map<i64, Vec<(i64, i64)>> = Map::new();
+    for &(t, k, v) in events {
+        by_key.entry(k).or_default().push((t, v));
+    }
+    let mut result = Map::new();
+    for (k, mut rows) in by_key {
+        rows.sort_unstable();
+        let mut start = rows[0].0;
+        let mut prev = rows[0].0;
+        let (mut n, mut s) = (0, 0);
+        for (t, v) in rows {
+            if t - prev > gap {
+                result.insert((start, k), (n, s));
+                start = t;
+                n = 0;
+                s = 0;
+            }
+            n += 1;
+            s += v;
+            prev = t;
+        }
+        result.insert((start, k), (n, s));
+    }
+    result
+}
+
+#[test]
+fn sessions_merge_at_exactly_the_gap_and_split_beyond_it() {
+    let gap = serde_json::json!({"kind": "session", "gap": "10ms"});
+    let (windows, late) = run_window(gap.clone(), &[(0, 1, 1), (10, 1, 2), (21, 1, 4)], 10, 1000);
+    assert!(late.is_empty());
+    assert_eq!(windows, Map::from([((0, 1), (2, 3)), ((21, 1), (1, 4))]));
+    // A record bridging two sessions merges them, states included.
+    let (windows, _) = run_window(gap, &[(0, 1, 1), (20, 1, 2), (10, 1, 4)], 10, 1000);
+    assert_eq!(windows, Map::from([((0, 1), (3, 7))]));
+}
+
+proptest! {
+    #[test]
+    fn sessions_match_offline_sessionization_of_on_time_records(
+        events in proptest::collection::vec((0i64..2_000, 0i64..4, -50i64..50), 0..300),
+        batch in 1usize..40,
+        lag in 0i64..300,
+        gap in 1i64..200,
+    ) {
+        let (got, late) = run_window(serde_json::json!({"kind": "session", "gap": format!("{gap}ms")}), &events, batch, lag);
+        // Every record is either late (exactly once) or counted.
+        let mut accepted = events.clone();
+        for l in &late {
+            let i = accepted.iter().position(|e| e == l);
+            prop_assert!(i.is_some(), "late record {:?} not in the input", l);
+            if let Some(i) = i {
+                accepted.remove(i);
+            }
+        }
+        let counted: i64 = got.values().map(|(n, _)| n).sum();
+        prop_assert_eq!(counted as usize, accepted.len());
+        prop_assert_eq!(got, sessions_offline(&accepted, gap));
+    }
+}

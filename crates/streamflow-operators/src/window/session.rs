@@ -1,0 +1,246 @@
+//! Session windows: per key, records whose event times are at most `gap`
+//! apart belong to one session `[first, last + gap)`, which fires when the
+//! watermark reaches its end − 1. Sessions merge as records bridge them, and
+//! their aggregate states merge with them.
+//!
+//! A record is late when its own session would already have fired, or when
+//! it would extend a session of its key that has already fired (that
+//! session's result is out, so merging is no longer possible).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, TimestampMillisecondArray, UInt32Array};
+use arrow::compute::{concat, take_record_batch};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use streamflow_core::{Error, Operator, Output, Result, Watermark};
+use streamflow_expr::GroupedAggregate;
+use streamflow_expr::hash_utils::RandomState;
+
+use super::{KeyRows, WindowFactory, err, millis, null_event_time, take_rows};
+
+/// One open session.
+struct Session {
+    id: u64,
+    start: i64,
+    /// Exclusive: last event time + gap.
+    end: i64,
+    states: Vec<GroupedAggregate>,
+}
+
+/// The sessions of one key.
+#[derive(Default)]
+struct KeySessions {
+    /// Open sessions, disjoint, in no particular order.
+    open: Vec<Session>,
+    /// End of the latest fired session of this key.
+    fired_until: Option<i64>,
+}
+
+pub(super) struct SessionOperator {
+    factory: Arc<WindowFactory>,
+    gap: i64,
+    keys: KeyRows,
+    sessions: HashMap<Box<[u8]>, KeySessions, RandomState>,
+    next_id: u64,
+    watermark: i64,
+    late: u64,
+}
+
+impl SessionOperator {
+    pub(super) fn new(factory: Arc<WindowFactory>, gap: i64) -> Self {
+        Self {
+            factory,
+            gap,
+            keys: KeyRows::default(),
+            sessions: HashMap::with_hasher(RandomState::default()),
+            next_id: 0,
+            watermark: i64::MIN,
+            late: 0,
+        }
+    }
+
+    /// Places a record at `ts` for `key`: returns its session id, or `None` if late.
+    /// Sessions it bridges are merged (ids of merged sessions go to `merged`).
+    fn place(
+        &mut self,
+        key: &[u8],
+        ts: i64,
+        merged: &mut HashMap<u64, u64>,
+    ) -> Result<Option<u64>> {
+        let gap = self.gap;
+        if ts.saturating_add(gap) - 1 <= self.watermark {
+            return Ok(None);
+        }
+        let entry = match self.sessions.get_mut(key) {
+            Some(e) => e,
+            None => self.sessions.entry(key.into()).or_default(),
+        };
+        if entry.fired_until.is_some_and(|f| ts <= f) {
+            return Ok(None);
+        }
+        let (mut start, mut end) = (ts, ts + gap);
+        let mut hits: Vec<usize> = (0..entry.open.len())
+            .filter(|&i| entry.open[i].start <= end && entry.open[i].end >= start)
+            .collect();
+        if hits.is_empty() {
+            let id = self.next_id;
+            self.next_id += 1;
+            entry.open.push(Session {
+                id,
+                start,
+                end,
+                states: self.factory.new_states()?,
+            });
+            return Ok(Some(id));
+        }
+        // Merge every intersecting session into the first.
+        hits.sort_unstable();
+        let keep = hits[0];
+        for &i in hits[1..].iter().rev() {
+            let other = entry.open.swap_remove(i);
+            start = start.min(other.start);
+            end = end.max(other.end);
+            merged.insert(other.id, entry.open[keep].id);
+            for (into, from) in entry.open[keep].states.iter_mut().zip(other.states) {
+                into.absorb(from, 0)
+                    .map_err(|e| err("merging sessions", e))?;
+            }
+        }
+        let target = &mut entry.open[keep];
+        target.start = target.start.min(start);
+        target.end = target.end.max(end);
+        Ok(Some(target.id))
+    }
+
+    /// Emits every session the watermark completes and frees its state.
+    fn fire(&mut self, watermark: i64, out: &mut Output) -> Result<()> {
+        let mut keys: Vec<&[u8]> = Vec::new();
+        let (mut starts, mut ends) = (Vec::new(), Vec::new());
+        let mut values: Vec<Vec<ArrayRef>> = vec![Vec::new(); self.factory.aggregates.len()];
+        for (key, entry) in self.sessions.iter_mut() {
+            let mut i = 0;
+            while i < entry.open.len() {
+                if entry.open[i].end - 1 > watermark {
+                    i += 1;
+                    continue;
+                }
+                let session = entry.open.swap_remove(i);
+                entry.fired_until = Some(
+                    entry
+                        .fired_until
+                        .map_or(session.end, |f| f.max(session.end)),
+                );
+                keys.push(key);
+                starts.push(session.start);
+                ends.push(session.end);
+                for (slot, state) in values.iter_mut().zip(session.states) {
+                    slot.push(state.finish().map_err(|e| err("window aggregate", e))?);
+                }
+            }
+        }
+        if !starts.is_empty() {
+            let mut columns: Vec<ArrayRef> = vec![
+                Arc::new(TimestampMillisecondArray::from(starts)),
+                Arc::new(TimestampMillisecondArray::from(ends)),
+            ];
+            if let Some(conv) = &self.keys.converter {
+                let parser = conv.parser();
+                columns.extend(
+                    conv.convert_rows(keys.iter().map(|k| parser.parse(k)))
+                        .map_err(|e| Error::arrow("window keys", e))?,
+                );
+            }
+            for parts in values {
+                let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
+                columns.push(concat(&refs).map_err(|e| Error::arrow("window output", e))?);
+            }
+            let batch = RecordBatch::try_new(Arc::clone(&self.factory.schema), columns)
+                .map_err(|e| Error::arrow("window output", e))?;
+            out.emit(batch);
+        }
+        // A key with nothing open whose last session is far behind the
+        // watermark can never receive an on-time record again: free it.
+        let gap = self.gap;
+        self.sessions.retain(|_, e| {
+            !e.open.is_empty()
+                || e.fired_until
+                    .is_some_and(|f| f.saturating_add(gap) - 1 > watermark)
+        });
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Operator for SessionOperator {
+    async fn process_batch(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        out: &mut Output,
+    ) -> Result<()> {
+        let f = Arc::clone(&self.factory);
+        let n = batch.num_rows();
+        let times = millis(batch.column(f.time_index))?;
+        let key_rows = self.keys.rows(&f.keys, &batch)?;
+        let args = f.arguments(&batch)?;
+        let mut merged: HashMap<u64, u64> = HashMap::new();
+        let mut placed: Vec<(u32, u64)> = Vec::with_capacity(n);
+        let mut late_rows: Vec<u32> = Vec::new();
+        for row in 0..n {
+            if times.is_null(row) {
+                null_event_time(&batch, row, out);
+                continue;
+            }
+            let key: &[u8] = match &key_rows {
+                Some(rows) => rows.row(row).data(),
+                None => &[],
+            };
+            match self.place(key, times.value(row), &mut merged)? {
+                Some(id) => placed.push((row as u32, id)),
+                None => late_rows.push(row as u32),
+            }
+        }
+        // Rows per final session (following merges), then one update each.
+        let resolve = |mut id: u64| {
+            while let Some(&next) = merged.get(&id) {
+                id = next;
+            }
+            id
+        };
+        let mut rows_of: HashMap<u64, Vec<u32>> = HashMap::new();
+        for (row, id) in placed {
+            rows_of.entry(resolve(id)).or_default().push(row);
+        }
+        for entry in self.sessions.values_mut() {
+            for session in &mut entry.open {
+                if let Some(rows) = rows_of.remove(&session.id) {
+                    let groups = vec![0usize; rows.len()];
+                    let taken = take_rows(&args, rows, n)?;
+                    for (state, values) in session.states.iter_mut().zip(&taken) {
+                        state
+                            .update(values, &groups, 1)
+                            .map_err(|e| err("window aggregate", e))?;
+                    }
+                }
+            }
+        }
+        if !late_rows.is_empty() {
+            self.late += late_rows.len() as u64;
+            let late = take_record_batch(&batch, &UInt32Array::from(late_rows))
+                .map_err(|e| Error::arrow("late rows", e))?;
+            out.emit_late(late);
+        }
+        Ok(())
+    }
+
+    async fn process_watermark(&mut self, watermark: Watermark, out: &mut Output) -> Result<()> {
+        self.watermark = self.watermark.max(watermark.0);
+        self.fire(self.watermark, out)
+    }
+
+    async fn finish(&mut self, out: &mut Output) -> Result<()> {
+        self.fire(i64::MAX, out)
+    }
+}
