@@ -19,6 +19,7 @@
 //! `time_column` names another timestamp column.
 
 mod assign;
+mod count;
 mod session;
 
 use std::collections::{BTreeMap, HashMap};
@@ -69,6 +70,9 @@ enum WindowSpec {
     },
     /// Per-key sessions: records closer than `gap` (inclusive) share a window.
     Session { gap: HumanDuration },
+    /// Per-key count windows: every `slide` records (default `size`), the
+    /// last `size` records of the key (arrival order, no event time).
+    Count { size: u64, slide: Option<u64> },
 }
 
 /// How records are grouped into windows.
@@ -78,12 +82,15 @@ enum Shape {
     Aligned(Assigner),
     /// Sessions with this gap in milliseconds.
     Session(i64),
+    /// Count windows: `(size, slide)` in records.
+    Count(u64, u64),
 }
 
 #[derive(Clone)]
 struct WindowFactory {
     schema: SchemaRef,
-    time_index: usize,
+    /// Event-time column (time and session windows).
+    time_index: Option<usize>,
     keys: Vec<CompiledExpr>,
     aggregates: Vec<CompiledAggregate>,
     shape: Shape,
@@ -105,6 +112,7 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
             slide: ms(slide),
         }),
         WindowSpec::Session { gap } => Shape::Session(ms(gap)),
+        WindowSpec::Count { size, slide } => Shape::Count(size, slide.unwrap_or(size)),
     };
     match shape {
         Shape::Aligned(a) => {
@@ -122,12 +130,22 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
         }
         Shape::Session(gap) if gap <= 0 => d.push(ctx.at("window.gap"), "must be at least 1ms"),
         Shape::Session(_) => {}
+        Shape::Count(size, slide) => {
+            if size == 0 {
+                d.push(ctx.at("window.size"), "must be at least 1");
+            }
+            if slide == 0 {
+                d.push(ctx.at("window.slide"), "must be at least 1");
+            }
+        }
     }
+    let timed = !matches!(shape, Shape::Count(..));
     let time_column = config
         .time_column
         .clone()
         .or_else(|| ctx.event_time.map(str::to_string));
     let time_index = match time_column {
+        _ if !timed => None,
         None => {
             d.0.push(Diagnostic::new(
                 ctx.at("window"),
@@ -153,18 +171,16 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
             }
         },
     };
-    let mut fields = vec![
-        Field::new(
-            "window_start",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-        Field::new(
-            "window_end",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-    ];
+    let mut fields = Vec::new();
+    if timed {
+        for bound in ["window_start", "window_end"] {
+            fields.push(Field::new(
+                bound,
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ));
+        }
+    }
     let mut keys = Vec::new();
     for (i, sql) in ctx.key_by.iter().enumerate() {
         match streamflow_expr::compile(sql, &input) {
@@ -200,9 +216,9 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
         d.push(ctx.at("aggregates"), "declare at least one aggregate");
     }
     d.into_result(())?;
-    let Some(time_index) = time_index else {
+    if timed && time_index.is_none() {
         return Err(Diagnostics::new());
-    };
+    }
     Ok(Arc::new(WindowFactory {
         schema: Arc::new(Schema::new(fields)),
         time_index,
@@ -229,6 +245,7 @@ impl StageFactory for WindowFactory {
                 late: 0,
             }),
             Shape::Session(gap) => Box::new(session::SessionOperator::new(factory, gap)),
+            Shape::Count(size, slide) => Box::new(count::CountOperator::new(factory, size, slide)),
         }
     }
 }
@@ -304,6 +321,14 @@ impl KeyRows {
 }
 
 impl WindowFactory {
+    /// Event times of `batch` in milliseconds.
+    fn event_times(&self, batch: &RecordBatch) -> Result<TimestampMillisecondArray> {
+        let index = self
+            .time_index
+            .ok_or_else(|| Error::Other("window without event time".into()))?;
+        millis(batch.column(index))
+    }
+
     /// Argument arrays of every aggregate for `batch`.
     fn arguments(&self, batch: &RecordBatch) -> Result<Vec<Vec<ArrayRef>>> {
         self.aggregates
@@ -400,7 +425,7 @@ impl Operator for WindowOperator {
     ) -> Result<()> {
         let f = Arc::clone(&self.factory);
         let n = batch.num_rows();
-        let times = millis(batch.column(f.time_index))?;
+        let times = f.event_times(&batch)?;
         let key_rows = self.keys.rows(&f.keys, &batch)?;
         let args = f.arguments(&batch)?;
 

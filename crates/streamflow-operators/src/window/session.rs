@@ -18,7 +18,7 @@ use streamflow_core::{Error, Operator, Output, Result, Watermark};
 use streamflow_expr::GroupedAggregate;
 use streamflow_expr::hash_utils::RandomState;
 
-use super::{KeyRows, WindowFactory, err, millis, null_event_time, take_rows};
+use super::{KeyRows, WindowFactory, err, null_event_time, take_rows};
 
 /// One open session.
 struct Session {
@@ -182,7 +182,7 @@ impl Operator for SessionOperator {
     ) -> Result<()> {
         let f = Arc::clone(&self.factory);
         let n = batch.num_rows();
-        let times = millis(batch.column(f.time_index))?;
+        let times = f.event_times(&batch)?;
         let key_rows = self.keys.rows(&f.keys, &batch)?;
         let args = f.arguments(&batch)?;
         let mut merged: HashMap<u64, u64> = HashMap::new();

@@ -246,3 +246,97 @@ proptest! {
         prop_assert_eq!(got, sessions_offline(&accepted, gap));
     }
 }
+
+/// Runs a count window over `(key, value)` records and returns
+/// `key -> [(count, sum)]` in firing order.
+fn run_count(
+    size: u64,
+    slide: u64,
+    events: &[(i64, i64)],
+    batch: usize,
+) -> Map<i64, Vec<(i64, i64)>> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("k", DataType::Int64, false),
+        Field::new("v", DataType::Int64, false),
+    ]));
+    let settings = serde_json::json!({
+        "window": {"kind": "count", "size": size, "slide": slide},
+        "aggregates": {"n": "count(*)", "s": "sum(v)"}
+    });
+    let settings = settings.as_object().cloned().unwrap_or_default();
+    let factory = plan(&StageContext {
+        name: "c",
+        path: "stages[0]",
+        settings: &settings,
+        inputs: &[Arc::clone(&schema)],
+        key_by: &["k".to_string()],
+        event_time: None,
+    })
+    .expect("plans");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut op = factory.create();
+        let mut out = Output::new();
+        for chunk in events.chunks(batch.max(1)) {
+            let b = RecordBatch::try_new(
+                Arc::clone(&schema),
+                vec![
+                    Arc::new(Int64Array::from(
+                        chunk.iter().map(|e| e.0).collect::<Vec<_>>(),
+                    )),
+                    Arc::new(Int64Array::from(
+                        chunk.iter().map(|e| e.1).collect::<Vec<_>>(),
+                    )),
+                ],
+            )
+            .expect("batch");
+            op.process_batch(0, b, &mut out).await.expect("process");
+        }
+        op.finish(&mut out).await.expect("finish");
+        let mut result: Map<i64, Vec<(i64, i64)>> = Map::new();
+        for b in out.take_batches() {
+            let col = |i: usize| {
+                b.column(i)
+                    .as_any()
+                    .downcast_ref::<Int64Array>()
+                    .expect("i64")
+                    .clone()
+            };
+            let (k, n, s) = (col(0), col(1), col(2));
+            for r in 0..b.num_rows() {
+                result
+                    .entry(k.value(r))
+                    .or_default()
+                    .push((n.value(r), s.value(r)));
+            }
+        }
+        result
+    })
+}
+
+proptest! {
+    #[test]
+    fn count_windows_match_direct_computation(
+        events in proptest::collection::vec((0i64..4, -50i64..50), 0..200),
+        batch in 1usize..30,
+        size in 1u64..12,
+        slide in 1u64..12,
+    ) {
+        let mut per_key: Map<i64, Vec<i64>> = Map::new();
+        for &(k, v) in &events {
+            per_key.entry(k).or_default().push(v);
+        }
+        let mut expected: Map<i64, Vec<(i64, i64)>> = Map::new();
+        for (k, values) in per_key {
+            let mut t = slide as usize;
+            while t <= values.len() {
+                let window = &values[t.saturating_sub(size as usize)..t];
+                expected.entry(k).or_default().push((window.len() as i64, window.iter().sum()));
+                t += slide as usize;
+            }
+        }
+        prop_assert_eq!(run_count(size, slide, &events, batch), expected);
+    }
+}
