@@ -221,7 +221,7 @@ fn window_settings_are_checked() {
         "name: w\nmode: job\nsources:\n  - {name: bids, type: nexmark, config: {events: 10, table: bid}, event_time: {column: date_tme}}\n  - {name: b2, type: nexmark, config: {events: 10, table: bid}}\nstages:\n  - {name: a, type: window, input: b2, window: {kind: hopping, size: 1s}, aggregates: {n: 'count(*)'}}\n  - {name: b, type: window, input: b2, window: {kind: sliding, size: 1s, slide: 2s}, aggregates: {n: 'count(*)'}}\n  - {name: c, type: window, input: b2, window: {kind: tumbling, size: 1s}, aggregates: {n: 'price + 1', m: 'maxx(price)'}}\nsinks: [{name: out, type: blackhole, input: a}]\n",
         &[
             "sources[0].event_time.column: column 'date_tme' not found (did you mean 'date_time'?)",
-            "stages[0].window.kind: unknown value 'hopping' (expected one of: tumbling, sliding, session)",
+            "stages[0].window.kind: unknown value 'hopping' (expected one of: tumbling, sliding, session, count)",
             "stages[1].window.slide: must not exceed size",
             "stages[1].window: no event time: declare event_time on the source or set time_column",
             "stages[2].aggregates.n: `price + 1` is not an aggregate call",
