@@ -4,6 +4,7 @@
 //!
 //! This crate performs no I/O; connectors, operators and the runtime build on it.
 
+pub mod changelog;
 pub mod dead_letter;
 pub mod diagnostic;
 pub mod error;

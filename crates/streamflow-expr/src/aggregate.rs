@@ -127,6 +127,73 @@ impl CompiledAggregate {
     }
 }
 
+impl CompiledAggregate {
+    /// State for one group. `retractable` asks for an accumulator that can
+    /// also remove values (for changelog input).
+    ///
+    /// # Errors
+    /// When the function cannot retract and `retractable` was asked for.
+    pub fn single(&self, retractable: bool) -> Result<SingleAggregate, ExprError> {
+        let err = |e: datafusion_common::DataFusionError| {
+            ExprError::new(format!("`{}`: {}", self.sql, clean_message(&e)))
+        };
+        let acc = if retractable {
+            let acc = self.function.create_sliding_accumulator().map_err(err)?;
+            if !acc.supports_retract_batch() {
+                return Err(ExprError::new(format!(
+                    "`{}` cannot retract values, so it cannot consume a changelog",
+                    self.sql
+                )));
+            }
+            acc
+        } else {
+            self.function.create_accumulator().map_err(err)?
+        };
+        Ok(SingleAggregate { acc })
+    }
+}
+
+/// The running state of one aggregate for one group.
+pub struct SingleAggregate {
+    acc: Box<dyn Accumulator>,
+}
+
+impl fmt::Debug for SingleAggregate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SingleAggregate").finish_non_exhaustive()
+    }
+}
+
+impl SingleAggregate {
+    /// Adds the rows of `values` (argument arrays).
+    ///
+    /// # Errors
+    /// When the accumulator rejects the values.
+    pub fn update(&mut self, values: &[ArrayRef]) -> Result<(), ExprError> {
+        self.acc
+            .update_batch(values)
+            .map_err(|e| ExprError::new(clean_message(&e)))
+    }
+    /// Removes the rows of `values` (a retraction).
+    ///
+    /// # Errors
+    /// When the accumulator cannot retract.
+    pub fn retract(&mut self, values: &[ArrayRef]) -> Result<(), ExprError> {
+        self.acc
+            .retract_batch(values)
+            .map_err(|e| ExprError::new(clean_message(&e)))
+    }
+    /// The current value.
+    ///
+    /// # Errors
+    /// When the accumulator cannot produce its result.
+    pub fn value(&mut self) -> Result<ScalarValue, ExprError> {
+        self.acc
+            .evaluate()
+            .map_err(|e| ExprError::new(clean_message(&e)))
+    }
+}
+
 enum Grouped {
     Vectorised(Box<dyn GroupsAccumulator>),
     PerGroup(Vec<Box<dyn Accumulator>>),

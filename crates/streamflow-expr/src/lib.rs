@@ -10,7 +10,7 @@ mod context;
 mod expression;
 mod types;
 
-pub use aggregate::{CompiledAggregate, GroupedAggregate, compile_aggregate};
+pub use aggregate::{CompiledAggregate, GroupedAggregate, SingleAggregate, compile_aggregate};
 pub use context::suggest;
 pub use expression::{CompiledExpr, ExprError, compile, compile_predicate};
 pub use types::{parse_data_type, scalar_from_json};

@@ -9,7 +9,9 @@ pub mod registry;
 pub mod stage;
 
 mod add_column;
+mod aggregate;
 mod filter;
+mod keys;
 mod map;
 mod projection;
 mod rename;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use streamflow_core::Diagnostics;
 
 use crate::stage::{InputRule, StageContext, StageFactory};
-use crate::{add_column, filter, map, rename, select, union, validate, window};
+use crate::{add_column, aggregate, filter, map, rename, select, union, validate, window};
 
 /// Plans a stage from its context.
 pub type PlanFn = fn(&StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diagnostics>;
@@ -75,6 +75,13 @@ pub static STAGES: &[StageKind] = &[
         inputs: InputRule::SameSchema,
         late_output: true,
         plan: window::plan,
+    },
+    StageKind {
+        name: "aggregate",
+        description: "continuously updated aggregates per key, as a changelog",
+        inputs: InputRule::SameSchema,
+        late_output: false,
+        plan: aggregate::plan,
     },
     StageKind {
         name: "union",

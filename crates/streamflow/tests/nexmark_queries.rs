@@ -83,7 +83,7 @@ fn run_query(query: &str, parallelism: usize) -> Vec<Value> {
     let out_dir = dir.path().join("out");
     let flow = root().join(format!("examples/nexmark/{query}.yaml"));
     let flow = flow.to_string_lossy().into_owned();
-    let source = if matches!(query, "q5" | "q7" | "q11") {
+    let source = if matches!(query, "q5" | "q7" | "q11" | "q4_shape") {
         "bids"
     } else {
         "events"
@@ -463,4 +463,66 @@ fn q11_bids_per_bidder_session() {
     );
     assert!(expected.len() > 10, "the test needs several sessions");
     assert_eq!(actual, sorted(expected));
+}
+
+/// Applies a changelog (`_op` = +I, -U, +U, -D) to a table keyed by `key`.
+fn apply_changelog(rows: &[Value], key: &str) -> BTreeMap<String, Value> {
+    let mut table = BTreeMap::new();
+    for r in rows {
+        let k = r[key].to_string();
+        match r["_op"].as_str().expect("_op") {
+            "+I" | "+U" => {
+                table.insert(k, r.clone());
+            }
+            "-U" | "-D" => {
+                let removed = table
+                    .remove(&k)
+                    .expect("retraction of a key with no current row");
+                let strip = |v: &Value| {
+                    let mut v = v.clone();
+                    v.as_object_mut().map(|o| o.remove("_op"));
+                    v
+                };
+                assert_eq!(
+                    strip(&removed),
+                    strip(r),
+                    "a retraction names the row it retracts"
+                );
+            }
+            other => panic!("unexpected _op {other}"),
+        }
+    }
+    table
+}
+
+#[test]
+fn aggregates_of_aggregates_apply_retractions() {
+    let mut max_per_auction: BTreeMap<i64, i64> = BTreeMap::new();
+    for b in bids() {
+        let m = max_per_auction.entry(b.auction).or_insert(i64::MIN);
+        *m = (*m).max(b.price);
+    }
+    let mut groups: BTreeMap<i64, (f64, i64)> = BTreeMap::new();
+    for (auction, max) in &max_per_auction {
+        let g = groups.entry(auction % 5).or_default();
+        g.0 += *max as f64;
+        g.1 += 1;
+    }
+    let rows = run_query("q4_shape", 1);
+    assert!(
+        rows.iter().any(|r| r["_op"] == "-U"),
+        "updates are emitted as retractions"
+    );
+    let table = apply_changelog(&rows, "auction % 5");
+    assert_eq!(table.len(), groups.len());
+    for (g, (sum, n)) in groups {
+        let row = &table[&g.to_string()];
+        assert_eq!(row["auctions"], n, "group {g}");
+        let avg = row["avg_max"].as_f64().expect("avg");
+        assert!(
+            (avg - sum / n as f64).abs() < 1e-6 * avg.abs().max(1.0),
+            "group {g}: {avg} vs {}",
+            sum / n as f64
+        );
+    }
 }

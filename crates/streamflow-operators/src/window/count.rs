@@ -15,7 +15,8 @@ use streamflow_core::{Error, Operator, Output, Result};
 use streamflow_expr::GroupedAggregate;
 use streamflow_expr::hash_utils::RandomState;
 
-use super::{KeyRows, WindowFactory, err, take_rows};
+use super::{WindowFactory, err, take_rows};
+use crate::keys::KeyRows;
 
 /// The record counts (1-based) at which the k-th record's windows fire.
 pub(super) fn triggers(k: u64, size: u64, slide: u64) -> impl Iterator<Item = u64> {

@@ -29,7 +29,7 @@ use arrow::array::{Array, ArrayRef, TimestampMillisecondArray, UInt32Array};
 use arrow::compute::{take, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
-use arrow::row::{RowConverter, Rows, SortField};
+use arrow::row::Rows;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -42,6 +42,7 @@ use streamflow_expr::{CompiledAggregate, CompiledExpr, GroupedAggregate};
 
 pub use assign::Assigner;
 
+use crate::keys::KeyRows;
 use crate::row_errors::row_as_json;
 use crate::stage::{StageContext, StageFactory};
 
@@ -279,45 +280,6 @@ fn millis(array: &ArrayRef) -> Result<TimestampMillisecondArray> {
         .downcast_ref::<TimestampMillisecondArray>()
         .cloned()
         .ok_or_else(|| Error::Other("event time is not a timestamp".into()))
-}
-
-/// Key columns as comparable rows; the converter is made on first use.
-#[derive(Default)]
-struct KeyRows {
-    converter: Option<RowConverter>,
-}
-
-impl KeyRows {
-    /// The keys of every row of `batch`, or `None` for a global window.
-    fn rows(&mut self, keys: &[CompiledExpr], batch: &RecordBatch) -> Result<Option<Rows>> {
-        if keys.is_empty() {
-            return Ok(None);
-        }
-        let arrays = keys
-            .iter()
-            .map(|k| {
-                k.evaluate(batch).map_err(|e| Error::Expression {
-                    expr: k.sql().into(),
-                    message: e.message,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-        if self.converter.is_none() {
-            let fields = arrays
-                .iter()
-                .map(|a| SortField::new(a.data_type().clone()))
-                .collect();
-            self.converter =
-                Some(RowConverter::new(fields).map_err(|e| Error::arrow("window keys", e))?);
-        }
-        let conv = self
-            .converter
-            .as_ref()
-            .ok_or_else(|| Error::Other("no key converter".into()))?;
-        conv.convert_columns(&arrays)
-            .map(Some)
-            .map_err(|e| Error::arrow("window keys", e))
-    }
 }
 
 impl WindowFactory {

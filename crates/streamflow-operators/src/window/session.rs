@@ -18,7 +18,8 @@ use streamflow_core::{Error, Operator, Output, Result, Watermark};
 use streamflow_expr::GroupedAggregate;
 use streamflow_expr::hash_utils::RandomState;
 
-use super::{KeyRows, WindowFactory, err, null_event_time, take_rows};
+use super::{WindowFactory, err, null_event_time, take_rows};
+use crate::keys::KeyRows;
 
 /// One open session.
 struct Session {

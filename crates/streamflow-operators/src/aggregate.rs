@@ -1,0 +1,309 @@
+//! `aggregate`: a continuously updated, non-windowed aggregation per key,
+//! emitted as a changelog (see `streamflow_core::changelog`): `+I` for a
+//! new key, `-U`/`+U` when its result changes, `-D` when a changelog input
+//! retracts its last row. Its input may itself be a changelog (a column
+//! `_op`), whose retractions it applies — so aggregates of aggregates are
+//! correct (Nexmark q4 shape). Results are emitted once per input batch.
+//!
+//! ```yaml
+//! - {name: top, type: aggregate, input: bids, key_by: [auction], aggregates: {max_price: "max(price)"}}
+//! - {name: avg, type: aggregate, input: top, aggregates: {avg_max: "avg(max_price)"}}
+//! ```
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, StringArray, UInt32Array};
+use arrow::compute::take;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use streamflow_core::changelog::{OP_COLUMN, RowKind};
+use streamflow_core::{Diagnostics, Error, Operator, Output, Result};
+use streamflow_expr::hash_utils::RandomState;
+use streamflow_expr::{CompiledAggregate, CompiledExpr, ScalarValue, SingleAggregate};
+
+use crate::keys::KeyRows;
+use crate::stage::{StageContext, StageFactory};
+
+/// Settings of an `aggregate` stage.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AggregateConfig {
+    /// Output column → aggregate call.
+    aggregates: Map<String, Value>,
+}
+
+#[derive(Clone)]
+struct AggregateFactory {
+    schema: SchemaRef,
+    keys: Vec<CompiledExpr>,
+    aggregates: Vec<CompiledAggregate>,
+    /// Index of the input's `_op` column, when the input is a changelog.
+    op_index: Option<usize>,
+}
+
+pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diagnostics> {
+    let config: AggregateConfig = ctx.config()?;
+    let input = ctx.input_schema();
+    let mut d = Diagnostics::new();
+    let op_index = input.index_of(OP_COLUMN).ok();
+    let mut fields = vec![Field::new(OP_COLUMN, DataType::Utf8, false)];
+    let mut keys = Vec::new();
+    for (i, sql) in ctx.key_by.iter().enumerate() {
+        match streamflow_expr::compile(sql, &input) {
+            Ok(e) => {
+                fields.push(Field::new(sql, e.data_type().clone(), e.nullable()));
+                keys.push(e);
+            }
+            Err(e) => d.push(format!("{}.key_by[{i}]", ctx.path), e.message),
+        }
+    }
+    let mut aggregates = Vec::new();
+    for (name, sql) in &config.aggregates {
+        let path = ctx.at(&format!("aggregates.{name}"));
+        let sql = sql
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| sql.to_string());
+        if fields.iter().any(|f| f.name() == name) {
+            d.push(
+                path,
+                format!("column '{name}' already exists in the output"),
+            );
+            continue;
+        }
+        match streamflow_expr::compile_aggregate(&sql, name, &input) {
+            Ok(a) => {
+                // A changelog input needs accumulators that can retract.
+                if let Err(e) = a.single(op_index.is_some()) {
+                    d.push(path, e.message);
+                    continue;
+                }
+                fields.push(a.field().as_ref().clone().with_nullable(true));
+                aggregates.push(a);
+            }
+            Err(e) => d.push(path, e.message),
+        }
+    }
+    if config.aggregates.is_empty() {
+        d.push(ctx.at("aggregates"), "declare at least one aggregate");
+    }
+    d.into_result(())?;
+    Ok(Arc::new(AggregateFactory {
+        schema: Arc::new(Schema::new(fields)),
+        keys,
+        aggregates,
+        op_index,
+    }))
+}
+
+impl StageFactory for AggregateFactory {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+    fn create(&self) -> Box<dyn Operator> {
+        Box::new(AggregateOperator {
+            factory: Arc::new(self.clone()),
+            keys: KeyRows::default(),
+            groups: HashMap::with_hasher(RandomState::default()),
+        })
+    }
+}
+
+/// The state of one key.
+struct Group {
+    accumulators: Vec<SingleAggregate>,
+    /// Live input rows (additions minus retractions).
+    rows: i64,
+    /// The values last emitted.
+    last: Option<Vec<ScalarValue>>,
+}
+
+struct AggregateOperator {
+    factory: Arc<AggregateFactory>,
+    keys: KeyRows,
+    groups: HashMap<Box<[u8]>, Group, RandomState>,
+}
+
+fn err(context: &str, e: impl std::fmt::Display) -> Error {
+    Error::Other(format!("{context}: {e}"))
+}
+
+/// Output rows under construction.
+#[derive(Default)]
+struct Changes {
+    ops: Vec<&'static str>,
+    keys: Vec<Box<[u8]>>,
+    values: Vec<Vec<ScalarValue>>,
+}
+
+impl Changes {
+    fn push(&mut self, kind: RowKind, key: &[u8], values: Vec<ScalarValue>) {
+        self.ops.push(kind.as_str());
+        self.keys.push(key.into());
+        self.values.push(values);
+    }
+}
+
+impl AggregateOperator {
+    fn row_kinds(&self, batch: &RecordBatch) -> Result<Option<Vec<bool>>> {
+        let Some(i) = self.factory.op_index else {
+            return Ok(None);
+        };
+        let ops = batch
+            .column(i)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or_else(|| Error::Other(format!("{OP_COLUMN} must be a string column")))?;
+        ops.iter()
+            .map(|op| {
+                op.and_then(RowKind::parse)
+                    .map(RowKind::is_addition)
+                    .ok_or_else(|| {
+                        Error::Other(format!(
+                            "invalid {OP_COLUMN} value {op:?} (expected +I, -U, +U or -D)"
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    fn emit(&self, changes: Changes, out: &mut Output) -> Result<()> {
+        if changes.ops.is_empty() {
+            return Ok(());
+        }
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from(changes.ops))];
+        if let Some(conv) = &self.keys.converter {
+            let parser = conv.parser();
+            columns.extend(
+                conv.convert_rows(changes.keys.iter().map(|k| parser.parse(k)))
+                    .map_err(|e| Error::arrow("aggregate keys", e))?,
+            );
+        }
+        for (a, agg) in self.factory.aggregates.iter().enumerate() {
+            let values = changes.values.iter().map(|v| v[a].clone());
+            let array = ScalarValue::iter_to_array(values).map_err(|e| err(agg.sql(), e))?;
+            let field_type = self.factory.schema.field(columns.len()).data_type().clone();
+            columns.push(if array.data_type() == &field_type {
+                array
+            } else {
+                arrow::compute::cast(&array, &field_type)
+                    .map_err(|e| Error::arrow("aggregate output", e))?
+            });
+        }
+        out.emit(
+            RecordBatch::try_new(Arc::clone(&self.factory.schema), columns)
+                .map_err(|e| Error::arrow("aggregate output", e))?,
+        );
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Operator for AggregateOperator {
+    async fn process_batch(
+        &mut self,
+        _input: usize,
+        batch: RecordBatch,
+        out: &mut Output,
+    ) -> Result<()> {
+        let f = Arc::clone(&self.factory);
+        let n = batch.num_rows();
+        let key_rows = self.keys.rows(&f.keys, &batch)?;
+        let additions = self.row_kinds(&batch)?;
+        let args = f
+            .aggregates
+            .iter()
+            .map(|a| a.arguments(&batch).map_err(|e| err(a.sql(), e)))
+            .collect::<Result<Vec<_>>>()?;
+        // Rows per key, split into additions and retractions, in first-seen order.
+        let mut touched: Vec<&[u8]> = Vec::new();
+        let mut rows_of: HashMap<&[u8], (Vec<u32>, Vec<u32>), RandomState> =
+            HashMap::with_hasher(RandomState::default());
+        for row in 0..n {
+            let key: &[u8] = match &key_rows {
+                Some(rows) => rows.row(row).data(),
+                None => &[],
+            };
+            let slot = rows_of.entry(key).or_insert_with(|| {
+                touched.push(key);
+                (Vec::new(), Vec::new())
+            });
+            if additions.as_ref().is_none_or(|a| a[row]) {
+                slot.0.push(row as u32);
+            } else {
+                slot.1.push(row as u32);
+            }
+        }
+        let take_args = |rows: Vec<u32>| -> Result<Vec<Vec<ArrayRef>>> {
+            let idx = UInt32Array::from(rows);
+            args.iter()
+                .map(|vals| {
+                    vals.iter()
+                        .map(|v| take(v.as_ref(), &idx, None))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::arrow("aggregate rows", e))
+        };
+        let mut changes = Changes::default();
+        for key in touched {
+            let Some((adds, retracts)) = rows_of.remove(key) else {
+                continue;
+            };
+            if !self.groups.contains_key(key) {
+                let accumulators = f
+                    .aggregates
+                    .iter()
+                    .map(|a| a.single(f.op_index.is_some()).map_err(|e| err(a.sql(), e)))
+                    .collect::<Result<Vec<_>>>()?;
+                self.groups.insert(
+                    key.into(),
+                    Group {
+                        accumulators,
+                        rows: 0,
+                        last: None,
+                    },
+                );
+            }
+            let Some(group) = self.groups.get_mut(key) else {
+                continue;
+            };
+            group.rows += adds.len() as i64 - retracts.len() as i64;
+            if !adds.is_empty() {
+                for (acc, values) in group.accumulators.iter_mut().zip(take_args(adds)?) {
+                    acc.update(&values).map_err(|e| err("aggregate", e))?;
+                }
+            }
+            if !retracts.is_empty() {
+                for (acc, values) in group.accumulators.iter_mut().zip(take_args(retracts)?) {
+                    acc.retract(&values).map_err(|e| err("aggregate", e))?;
+                }
+            }
+            if group.rows <= 0 {
+                if let Some(last) = self.groups.remove(key).and_then(|g| g.last) {
+                    changes.push(RowKind::Delete, key, last);
+                }
+                continue;
+            }
+            let now = group
+                .accumulators
+                .iter_mut()
+                .map(|a| a.value().map_err(|e| err("aggregate", e)))
+                .collect::<Result<Vec<_>>>()?;
+            match group.last.replace(now.clone()) {
+                None => changes.push(RowKind::Insert, key, now),
+                Some(before) if before != now => {
+                    changes.push(RowKind::UpdateBefore, key, before);
+                    changes.push(RowKind::UpdateAfter, key, now);
+                }
+                Some(_) => {}
+            }
+        }
+        self.emit(changes, out)
+    }
+}
