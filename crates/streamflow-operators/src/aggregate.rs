@@ -13,8 +13,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, StringArray, UInt32Array};
-use arrow::compute::take;
+use arrow::array::{Array, ArrayRef, StringArray};
+
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -25,7 +25,7 @@ use streamflow_core::{Diagnostics, Error, Operator, Output, Result};
 use streamflow_expr::hash_utils::RandomState;
 use streamflow_expr::{CompiledAggregate, CompiledExpr, ScalarValue, SingleAggregate};
 
-use crate::keys::KeyRows;
+use crate::grouping::{KeyRows, plan_aggregates, plan_keys, take_rows};
 use crate::stage::{StageContext, StageFactory};
 
 /// Settings of an `aggregate` stage.
@@ -51,46 +51,15 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
     let mut d = Diagnostics::new();
     let op_index = input.index_of(OP_COLUMN).ok();
     let mut fields = vec![Field::new(OP_COLUMN, DataType::Utf8, false)];
-    let mut keys = Vec::new();
-    for (i, sql) in ctx.key_by.iter().enumerate() {
-        match streamflow_expr::compile(sql, &input) {
-            Ok(e) => {
-                fields.push(Field::new(sql, e.data_type().clone(), e.nullable()));
-                keys.push(e);
-            }
-            Err(e) => d.push(format!("{}.key_by[{i}]", ctx.path), e.message),
-        }
-    }
-    let mut aggregates = Vec::new();
-    for (name, sql) in &config.aggregates {
-        let path = ctx.at(&format!("aggregates.{name}"));
-        let sql = sql
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| sql.to_string());
-        if fields.iter().any(|f| f.name() == name) {
-            d.push(
-                path,
-                format!("column '{name}' already exists in the output"),
-            );
-            continue;
-        }
-        match streamflow_expr::compile_aggregate(&sql, name, &input) {
-            Ok(a) => {
-                // A changelog input needs accumulators that can retract.
-                if let Err(e) = a.single(op_index.is_some()) {
-                    d.push(path, e.message);
-                    continue;
-                }
-                fields.push(a.field().as_ref().clone().with_nullable(true));
-                aggregates.push(a);
-            }
-            Err(e) => d.push(path, e.message),
-        }
-    }
-    if config.aggregates.is_empty() {
-        d.push(ctx.at("aggregates"), "declare at least one aggregate");
-    }
+    let keys = plan_keys(ctx, &input, &mut fields, &mut d);
+    let aggregates = plan_aggregates(
+        ctx,
+        &config.aggregates,
+        &input,
+        &mut fields,
+        &mut d,
+        Some(op_index.is_some()),
+    );
     d.into_result(())?;
     Ok(Arc::new(AggregateFactory {
         schema: Arc::new(Schema::new(fields)),
@@ -177,13 +146,7 @@ impl AggregateOperator {
             return Ok(());
         }
         let mut columns: Vec<ArrayRef> = vec![Arc::new(StringArray::from(changes.ops))];
-        if let Some(conv) = &self.keys.converter {
-            let parser = conv.parser();
-            columns.extend(
-                conv.convert_rows(changes.keys.iter().map(|k| parser.parse(k)))
-                    .map_err(|e| Error::arrow("aggregate keys", e))?,
-            );
-        }
+        columns.extend(self.keys.decode(changes.keys.iter().map(|k| &k[..]))?);
         for (a, agg) in self.factory.aggregates.iter().enumerate() {
             let values = changes.values.iter().map(|v| v[a].clone());
             let array = ScalarValue::iter_to_array(values).map_err(|e| err(agg.sql(), e))?;
@@ -239,17 +202,6 @@ impl Operator for AggregateOperator {
                 slot.1.push(row as u32);
             }
         }
-        let take_args = |rows: Vec<u32>| -> Result<Vec<Vec<ArrayRef>>> {
-            let idx = UInt32Array::from(rows);
-            args.iter()
-                .map(|vals| {
-                    vals.iter()
-                        .map(|v| take(v.as_ref(), &idx, None))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| Error::arrow("aggregate rows", e))
-        };
         let mut changes = Changes::default();
         for key in touched {
             let Some((adds, retracts)) = rows_of.remove(key) else {
@@ -275,12 +227,20 @@ impl Operator for AggregateOperator {
             };
             group.rows += adds.len() as i64 - retracts.len() as i64;
             if !adds.is_empty() {
-                for (acc, values) in group.accumulators.iter_mut().zip(take_args(adds)?) {
+                for (acc, values) in group
+                    .accumulators
+                    .iter_mut()
+                    .zip(take_rows(&args, adds, n)?)
+                {
                     acc.update(&values).map_err(|e| err("aggregate", e))?;
                 }
             }
             if !retracts.is_empty() {
-                for (acc, values) in group.accumulators.iter_mut().zip(take_args(retracts)?) {
+                for (acc, values) in group
+                    .accumulators
+                    .iter_mut()
+                    .zip(take_rows(&args, retracts, n)?)
+                {
                     acc.retract(&values).map_err(|e| err("aggregate", e))?;
                 }
             }

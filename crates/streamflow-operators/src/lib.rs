@@ -11,7 +11,7 @@ pub mod stage;
 mod add_column;
 mod aggregate;
 mod filter;
-mod keys;
+mod grouping;
 mod map;
 mod projection;
 mod rename;

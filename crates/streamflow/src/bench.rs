@@ -15,7 +15,10 @@ pub const QUERIES: &[(&str, &str)] = &[
     ("q5", include_str!("../../../examples/nexmark/q5.yaml")),
     ("q7", include_str!("../../../examples/nexmark/q7.yaml")),
     ("q11", include_str!("../../../examples/nexmark/q11.yaml")),
-    ("q4_shape", include_str!("../../../examples/nexmark/q4_shape.yaml")),
+    (
+        "q4_shape",
+        include_str!("../../../examples/nexmark/q4_shape.yaml"),
+    ),
 ];
 
 /// The flow file text of `query`.

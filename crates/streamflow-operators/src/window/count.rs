@@ -7,16 +7,16 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef};
-use arrow::compute::concat;
+use arrow::array::ArrayRef;
+
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use streamflow_core::{Error, Operator, Output, Result};
 use streamflow_expr::GroupedAggregate;
 use streamflow_expr::hash_utils::RandomState;
 
-use super::{WindowFactory, err, take_rows};
-use crate::keys::KeyRows;
+use super::{WindowFactory, err};
+use crate::grouping::{KeyRows, concat_columns, take_rows};
 
 /// The record counts (1-based) at which the k-th record's windows fire.
 pub(super) fn triggers(k: u64, size: u64, slide: u64) -> impl Iterator<Item = u64> {
@@ -132,17 +132,8 @@ impl Operator for CountOperator {
             return Ok(());
         }
         let mut columns: Vec<ArrayRef> = Vec::new();
-        if let Some(conv) = &self.keys.converter {
-            let parser = conv.parser();
-            columns.extend(
-                conv.convert_rows(fired_keys.iter().map(|k| parser.parse(k)))
-                    .map_err(|e| Error::arrow("window keys", e))?,
-            );
-        }
-        for parts in values {
-            let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
-            columns.push(concat(&refs).map_err(|e| Error::arrow("window output", e))?);
-        }
+        columns.extend(self.keys.decode(fired_keys.iter().copied())?);
+        columns.extend(concat_columns(values)?);
         let batch = RecordBatch::try_new(Arc::clone(&f.schema), columns)
             .map_err(|e| Error::arrow("window output", e))?;
         out.emit(batch);

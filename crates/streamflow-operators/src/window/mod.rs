@@ -26,7 +26,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, TimestampMillisecondArray, UInt32Array};
-use arrow::compute::{take, take_record_batch};
+use arrow::compute::take_record_batch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use arrow::row::Rows;
@@ -42,7 +42,7 @@ use streamflow_expr::{CompiledAggregate, CompiledExpr, GroupedAggregate};
 
 pub use assign::Assigner;
 
-use crate::keys::KeyRows;
+use crate::grouping::{KeyRows, plan_aggregates, plan_keys, take_rows};
 use crate::row_errors::row_as_json;
 use crate::stage::{StageContext, StageFactory};
 
@@ -182,40 +182,8 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
             ));
         }
     }
-    let mut keys = Vec::new();
-    for (i, sql) in ctx.key_by.iter().enumerate() {
-        match streamflow_expr::compile(sql, &input) {
-            Ok(e) => {
-                fields.push(Field::new(sql, e.data_type().clone(), e.nullable()));
-                keys.push(e);
-            }
-            Err(e) => d.push(format!("{}.key_by[{i}]", ctx.path), e.message),
-        }
-    }
-    let mut aggregates = Vec::new();
-    for (name, sql) in &config.aggregates {
-        let sql = sql
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| sql.to_string());
-        if fields.iter().any(|f| f.name() == name) {
-            d.push(
-                ctx.at(&format!("aggregates.{name}")),
-                format!("column '{name}' already exists in the output"),
-            );
-            continue;
-        }
-        match streamflow_expr::compile_aggregate(&sql, name, &input) {
-            Ok(a) => {
-                fields.push(a.field().as_ref().clone());
-                aggregates.push(a);
-            }
-            Err(e) => d.push(ctx.at(&format!("aggregates.{name}")), e.message),
-        }
-    }
-    if config.aggregates.is_empty() {
-        d.push(ctx.at("aggregates"), "declare at least one aggregate");
-    }
+    let keys = plan_keys(ctx, &input, &mut fields, &mut d);
+    let aggregates = plan_aggregates(ctx, &config.aggregates, &input, &mut fields, &mut d, None);
     d.into_result(())?;
     if timed && time_index.is_none() {
         return Err(Diagnostics::new());
@@ -306,22 +274,6 @@ impl WindowFactory {
             .map(|a| a.new_state().map_err(|e| err(a.sql(), e)))
             .collect()
     }
-}
-
-/// Argument arrays restricted to `rows` (no copy when all rows are taken).
-fn take_rows(args: &[Vec<ArrayRef>], rows: Vec<u32>, total: usize) -> Result<Vec<Vec<ArrayRef>>> {
-    if rows.len() == total {
-        return Ok(args.to_vec());
-    }
-    let idx = UInt32Array::from(rows);
-    args.iter()
-        .map(|vals| {
-            vals.iter()
-                .map(|v| take(v.as_ref(), &idx, None))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::arrow("window rows", e))
 }
 
 /// A record without event time cannot be placed in a window: dead letter.

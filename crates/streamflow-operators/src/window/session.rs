@@ -11,15 +11,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, TimestampMillisecondArray, UInt32Array};
-use arrow::compute::{concat, take_record_batch};
+use arrow::compute::take_record_batch;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use streamflow_core::{Error, Operator, Output, Result, Watermark};
 use streamflow_expr::GroupedAggregate;
 use streamflow_expr::hash_utils::RandomState;
 
-use super::{WindowFactory, err, null_event_time, take_rows};
-use crate::keys::KeyRows;
+use super::{WindowFactory, err, null_event_time};
+use crate::grouping::{KeyRows, concat_columns, take_rows};
 
 /// One open session.
 struct Session {
@@ -146,17 +146,8 @@ impl SessionOperator {
                 Arc::new(TimestampMillisecondArray::from(starts)),
                 Arc::new(TimestampMillisecondArray::from(ends)),
             ];
-            if let Some(conv) = &self.keys.converter {
-                let parser = conv.parser();
-                columns.extend(
-                    conv.convert_rows(keys.iter().map(|k| parser.parse(k)))
-                        .map_err(|e| Error::arrow("window keys", e))?,
-                );
-            }
-            for parts in values {
-                let refs: Vec<&dyn Array> = parts.iter().map(|a| a.as_ref()).collect();
-                columns.push(concat(&refs).map_err(|e| Error::arrow("window output", e))?);
-            }
+            columns.extend(self.keys.decode(keys.iter().copied())?);
+            columns.extend(concat_columns(values)?);
             let batch = RecordBatch::try_new(Arc::clone(&self.factory.schema), columns)
                 .map_err(|e| Error::arrow("window output", e))?;
             out.emit(batch);
