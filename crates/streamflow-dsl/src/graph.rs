@@ -115,23 +115,21 @@ impl FlowGraph {
         let mut decls: Vec<Decl> = Vec::new();
         for (i, s) in spec.sources.iter().enumerate() {
             let path = format!("sources[{i}]");
-            let node = Node {
-                name: required(&s.name, &path, "name", &mut d),
-                role: Role::Source,
-                kind: required(&s.kind, &path, "type", &mut d),
-                settings_path: format!("{path}.config"),
-                inputs: Vec::new(),
-                dead_letter_inputs: Vec::new(),
-                late_inputs: Vec::new(),
-                parallelism: parallelism(s.parallelism, &path, &mut d),
-                queue_capacity: default_capacity,
-                dlq: None,
-                late: None,
-                key_by: Vec::new(),
-                settings: s.config.clone(),
-                event_time: s.event_time.clone(),
-                path,
-            };
+            let mut node = Node::declared(
+                Role::Source,
+                Declared {
+                    path: &path,
+                    name: &s.name,
+                    kind: &s.kind,
+                    parallelism: s.parallelism,
+                    queue: None,
+                },
+                default_capacity,
+                &mut d,
+            );
+            node.settings_path = format!("{path}.config");
+            node.settings = s.config.clone();
+            node.event_time = s.event_time.clone();
             decls.push(Decl {
                 node,
                 input: None,
@@ -144,28 +142,20 @@ impl FlowGraph {
             if s.input.is_none() {
                 d.push(format!("{path}.input"), "required");
             }
-            let node = Node {
-                name: required(&s.name, &path, "name", &mut d),
-                role: Role::Stage,
-                kind: required(&s.kind, &path, "type", &mut d),
-                settings_path: path.clone(),
-                inputs: Vec::new(),
-                dead_letter_inputs: Vec::new(),
-                late_inputs: Vec::new(),
-                parallelism: parallelism(s.parallelism, &path, &mut d),
-                queue_capacity: queue_capacity(
-                    s.queue.as_ref(),
-                    &format!("{path}.queue"),
-                    default_capacity,
-                    &mut d,
-                ),
-                dlq: None,
-                late: None,
-                key_by: s.key_by.clone().unwrap_or_default(),
-                settings: s.settings.clone(),
-                event_time: None,
-                path,
-            };
+            let mut node = Node::declared(
+                Role::Stage,
+                Declared {
+                    path: &path,
+                    name: &s.name,
+                    kind: &s.kind,
+                    parallelism: s.parallelism,
+                    queue: s.queue.as_ref(),
+                },
+                default_capacity,
+                &mut d,
+            );
+            node.key_by = s.key_by.clone().unwrap_or_default();
+            node.settings = s.settings.clone();
             decls.push(Decl {
                 node,
                 input: s.input.as_ref(),
@@ -183,28 +173,20 @@ impl FlowGraph {
                     "a sink reads exactly one input; put a union stage before it",
                 );
             }
-            let node = Node {
-                name: required(&s.name, &path, "name", &mut d),
-                role: Role::Sink,
-                kind: required(&s.kind, &path, "type", &mut d),
-                settings_path: format!("{path}.config"),
-                inputs: Vec::new(),
-                dead_letter_inputs: Vec::new(),
-                late_inputs: Vec::new(),
-                parallelism: parallelism(s.parallelism, &path, &mut d),
-                queue_capacity: queue_capacity(
-                    s.queue.as_ref(),
-                    &format!("{path}.queue"),
-                    default_capacity,
-                    &mut d,
-                ),
-                dlq: None,
-                late: None,
-                key_by: Vec::new(),
-                settings: s.config.clone(),
-                event_time: None,
-                path,
-            };
+            let mut node = Node::declared(
+                Role::Sink,
+                Declared {
+                    path: &path,
+                    name: &s.name,
+                    kind: &s.kind,
+                    parallelism: s.parallelism,
+                    queue: s.queue.as_ref(),
+                },
+                default_capacity,
+                &mut d,
+            );
+            node.settings_path = format!("{path}.config");
+            node.settings = s.config.clone();
             decls.push(Decl {
                 node,
                 input: s.input.as_ref(),
@@ -416,6 +398,43 @@ impl FlowGraph {
             }
         }
         out
+    }
+}
+
+/// The fields every declaration has.
+struct Declared<'a> {
+    path: &'a str,
+    name: &'a Option<String>,
+    kind: &'a Option<String>,
+    parallelism: Option<i64>,
+    queue: Option<&'a QueueSpec>,
+}
+
+impl Node {
+    /// A node from its common fields, checked; wiring and settings are filled in later.
+    fn declared(role: Role, c: Declared<'_>, default_capacity: usize, d: &mut Diagnostics) -> Node {
+        Node {
+            name: required(c.name, c.path, "name", d),
+            role,
+            kind: required(c.kind, c.path, "type", d),
+            path: c.path.to_string(),
+            settings_path: c.path.to_string(),
+            inputs: Vec::new(),
+            dead_letter_inputs: Vec::new(),
+            late_inputs: Vec::new(),
+            parallelism: parallelism(c.parallelism, c.path, d),
+            queue_capacity: queue_capacity(
+                c.queue,
+                &format!("{}.queue", c.path),
+                default_capacity,
+                d,
+            ),
+            dlq: None,
+            late: None,
+            key_by: Vec::new(),
+            settings: Map::new(),
+            event_time: None,
+        }
     }
 }
 
