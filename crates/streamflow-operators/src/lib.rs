@@ -10,6 +10,7 @@ pub mod stage;
 
 mod add_column;
 mod aggregate;
+mod dedup;
 mod filter;
 mod grouping;
 mod map;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use streamflow_core::Diagnostics;
 
 use crate::stage::{InputRule, StageContext, StageFactory};
-use crate::{add_column, aggregate, filter, map, rename, select, union, validate, window};
+use crate::{add_column, aggregate, dedup, filter, map, rename, select, union, validate, window};
 
 /// Plans a stage from its context.
 pub type PlanFn = fn(&StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diagnostics>;
@@ -82,6 +82,13 @@ pub static STAGES: &[StageKind] = &[
         inputs: InputRule::SameSchema,
         late_output: false,
         plan: aggregate::plan,
+    },
+    StageKind {
+        name: "dedup",
+        description: "first record per key, for a ttl of event time",
+        inputs: InputRule::SameSchema,
+        late_output: false,
+        plan: dedup::plan,
     },
     StageKind {
         name: "union",

@@ -83,7 +83,7 @@ fn run_query(query: &str, parallelism: usize) -> Vec<Value> {
     let out_dir = dir.path().join("out");
     let flow = root().join(format!("examples/nexmark/{query}.yaml"));
     let flow = flow.to_string_lossy().into_owned();
-    let source = if matches!(query, "q5" | "q7" | "q11" | "q4_shape") {
+    let source = if matches!(query, "q5" | "q7" | "q11" | "q4_shape" | "dedup") {
         "bids"
     } else {
         "events"
@@ -525,4 +525,25 @@ fn aggregates_of_aggregates_apply_retractions() {
             sum / n as f64
         );
     }
+}
+
+#[test]
+fn dedup_keeps_first_bid_per_bidder_and_auction() {
+    let mut seen = std::collections::HashSet::new();
+    let expected = sorted(
+        bid_millis()
+            .into_iter()
+            .filter(|(_, b)| seen.insert((b.bidder, b.auction)))
+            .map(|(_, b)| format!("{}|{}|{}", b.bidder, b.auction, b.price))
+            .collect(),
+    );
+    let actual = sorted(
+        run_query("dedup", 1)
+            .iter()
+            .map(|r| format!("{}|{}|{}", r["bidder"], r["auction"], r["price"]))
+            .collect(),
+    );
+    // 30 s of events: no key outlives the 10-minute ttl, so this is exact.
+    assert!(actual.len() < bid_millis().len(), "duplicates were dropped");
+    assert_eq!(actual, expected);
 }

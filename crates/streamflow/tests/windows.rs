@@ -70,3 +70,25 @@ fn late_output_only_on_window_stages() {
         stderr(&out)
     );
 }
+
+#[test]
+fn dedup_keeps_the_first_record_per_key_within_the_ttl() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let flow = write(
+        d,
+        "flow.yaml",
+        &format!(
+            "name: dedup\nmode: job\nsources:\n  - name: g\n    type: generator\n    config: {{count: 10, columns: {{i: i, k: \"i % 3\", t: \"to_timestamp_millis(i * 1000)\"}}}}\n    event_time: {{column: t}}\nstages:\n  - {{name: first, type: dedup, input: g, key_by: [k], ttl: 5s}}\nsinks:\n  - {{name: out, type: file, input: first, config: {{path: {out}}}}}\n",
+            out = d.join("out.jsonl").display()
+        ),
+    );
+    let result = run(&["run", &flow]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    let kept: Vec<i64> = read_jsonl(&d.join("out.jsonl"))
+        .iter()
+        .map(|r| r["i"].as_i64().expect("i"))
+        .collect();
+    // k=0: 0 kept, 3 within 5 s, 6 starts anew, 9 within; k=1: 1, 7; k=2: 2, 8.
+    assert_eq!(kept, vec![0, 1, 2, 6, 7, 8]);
+}

@@ -241,7 +241,7 @@ fn err(context: &str, e: impl std::fmt::Display) -> Error {
 }
 
 /// Event times of a timestamp column, in milliseconds.
-fn millis(array: &ArrayRef) -> Result<TimestampMillisecondArray> {
+pub(crate) fn millis(array: &ArrayRef) -> Result<TimestampMillisecondArray> {
     let ms = arrow::compute::cast(array, &DataType::Timestamp(TimeUnit::Millisecond, None))
         .map_err(|e| Error::arrow("reading event time", e))?;
     ms.as_any()
