@@ -19,6 +19,10 @@ pub const QUERIES: &[(&str, &str)] = &[
         "q4_shape",
         include_str!("../../../examples/nexmark/q4_shape.yaml"),
     ),
+    (
+        "dedup",
+        include_str!("../../../examples/nexmark/dedup.yaml"),
+    ),
 ];
 
 /// The flow file text of `query`.
