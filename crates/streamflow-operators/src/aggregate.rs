@@ -25,7 +25,7 @@ use streamflow_core::{Diagnostics, Error, Operator, Output, Result};
 use streamflow_expr::hash_utils::RandomState;
 use streamflow_expr::{CompiledAggregate, CompiledExpr, ScalarValue, SingleAggregate};
 
-use crate::grouping::{KeyRows, plan_aggregates, plan_keys, take_rows};
+use crate::grouping::{KeyRows, arguments, key_bytes, plan_aggregates, plan_keys, take_rows};
 use crate::stage::{StageContext, StageFactory};
 
 /// Settings of an `aggregate` stage.
@@ -178,20 +178,13 @@ impl Operator for AggregateOperator {
         let n = batch.num_rows();
         let key_rows = self.keys.rows(&f.keys, &batch)?;
         let additions = self.row_kinds(&batch)?;
-        let args = f
-            .aggregates
-            .iter()
-            .map(|a| a.arguments(&batch).map_err(|e| err(a.sql(), e)))
-            .collect::<Result<Vec<_>>>()?;
+        let args = arguments(&f.aggregates, &batch)?;
         // Rows per key, split into additions and retractions, in first-seen order.
         let mut touched: Vec<&[u8]> = Vec::new();
         let mut rows_of: HashMap<&[u8], (Vec<u32>, Vec<u32>), RandomState> =
             HashMap::with_hasher(RandomState::default());
         for row in 0..n {
-            let key: &[u8] = match &key_rows {
-                Some(rows) => rows.row(row).data(),
-                None => &[],
-            };
+            let key = key_bytes(&key_rows, row);
             let slot = rows_of.entry(key).or_insert_with(|| {
                 touched.push(key);
                 (Vec::new(), Vec::new())

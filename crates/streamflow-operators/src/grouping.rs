@@ -82,6 +82,28 @@ pub(crate) fn plan_aggregates(
     aggregates
 }
 
+/// The argument arrays of every aggregate for `batch`.
+pub(crate) fn arguments(
+    aggregates: &[CompiledAggregate],
+    batch: &RecordBatch,
+) -> Result<Vec<Vec<ArrayRef>>> {
+    aggregates
+        .iter()
+        .map(|a| {
+            a.arguments(batch)
+                .map_err(|e| Error::Other(format!("{}: {e}", a.sql())))
+        })
+        .collect()
+}
+
+/// The key of `row` as bytes; empty for a global grouping (no keys).
+pub(crate) fn key_bytes(rows: &Option<Rows>, row: usize) -> &[u8] {
+    match rows {
+        Some(rows) => rows.row(row).data(),
+        None => &[],
+    }
+}
+
 /// Argument arrays restricted to `rows` (no copy when all rows are taken).
 pub(crate) fn take_rows(
     args: &[Vec<ArrayRef>],

@@ -16,7 +16,7 @@ use streamflow_expr::GroupedAggregate;
 use streamflow_expr::hash_utils::RandomState;
 
 use super::{WindowFactory, err};
-use crate::grouping::{KeyRows, concat_columns, take_rows};
+use crate::grouping::{KeyRows, concat_columns, key_bytes, take_rows};
 
 /// The record counts (1-based) at which the k-th record's windows fire.
 pub(super) fn triggers(k: u64, size: u64, slide: u64) -> impl Iterator<Item = u64> {
@@ -72,10 +72,7 @@ impl Operator for CountOperator {
         let mut rows_of: HashMap<u64, Vec<u32>> = HashMap::new();
         let mut touched: HashSet<&[u8]> = HashSet::new();
         for row in 0..n {
-            let key: &[u8] = match &key_rows {
-                Some(rows) => rows.row(row).data(),
-                None => &[],
-            };
+            let key = key_bytes(&key_rows, row);
             touched.insert(key);
             let entry = match self.counts.get_mut(key) {
                 Some(e) => e,

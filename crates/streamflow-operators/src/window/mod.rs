@@ -261,10 +261,7 @@ impl WindowFactory {
 
     /// Argument arrays of every aggregate for `batch`.
     fn arguments(&self, batch: &RecordBatch) -> Result<Vec<Vec<ArrayRef>>> {
-        self.aggregates
-            .iter()
-            .map(|a| a.arguments(batch).map_err(|e| err(a.sql(), e)))
-            .collect()
+        crate::grouping::arguments(&self.aggregates, batch)
     }
 
     /// Fresh aggregate states, one per aggregate.

@@ -19,7 +19,7 @@ use streamflow_expr::GroupedAggregate;
 use streamflow_expr::hash_utils::RandomState;
 
 use super::{WindowFactory, err, null_event_time};
-use crate::grouping::{KeyRows, concat_columns, take_rows};
+use crate::grouping::{KeyRows, concat_columns, key_bytes, take_rows};
 
 /// One open session.
 struct Session {
@@ -185,10 +185,7 @@ impl Operator for SessionOperator {
                 null_event_time(&batch, row, out);
                 continue;
             }
-            let key: &[u8] = match &key_rows {
-                Some(rows) => rows.row(row).data(),
-                None => &[],
-            };
+            let key = key_bytes(&key_rows, row);
             match self.place(key, times.value(row), &mut merged)? {
                 Some(id) => placed.push((row as u32, id)),
                 None => late_rows.push(row as u32),
