@@ -5,6 +5,7 @@
 //! This crate performs no I/O; connectors, operators and the runtime build on it.
 
 pub mod changelog;
+pub mod clock;
 pub mod dead_letter;
 pub mod diagnostic;
 pub mod error;
@@ -14,6 +15,7 @@ pub mod sink;
 pub mod snapshot;
 pub mod source;
 
+pub use clock::processing_time_ms;
 pub use dead_letter::{DeadLetter, dead_letter_batch, dead_letter_schema};
 pub use diagnostic::{Diagnostic, Diagnostics};
 pub use error::{Error, Result};

@@ -35,6 +35,9 @@ pub enum Message {
     Watermark(Watermark),
     /// Checkpoint barrier, aligned by multi-input operators.
     Barrier(CheckpointBarrier),
+    /// The producer has had no data for its idle timeout: until it sends
+    /// data or a watermark again, consumers do not wait for its watermark.
+    Idle,
     /// The producing instance will send nothing more.
     EndOfStream,
 }

@@ -78,6 +78,18 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// How often the runtime calls [`on_timer`](Operator::on_timer) while the
+    /// operator runs; `None` (the default) for operators that do no
+    /// processing-time work.
+    fn timer_interval(&self) -> Option<std::time::Duration> {
+        None
+    }
+
+    /// Processing time (wall clock, ms since the Unix epoch) reached `now_ms`.
+    async fn on_timer(&mut self, _now_ms: i64, _out: &mut Output) -> Result<()> {
+        Ok(())
+    }
+
     /// A barrier has arrived on all inputs: return the state to persist.
     async fn snapshot(&mut self, _barrier: &CheckpointBarrier) -> Result<OperatorSnapshot> {
         Ok(OperatorSnapshot::default())

@@ -107,6 +107,10 @@ pub struct WatermarkSpec {
     /// How far behind the highest event time seen the watermark trails (default 0s).
     #[serde(default, with = "opt_duration")]
     pub max_out_of_orderness: Option<std::time::Duration>,
+    /// After this long without data the source is marked idle, so it no
+    /// longer holds back the watermark of the operators it feeds.
+    #[serde(default, with = "opt_duration")]
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// Durations in specs are written as text (`2s`) and kept as `Duration`.

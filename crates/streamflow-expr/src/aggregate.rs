@@ -22,6 +22,10 @@ use datafusion_physical_expr::{PhysicalExpr, create_physical_expr};
 
 use crate::expression::{ExprError, clean_message, plan_logical};
 
+fn df_err(e: datafusion_common::DataFusionError) -> ExprError {
+    ExprError::new(clean_message(&e))
+}
+
 /// An aggregate call planned against an input schema.
 #[derive(Clone)]
 pub struct CompiledAggregate {
@@ -113,17 +117,28 @@ impl CompiledAggregate {
     /// # Errors
     /// When DataFusion cannot create the accumulator.
     pub fn new_state(&self) -> Result<GroupedAggregate, ExprError> {
-        let err = |e: datafusion_common::DataFusionError| ExprError::new(clean_message(&e));
-        let inner = if self.function.groups_accumulator_supported() {
-            Grouped::Vectorised(self.function.create_groups_accumulator().map_err(err)?)
-        } else {
-            Grouped::PerGroup(Vec::new())
-        };
-        Ok(GroupedAggregate {
-            function: Arc::clone(&self.function),
-            inner,
-            groups: 0,
-        })
+        GroupedAggregate::empty(Arc::clone(&self.function))
+    }
+
+    /// The columns of an exported state ([`GroupedAggregate::export`]).
+    ///
+    /// # Errors
+    /// When DataFusion cannot describe the state.
+    pub fn state_fields(&self) -> Result<Vec<FieldRef>, ExprError> {
+        self.function.state_fields().map_err(df_err)
+    }
+
+    /// Rebuilds a state from [`GroupedAggregate::export`]ed columns (one row per group).
+    ///
+    /// # Errors
+    /// When the columns do not match [`state_fields`](Self::state_fields).
+    pub fn restore(&self, states: &[ArrayRef]) -> Result<GroupedAggregate, ExprError> {
+        let mut state = self.new_state()?;
+        let n = states.first().map_or(0, |s| s.len());
+        if n > 0 {
+            state.merge_state(states, &(0..n).collect::<Vec<_>>(), n)?;
+        }
+        Ok(state)
     }
 }
 
@@ -261,72 +276,138 @@ impl GroupedAggregate {
     ///
     /// # Errors
     /// When the accumulators cannot exchange state.
-    pub fn absorb(&mut self, other: GroupedAggregate, into: usize) -> Result<(), ExprError> {
-        let err = |e: datafusion_common::DataFusionError| ExprError::new(clean_message(&e));
-        let (states, n) = match other.inner {
-            Grouped::Vectorised(mut acc) => {
-                let n = other.groups;
-                (acc.state(EmitTo::All).map_err(err)?, n)
-            }
-            Grouped::PerGroup(mut accs) => {
-                let n = accs.len();
-                if n == 0 {
-                    return Ok(());
+    pub fn absorb(&mut self, mut other: GroupedAggregate, into: usize) -> Result<(), ExprError> {
+        let (states, n) = other.take_state()?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.merge_state(&states, &vec![into; n], self.groups.max(into + 1))
+    }
+
+    /// The intermediate state of every group (one row per group, columns as
+    /// [`CompiledAggregate::state_fields`]), leaving this state unchanged.
+    /// [`CompiledAggregate::restore`] rebuilds it.
+    ///
+    /// # Errors
+    /// When the accumulators cannot produce or re-absorb their state.
+    pub fn export(&mut self) -> Result<Vec<ArrayRef>, ExprError> {
+        let (states, n) = self.take_state()?;
+        let mut fresh = GroupedAggregate::empty(Arc::clone(&self.function))?;
+        fresh.merge_state(&states, &(0..n).collect::<Vec<_>>(), n)?;
+        *self = fresh;
+        Ok(states)
+    }
+
+    /// The current value of every group, in group order, leaving the state
+    /// unchanged (for results that may still be updated).
+    ///
+    /// # Errors
+    /// When the accumulator cannot produce its result.
+    pub fn values(&mut self) -> Result<ArrayRef, ExprError> {
+        if let Grouped::PerGroup(_) = self.inner {
+            // `Accumulator::evaluate` leaves its state intact.
+            return self.evaluate_per_group();
+        }
+        let n = self.groups;
+        let states = self.export()?;
+        let mut copy = GroupedAggregate::empty(Arc::clone(&self.function))?;
+        copy.merge_state(&states, &(0..n).collect::<Vec<_>>(), n)?;
+        copy.finish()
+    }
+
+    /// Empty state of `function`.
+    fn empty(function: Arc<AggregateFunctionExpr>) -> Result<Self, ExprError> {
+        let inner = if function.groups_accumulator_supported() {
+            Grouped::Vectorised(function.create_groups_accumulator().map_err(df_err)?)
+        } else {
+            Grouped::PerGroup(Vec::new())
+        };
+        Ok(GroupedAggregate {
+            function,
+            inner,
+            groups: 0,
+        })
+    }
+
+    /// Takes the intermediate state of all groups out, and their number.
+    fn take_state(&mut self) -> Result<(Vec<ArrayRef>, usize), ExprError> {
+        let n = self.groups;
+        if n == 0 {
+            return Ok((Vec::new(), 0));
+        }
+        match &mut self.inner {
+            Grouped::Vectorised(acc) => Ok((acc.state(EmitTo::All).map_err(df_err)?, n)),
+            Grouped::PerGroup(accs) => {
+                while accs.len() < n {
+                    accs.push(self.function.create_accumulator().map_err(df_err)?);
                 }
                 let rows: Vec<Vec<ScalarValue>> = accs
                     .iter_mut()
                     .map(|a| a.state())
                     .collect::<datafusion_common::Result<_>>()
-                    .map_err(err)?;
+                    .map_err(df_err)?;
                 let columns = (0..rows[0].len())
                     .map(|c| ScalarValue::iter_to_array(rows.iter().map(|r| r[c].clone())))
                     .collect::<datafusion_common::Result<Vec<_>>>()
-                    .map_err(err)?;
-                (columns, n)
+                    .map_err(df_err)?;
+                Ok((columns, n))
             }
-        };
-        if n == 0 {
-            return Ok(());
         }
-        let total = self.groups.max(into + 1);
-        self.groups = total;
+    }
+
+    /// Merges state rows into groups: row `i` of `states` into `groups[i]`.
+    fn merge_state(
+        &mut self,
+        states: &[ArrayRef],
+        groups: &[usize],
+        total: usize,
+    ) -> Result<(), ExprError> {
+        self.groups = self.groups.max(total);
         match &mut self.inner {
             Grouped::Vectorised(acc) => {
-                acc.merge_batch(&states, &vec![into; n], total).map_err(err)
+                acc.merge_batch(states, groups, self.groups).map_err(df_err)
             }
             Grouped::PerGroup(accs) => {
-                while accs.len() < total {
-                    accs.push(self.function.create_accumulator().map_err(err)?);
+                while accs.len() < self.groups {
+                    accs.push(self.function.create_accumulator().map_err(df_err)?);
                 }
-                accs[into].merge_batch(&states).map_err(err)
+                for (row, &g) in groups.iter().enumerate() {
+                    let slice: Vec<ArrayRef> = states.iter().map(|s| s.slice(row, 1)).collect();
+                    accs[g].merge_batch(&slice).map_err(df_err)?;
+                }
+                Ok(())
             }
         }
+    }
+
+    fn evaluate_per_group(&mut self) -> Result<ArrayRef, ExprError> {
+        let Grouped::PerGroup(accs) = &mut self.inner else {
+            return Err(ExprError::new("not a per-group aggregate"));
+        };
+        while accs.len() < self.groups {
+            accs.push(self.function.create_accumulator().map_err(df_err)?);
+        }
+        let values = accs
+            .iter_mut()
+            .map(|a| a.evaluate())
+            .collect::<datafusion_common::Result<Vec<_>>>()
+            .map_err(df_err)?;
+        if values.is_empty() {
+            return Ok(arrow::array::new_empty_array(
+                self.function.field().data_type(),
+            ));
+        }
+        ScalarValue::iter_to_array(values).map_err(df_err)
     }
 
     /// The final value of every group, in group order; the state is consumed.
     ///
     /// # Errors
     /// When the accumulator cannot produce its result.
-    pub fn finish(self) -> Result<ArrayRef, ExprError> {
-        let err = |e: datafusion_common::DataFusionError| ExprError::new(clean_message(&e));
-        match self.inner {
-            Grouped::Vectorised(mut acc) => acc.evaluate(EmitTo::All).map_err(err),
-            Grouped::PerGroup(mut accs) => {
-                while accs.len() < self.groups {
-                    accs.push(self.function.create_accumulator().map_err(err)?);
-                }
-                let values = accs
-                    .iter_mut()
-                    .map(|a| a.evaluate())
-                    .collect::<datafusion_common::Result<Vec<_>>>()
-                    .map_err(err)?;
-                if values.is_empty() {
-                    return Ok(arrow::array::new_empty_array(
-                        self.function.field().data_type(),
-                    ));
-                }
-                ScalarValue::iter_to_array(values).map_err(err)
-            }
+    pub fn finish(mut self) -> Result<ArrayRef, ExprError> {
+        match &mut self.inner {
+            Grouped::Vectorised(acc) => acc.evaluate(EmitTo::All).map_err(df_err),
+            Grouped::PerGroup(_) => self.evaluate_per_group(),
         }
     }
 
@@ -425,6 +506,38 @@ mod tests {
                 .expect("i64")
                 .value(0);
             assert_eq!(out, if sql == "sum(v)" { 46 } else { 3 }, "{sql}");
+        }
+    }
+
+    #[test]
+    fn exported_state_restores_and_values_do_not_consume() {
+        for sql in [
+            "sum(v)",
+            "count(DISTINCT v)",
+            "avg(v)",
+            "max(v)",
+            "approx_distinct(v)",
+        ] {
+            let (s, b) = input();
+            let agg = compile_aggregate(sql, "out", &s).expect("compiles");
+            let values = agg.arguments(&b).expect("args");
+            let groups = [0, 1, 0, 1, 1];
+            let mut state = agg.new_state().expect("state");
+            state.update(&values, &groups, 2).expect("update");
+            let before = state.values().expect("values");
+            let exported = state.export().expect("export");
+            assert_eq!(exported.len(), agg.state_fields().expect("fields").len());
+            let mut restored = agg.restore(&exported).expect("restore");
+            // Both the original and the restored state keep accumulating.
+            state.update(&values, &groups, 2).expect("update");
+            restored.update(&values, &groups, 2).expect("update");
+            let mut reference = agg.new_state().expect("state");
+            reference.update(&values, &groups, 2).expect("update");
+            assert_eq!(&before, &reference.values().expect("values"), "{sql}");
+            reference.update(&values, &groups, 2).expect("update");
+            let expected = reference.finish().expect("finish");
+            assert_eq!(&state.finish().expect("finish"), &expected, "{sql}");
+            assert_eq!(&restored.finish().expect("finish"), &expected, "{sql}");
         }
     }
 

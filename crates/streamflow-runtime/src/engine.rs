@@ -165,7 +165,17 @@ impl Pipeline {
                             }
                             _ => None,
                         };
-                        tasks.spawn(run_source(source, outputs, stop_rx.clone(), watermarks));
+                        let idle_timeout = node
+                            .event_time
+                            .as_ref()
+                            .and_then(|e| e.watermark.idle_timeout);
+                        tasks.spawn(run_source(
+                            source,
+                            outputs,
+                            stop_rx.clone(),
+                            watermarks,
+                            idle_timeout,
+                        ));
                     }
                     Planned::Stage(f) => {
                         tasks.spawn(run_operator(f.create(), InputSet::new(chans), outputs));

@@ -5,6 +5,9 @@
 //!   reported only when it advances;
 //! - a checkpoint barrier is reported once it has arrived on every live
 //!   input; until then, inputs that delivered it are not read (alignment);
+//! - an input that declared itself idle does not hold back the watermark
+//!   until it sends data or a watermark again; when every live input is idle
+//!   the set reports itself idle, so that idleness propagates downstream;
 //! - end of stream is reported once every input has ended.
 //!
 //! This logic is pure with respect to time and I/O apart from polling the
@@ -40,6 +43,8 @@ pub enum InputEvent {
     Watermark(Watermark),
     /// A barrier has arrived on every live input.
     Barrier(CheckpointBarrier),
+    /// Every live input is idle.
+    Idle,
     /// Every input has ended.
     End,
 }
@@ -50,6 +55,7 @@ struct ChannelState {
     watermark: Watermark,
     ended: bool,
     blocked: bool,
+    idle: bool,
 }
 
 /// The merged inputs of one instance.
@@ -60,6 +66,8 @@ pub struct InputSet {
     pending_barrier: Option<CheckpointBarrier>,
     cursor: usize,
     done: bool,
+    /// Whether `Idle` was reported and no input has become active since.
+    idle_reported: bool,
 }
 
 impl InputSet {
@@ -74,12 +82,14 @@ impl InputSet {
                     watermark: Watermark::MIN,
                     ended: false,
                     blocked: false,
+                    idle: false,
                 })
                 .collect(),
             current: Watermark::MIN,
             pending_barrier: None,
             cursor: 0,
             done,
+            idle_reported: false,
         }
     }
 
@@ -122,6 +132,10 @@ impl InputSet {
 
     /// Applies one message to the channel states; returns what to report.
     fn on_message(&mut self, idx: usize, message: Message) -> Option<InputEvent> {
+        if matches!(message, Message::Data(_) | Message::Watermark(_)) {
+            self.channels[idx].idle = false;
+            self.idle_reported = false;
+        }
         match message {
             Message::Data(batch) => Some(InputEvent::Data {
                 input: self.channels[idx].channel.logical,
@@ -130,6 +144,17 @@ impl InputSet {
             Message::Watermark(w) => {
                 let ch = &mut self.channels[idx];
                 ch.watermark = ch.watermark.max(w);
+                self.advance_watermark()
+            }
+            Message::Idle => {
+                self.channels[idx].idle = true;
+                if self.channels.iter().all(|c| c.ended || c.idle) {
+                    if self.idle_reported {
+                        return None;
+                    }
+                    self.idle_reported = true;
+                    return Some(InputEvent::Idle);
+                }
                 self.advance_watermark()
             }
             Message::Barrier(b) => {
@@ -157,7 +182,7 @@ impl InputSet {
         let min = self
             .channels
             .iter()
-            .filter(|c| !c.ended)
+            .filter(|c| !c.ended && !c.idle)
             .map(|c| c.watermark)
             .min()?;
         if min > self.current {
@@ -264,6 +289,53 @@ mod tests {
         assert!(matches!(
             inputs.next().await,
             InputEvent::Data { input: 0, .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn idle_inputs_do_not_hold_back_the_watermark() {
+        let (txs, mut inputs) = set(2);
+        txs[0]
+            .send(Message::Watermark(Watermark(10)))
+            .await
+            .expect("send");
+        txs[1].send(Message::Idle).await.expect("send");
+        assert!(matches!(
+            inputs.next().await,
+            InputEvent::Watermark(Watermark(10))
+        ));
+        txs[0].send(Message::Idle).await.expect("send");
+        assert!(matches!(inputs.next().await, InputEvent::Idle));
+        // Input 1 resumes behind: the merged watermark does not go back,
+        // and input 0 (still idle) does not hold it.
+        txs[1]
+            .send(Message::Watermark(Watermark(5)))
+            .await
+            .expect("send");
+        txs[1]
+            .send(Message::Watermark(Watermark(30)))
+            .await
+            .expect("send");
+        assert!(matches!(
+            inputs.next().await,
+            InputEvent::Watermark(Watermark(30))
+        ));
+        // Input 0 active again: it holds the watermark until it catches up.
+        txs[0]
+            .send(Message::Watermark(Watermark(20)))
+            .await
+            .expect("send");
+        txs[1]
+            .send(Message::Watermark(Watermark(40)))
+            .await
+            .expect("send");
+        txs[0]
+            .send(Message::Watermark(Watermark(50)))
+            .await
+            .expect("send");
+        assert!(matches!(
+            inputs.next().await,
+            InputEvent::Watermark(Watermark(40))
         ));
     }
 

@@ -1,12 +1,12 @@
 //! The three task loops: source, operator and sink instances.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use streamflow_core::{
     DeadLetter, Error, Message, Operator, Output, Result, Sink, Source, Watermark,
-    dead_letter_batch,
+    dead_letter_batch, processing_time_ms,
 };
 use tokio::sync::watch;
 
@@ -115,14 +115,28 @@ pub(crate) async fn run_source(
     mut out: Outputs,
     mut stop: watch::Receiver<bool>,
     mut watermarks: Option<WatermarkGenerator>,
+    idle_timeout: Option<Duration>,
 ) -> Result<()> {
     let node = out.node.clone();
     let result = async {
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = stopped(&mut stop) => break,
-                next = source.next_batch() => next?,
+        'pull: loop {
+            let next = {
+                // The pending pull is kept across idle notices, never dropped.
+                let pull = source.next_batch();
+                tokio::pin!(pull);
+                let mut idle_at = idle_timeout.map(|t| tokio::time::Instant::now() + t);
+                loop {
+                    tokio::select! {
+                        biased;
+                        _ = stopped(&mut stop) => break 'pull,
+                        next = &mut pull => break next?,
+                        _ = sleep_until(idle_at), if idle_at.is_some() => {
+                            tracing::debug!(source = %node, "no data for the idle timeout: marked idle");
+                            out.broadcast(Message::Idle).await?;
+                            idle_at = None;
+                        }
+                    }
+                }
             };
             let Some(batch) = next else {
                 break;
@@ -151,6 +165,14 @@ pub(crate) async fn run_source(
     result.map_err(|e| e.in_stage(&node))
 }
 
+/// Sleeps until `at`; never returns for `None`.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs one operator instance over its merged inputs.
 pub(crate) async fn run_operator(
     mut op: Box<dyn Operator>,
@@ -162,8 +184,24 @@ pub(crate) async fn run_operator(
     let result = async {
         op.open(None).await?;
         let mut buffer = Output::new();
+        let mut timer = op.timer_interval().map(|period| {
+            let mut t = tokio::time::interval(period);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        });
         loop {
-            match inputs.next().await {
+            let event = match timer.as_mut() {
+                None => inputs.next().await,
+                Some(t) => tokio::select! {
+                    event = inputs.next() => event,
+                    _ = t.tick() => {
+                        op.on_timer(processing_time_ms(), &mut buffer).await?;
+                        out.drain(&mut buffer).await?;
+                        continue;
+                    }
+                },
+            };
+            match event {
                 InputEvent::Data { input, batch } => {
                     metrics.add_in(batch.num_rows());
                     let started = Instant::now();
@@ -176,6 +214,7 @@ pub(crate) async fn run_operator(
                     out.drain(&mut buffer).await?;
                     out.broadcast(Message::Watermark(w)).await?;
                 }
+                InputEvent::Idle => out.broadcast(Message::Idle).await?,
                 InputEvent::Barrier(b) => {
                     let snapshot = op.snapshot(&b).await?;
                     tracing::debug!(stage = %node, checkpoint = b.id, entries = snapshot.entries.len(), "snapshot taken");
@@ -209,7 +248,7 @@ pub(crate) async fn run_sink(
                     sink.write(batch).await?;
                     metrics.add_busy(started.elapsed());
                 }
-                InputEvent::Watermark(_) => {}
+                InputEvent::Watermark(_) | InputEvent::Idle => {}
                 InputEvent::Barrier(b) => sink.pre_commit(b.id).await?,
                 InputEvent::End => return sink.finish().await,
             }

@@ -16,7 +16,9 @@
 //! is late: it is counted and sent to the stage's `late` output (a sink, in
 //! the stage's input schema), never merged into a fired result.
 //! Event time comes from the source's `event_time` column unless
-//! `time_column` names another timestamp column.
+//! `time_column` names another timestamp column. With `time: processing`,
+//! records are placed by the wall-clock time they reach the stage and windows
+//! fire on the wall clock (no event time needed; nothing is ever late).
 
 mod assign;
 mod count;
@@ -25,14 +27,15 @@ mod session;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, TimestampMillisecondArray, UInt32Array};
-use arrow::compute::take_record_batch;
+use arrow::array::{Array, ArrayRef, StringArray, TimestampMillisecondArray, UInt32Array};
+use arrow::compute::{interleave, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use arrow::row::Rows;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Map, Value};
+use streamflow_core::changelog::{OP_COLUMN, RowKind};
 use streamflow_core::{
     DeadLetter, Diagnostic, Diagnostics, Error, Operator, Output, Result, Watermark,
 };
@@ -56,6 +59,23 @@ struct WindowConfig {
     aggregates: Map<String, Value>,
     /// Timestamp column holding event time (default: the source's `event_time` column).
     time_column: Option<String>,
+    /// Which clock places records in windows (default `event`).
+    #[serde(default)]
+    time: TimeDomain,
+    /// How long after firing a tumbling/sliding window still takes late
+    /// records, re-emitting its updated results (default 0).
+    allowed_lateness: Option<HumanDuration>,
+}
+
+/// The clock windows follow.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum TimeDomain {
+    /// The record's event time; windows fire with the watermark.
+    #[default]
+    Event,
+    /// The wall clock when the record reaches the stage.
+    Processing,
 }
 
 /// Window shapes.
@@ -90,11 +110,15 @@ enum Shape {
 #[derive(Clone)]
 struct WindowFactory {
     schema: SchemaRef,
-    /// Event-time column (time and session windows).
+    /// Event-time column (event-time windows).
     time_index: Option<usize>,
+    /// Which clock places records and fires windows.
+    time: TimeDomain,
     keys: Vec<CompiledExpr>,
     aggregates: Vec<CompiledAggregate>,
     shape: Shape,
+    /// Allowed lateness in ms; > 0 makes the output a changelog.
+    lateness: i64,
     name: String,
 }
 
@@ -141,12 +165,22 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
         }
     }
     let timed = !matches!(shape, Shape::Count(..));
+    let processing = config.time == TimeDomain::Processing;
+    if processing && !timed {
+        d.push(ctx.at("time"), "count windows follow no clock");
+    }
+    if processing && config.time_column.is_some() {
+        d.push(
+            ctx.at("time_column"),
+            "processing-time windows take no time column",
+        );
+    }
     let time_column = config
         .time_column
         .clone()
         .or_else(|| ctx.event_time.map(str::to_string));
     let time_index = match time_column {
-        _ if !timed => None,
+        _ if !timed || processing => None,
         None => {
             d.0.push(Diagnostic::new(
                 ctx.at("window"),
@@ -172,7 +206,23 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
             }
         },
     };
+    let lateness = config.allowed_lateness.map_or(0, ms);
+    if lateness > 0 && !matches!(shape, Shape::Aligned(_)) {
+        d.push(
+            ctx.at("allowed_lateness"),
+            "only tumbling and sliding windows take allowed_lateness",
+        );
+    }
+    if lateness > 0 && processing {
+        d.push(
+            ctx.at("allowed_lateness"),
+            "processing-time windows have no late records",
+        );
+    }
     let mut fields = Vec::new();
+    if lateness > 0 {
+        fields.push(Field::new(OP_COLUMN, DataType::Utf8, false));
+    }
     if timed {
         for bound in ["window_start", "window_end"] {
             fields.push(Field::new(
@@ -185,15 +235,17 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
     let keys = plan_keys(ctx, &input, &mut fields, &mut d);
     let aggregates = plan_aggregates(ctx, &config.aggregates, &input, &mut fields, &mut d, None);
     d.into_result(())?;
-    if timed && time_index.is_none() {
+    if timed && !processing && time_index.is_none() {
         return Err(Diagnostics::new());
     }
     Ok(Arc::new(WindowFactory {
         schema: Arc::new(Schema::new(fields)),
         time_index,
+        time: config.time,
         keys,
         aggregates,
         shape,
+        lateness,
         name: ctx.name.to_string(),
     }))
 }
@@ -204,7 +256,7 @@ impl StageFactory for WindowFactory {
     }
     fn create(&self) -> Box<dyn Operator> {
         let factory = Arc::new(self.clone());
-        match self.shape {
+        let operator: Box<dyn Operator> = match self.shape {
             Shape::Aligned(assigner) => Box::new(WindowOperator {
                 factory,
                 assigner,
@@ -212,10 +264,62 @@ impl StageFactory for WindowFactory {
                 panes: BTreeMap::new(),
                 watermark: i64::MIN,
                 late: 0,
+                lateness: self.lateness,
             }),
             Shape::Session(gap) => Box::new(session::SessionOperator::new(factory, gap)),
             Shape::Count(size, slide) => Box::new(count::CountOperator::new(factory, size, slide)),
+        };
+        match (self.time, self.shape) {
+            (TimeDomain::Processing, Shape::Aligned(a)) => {
+                Box::new(ProcessingTime::new(operator, a.slide))
+            }
+            (TimeDomain::Processing, Shape::Session(gap)) => {
+                Box::new(ProcessingTime::new(operator, gap))
+            }
+            _ => operator,
         }
+    }
+}
+
+/// Drives a window operator by the wall clock instead of watermarks: records
+/// were stamped with processing time on arrival, and the clock, read on a
+/// timer, acts as the watermark. Upstream watermarks are ignored.
+struct ProcessingTime {
+    inner: Box<dyn Operator>,
+    period: std::time::Duration,
+}
+
+impl ProcessingTime {
+    /// Fires at least every 100 ms, more often for finer windows.
+    fn new(inner: Box<dyn Operator>, granularity_ms: i64) -> Self {
+        let period = std::time::Duration::from_millis(granularity_ms.clamp(1, 100) as u64);
+        Self { inner, period }
+    }
+}
+
+#[async_trait]
+impl Operator for ProcessingTime {
+    async fn process_batch(
+        &mut self,
+        input: usize,
+        batch: RecordBatch,
+        out: &mut Output,
+    ) -> Result<()> {
+        self.inner.process_batch(input, batch, out).await
+    }
+
+    fn timer_interval(&self) -> Option<std::time::Duration> {
+        Some(self.period)
+    }
+
+    async fn on_timer(&mut self, now_ms: i64, out: &mut Output) -> Result<()> {
+        self.inner
+            .process_watermark(Watermark(now_ms.saturating_sub(1)), out)
+            .await
+    }
+
+    async fn finish(&mut self, out: &mut Output) -> Result<()> {
+        self.inner.finish(out).await
     }
 }
 
@@ -225,15 +329,21 @@ struct Pane {
     keys: Option<Rows>,
     states: Vec<GroupedAggregate>,
     len: usize,
+    /// With allowed lateness, once fired: the values last emitted, per aggregate.
+    emitted: Option<Vec<ArrayRef>>,
+    /// Groups updated by late records since the last emission.
+    dirty: Vec<usize>,
 }
 
 struct WindowOperator {
     factory: Arc<WindowFactory>,
     assigner: Assigner,
     keys: KeyRows,
+    /// Open windows, and fired ones kept for allowed lateness, by start.
     panes: BTreeMap<i64, Pane>,
     watermark: i64,
     late: u64,
+    lateness: i64,
 }
 
 fn err(context: &str, e: impl std::fmt::Display) -> Error {
@@ -253,6 +363,10 @@ pub(crate) fn millis(array: &ArrayRef) -> Result<TimestampMillisecondArray> {
 impl WindowFactory {
     /// Event times of `batch` in milliseconds.
     fn event_times(&self, batch: &RecordBatch) -> Result<TimestampMillisecondArray> {
+        if self.time == TimeDomain::Processing {
+            let now = streamflow_core::processing_time_ms();
+            return Ok(TimestampMillisecondArray::from_value(now, batch.num_rows()));
+        }
         let index = self
             .time_index
             .ok_or_else(|| Error::Other("window without event time".into()))?;
@@ -292,35 +406,164 @@ impl WindowOperator {
             keys,
             states,
             len: 0,
+            emitted: None,
+            dirty: Vec::new(),
         })
     }
 
-    /// Emits every pane that `watermark` completes (all, at end of input).
+    /// Whether the window starting at `start` takes no more records.
+    fn expired(&self, start: i64, watermark: i64) -> bool {
+        self.assigner
+            .fired(start.saturating_add(self.lateness), watermark)
+    }
+
+    /// Output rows of a pane: `picks` are `(source, group)` pairs, where
+    /// source 0 reads `before` and 1 reads `now` (value arrays per aggregate).
+    fn rows(
+        &self,
+        start: i64,
+        keys: Option<&Rows>,
+        picks: &[(usize, usize)],
+        ops: Option<Vec<RowKind>>,
+        before: Option<&[ArrayRef]>,
+        now: &[ArrayRef],
+    ) -> Result<RecordBatch> {
+        let n = picks.len();
+        let mut columns: Vec<ArrayRef> = Vec::new();
+        if let Some(ops) = ops {
+            columns.push(Arc::new(StringArray::from_iter_values(
+                ops.into_iter().map(RowKind::as_str),
+            )));
+        }
+        columns.push(Arc::new(TimestampMillisecondArray::from_value(start, n)));
+        columns.push(Arc::new(TimestampMillisecondArray::from_value(
+            start + self.assigner.size,
+            n,
+        )));
+        if let (Some(conv), Some(keys)) = (&self.keys.converter, keys) {
+            columns.extend(
+                conv.convert_rows(picks.iter().map(|&(_, g)| keys.row(g)))
+                    .map_err(|e| Error::arrow("window keys", e))?,
+            );
+        }
+        for (a, value) in now.iter().enumerate() {
+            let sources: Vec<&dyn Array> = match before {
+                Some(b) => vec![b[a].as_ref(), value.as_ref()],
+                None => vec![value.as_ref(), value.as_ref()],
+            };
+            columns
+                .push(interleave(&sources, picks).map_err(|e| Error::arrow("window output", e))?);
+        }
+        RecordBatch::try_new(Arc::clone(&self.factory.schema), columns)
+            .map_err(|e| Error::arrow("window output", e))
+    }
+
+    /// Current values of every aggregate of a pane, leaving its state intact.
+    fn values(pane: &mut Pane) -> Result<Vec<ArrayRef>> {
+        pane.states
+            .iter_mut()
+            .map(|s| s.values().map_err(|e| err("window aggregate", e)))
+            .collect()
+    }
+
+    /// Emits the results of a window for the first time.
+    fn first_result(
+        &self,
+        start: i64,
+        keys: Option<&Rows>,
+        len: usize,
+        values: &[ArrayRef],
+        out: &mut Output,
+    ) -> Result<()> {
+        let picks: Vec<(usize, usize)> = (0..len).map(|g| (1, g)).collect();
+        let ops = (self.lateness > 0).then(|| vec![RowKind::Insert; len]);
+        out.emit(self.rows(start, keys, &picks, ops, None, values)?);
+        Ok(())
+    }
+
+    /// Re-emits the groups of fired windows that late records updated:
+    /// `-U` old value, `+U` new value (`+I` for a group new to the window).
+    fn emit_updates(&mut self, out: &mut Output) -> Result<()> {
+        let starts: Vec<i64> = self
+            .panes
+            .iter()
+            .filter(|(_, p)| p.emitted.is_some() && !p.dirty.is_empty())
+            .map(|(s, _)| *s)
+            .collect();
+        for start in starts {
+            let Some(mut pane) = self.panes.remove(&start) else {
+                continue;
+            };
+            let now = Self::values(&mut pane)?;
+            let before = pane.emitted.take().unwrap_or_default();
+            let emitted_groups = before.first().map_or(0, |b| b.len());
+            let mut dirty = std::mem::take(&mut pane.dirty);
+            dirty.sort_unstable();
+            dirty.dedup();
+            let mut picks = Vec::with_capacity(dirty.len() * 2);
+            let mut ops = Vec::with_capacity(dirty.len() * 2);
+            for g in dirty {
+                if g < emitted_groups {
+                    picks.extend([(0, g), (1, g)]);
+                    ops.extend([RowKind::UpdateBefore, RowKind::UpdateAfter]);
+                } else {
+                    picks.push((1, g));
+                    ops.push(RowKind::Insert);
+                }
+            }
+            out.emit(self.rows(
+                start,
+                pane.keys.as_ref(),
+                &picks,
+                Some(ops),
+                Some(&before),
+                &now,
+            )?);
+            pane.emitted = Some(now);
+            self.panes.insert(start, pane);
+        }
+        Ok(())
+    }
+
+    /// Emits every pane that `watermark` completes (all, at end of input),
+    /// and frees those past their allowed lateness.
     fn fire(&mut self, watermark: i64, out: &mut Output) -> Result<()> {
-        let size = self.assigner.size;
-        while let Some(entry) = self.panes.first_entry() {
-            let start = *entry.key();
-            if !self.assigner.fired(start, watermark) {
+        while let Some(start) = self.panes.first_key_value().map(|(s, _)| *s) {
+            if !self.expired(start, watermark) {
                 break;
             }
-            let pane = entry.remove();
-            let n = pane.len;
-            let mut columns: Vec<ArrayRef> = vec![
-                Arc::new(TimestampMillisecondArray::from(vec![start; n])),
-                Arc::new(TimestampMillisecondArray::from(vec![start + size; n])),
-            ];
-            if let (Some(conv), Some(keys)) = (&self.keys.converter, &pane.keys) {
-                columns.extend(
-                    conv.convert_rows(keys.iter())
-                        .map_err(|e| Error::arrow("window keys", e))?,
-                );
+            let Some(pane) = self.panes.remove(&start) else {
+                break;
+            };
+            if pane.emitted.is_none() {
+                // Final result, consuming the state.
+                let values = pane
+                    .states
+                    .into_iter()
+                    .map(|state| state.finish().map_err(|e| err("window aggregate", e)))
+                    .collect::<Result<Vec<_>>>()?;
+                self.first_result(start, pane.keys.as_ref(), pane.len, &values, out)?;
             }
-            for state in pane.states {
-                columns.push(state.finish().map_err(|e| err("window aggregate", e))?);
-            }
-            let batch = RecordBatch::try_new(Arc::clone(&self.factory.schema), columns)
-                .map_err(|e| Error::arrow("window output", e))?;
-            out.emit(batch);
+        }
+        if self.lateness == 0 {
+            return Ok(());
+        }
+        // Fired windows kept open for late records: emit their first result.
+        let fired: Vec<i64> = self
+            .panes
+            .iter()
+            .take_while(|(start, _)| self.assigner.fired(**start, watermark))
+            .filter(|(_, p)| p.emitted.is_none())
+            .map(|(s, _)| *s)
+            .collect();
+        for start in fired {
+            let Some(mut pane) = self.panes.remove(&start) else {
+                continue;
+            };
+            let values = Self::values(&mut pane)?;
+            self.first_result(start, pane.keys.as_ref(), pane.len, &values, out)?;
+            pane.emitted = Some(values);
+            self.panes.insert(start, pane);
         }
         Ok(())
     }
@@ -350,7 +593,7 @@ impl Operator for WindowOperator {
             }
             let mut placed = false;
             for start in self.assigner.windows(times.value(row)) {
-                if !self.assigner.fired(start, self.watermark) {
+                if !self.expired(start, self.watermark) {
                     rows_of.entry(start).or_default().push(row as u32);
                     placed = true;
                 }
@@ -402,6 +645,14 @@ impl Operator for WindowOperator {
                     .update(values, &group_ids, pane.len)
                     .map_err(|e| err("window aggregate", e))?;
             }
+            if pane.emitted.is_some() {
+                pane.dirty.extend(group_ids);
+            }
+        }
+        if self.lateness > 0 {
+            self.emit_updates(out)?;
+            // Late records may open windows that have already fired.
+            self.fire(self.watermark, out)?;
         }
         Ok(())
     }

@@ -17,13 +17,29 @@ fn run_window(
     batch: usize,
     lag: i64,
 ) -> (Windows, Vec<(i64, i64, i64)>) {
+    run_late_window(kind, 0, events, batch, lag)
+}
+
+/// [`run_window`] with `allowed_lateness` (ms): the changelog output is
+/// applied (checking each `-U` retracts the value last emitted) and the
+/// final value per window and key is returned.
+fn run_late_window(
+    kind: serde_json::Value,
+    lateness: i64,
+    events: &[(i64, i64, i64)],
+    batch: usize,
+    lag: i64,
+) -> (Windows, Vec<(i64, i64, i64)>) {
     let schema = Arc::new(Schema::new(vec![
         Field::new("t", DataType::Timestamp(TimeUnit::Millisecond, None), false),
         Field::new("k", DataType::Int64, false),
         Field::new("v", DataType::Int64, false),
     ]));
-    let settings =
+    let mut settings =
         serde_json::json!({"window": kind, "aggregates": {"n": "count(*)", "s": "sum(v)"}});
+    if lateness > 0 {
+        settings["allowed_lateness"] = serde_json::json!(format!("{lateness}ms"));
+    }
     let settings = settings.as_object().cloned().unwrap_or_default();
     let factory = plan(&StageContext {
         name: "w",
@@ -88,6 +104,21 @@ fn run_window(
         }
         let mut result = Map::new();
         for b in out.take_batches() {
+            let ops: Vec<String> = if lateness > 0 {
+                let ops = b
+                    .column(0)
+                    .as_any()
+                    .downcast_ref::<StringArray>()
+                    .expect("_op");
+                ops.iter().map(|o| o.unwrap_or("").to_string()).collect()
+            } else {
+                vec!["+I".to_string(); b.num_rows()]
+            };
+            let b = if lateness > 0 {
+                b.project(&[1, 2, 3, 4, 5]).expect("project")
+            } else {
+                b
+            };
             let start = b
                 .column(0)
                 .as_any()
@@ -112,10 +143,21 @@ fn run_window(
                 .downcast_ref::<Int64Array>()
                 .expect("s")
                 .clone();
-            for r in 0..b.num_rows() {
-                let previous =
-                    result.insert((start.value(r), key.value(r)), (n.value(r), s.value(r)));
-                assert!(previous.is_none(), "window emitted twice");
+            for (r, op) in ops.iter().enumerate() {
+                let id = (start.value(r), key.value(r));
+                let value = (n.value(r), s.value(r));
+                match op.as_str() {
+                    "+I" => {
+                        let previous = result.insert(id, value);
+                        assert!(previous.is_none(), "window {id:?} inserted twice");
+                    }
+                    "-U" => assert_eq!(result.remove(&id), Some(value), "retraction of {id:?}"),
+                    "+U" => assert!(
+                        result.insert(id, value).is_none(),
+                        "+U without -U for {id:?}"
+                    ),
+                    other => panic!("unexpected op {other}"),
+                }
             }
         }
         (result, late)
@@ -130,6 +172,17 @@ fn expected(
     batch: usize,
     lag: i64,
 ) -> (Windows, Vec<(i64, i64, i64)>) {
+    expected_late(a, 0, events, batch, lag)
+}
+
+/// [`expected`] where windows take records until `lateness` after they fire.
+fn expected_late(
+    a: Assigner,
+    lateness: i64,
+    events: &[(i64, i64, i64)],
+    batch: usize,
+    lag: i64,
+) -> (Windows, Vec<(i64, i64, i64)>) {
     let mut result: Windows = Map::new();
     let mut late = Vec::new();
     let mut watermark = i64::MIN;
@@ -138,7 +191,7 @@ fn expected(
         for &(t, k, v) in chunk {
             let mut placed = false;
             for start in (t - a.size + 1..=t).filter(|s| s.rem_euclid(a.slide) == 0) {
-                if start + a.size - 1 > watermark {
+                if start + a.size - 1 + lateness > watermark {
                     let e = result.entry((start, k)).or_default();
                     e.0 += 1;
                     e.1 += v;
@@ -181,6 +234,31 @@ proptest! {
         prop_assert_eq!(got, expected(Assigner { size, slide }, &events, batch, lag));
     }
 
+    #[test]
+    fn allowed_lateness_updates_match_batch_computation(
+        events in proptest::collection::vec((0i64..2_000, 0i64..4, -50i64..50), 0..300),
+        batch in 1usize..40,
+        lag in 0i64..300,
+        size in 2i64..400,
+        div in 1i64..4,
+        lateness in 1i64..500,
+    ) {
+        let slide = (size / div).max(1);
+        let kind = serde_json::json!({"kind": "sliding", "size": format!("{size}ms"), "slide": format!("{slide}ms")});
+        let got = run_late_window(kind, lateness, &events, batch, lag);
+        prop_assert_eq!(got, expected_late(Assigner { size, slide }, lateness, &events, batch, lag));
+    }
+}
+
+#[test]
+fn late_update_retracts_the_fired_result() {
+    let kind = serde_json::json!({"kind": "tumbling", "size": "10ms"});
+    // Window [0,10) fires at watermark 9 (record at 20, lag 10); the record
+    // at 5 then updates it; after watermark 29 the window is gone.
+    let events = [(1, 1, 1), (20, 1, 2), (5, 1, 4), (40, 1, 8), (6, 1, 16)];
+    let (got, late) = run_late_window(kind, 10, &events, 1, 10);
+    assert_eq!(got.get(&(0, 1)), Some(&(2, 5)));
+    assert_eq!(late, vec![(6, 1, 16)]);
 }
 
 /// Sessions computed offline: per key, sorted by time, split where the
