@@ -13,15 +13,16 @@ use std::sync::Arc;
 
 use arrow::array::{Array, BooleanArray};
 use arrow::compute::filter_record_batch;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use serde::Deserialize;
-use streamflow_core::{Diagnostic, Diagnostics, Error, Operator, Output, Result, Watermark};
+use streamflow_core::{Diagnostics, Error, Operator, Output, Result, Watermark};
 use streamflow_dsl::HumanDuration;
 use streamflow_expr::CompiledExpr;
 use streamflow_expr::hash_utils::RandomState;
 
+use crate::event_time::time_column_index;
 use crate::grouping::KeyRows;
 use crate::stage::{StageContext, StageFactory};
 
@@ -58,25 +59,9 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
     if ttl_ms == Some(0) {
         d.push(ctx.at("ttl"), "must be at least 1ms");
     }
-    let time_index = match (ttl_ms, config.time_column.as_deref().or(ctx.event_time)) {
-        (None, _) => None,
-        (Some(_), None) => {
-            d.0.push(Diagnostic::new(
-                ctx.at("ttl"),
-                "a ttl needs event time: declare event_time on the source or set time_column",
-            ));
-            None
-        }
-        (Some(_), Some(col)) => match schema.index_of(col) {
-            Ok(i) if matches!(schema.field(i).data_type(), DataType::Timestamp(..)) => Some(i),
-            _ => {
-                d.push(
-                    ctx.at("time_column"),
-                    format!("'{col}' is not a timestamp column of the input"),
-                );
-                None
-            }
-        },
+    let time_index = match ttl_ms {
+        Some(_) => time_column_index(ctx, config.time_column.as_deref(), "ttl", &mut d),
+        None => None,
     };
     d.into_result(())?;
     Ok(Arc::new(DedupFactory {
@@ -122,7 +107,7 @@ impl Operator for Dedup {
             return Ok(());
         };
         let times = match self.factory.time_index {
-            Some(i) => Some(crate::window::millis(batch.column(i))?),
+            Some(i) => Some(crate::event_time::millis(batch.column(i))?),
             None => None,
         };
         let mut keep = Vec::with_capacity(batch.num_rows());

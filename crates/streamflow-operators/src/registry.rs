@@ -5,7 +5,9 @@ use std::sync::Arc;
 use streamflow_core::Diagnostics;
 
 use crate::stage::{InputRule, StageContext, StageFactory};
-use crate::{add_column, aggregate, dedup, filter, map, rename, select, union, validate, window};
+use crate::{
+    add_column, aggregate, dedup, filter, map, rename, select, top_n, union, validate, window,
+};
 
 /// Plans a stage from its context.
 pub type PlanFn = fn(&StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diagnostics>;
@@ -89,6 +91,13 @@ pub static STAGES: &[StageKind] = &[
         inputs: InputRule::SameSchema,
         late_output: false,
         plan: dedup::plan,
+    },
+    StageKind {
+        name: "top_n",
+        description: "first n rows per key by order_by, continuously or per window",
+        inputs: InputRule::SameSchema,
+        late_output: true,
+        plan: top_n::plan,
     },
     StageKind {
         name: "union",

@@ -23,6 +23,12 @@ pub const QUERIES: &[(&str, &str)] = &[
         "dedup",
         include_str!("../../../examples/nexmark/dedup.yaml"),
     ),
+    ("q18", include_str!("../../../examples/nexmark/q18.yaml")),
+    ("q19", include_str!("../../../examples/nexmark/q19.yaml")),
+    (
+        "top_window",
+        include_str!("../../../examples/nexmark/top_window.yaml"),
+    ),
 ];
 
 /// The flow file text of `query`.

@@ -83,7 +83,10 @@ fn run_query(query: &str, parallelism: usize) -> Vec<Value> {
     let out_dir = dir.path().join("out");
     let flow = root().join(format!("examples/nexmark/{query}.yaml"));
     let flow = flow.to_string_lossy().into_owned();
-    let source = if matches!(query, "q5" | "q7" | "q11" | "q4_shape" | "dedup") {
+    let source = if matches!(
+        query,
+        "q5" | "q7" | "q11" | "q4_shape" | "dedup" | "q18" | "q19" | "top_window"
+    ) {
         "bids"
     } else {
         "events"
@@ -546,4 +549,127 @@ fn dedup_keeps_first_bid_per_bidder_and_auction() {
     // 30 s of events: no key outlives the 10-minute ttl, so this is exact.
     assert!(actual.len() < bid_millis().len(), "duplicates were dropped");
     assert_eq!(actual, expected);
+}
+
+/// Applies a changelog of whole rows (`+I` adds, `-D` removes the same row)
+/// and returns the remaining rows without `_op`, as sorted strings of `columns`.
+fn apply_row_changelog(rows: &[Value], columns: &[&str]) -> Vec<String> {
+    let mut table: BTreeMap<String, usize> = BTreeMap::new();
+    for r in rows {
+        let row = columns
+            .iter()
+            .map(|c| r[*c].to_string())
+            .collect::<Vec<_>>()
+            .join("|");
+        match r["_op"].as_str().expect("_op") {
+            "+I" => *table.entry(row).or_default() += 1,
+            "-D" => {
+                let n = table.get_mut(&row).expect("-D of a row that is not there");
+                *n -= 1;
+                if *n == 0 {
+                    table.remove(&row);
+                }
+            }
+            other => panic!("unexpected _op {other}"),
+        }
+    }
+    table
+        .into_iter()
+        .flat_map(|(row, n)| std::iter::repeat_n(row, n))
+        .collect()
+}
+
+const BID_COLUMNS: [&str; 7] = [
+    "auction",
+    "bidder",
+    "price",
+    "channel",
+    "url",
+    "date_time",
+    "extra",
+];
+
+fn bid_row(b: &Bid) -> String {
+    format!(
+        "{}|{}|{}|{:?}|{:?}|{:?}|{:?}",
+        b.auction, b.bidder, b.price, b.channel, b.url, b.date_time, b.extra
+    )
+}
+
+#[test]
+fn q18_last_bid_per_bidder_and_auction() {
+    // Latest date_time wins; among equal times the earlier bid stays.
+    let mut last: BTreeMap<(i64, i64), (i64, Bid)> = BTreeMap::new();
+    for (ts, b) in bid_millis() {
+        match last.get(&(b.bidder, b.auction)) {
+            Some((t, _)) if *t >= ts => {}
+            _ => {
+                last.insert((b.bidder, b.auction), (ts, b));
+            }
+        }
+    }
+    let expected = sorted(last.values().map(|(_, b)| bid_row(b)).collect());
+    let rows = run_query("q18", 1);
+    assert!(
+        rows.iter().any(|r| r["_op"] == "-D"),
+        "replaced bids are retracted"
+    );
+    assert_eq!(apply_row_changelog(&rows, &BID_COLUMNS), expected);
+}
+
+#[test]
+fn q19_ten_highest_bids_per_auction() {
+    let mut per_auction: BTreeMap<i64, Vec<Bid>> = BTreeMap::new();
+    for (_, b) in bid_millis() {
+        per_auction.entry(b.auction).or_default().push(b);
+    }
+    let mut expected = Vec::new();
+    for (_, mut bids) in per_auction {
+        // Stable: equal prices keep arrival order.
+        bids.sort_by_key(|b| std::cmp::Reverse(b.price));
+        expected.extend(bids.iter().take(10).map(bid_row));
+    }
+    let rows = run_query("q19", 1);
+    assert!(
+        rows.iter().any(|r| r["_op"] == "-D"),
+        "bids drop out of the top ten"
+    );
+    assert_eq!(apply_row_changelog(&rows, &BID_COLUMNS), sorted(expected));
+}
+
+#[test]
+fn top_three_bids_per_tumbling_window_with_ranks() {
+    let mut per_window: BTreeMap<i64, Vec<Bid>> = BTreeMap::new();
+    for (ts, b) in bid_millis() {
+        per_window
+            .entry(ts - ts.rem_euclid(10_000))
+            .or_default()
+            .push(b);
+    }
+    let mut expected = Vec::new();
+    for (start, mut bids) in per_window {
+        bids.sort_by_key(|b| std::cmp::Reverse(b.price));
+        for (i, b) in bids.iter().take(3).enumerate() {
+            expected.push(format!("{start}|{}|{}", i + 1, bid_row(b)));
+        }
+    }
+    let actual = sorted(
+        run_query("top_window", 1)
+            .iter()
+            .map(|r| {
+                let row = BID_COLUMNS
+                    .iter()
+                    .map(|c| r[*c].to_string())
+                    .collect::<Vec<_>>()
+                    .join("|");
+                format!(
+                    "{}|{}|{row}",
+                    millis(r["window_start"].as_str().expect("start")),
+                    r["rank"]
+                )
+            })
+            .collect(),
+    );
+    assert!(expected.len() > 3, "the test needs several windows");
+    assert_eq!(actual, sorted(expected));
 }

@@ -36,17 +36,15 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use streamflow_core::changelog::{OP_COLUMN, RowKind};
-use streamflow_core::{
-    DeadLetter, Diagnostic, Diagnostics, Error, Operator, Output, Result, Watermark,
-};
+use streamflow_core::{Diagnostics, Error, Operator, Output, Result, Watermark};
 use streamflow_dsl::HumanDuration;
 use streamflow_expr::hash_utils::RandomState;
 use streamflow_expr::{CompiledAggregate, CompiledExpr, GroupedAggregate};
 
 pub use assign::Assigner;
 
+use crate::event_time::{millis, null_event_time, time_column_index};
 use crate::grouping::{KeyRows, plan_aggregates, plan_keys, take_rows};
-use crate::row_errors::row_as_json;
 use crate::stage::{StageContext, StageFactory};
 
 /// Settings of a `window` stage.
@@ -140,19 +138,7 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
         WindowSpec::Count { size, slide } => Shape::Count(size, slide.unwrap_or(size)),
     };
     match shape {
-        Shape::Aligned(a) => {
-            if a.size <= 0 {
-                d.push(ctx.at("window.size"), "must be at least 1ms");
-            }
-            if a.slide <= 0 {
-                d.push(ctx.at("window.slide"), "must be at least 1ms");
-            } else if a.slide > a.size {
-                d.push(
-                    ctx.at("window.slide"),
-                    "must not exceed size (rows between windows would belong to none)",
-                );
-            }
-        }
+        Shape::Aligned(a) => check_assigner(ctx, a, &mut d),
         Shape::Session(gap) if gap <= 0 => d.push(ctx.at("window.gap"), "must be at least 1ms"),
         Shape::Session(_) => {}
         Shape::Count(size, slide) => {
@@ -175,36 +161,10 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
             "processing-time windows take no time column",
         );
     }
-    let time_column = config
-        .time_column
-        .clone()
-        .or_else(|| ctx.event_time.map(str::to_string));
-    let time_index = match time_column {
-        _ if !timed || processing => None,
-        None => {
-            d.0.push(Diagnostic::new(
-                ctx.at("window"),
-                "no event time: declare event_time on the source or set time_column",
-            ));
-            None
-        }
-        Some(col) => match input.index_of(&col) {
-            Ok(i) if matches!(input.field(i).data_type(), DataType::Timestamp(_, _)) => Some(i),
-            Ok(i) => {
-                d.push(
-                    ctx.at("time_column"),
-                    format!(
-                        "column '{col}' is {}, not a timestamp",
-                        input.field(i).data_type()
-                    ),
-                );
-                None
-            }
-            Err(_) => {
-                d.push(ctx.at("time_column"), format!("column '{col}' not found"));
-                None
-            }
-        },
+    let time_index = if timed && !processing {
+        time_column_index(ctx, config.time_column.as_deref(), "window", &mut d)
+    } else {
+        None
     };
     let lateness = config.allowed_lateness.map_or(0, ms);
     if lateness > 0 && !matches!(shape, Shape::Aligned(_)) {
@@ -248,6 +208,21 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
         lateness,
         name: ctx.name.to_string(),
     }))
+}
+
+/// Checks a tumbling or sliding window's size and slide.
+pub(crate) fn check_assigner(ctx: &StageContext<'_>, a: Assigner, d: &mut Diagnostics) {
+    if a.size <= 0 {
+        d.push(ctx.at("window.size"), "must be at least 1ms");
+    }
+    if a.slide <= 0 {
+        d.push(ctx.at("window.slide"), "must be at least 1ms");
+    } else if a.slide > a.size {
+        d.push(
+            ctx.at("window.slide"),
+            "must not exceed size (rows between windows would belong to none)",
+        );
+    }
 }
 
 impl StageFactory for WindowFactory {
@@ -350,16 +325,6 @@ fn err(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Other(format!("{context}: {e}"))
 }
 
-/// Event times of a timestamp column, in milliseconds.
-pub(crate) fn millis(array: &ArrayRef) -> Result<TimestampMillisecondArray> {
-    let ms = arrow::compute::cast(array, &DataType::Timestamp(TimeUnit::Millisecond, None))
-        .map_err(|e| Error::arrow("reading event time", e))?;
-    ms.as_any()
-        .downcast_ref::<TimestampMillisecondArray>()
-        .cloned()
-        .ok_or_else(|| Error::Other("event time is not a timestamp".into()))
-}
-
 impl WindowFactory {
     /// Event times of `batch` in milliseconds.
     fn event_times(&self, batch: &RecordBatch) -> Result<TimestampMillisecondArray> {
@@ -385,16 +350,6 @@ impl WindowFactory {
             .map(|a| a.new_state().map_err(|e| err(a.sql(), e)))
             .collect()
     }
-}
-
-/// A record without event time cannot be placed in a window: dead letter.
-fn null_event_time(batch: &RecordBatch, row: usize, out: &mut Output) {
-    out.dead_letter(DeadLetter {
-        file: None,
-        line: None,
-        payload: Some(row_as_json(&batch.slice(row, 1))),
-        error: "null event time".into(),
-    });
 }
 
 impl WindowOperator {

@@ -18,7 +18,8 @@ use streamflow_core::{Error, Operator, Output, Result, Watermark};
 use streamflow_expr::GroupedAggregate;
 use streamflow_expr::hash_utils::RandomState;
 
-use super::{WindowFactory, err, null_event_time};
+use super::{WindowFactory, err};
+use crate::event_time::null_event_time;
 use crate::grouping::{KeyRows, concat_columns, key_bytes, take_rows};
 
 /// One open session.
