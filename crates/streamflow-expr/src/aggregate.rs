@@ -153,6 +153,18 @@ impl CompiledAggregate {
             ExprError::new(format!("`{}`: {}", self.sql, clean_message(&e)))
         };
         let acc = if retractable {
+            // DataFusion's retraction is built for sliding window frames: it
+            // assumes the oldest value leaves first. Only functions whose
+            // state is order-free (sums and counts) retract arbitrary rows.
+            let name = self.function.fun().name().to_ascii_lowercase();
+            let order_free = matches!(name.as_str(), "sum" | "count" | "avg" | "mean")
+                && !self.function.is_distinct();
+            if !order_free {
+                return Err(ExprError::new(format!(
+                    "`{}` cannot consume a changelog (only sum, count and avg retract rows); apply it before the changelog",
+                    self.sql
+                )));
+            }
             let acc = self.function.create_sliding_accumulator().map_err(err)?;
             if !acc.supports_retract_batch() {
                 return Err(ExprError::new(format!(
@@ -164,13 +176,33 @@ impl CompiledAggregate {
         } else {
             self.function.create_accumulator().map_err(err)?
         };
-        Ok(SingleAggregate { acc })
+        Ok(SingleAggregate {
+            acc,
+            function: Arc::clone(&self.function),
+            retractable,
+        })
+    }
+
+    /// A single-group state rebuilt from [`SingleAggregate::export`]ed values.
+    ///
+    /// # Errors
+    /// When the values do not fit the accumulator's state.
+    pub fn restore_single(
+        &self,
+        retractable: bool,
+        state: &[ScalarValue],
+    ) -> Result<SingleAggregate, ExprError> {
+        let mut single = self.single(retractable)?;
+        single.merge(state)?;
+        Ok(single)
     }
 }
 
 /// The running state of one aggregate for one group.
 pub struct SingleAggregate {
     acc: Box<dyn Accumulator>,
+    function: Arc<AggregateFunctionExpr>,
+    retractable: bool,
 }
 
 impl fmt::Debug for SingleAggregate {
@@ -198,6 +230,32 @@ impl SingleAggregate {
             .retract_batch(values)
             .map_err(|e| ExprError::new(clean_message(&e)))
     }
+    /// The intermediate state, leaving this state unchanged;
+    /// [`CompiledAggregate::restore_single`] rebuilds it.
+    ///
+    /// # Errors
+    /// When the accumulator cannot produce or re-absorb its state.
+    pub fn export(&mut self) -> Result<Vec<ScalarValue>, ExprError> {
+        let state = self.acc.state().map_err(df_err)?;
+        self.acc = if self.retractable {
+            self.function.create_sliding_accumulator()
+        } else {
+            self.function.create_accumulator()
+        }
+        .map_err(df_err)?;
+        self.merge(&state)?;
+        Ok(state)
+    }
+
+    fn merge(&mut self, state: &[ScalarValue]) -> Result<(), ExprError> {
+        let arrays = state
+            .iter()
+            .map(|v| v.to_array())
+            .collect::<datafusion_common::Result<Vec<_>>>()
+            .map_err(df_err)?;
+        self.acc.merge_batch(&arrays).map_err(df_err)
+    }
+
     /// The current value.
     ///
     /// # Errors
@@ -538,6 +596,37 @@ mod tests {
             let expected = reference.finish().expect("finish");
             assert_eq!(&state.finish().expect("finish"), &expected, "{sql}");
             assert_eq!(&restored.finish().expect("finish"), &expected, "{sql}");
+        }
+    }
+
+    #[test]
+    fn single_states_restore_and_keep_retracting() {
+        let (s, b) = input();
+        for sql in ["max(v)", "min(v)", "count(DISTINCT v)"] {
+            let agg = compile_aggregate(sql, "out", &s).expect("compiles");
+            let e = agg.single(true).expect_err("order-dependent retraction");
+            assert!(
+                e.message.contains("cannot consume a changelog"),
+                "{}",
+                e.message
+            );
+        }
+        for sql in ["sum(v)", "count(*)", "avg(v)"] {
+            let agg = compile_aggregate(sql, "out", &s).expect("compiles");
+            let values = agg.arguments(&b).expect("args");
+            let mut live = agg.single(true).expect("single");
+            live.update(&values).expect("update");
+            let state = live.export().expect("export");
+            let mut restored = agg.restore_single(true, &state).expect("restore");
+            let first: Vec<ArrayRef> = values.iter().map(|v| v.slice(2, 3)).collect();
+            live.retract(&first).expect("retract");
+            restored.retract(&first).expect("retract");
+            let (r, l) = (
+                restored.value().expect("value"),
+                live.value().expect("value"),
+            );
+            assert!(!l.is_null(), "{sql}");
+            assert_eq!(r, l, "{sql}");
         }
     }
 

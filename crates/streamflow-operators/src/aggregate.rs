@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, StringArray};
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
@@ -21,11 +21,15 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use streamflow_core::changelog::{OP_COLUMN, RowKind};
-use streamflow_core::{Diagnostics, Error, Operator, Output, Result};
+use streamflow_core::{
+    CheckpointBarrier, Diagnostics, Error, Operator, OperatorSnapshot, Output, Result,
+};
 use streamflow_expr::hash_utils::RandomState;
 use streamflow_expr::{CompiledAggregate, CompiledExpr, ScalarValue, SingleAggregate};
+use streamflow_state::put_keyed;
 
 use crate::grouping::{KeyRows, arguments, key_bytes, plan_aggregates, plan_keys, take_rows};
+use crate::snapshot;
 use crate::stage::{StageContext, StageFactory};
 
 /// Settings of an `aggregate` stage.
@@ -168,6 +172,131 @@ impl AggregateOperator {
 
 #[async_trait]
 impl Operator for AggregateOperator {
+    async fn open(&mut self, restored: Option<OperatorSnapshot>) -> Result<()> {
+        self.keys.prepare(&self.factory.keys)?;
+        let Some(b) = restored
+            .map(|snap| snapshot::entries(&snap, "groups"))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(());
+        };
+        let f = Arc::clone(&self.factory);
+        let keys = snapshot::bytes(&b, "key")?;
+        let rows = snapshot::int64(&b, "rows")?;
+        let has_last = snapshot::column::<BooleanArray>(&b, "has_last")?;
+        let last = snapshot::numbered(&b, "l", f.aggregates.len())?;
+        let states = f
+            .aggregates
+            .iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let width = a.state_fields().map_err(|e| err(a.sql(), e))?.len();
+                snapshot::numbered(&b, &format!("a{i}_"), width)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let scalar = |c: &ArrayRef, r: usize| {
+            ScalarValue::try_from_array(c, r).map_err(|e| err("restoring aggregate state", e))
+        };
+        for r in 0..b.num_rows() {
+            let accumulators = f
+                .aggregates
+                .iter()
+                .zip(&states)
+                .map(|(a, cols)| {
+                    let state = cols
+                        .iter()
+                        .map(|c| scalar(c, r))
+                        .collect::<Result<Vec<_>>>()?;
+                    a.restore_single(f.op_index.is_some(), &state)
+                        .map_err(|e| err(a.sql(), e))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let last = if has_last.value(r) {
+                Some(
+                    last.iter()
+                        .map(|c| scalar(c, r))
+                        .collect::<Result<Vec<_>>>()?,
+                )
+            } else {
+                None
+            };
+            self.groups.insert(
+                keys.value(r).into(),
+                Group {
+                    accumulators,
+                    rows: rows.value(r),
+                    last,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// One row per key: `key, rows, a<i>_<j>` (accumulator states),
+    /// `has_last, l<i>` (the values last emitted).
+    async fn snapshot(&mut self, _barrier: &CheckpointBarrier) -> Result<OperatorSnapshot> {
+        let mut snap = OperatorSnapshot::default();
+        if self.groups.is_empty() {
+            return Ok(snap);
+        }
+        let f = Arc::clone(&self.factory);
+        let mut keys: Vec<&[u8]> = Vec::new();
+        let mut rows = Vec::new();
+        let mut has_last = Vec::new();
+        let mut states: Vec<Vec<Vec<ScalarValue>>> = vec![Vec::new(); f.aggregates.len()];
+        let mut last: Vec<Vec<ScalarValue>> = vec![Vec::new(); f.aggregates.len()];
+        // Keys with nothing emitted yet hold a null of the emitted values' type.
+        let mut nulls = Vec::with_capacity(f.aggregates.len());
+        for i in 0..f.aggregates.len() {
+            let data_type = match self.groups.values().find_map(|g| g.last.as_ref()) {
+                Some(l) => l[i].data_type(),
+                None => f.schema.field(1 + f.keys.len() + i).data_type().clone(),
+            };
+            nulls.push(ScalarValue::try_from(&data_type).map_err(|e| err("aggregate state", e))?);
+        }
+        for (key, group) in self.groups.iter_mut() {
+            keys.push(key);
+            rows.push(group.rows);
+            has_last.push(group.last.is_some());
+            for (i, acc) in group.accumulators.iter_mut().enumerate() {
+                states[i].push(acc.export().map_err(|e| err("aggregate state", e))?);
+                last[i].push(match &group.last {
+                    Some(l) => l[i].clone(),
+                    None => nulls[i].clone(),
+                });
+            }
+        }
+        let groups = self.keys.key_groups(keys.iter().copied())?;
+        let mut cols: Vec<(String, ArrayRef)> = vec![
+            ("key".into(), snapshot::binary(keys)),
+            ("rows".into(), Arc::new(Int64Array::from(rows))),
+            ("has_last".into(), Arc::new(BooleanArray::from(has_last))),
+        ];
+        let array = |values: Vec<ScalarValue>| {
+            ScalarValue::iter_to_array(values).map_err(|e| err("aggregate state", e))
+        };
+        for (i, per_group) in states.into_iter().enumerate() {
+            let width = per_group.first().map_or(0, Vec::len);
+            for j in 0..width {
+                cols.push((
+                    format!("a{i}_{j}"),
+                    array(per_group.iter().map(|s| s[j].clone()).collect())?,
+                ));
+            }
+        }
+        for (i, values) in last.into_iter().enumerate() {
+            cols.push((format!("l{i}"), array(values)?));
+        }
+        put_keyed(
+            &mut snap,
+            "groups",
+            snapshot::batch(cols)?,
+            groups.as_deref(),
+        )?;
+        Ok(snap)
+    }
+
     async fn process_batch(
         &mut self,
         _input: usize,

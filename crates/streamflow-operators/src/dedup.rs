@@ -11,19 +11,23 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{Array, BooleanArray};
+use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use serde::Deserialize;
-use streamflow_core::{Diagnostics, Error, Operator, Output, Result, Watermark};
+use streamflow_core::{
+    CheckpointBarrier, Diagnostics, Error, Operator, OperatorSnapshot, Output, Result, Watermark,
+};
 use streamflow_dsl::HumanDuration;
 use streamflow_expr::CompiledExpr;
 use streamflow_expr::hash_utils::RandomState;
+use streamflow_state::put_keyed;
 
 use crate::event_time::time_column_index;
 use crate::grouping::KeyRows;
+use crate::snapshot;
 use crate::stage::{StageContext, StageFactory};
 
 /// Settings of a `dedup` stage.
@@ -97,6 +101,47 @@ struct Dedup {
 
 #[async_trait]
 impl Operator for Dedup {
+    async fn open(&mut self, restored: Option<OperatorSnapshot>) -> Result<()> {
+        self.keys.prepare(&self.factory.keys)?;
+        let Some(b) = restored
+            .map(|snap| snapshot::entries(&snap, "seen"))
+            .transpose()?
+            .flatten()
+        else {
+            return Ok(());
+        };
+        let keys = snapshot::bytes(&b, "key")?;
+        let first = snapshot::int64(&b, "first")?;
+        for r in 0..b.num_rows() {
+            let key: Box<[u8]> = keys.value(r).into();
+            if let Some(ttl) = self.factory.ttl_ms {
+                self.expiry
+                    .entry(first.value(r).saturating_add(ttl))
+                    .or_default()
+                    .push(key.clone());
+            }
+            self.seen.insert(key, first.value(r));
+        }
+        Ok(())
+    }
+
+    /// One row per remembered key: `key, first` (event time of its kept record).
+    async fn snapshot(&mut self, _barrier: &CheckpointBarrier) -> Result<OperatorSnapshot> {
+        let mut snap = OperatorSnapshot::default();
+        if self.seen.is_empty() {
+            return Ok(snap);
+        }
+        let keys: Vec<&[u8]> = self.seen.keys().map(|k| k.as_ref()).collect();
+        let first: Vec<i64> = self.seen.values().copied().collect();
+        let groups = self.keys.key_groups(keys.iter().copied())?;
+        let cols: Vec<(String, ArrayRef)> = vec![
+            ("key".into(), snapshot::binary(keys)),
+            ("first".into(), Arc::new(Int64Array::from(first))),
+        ];
+        put_keyed(&mut snap, "seen", snapshot::batch(cols)?, groups.as_deref())?;
+        Ok(snap)
+    }
+
     async fn process_batch(
         &mut self,
         _input: usize,

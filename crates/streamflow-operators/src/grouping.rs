@@ -142,6 +142,32 @@ pub(crate) struct KeyRows {
 }
 
 impl KeyRows {
+    /// Makes the converter for `keys` now (restoring state needs it before
+    /// any batch arrives); nothing for a global grouping.
+    pub(crate) fn prepare(&mut self, keys: &[CompiledExpr]) -> Result<()> {
+        if keys.is_empty() || self.converter.is_some() {
+            return Ok(());
+        }
+        let fields = keys
+            .iter()
+            .map(|k| SortField::new(k.data_type().clone()))
+            .collect();
+        self.converter = Some(RowConverter::new(fields).map_err(|e| Error::arrow("keys", e))?);
+        Ok(())
+    }
+
+    /// The key group of each stored key (`None` for a global grouping).
+    pub(crate) fn key_groups<'a>(
+        &self,
+        keys: impl IntoIterator<Item = &'a [u8]>,
+    ) -> Result<Option<Vec<u32>>> {
+        if self.converter.is_none() {
+            return Ok(None);
+        }
+        let columns = self.decode(keys)?;
+        streamflow_state::key_groups(&columns).map(Some)
+    }
+
     /// Key columns back from stored key rows (none for a global grouping).
     pub(crate) fn decode<'a>(
         &self,

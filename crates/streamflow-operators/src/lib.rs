@@ -19,6 +19,7 @@ mod projection;
 mod rename;
 mod row_errors;
 mod select;
+mod snapshot;
 mod top_n;
 mod union;
 mod validate;

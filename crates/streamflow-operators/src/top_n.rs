@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
+    Array, ArrayRef, Int64Array, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array,
 };
 use arrow::compute::{SortOptions, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -34,13 +34,17 @@ use arrow::row::{RowConverter, Rows, SortField};
 use async_trait::async_trait;
 use serde::Deserialize;
 use streamflow_core::changelog::{OP_COLUMN, RowKind};
-use streamflow_core::{Diagnostics, Error, Operator, Output, Result, Watermark};
+use streamflow_core::{
+    CheckpointBarrier, Diagnostics, Error, Operator, OperatorSnapshot, Output, Result, Watermark,
+};
 use streamflow_dsl::HumanDuration;
 use streamflow_expr::CompiledExpr;
 use streamflow_expr::hash_utils::RandomState;
+use streamflow_state::put_keyed;
 
 use crate::event_time::{millis, null_event_time, time_column_index};
 use crate::grouping::{KeyRows, key_bytes, plan_keys};
+use crate::snapshot;
 use crate::stage::{StageContext, StageFactory};
 use crate::window::{Assigner, check_assigner};
 
@@ -258,11 +262,13 @@ fn offer(list: &mut Vec<Ranked>, n: usize, sort: &[u8], row: &[u8]) -> (bool, Op
 }
 
 impl TopN {
-    /// Encodes the whole rows and the sort keys of `batch`.
-    fn encode(&mut self, batch: &RecordBatch) -> Result<(Rows, Rows)> {
-        let f = Arc::clone(&self.factory);
+    /// Makes the row and sort-key converters (restoring needs them before
+    /// any batch arrives).
+    fn prepare(&mut self) -> Result<()> {
+        self.keys.prepare(&self.factory.keys)?;
         if self.rows.is_none() {
-            let fields = f
+            let fields = self
+                .factory
                 .input
                 .fields()
                 .iter()
@@ -270,7 +276,24 @@ impl TopN {
                 .collect();
             self.rows = Some(RowConverter::new(fields).map_err(|e| Error::arrow("top_n rows", e))?);
         }
-        let order = f
+        if self.sorts.is_none() {
+            let fields = self
+                .factory
+                .order
+                .iter()
+                .map(|(e, o)| SortField::new_with_options(e.data_type().clone(), *o))
+                .collect();
+            self.sorts =
+                Some(RowConverter::new(fields).map_err(|e| Error::arrow("top_n order", e))?);
+        }
+        Ok(())
+    }
+
+    /// Encodes the whole rows and the sort keys of `batch`.
+    fn encode(&mut self, batch: &RecordBatch) -> Result<(Rows, Rows)> {
+        self.prepare()?;
+        let order = self
+            .factory
             .order
             .iter()
             .map(|(e, _)| {
@@ -280,15 +303,6 @@ impl TopN {
                 })
             })
             .collect::<Result<Vec<ArrayRef>>>()?;
-        if self.sorts.is_none() {
-            let fields = order
-                .iter()
-                .zip(&f.order)
-                .map(|(a, (_, o))| SortField::new_with_options(a.data_type().clone(), *o))
-                .collect();
-            self.sorts =
-                Some(RowConverter::new(fields).map_err(|e| Error::arrow("top_n order", e))?);
-        }
         let (Some(rows), Some(sorts)) = (&self.rows, &self.sorts) else {
             return Err(Error::Other("top_n converters missing".into()));
         };
@@ -439,6 +453,80 @@ impl TopN {
 
 #[async_trait]
 impl Operator for TopN {
+    async fn open(&mut self, restored: Option<OperatorSnapshot>) -> Result<()> {
+        self.prepare()?;
+        let Some(snap) = restored else {
+            return Ok(());
+        };
+        self.watermark = snapshot::watermark(&snap)?;
+        let Some(b) = snapshot::entries(&snap, "ranked")? else {
+            return Ok(());
+        };
+        let (keys, sorts, rows) = (
+            snapshot::bytes(&b, "key")?,
+            snapshot::bytes(&b, "sort")?,
+            snapshot::bytes(&b, "row")?,
+        );
+        let starts = snapshot::int64(&b, "start")?;
+        for r in 0..b.num_rows() {
+            let groups = if starts.is_null(r) {
+                &mut self.groups
+            } else {
+                self.windows
+                    .entry(starts.value(r))
+                    .or_insert_with(|| HashMap::with_hasher(RandomState::default()))
+            };
+            // Rows of a list were written best first.
+            groups
+                .entry(keys.value(r).into())
+                .or_default()
+                .push(Ranked {
+                    sort: sorts.value(r).into(),
+                    row: rows.value(r).into(),
+                });
+        }
+        Ok(())
+    }
+
+    /// One row per kept row, best first within its list: `start` (null when
+    /// continuous), `key, sort, row`.
+    async fn snapshot(&mut self, _barrier: &CheckpointBarrier) -> Result<OperatorSnapshot> {
+        let mut snap = OperatorSnapshot::default();
+        snapshot::put_watermark(&mut snap, self.watermark)?;
+        let lists = self.groups.iter().map(|(k, l)| (None, k, l)).chain(
+            self.windows
+                .iter()
+                .flat_map(|(s, g)| g.iter().map(move |(k, l)| (Some(*s), k, l))),
+        );
+        let (mut starts, mut keys, mut sorts, mut rows) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (start, key, list) in lists {
+            for ranked in list {
+                starts.push(start);
+                keys.push(key.as_ref());
+                sorts.push(ranked.sort.as_ref());
+                rows.push(ranked.row.as_ref());
+            }
+        }
+        if keys.is_empty() {
+            return Ok(snap);
+        }
+        let groups = self.keys.key_groups(keys.iter().copied())?;
+        let cols: Vec<(String, ArrayRef)> = vec![
+            ("start".into(), Arc::new(Int64Array::from(starts))),
+            ("key".into(), snapshot::binary(keys)),
+            ("sort".into(), snapshot::binary(sorts)),
+            ("row".into(), snapshot::binary(rows)),
+        ];
+        put_keyed(
+            &mut snap,
+            "ranked",
+            snapshot::batch(cols)?,
+            groups.as_deref(),
+        )?;
+        Ok(snap)
+    }
+
     async fn process_batch(
         &mut self,
         _input: usize,
@@ -484,7 +572,7 @@ mod tests {
         assert!(offer(&mut list, 2, b"b", b"1").0);
         assert!(offer(&mut list, 2, b"a", b"2").0);
         // Equal to the last kept: arrives later, so ranks after it: out.
-        assert_eq!(offer(&mut list, 2, b"b", b"3").0, false);
+        assert!(!offer(&mut list, 2, b"b", b"3").0);
         let (kept, evicted) = offer(&mut list, 2, b"a", b"4");
         assert!(kept);
         assert_eq!(evicted.map(|r| r.row.to_vec()), Some(b"1".to_vec()));

@@ -11,28 +11,11 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::record_batch::RecordBatch;
-use datafusion_common::hash_utils::{RandomState, create_hashes};
 use streamflow_core::{Error, Message, Result};
 use streamflow_expr::CompiledExpr;
 use tokio::sync::mpsc::Sender;
 
-/// Number of key groups keyed state is divided into; the upper bound on a
-/// keyed stage's parallelism.
-pub const MAX_KEY_GROUPS: u32 = 128;
-
-/// Seed of the key hash: fixed, so key groups are stable across runs and processes.
-const KEY_HASH_SEED: u64 = 0x5354_5245_414d;
-
-/// The key group of a key hash.
-pub fn key_group(hash: u64) -> u32 {
-    (hash % MAX_KEY_GROUPS as u64) as u32
-}
-
-/// The instance (of `parallelism`) that owns `key_group`: contiguous ranges
-/// of key groups per instance.
-pub fn instance_for_key_group(key_group: u32, parallelism: usize) -> usize {
-    (key_group as usize * parallelism) / MAX_KEY_GROUPS as usize
-}
+pub use streamflow_state::{MAX_KEY_GROUPS, instance_for_key_group, key_group};
 
 /// How rows are spread over the consumer's instances.
 #[derive(Debug, Clone)]
@@ -131,14 +114,7 @@ impl Exchange {
                 })
             })
             .collect::<Result<Vec<ArrayRef>>>()?;
-        self.hashes.clear();
-        self.hashes.resize(batch.num_rows(), 0);
-        create_hashes(
-            &arrays,
-            &RandomState::with_seed(KEY_HASH_SEED),
-            &mut self.hashes,
-        )
-        .map_err(|e| Error::Other(format!("hashing keys: {e}")))?;
+        streamflow_state::key_group::key_hashes(&arrays, &mut self.hashes)?;
         let mut indices: Vec<Vec<u32>> = vec![Vec::new(); n];
         for (row, h) in self.hashes.iter().enumerate() {
             indices[instance_for_key_group(key_group(*h), n)].push(row as u32);

@@ -7,16 +7,17 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::ArrayRef;
-
+use arrow::array::{ArrayRef, Int64Array};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use streamflow_core::{Error, Operator, Output, Result};
+use streamflow_core::{CheckpointBarrier, Error, Operator, OperatorSnapshot, Output, Result};
 use streamflow_expr::GroupedAggregate;
 use streamflow_expr::hash_utils::RandomState;
+use streamflow_state::put_keyed;
 
 use super::{WindowFactory, err};
 use crate::grouping::{KeyRows, concat_columns, key_bytes, take_rows};
+use crate::snapshot;
 
 /// The record counts (1-based) at which the k-th record's windows fire.
 pub(super) fn triggers(k: u64, size: u64, slide: u64) -> impl Iterator<Item = u64> {
@@ -59,6 +60,89 @@ impl CountOperator {
 
 #[async_trait]
 impl Operator for CountOperator {
+    async fn open(&mut self, restored: Option<OperatorSnapshot>) -> Result<()> {
+        self.keys.prepare(&self.factory.keys)?;
+        let Some(snap) = restored else {
+            return Ok(());
+        };
+        let f = Arc::clone(&self.factory);
+        if let Some(b) = snapshot::entries(&snap, "counts")? {
+            let keys = snapshot::bytes(&b, "key")?;
+            let seen = snapshot::int64(&b, "seen")?;
+            for r in 0..b.num_rows() {
+                self.counts.entry(keys.value(r).into()).or_default().seen = seen.value(r) as u64;
+            }
+        }
+        if let Some(b) = snapshot::entries(&snap, "windows")? {
+            let keys = snapshot::bytes(&b, "key")?;
+            let fire_at = snapshot::int64(&b, "fire_at")?;
+            let states = snapshot::state_columns(&f.aggregates, &b)?;
+            for r in 0..b.num_rows() {
+                let id = self.next_id;
+                self.next_id += 1;
+                self.windows
+                    .insert(id, snapshot::restore_states(&f.aggregates, &states, r, 1)?);
+                self.counts
+                    .entry(keys.value(r).into())
+                    .or_default()
+                    .open
+                    .insert(fire_at.value(r) as u64, id);
+            }
+        }
+        Ok(())
+    }
+
+    async fn snapshot(&mut self, _barrier: &CheckpointBarrier) -> Result<OperatorSnapshot> {
+        let mut snap = OperatorSnapshot::default();
+        let mut keys: Vec<&[u8]> = Vec::new();
+        let mut seen = Vec::new();
+        let mut window_keys: Vec<&[u8]> = Vec::new();
+        let mut fire_at = Vec::new();
+        let mut states: Vec<Vec<Vec<ArrayRef>>> = vec![Vec::new(); self.factory.aggregates.len()];
+        for (key, entry) in &self.counts {
+            keys.push(key);
+            seen.push(entry.seen as i64);
+            for (&t, id) in &entry.open {
+                let Some(window) = self.windows.get_mut(id) else {
+                    continue;
+                };
+                window_keys.push(key);
+                fire_at.push(t as i64);
+                for (slot, state) in states.iter_mut().zip(window.iter_mut()) {
+                    slot.push(state.export().map_err(|e| err("count window state", e))?);
+                }
+            }
+        }
+        if !keys.is_empty() {
+            let groups = self.keys.key_groups(keys.iter().copied())?;
+            let cols: Vec<(String, ArrayRef)> = vec![
+                ("key".into(), snapshot::binary(keys)),
+                ("seen".into(), Arc::new(Int64Array::from(seen))),
+            ];
+            put_keyed(
+                &mut snap,
+                "counts",
+                snapshot::batch(cols)?,
+                groups.as_deref(),
+            )?;
+        }
+        if !window_keys.is_empty() {
+            let groups = self.keys.key_groups(window_keys.iter().copied())?;
+            let mut cols: Vec<(String, ArrayRef)> = vec![
+                ("key".into(), snapshot::binary(window_keys)),
+                ("fire_at".into(), Arc::new(Int64Array::from(fire_at))),
+            ];
+            snapshot::push_states(&mut cols, states)?;
+            put_keyed(
+                &mut snap,
+                "windows",
+                snapshot::batch(cols)?,
+                groups.as_deref(),
+            )?;
+        }
+        Ok(snap)
+    }
+
     async fn process_batch(
         &mut self,
         _input: usize,

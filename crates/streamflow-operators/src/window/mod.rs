@@ -27,8 +27,11 @@ mod session;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, StringArray, TimestampMillisecondArray, UInt32Array};
-use arrow::compute::{interleave, take_record_batch};
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Int64Array, StringArray, TimestampMillisecondArray, UInt32Array,
+    new_null_array,
+};
+use arrow::compute::{concat, interleave, take_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use arrow::row::Rows;
@@ -36,7 +39,9 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use streamflow_core::changelog::{OP_COLUMN, RowKind};
-use streamflow_core::{Diagnostics, Error, Operator, Output, Result, Watermark};
+use streamflow_core::{
+    CheckpointBarrier, Diagnostics, Error, Operator, OperatorSnapshot, Output, Result, Watermark,
+};
 use streamflow_dsl::HumanDuration;
 use streamflow_expr::hash_utils::RandomState;
 use streamflow_expr::{CompiledAggregate, CompiledExpr, GroupedAggregate};
@@ -45,7 +50,9 @@ pub use assign::Assigner;
 
 use crate::event_time::{millis, null_event_time, time_column_index};
 use crate::grouping::{KeyRows, plan_aggregates, plan_keys, take_rows};
+use crate::snapshot;
 use crate::stage::{StageContext, StageFactory};
+use streamflow_state::put_keyed;
 
 /// Settings of a `window` stage.
 #[derive(Debug, Deserialize)]
@@ -274,6 +281,13 @@ impl ProcessingTime {
 
 #[async_trait]
 impl Operator for ProcessingTime {
+    async fn open(&mut self, restored: Option<OperatorSnapshot>) -> Result<()> {
+        self.inner.open(restored).await
+    }
+
+    async fn snapshot(&mut self, barrier: &CheckpointBarrier) -> Result<OperatorSnapshot> {
+        self.inner.snapshot(barrier).await
+    }
     async fn process_batch(
         &mut self,
         input: usize,
@@ -524,8 +538,120 @@ impl WindowOperator {
     }
 }
 
+impl WindowOperator {
+    /// One batch per pane: `start, key, emitted, a<i>_<j>` (aggregate
+    /// states), and with allowed lateness `e<i>` (values last emitted).
+    fn snapshot_panes(&mut self, snap: &mut OperatorSnapshot) -> Result<()> {
+        let lateness = self.lateness;
+        for (start, pane) in self.panes.iter_mut() {
+            let n = pane.len;
+            let keys: Vec<&[u8]> = match &pane.keys {
+                Some(k) => (0..n).map(|g| k.row(g).data()).collect(),
+                None => vec![&[]; n],
+            };
+            let groups = self.keys.key_groups(keys.iter().copied())?;
+            let emitted_len = pane
+                .emitted
+                .as_ref()
+                .and_then(|e| e.first())
+                .map_or(0, |a| a.len());
+            let mut cols: Vec<(String, ArrayRef)> = vec![
+                ("start".into(), Arc::new(Int64Array::from_value(*start, n))),
+                ("key".into(), snapshot::binary(keys)),
+                (
+                    "emitted".into(),
+                    Arc::new(BooleanArray::from_iter(
+                        (0..n).map(|g| Some(g < emitted_len)),
+                    )),
+                ),
+            ];
+            let states = pane
+                .states
+                .iter_mut()
+                .map(|state| Ok(vec![state.export().map_err(|e| err("window state", e))?]))
+                .collect::<Result<Vec<_>>>()?;
+            snapshot::push_states(&mut cols, states)?;
+            if lateness > 0 {
+                for (i, agg) in self.factory.aggregates.iter().enumerate() {
+                    let values = match &pane.emitted {
+                        Some(e) => {
+                            let pad = new_null_array(e[i].data_type(), n - emitted_len);
+                            concat(&[e[i].as_ref(), pad.as_ref()])
+                                .map_err(|e| Error::arrow("window state", e))?
+                        }
+                        None => new_null_array(agg.field().data_type(), n),
+                    };
+                    cols.push((format!("e{i}"), values));
+                }
+            }
+            put_keyed(snap, "panes", snapshot::batch(cols)?, groups.as_deref())?;
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the panes from [`snapshot_panes`](Self::snapshot_panes)
+    /// batches (of any instances): emitted groups first in each pane.
+    fn restore_panes(&mut self, b: &RecordBatch) -> Result<()> {
+        let starts = snapshot::int64(b, "start")?;
+        let emitted = snapshot::column::<BooleanArray>(b, "emitted")?;
+        let mut by_pane: BTreeMap<i64, (Vec<u32>, Vec<u32>)> = BTreeMap::new();
+        for r in 0..b.num_rows() {
+            let e = by_pane.entry(starts.value(r)).or_default();
+            if emitted.value(r) {
+                e.0.push(r as u32);
+            } else {
+                e.1.push(r as u32);
+            }
+        }
+        let f = Arc::clone(&self.factory);
+        for (start, (done, fresh)) in by_pane {
+            let emitted_len = done.len();
+            let order: Vec<u32> = done.into_iter().chain(fresh).collect();
+            let part = take_record_batch(b, &UInt32Array::from(order))
+                .map_err(|e| Error::arrow("window state", e))?;
+            let mut pane = self.new_pane()?;
+            let keys = snapshot::bytes(&part, "key")?;
+            if let (Some(conv), Some(rows)) = (&self.keys.converter, pane.keys.as_mut()) {
+                let parser = conv.parser();
+                for g in 0..part.num_rows() {
+                    pane.groups.insert(keys.value(g).into(), g);
+                    rows.push(parser.parse(keys.value(g)));
+                }
+            }
+            pane.len = part.num_rows();
+            let states = snapshot::state_columns(&f.aggregates, &part)?;
+            pane.states = snapshot::restore_states(&f.aggregates, &states, 0, pane.len)?;
+            if emitted_len > 0 {
+                let values = snapshot::numbered(&part, "e", f.aggregates.len())?;
+                pane.emitted = Some(values.iter().map(|v| v.slice(0, emitted_len)).collect());
+            }
+            self.panes.insert(start, pane);
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Operator for WindowOperator {
+    async fn open(&mut self, restored: Option<OperatorSnapshot>) -> Result<()> {
+        self.keys.prepare(&self.factory.keys)?;
+        let Some(snap) = restored else {
+            return Ok(());
+        };
+        self.watermark = snapshot::watermark(&snap)?;
+        if let Some(b) = snapshot::entries(&snap, "panes")? {
+            self.restore_panes(&b)?;
+        }
+        Ok(())
+    }
+
+    async fn snapshot(&mut self, _barrier: &CheckpointBarrier) -> Result<OperatorSnapshot> {
+        let mut snap = OperatorSnapshot::default();
+        snapshot::put_watermark(&mut snap, self.watermark)?;
+        self.snapshot_panes(&mut snap)?;
+        Ok(snap)
+    }
+
     async fn process_batch(
         &mut self,
         _input: usize,

@@ -10,17 +10,21 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, TimestampMillisecondArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, Int64Array, TimestampMillisecondArray, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use streamflow_core::{Error, Operator, Output, Result, Watermark};
+use streamflow_core::{
+    CheckpointBarrier, Error, Operator, OperatorSnapshot, Output, Result, Watermark,
+};
 use streamflow_expr::GroupedAggregate;
 use streamflow_expr::hash_utils::RandomState;
+use streamflow_state::put_keyed;
 
 use super::{WindowFactory, err};
 use crate::event_time::null_event_time;
 use crate::grouping::{KeyRows, concat_columns, key_bytes, take_rows};
+use crate::snapshot;
 
 /// One open session.
 struct Session {
@@ -167,6 +171,102 @@ impl SessionOperator {
 
 #[async_trait]
 impl Operator for SessionOperator {
+    async fn open(&mut self, restored: Option<OperatorSnapshot>) -> Result<()> {
+        self.keys.prepare(&self.factory.keys)?;
+        let Some(snap) = restored else {
+            return Ok(());
+        };
+        self.watermark = snapshot::watermark(&snap)?;
+        let f = Arc::clone(&self.factory);
+        if let Some(b) = snapshot::entries(&snap, "sessions")? {
+            let keys = snapshot::bytes(&b, "key")?;
+            let (starts, ends) = (snapshot::int64(&b, "start")?, snapshot::int64(&b, "end")?);
+            let states = snapshot::state_columns(&f.aggregates, &b)?;
+            for r in 0..b.num_rows() {
+                let restored = snapshot::restore_states(&f.aggregates, &states, r, 1)?;
+                let id = self.next_id;
+                self.next_id += 1;
+                self.sessions
+                    .entry(keys.value(r).into())
+                    .or_default()
+                    .open
+                    .push(Session {
+                        id,
+                        start: starts.value(r),
+                        end: ends.value(r),
+                        states: restored,
+                    });
+            }
+        }
+        if let Some(b) = snapshot::entries(&snap, "fired")? {
+            let keys = snapshot::bytes(&b, "key")?;
+            let until = snapshot::int64(&b, "fired_until")?;
+            for r in 0..b.num_rows() {
+                self.sessions
+                    .entry(keys.value(r).into())
+                    .or_default()
+                    .fired_until = Some(until.value(r));
+            }
+        }
+        Ok(())
+    }
+
+    async fn snapshot(&mut self, _barrier: &CheckpointBarrier) -> Result<OperatorSnapshot> {
+        let mut snap = OperatorSnapshot::default();
+        snapshot::put_watermark(&mut snap, self.watermark)?;
+        let mut keys: Vec<&[u8]> = Vec::new();
+        let (mut starts, mut ends) = (Vec::new(), Vec::new());
+        let mut states: Vec<Vec<Vec<ArrayRef>>> = vec![Vec::new(); self.factory.aggregates.len()];
+        let mut fired_keys: Vec<&[u8]> = Vec::new();
+        let mut fired_until = Vec::new();
+        for (key, entry) in self.sessions.iter_mut() {
+            if let Some(f) = entry.fired_until {
+                fired_keys.push(key);
+                fired_until.push(f);
+            }
+            for session in &mut entry.open {
+                keys.push(key);
+                starts.push(session.start);
+                ends.push(session.end);
+                for (slot, state) in states.iter_mut().zip(&mut session.states) {
+                    slot.push(state.export().map_err(|e| err("session state", e))?);
+                }
+            }
+        }
+        if !keys.is_empty() {
+            let groups = self.keys.key_groups(keys.iter().copied())?;
+            let mut cols: Vec<(String, ArrayRef)> = vec![
+                ("key".into(), snapshot::binary(keys)),
+                ("start".into(), Arc::new(Int64Array::from(starts))),
+                ("end".into(), Arc::new(Int64Array::from(ends))),
+            ];
+            snapshot::push_states(&mut cols, states)?;
+            put_keyed(
+                &mut snap,
+                "sessions",
+                snapshot::batch(cols)?,
+                groups.as_deref(),
+            )?;
+        }
+        if !fired_keys.is_empty() {
+            let groups = self.keys.key_groups(fired_keys.iter().copied())?;
+            let cols: Vec<(String, ArrayRef)> = vec![
+                ("key".into(), snapshot::binary(fired_keys)),
+                (
+                    "fired_until".into(),
+                    Arc::new(Int64Array::from(fired_until)),
+                ),
+            ];
+            put_keyed(
+                &mut snap,
+                "fired",
+                snapshot::batch(cols)?,
+                groups.as_deref(),
+            )?;
+        }
+        Ok(snap)
+    }
+
     async fn process_batch(
         &mut self,
         _input: usize,

@@ -1,0 +1,11 @@
+//! StreamFlow state: how keyed state is divided into key groups, and how
+//! operator state is laid out in a snapshot.
+//!
+//! Keyed edges route a row to the instance owning the key group of its key
+//! ([`key_groups`]); operators tag the state of each key with the same key
+//! group when they snapshot ([`put_keyed`]), so a checkpoint taken at one
+//! parallelism can be restored at another.
+
+pub mod key_group;
+
+pub use key_group::{MAX_KEY_GROUPS, instance_for_key_group, key_group, key_groups, put_keyed};
