@@ -36,7 +36,8 @@ pub trait Source: Send {
 }
 
 /// A position in a source, recorded at checkpoints to resume from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SourceOffset {
     /// The source cannot replay (at-least-once at best).
     None,

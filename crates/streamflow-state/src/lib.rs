@@ -4,8 +4,13 @@
 //! Keyed edges route a row to the instance owning the key group of its key
 //! ([`key_groups`]); operators tag the state of each key with the same key
 //! group when they snapshot ([`put_keyed`]), so a checkpoint taken at one
-//! parallelism can be restored at another.
+//! parallelism can be restored at another. [`CheckpointStore`] persists
+//! checkpoints: state files in an object store, metadata in redb.
 
 pub mod key_group;
+pub mod store;
 
 pub use key_group::{MAX_KEY_GROUPS, instance_for_key_group, key_group, key_groups, put_keyed};
+pub use store::{
+    BlobRef, CheckpointMeta, CheckpointStore, InstanceState, NodeInfo, SourcePosition,
+};
