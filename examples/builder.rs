@@ -21,7 +21,7 @@ pub async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .sink("out", "stdout", serde_json::json!({"format": "jsonl"}))
         .build();
     let pipeline = Pipeline::from_spec(&spec).map_err(|d| d.to_string())?;
-    let summary = pipeline.start()?.wait().await?;
+    let summary = pipeline.start().await?.wait().await?;
     eprintln!("{summary}");
     Ok(())
 }

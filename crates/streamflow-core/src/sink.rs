@@ -13,12 +13,23 @@ use crate::Result;
 /// them are at-least-once.
 #[async_trait]
 pub trait Sink: Send {
+    /// Called once before any write. `checkpointing` is `None` when the
+    /// pipeline takes no checkpoints (publish as you go); otherwise it holds
+    /// the commits staged by the checkpoint being restored (empty when
+    /// starting fresh), which must be completed (idempotently), and anything
+    /// written after that checkpoint must be discarded.
+    async fn open(&mut self, _checkpointing: Option<Vec<serde_json::Value>>) -> Result<()> {
+        Ok(())
+    }
+
     /// Writes one batch.
     async fn write(&mut self, batch: RecordBatch) -> Result<()>;
 
-    /// Stages everything written so far as part of checkpoint `checkpoint`.
-    async fn pre_commit(&mut self, _checkpoint: u64) -> Result<()> {
-        Ok(())
+    /// Stages everything written so far as part of checkpoint `checkpoint`;
+    /// returns what [`commit`](Sink::commit) will do, as data that
+    /// [`open`](Sink::open) can replay after a crash.
+    async fn pre_commit(&mut self, _checkpoint: u64) -> Result<Vec<serde_json::Value>> {
+        Ok(Vec::new())
     }
 
     /// Publishes what was staged for `checkpoint`.

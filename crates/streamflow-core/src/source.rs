@@ -29,6 +29,20 @@ pub trait Source: Send {
         SourceOffset::None
     }
 
+    /// Resumes from `offset`, as recorded by [`offset`](Source::offset) at a
+    /// checkpoint of an instance with the same index and parallelism.
+    ///
+    /// # Errors
+    /// When the source cannot replay from a position.
+    async fn seek(&mut self, offset: &SourceOffset) -> Result<()> {
+        match offset {
+            SourceOffset::None => Ok(()),
+            other => Err(crate::Error::Other(format!(
+                "this source cannot resume from {other:?}"
+            ))),
+        }
+    }
+
     /// Total number of records if known in advance (drives progress bars).
     fn size_hint(&self) -> Option<u64> {
         None
@@ -37,7 +51,7 @@ pub trait Source: Send {
 
 /// A position in a source, recorded at checkpoints to resume from.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum SourceOffset {
     /// The source cannot replay (at-least-once at best).
     None,

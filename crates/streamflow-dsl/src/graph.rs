@@ -80,6 +80,53 @@ pub struct FlowGraph {
     pub mode: Mode,
     /// All nodes, inputs first.
     pub nodes: Vec<Node>,
+    /// Checkpointing, when declared.
+    pub checkpoint: Option<CheckpointConfig>,
+}
+
+/// Validated checkpoint settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointConfig {
+    /// Time between checkpoints.
+    pub interval: std::time::Duration,
+    /// Storage directory or URL.
+    pub storage: String,
+    /// Complete checkpoints kept.
+    pub retain: usize,
+    /// Whether operators continue while their state is written.
+    pub asynchronous: bool,
+}
+
+impl CheckpointConfig {
+    /// Checks `spec`; `flow` names the default storage directory.
+    fn from_spec(
+        spec: &crate::CheckpointSpec,
+        flow: &str,
+        d: &mut Diagnostics,
+    ) -> Option<CheckpointConfig> {
+        let interval = spec.interval.unwrap_or(std::time::Duration::from_secs(10));
+        if interval.is_zero() {
+            d.push("checkpoint.interval", "must be greater than 0");
+        }
+        let retain = spec.retain.unwrap_or(3);
+        if retain < 1 {
+            d.push("checkpoint.retain", "must be at least 1");
+        }
+        let storage = match &spec.storage {
+            Some(s) if s.trim().is_empty() => {
+                d.push("checkpoint.storage", "must not be empty");
+                return None;
+            }
+            Some(s) => s.clone(),
+            None => format!(".streamflow/{flow}/checkpoints"),
+        };
+        Some(CheckpointConfig {
+            interval,
+            storage,
+            retain: retain.max(1) as usize,
+            asynchronous: spec.asynchronous.unwrap_or(true),
+        })
+    }
 }
 
 impl FlowGraph {
@@ -96,6 +143,10 @@ impl FlowGraph {
                 String::new()
             }
         };
+        let checkpoint = spec
+            .checkpoint
+            .as_ref()
+            .and_then(|c| CheckpointConfig::from_spec(c, &name, &mut d));
         let default_capacity =
             queue_capacity(spec.queue.as_ref(), "queue", DEFAULT_QUEUE_CAPACITY, &mut d);
         if spec.sources.is_empty() {
@@ -379,6 +430,7 @@ impl FlowGraph {
             name,
             mode: spec.mode,
             nodes,
+            checkpoint,
         })
     }
 

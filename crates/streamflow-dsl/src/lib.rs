@@ -13,9 +13,12 @@ pub mod spec;
 pub mod units;
 
 pub use builder::PipelineBuilder;
-pub use graph::{FlowGraph, Node, NodeId, Role};
+pub use graph::{CheckpointConfig, FlowGraph, Node, NodeId, Role};
 pub use parse::{FileFormat, apply_override, decode_settings, load_file, parse_str, suggest};
-pub use spec::{EventTimeSpec, FlowSpec, Mode, SinkSpec, SourceSpec, StageSpec, WatermarkSpec};
+pub use spec::{
+    CheckpointMode, CheckpointSpec, EventTimeSpec, FlowSpec, Mode, SinkSpec, SourceSpec, StageSpec,
+    WatermarkSpec,
+};
 pub use units::{ByteSize, HumanDuration, parse_byte_size, parse_duration};
 
 /// Default capacity (in batches) of the bounded queue on every edge.

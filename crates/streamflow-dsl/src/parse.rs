@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use streamflow_core::Diagnostics;
 
-use crate::spec::{FlowSpec, Mode, QueueSpec};
+use crate::spec::{CheckpointSpec, FlowSpec, Mode, QueueSpec};
 
 /// The syntax of a flow file, chosen by its extension (any case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,11 +211,22 @@ fn decode_flow(doc: Value) -> Result<FlowSpec, Diagnostics> {
             "sources" => flow.sources = decode_list(value, "sources", &mut diags),
             "stages" => flow.stages = decode_list(value, "stages", &mut diags),
             "sinks" => flow.sinks = decode_list(value, "sinks", &mut diags),
+            "checkpoint" => {
+                flow.checkpoint = decode::<CheckpointSpec>(value, "checkpoint", &mut diags);
+            }
             other => diags.push(
                 other,
                 unknown_field_message(
                     other,
-                    &["name", "mode", "queue", "sources", "stages", "sinks"],
+                    &[
+                        "name",
+                        "mode",
+                        "queue",
+                        "sources",
+                        "stages",
+                        "sinks",
+                        "checkpoint",
+                    ],
                 ),
             ),
         }

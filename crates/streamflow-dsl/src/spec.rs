@@ -39,6 +39,38 @@ pub struct FlowSpec {
     /// Where data leaves.
     #[serde(default)]
     pub sinks: Vec<SinkSpec>,
+    /// Periodic checkpoints for exactly-once results and recovery.
+    pub checkpoint: Option<CheckpointSpec>,
+}
+
+/// `checkpoint: {interval: 10s, storage: <dir>, mode: aligned, retain: 3, async: true}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSpec {
+    /// Time between checkpoints (default 10 s).
+    #[serde(default, with = "opt_duration")]
+    pub interval: Option<std::time::Duration>,
+    /// Directory (or `file://` URL) for checkpoints (default
+    /// `.streamflow/<flow name>/checkpoints`).
+    pub storage: Option<String>,
+    /// Barrier handling; only `aligned` exists.
+    #[serde(default)]
+    pub mode: CheckpointMode,
+    /// Complete checkpoints to keep (default 3).
+    pub retain: Option<i64>,
+    /// `true` (default): operators hand their state over and continue while
+    /// it is written; `false`: they wait until it is stored.
+    #[serde(rename = "async")]
+    pub asynchronous: Option<bool>,
+}
+
+/// How barriers are handled at operators with several inputs.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointMode {
+    /// Inputs that delivered the barrier wait until all have (exactly-once).
+    #[default]
+    Aligned,
 }
 
 /// A bounded queue on the edges into a stage or sink.

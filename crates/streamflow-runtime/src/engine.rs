@@ -7,15 +7,20 @@ use std::time::{Duration, Instant};
 
 use streamflow_core::{Diagnostics, Error, Message, Result};
 use streamflow_dsl::{FlowSpec, Mode, Role};
-use tokio::sync::mpsc::{Receiver, Sender, channel};
+use streamflow_state::CheckpointStore;
+use tokio::sync::mpsc::{Receiver, Sender, channel, unbounded_channel};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use crate::checkpoint::{self, AckSender, Coordinator, RecoveryOptions};
 use crate::exchange::{Exchange, Partitioning};
 use crate::input::{InputChannel, InputSet};
 use crate::metrics::NodeMetrics;
 use crate::plan::{PhysicalPlan, Planned, validate_spec};
-use crate::tasks::{Outputs, run_operator, run_sink, run_source};
+use crate::tasks::{
+    OperatorCheckpoints, Outputs, SinkCheckpoints, SourceCheckpoints, run_operator, run_sink,
+    run_source,
+};
 use crate::watermark::WatermarkGenerator;
 
 /// A validated pipeline, ready to start.
@@ -49,13 +54,47 @@ impl Pipeline {
         &self.plan
     }
 
-    /// Spawns every instance on the current Tokio runtime.
+    /// Spawns every instance on the current Tokio runtime, resuming from
+    /// the newest intact checkpoint when the flow takes checkpoints.
     ///
     /// # Errors
-    /// When a source or sink cannot be opened.
-    pub fn start(&self) -> Result<RunHandle> {
+    /// When a source or sink cannot be opened, or a checkpoint cannot be restored.
+    pub async fn start(&self) -> Result<RunHandle> {
+        self.start_with(&RecoveryOptions::default()).await
+    }
+
+    /// [`start`](Self::start) with explicit recovery choices.
+    ///
+    /// # Errors
+    /// When a source or sink cannot be opened, or a checkpoint cannot be restored.
+    pub async fn start_with(&self, options: &RecoveryOptions) -> Result<RunHandle> {
         let plan = &self.plan;
         let graph = &plan.graph;
+        let mut checkpointing = None;
+        let mut restored = None;
+        if let Some(config) = &graph.checkpoint {
+            let store = Arc::new(CheckpointStore::open(&config.storage)?);
+            store.clean_incomplete().await;
+            let next_id = store.list()?.last().map_or(1, |m| m.id + 1);
+            restored = checkpoint::restore(&store, graph, options).await?;
+            if let Some(r) = &restored {
+                tracing::info!(checkpoint = r.meta.id, storage = %config.storage, "restoring from checkpoint");
+            }
+            let (acks, ack_rx) = unbounded_channel();
+            checkpointing = Some((
+                config.clone(),
+                store,
+                next_id,
+                AckSender {
+                    sender: acks,
+                    asynchronous: config.asynchronous,
+                },
+                ack_rx,
+            ));
+        }
+        let mut source_injects = Vec::new();
+        let mut sink_commits = Vec::new();
+        let acks = checkpointing.as_ref().map(|c| c.3.clone());
         let n = graph.nodes.len();
         let metrics: Vec<Arc<NodeMetrics>> =
             (0..n).map(|_| Arc::new(NodeMetrics::default())).collect();
@@ -169,28 +208,93 @@ impl Pipeline {
                             .event_time
                             .as_ref()
                             .and_then(|e| e.watermark.idle_timeout);
+                        let mut source = source;
+                        let mut watermarks = watermarks;
+                        if let Some(position) = restored
+                            .as_ref()
+                            .and_then(|r| r.source(&node.name, instance))
+                        {
+                            source
+                                .seek(&position.offset)
+                                .await
+                                .map_err(|e| e.in_stage(&node.name))?;
+                            if let Some(w) = watermarks.as_mut() {
+                                w.restore(position.max_event_time);
+                            }
+                        }
+                        let checkpoints = acks.as_ref().map(|acks| {
+                            let (tx, rx) = unbounded_channel();
+                            source_injects.push(tx);
+                            SourceCheckpoints {
+                                instance,
+                                inject: rx,
+                                acks: acks.clone(),
+                            }
+                        });
                         tasks.spawn(run_source(
                             source,
                             outputs,
                             stop_rx.clone(),
                             watermarks,
                             idle_timeout,
+                            checkpoints,
                         ));
                     }
                     Planned::Stage(f) => {
-                        tasks.spawn(run_operator(f.create(), InputSet::new(chans), outputs));
+                        let checkpoints = acks.as_ref().map(|acks| OperatorCheckpoints {
+                            instance,
+                            restored: restored
+                                .as_mut()
+                                .and_then(|r| r.operators.remove(&(node.name.clone(), instance))),
+                            acks: acks.clone(),
+                        });
+                        tasks.spawn(run_operator(
+                            f.create(),
+                            InputSet::new(chans),
+                            outputs,
+                            checkpoints,
+                        ));
                     }
                     Planned::Sink(f) => {
                         let sink = f.create(instance).map_err(|e| e.in_stage(&node.name))?;
+                        let checkpoints = acks.as_ref().map(|acks| {
+                            let (tx, rx) = unbounded_channel();
+                            sink_commits.push(tx);
+                            SinkCheckpoints {
+                                instance,
+                                pending: restored
+                                    .as_ref()
+                                    .map(|r| r.sink_pending(&node.name, instance, node.parallelism))
+                                    .unwrap_or_default(),
+                                commits: rx,
+                                acks: acks.clone(),
+                            }
+                        });
                         tasks.spawn(run_sink(
                             sink,
                             InputSet::new(chans),
                             node.name.clone(),
                             Arc::clone(&metrics[id]),
+                            checkpoints,
                         ));
                     }
                 }
             }
+        }
+        drop(acks);
+        let restored_from = restored.as_ref().map(|r| r.meta.id);
+        if let Some((config, store, next_id, _, ack_rx)) = checkpointing {
+            let coordinator = Coordinator {
+                store,
+                nodes: checkpoint::node_infos(graph),
+                instances: graph.nodes.iter().map(|n| n.parallelism).sum(),
+                config,
+                sources: source_injects,
+                sinks: sink_commits,
+                acks: ack_rx,
+                next_id,
+            };
+            tasks.spawn(coordinator.run());
         }
         tracing::info!(pipeline = %graph.name, mode = ?graph.mode, tasks = tasks.len(), "pipeline started");
         let nodes = graph
@@ -206,6 +310,7 @@ impl Pipeline {
             })
             .collect();
         Ok(RunHandle {
+            restored_from,
             tasks,
             stop: stop_tx,
             nodes,
@@ -237,6 +342,7 @@ pub struct NodeInfo {
 
 /// A running pipeline.
 pub struct RunHandle {
+    restored_from: Option<u64>,
     tasks: JoinSet<Result<()>>,
     stop: watch::Sender<bool>,
     nodes: Vec<NodeInfo>,
@@ -246,6 +352,11 @@ pub struct RunHandle {
 }
 
 impl RunHandle {
+    /// The checkpoint this run resumed from, if any.
+    pub fn restored_from(&self) -> Option<u64> {
+        self.restored_from
+    }
+
     /// Asks the sources to stop; everything in flight is drained and flushed.
     pub fn stop(&self) {
         let _ = self.stop.send(true);

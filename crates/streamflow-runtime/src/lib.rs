@@ -7,9 +7,12 @@
 //!   key-hash partitioning over key groups);
 //! - [`input`] merges an instance's input channels: minimum watermark,
 //!   aligned barriers, end of stream;
+//! - [`checkpoint`] coordinates checkpoints (barriers, acknowledgements,
+//!   two-phase sink commits) and chooses what to restore;
 //! - [`engine`] spawns the tasks, propagates failures and shutdown, and
 //!   reports per-stage metrics.
 
+pub mod checkpoint;
 pub mod engine;
 pub mod exchange;
 pub mod input;
@@ -18,6 +21,7 @@ pub mod plan;
 mod tasks;
 pub mod watermark;
 
+pub use checkpoint::RecoveryOptions;
 pub use engine::{Pipeline, RunHandle, RunSummary, StageSummary};
 pub use metrics::NodeMetrics;
 pub use plan::{PhysicalPlan, Planned, PlannedNode, plan, validate_spec};

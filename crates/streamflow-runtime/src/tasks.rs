@@ -5,10 +5,14 @@ use std::time::{Duration, Instant};
 
 use arrow::record_batch::RecordBatch;
 use streamflow_core::{
-    DeadLetter, Error, Message, Operator, Output, Result, Sink, Source, Watermark,
-    dead_letter_batch, processing_time_ms,
+    CheckpointBarrier, DeadLetter, Error, Message, Operator, OperatorSnapshot, Output, Result,
+    Sink, Source, Watermark, dead_letter_batch, processing_time_ms,
 };
+use streamflow_state::SourcePosition;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
+
+use crate::checkpoint::{Ack, AckSender};
 
 use crate::exchange::Exchange;
 use crate::input::{InputEvent, InputSet};
@@ -109,17 +113,60 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Pulls from a source until it ends or a stop is requested, then ends its outputs.
+/// A source instance's link to the checkpoint coordinator.
+pub(crate) struct SourceCheckpoints {
+    pub(crate) instance: usize,
+    pub(crate) inject: UnboundedReceiver<CheckpointBarrier>,
+    pub(crate) acks: AckSender,
+}
+
+impl SourceCheckpoints {
+    /// Emits `barrier` after everything pulled so far, recording `position`.
+    async fn barrier(
+        &self,
+        barrier: CheckpointBarrier,
+        position: SourcePosition,
+        out: &mut Outputs,
+    ) -> Result<()> {
+        self.acks.send(Ack::Source {
+            id: barrier.id,
+            node: out.node.clone(),
+            instance: self.instance,
+            position,
+        })?;
+        out.broadcast(Message::Barrier(barrier)).await
+    }
+}
+
+/// Where a source instance stands: the position of its next record.
+fn position(source: &dyn Source, watermarks: Option<&WatermarkGenerator>) -> SourcePosition {
+    SourcePosition {
+        offset: source.offset(),
+        max_event_time: watermarks.and_then(WatermarkGenerator::max_seen),
+    }
+}
+
+/// Pulls from a source until it ends or a stop is requested, then ends its
+/// outputs. With checkpoints, barriers are injected between pulls, and the
+/// end waits for the final checkpoint's barrier.
 pub(crate) async fn run_source(
     mut source: Box<dyn Source>,
     mut out: Outputs,
     mut stop: watch::Receiver<bool>,
     mut watermarks: Option<WatermarkGenerator>,
     idle_timeout: Option<Duration>,
+    mut checkpoints: Option<SourceCheckpoints>,
 ) -> Result<()> {
     let node = out.node.clone();
     let result = async {
+        let mut stopped_early = false;
         'pull: loop {
+            if let Some(c) = checkpoints.as_mut() {
+                while let Ok(b) = c.inject.try_recv() {
+                    let at = position(source.as_ref(), watermarks.as_ref());
+                    c.barrier(b, at, &mut out).await?;
+                }
+            }
             let next = {
                 // The pending pull is kept across idle notices, never dropped.
                 let pull = source.next_batch();
@@ -128,7 +175,10 @@ pub(crate) async fn run_source(
                 loop {
                     tokio::select! {
                         biased;
-                        _ = stopped(&mut stop) => break 'pull,
+                        _ = stopped(&mut stop) => {
+                            stopped_early = true;
+                            break 'pull;
+                        }
                         next = &mut pull => break next?,
                         _ = sleep_until(idle_at), if idle_at.is_some() => {
                             tracing::debug!(source = %node, "no data for the idle timeout: marked idle");
@@ -155,9 +205,21 @@ pub(crate) async fn run_source(
                 }
             }
         }
-        if watermarks.is_some() {
-            // End of input: every event-time window may now fire.
+        // End of input fires every event-time window; a stop with
+        // checkpoints is a savepoint instead: state is kept, not flushed.
+        let savepoint = stopped_early && checkpoints.is_some();
+        if watermarks.is_some() && !savepoint {
             out.broadcast(Message::Watermark(Watermark::MAX)).await?;
+        }
+        if let Some(c) = checkpoints.as_mut() {
+            c.acks.send(Ack::SourceFinished)?;
+            while let Some(b) = c.inject.recv().await {
+                let at = position(source.as_ref(), watermarks.as_ref());
+                c.barrier(b, at, &mut out).await?;
+                if b.is_final {
+                    break;
+                }
+            }
         }
         out.end().await
     }
@@ -173,16 +235,26 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// An operator instance's link to the checkpoint coordinator.
+pub(crate) struct OperatorCheckpoints {
+    pub(crate) instance: usize,
+    pub(crate) restored: Option<OperatorSnapshot>,
+    pub(crate) acks: AckSender,
+}
+
 /// Runs one operator instance over its merged inputs.
 pub(crate) async fn run_operator(
     mut op: Box<dyn Operator>,
     mut inputs: InputSet,
     mut out: Outputs,
+    mut checkpoints: Option<OperatorCheckpoints>,
 ) -> Result<()> {
     let node = out.node.clone();
     let metrics = Arc::clone(&out.metrics);
     let result = async {
-        op.open(None).await?;
+        op.open(checkpoints.as_mut().and_then(|c| c.restored.take()))
+            .await?;
+        let mut after_final = false;
         let mut buffer = Output::new();
         let mut timer = op.timer_interval().map(|period| {
             let mut t = tokio::time::interval(period);
@@ -216,13 +288,36 @@ pub(crate) async fn run_operator(
                 }
                 InputEvent::Idle => out.broadcast(Message::Idle).await?,
                 InputEvent::Barrier(b) => {
-                    let snapshot = op.snapshot(&b).await?;
-                    tracing::debug!(stage = %node, checkpoint = b.id, entries = snapshot.entries.len(), "snapshot taken");
+                    if let Some(c) = &checkpoints {
+                        let snapshot = op.snapshot(&b).await?;
+                        let (stored, wait) = if c.acks.asynchronous {
+                            (None, None)
+                        } else {
+                            let (tx, rx) = tokio::sync::oneshot::channel();
+                            (Some(tx), Some(rx))
+                        };
+                        c.acks.send(Ack::Operator {
+                            id: b.id,
+                            node: node.clone(),
+                            instance: c.instance,
+                            snapshot,
+                            stored,
+                        })?;
+                        if let Some(rx) = wait {
+                            rx.await.map_err(|_| {
+                                Error::ChannelClosed("checkpoint coordinator stopped".into())
+                            })?;
+                        }
+                    }
+                    after_final |= b.is_final;
                     out.broadcast(Message::Barrier(b)).await?;
                 }
                 InputEvent::End => {
-                    op.finish(&mut buffer).await?;
-                    out.drain(&mut buffer).await?;
+                    // After a final checkpoint the state is saved, not flushed.
+                    if !after_final {
+                        op.finish(&mut buffer).await?;
+                        out.drain(&mut buffer).await?;
+                    }
                     return out.end().await;
                 }
             }
@@ -232,16 +327,42 @@ pub(crate) async fn run_operator(
     result.map_err(|e| e.in_stage(&node))
 }
 
-/// Writes everything arriving on a sink instance's inputs.
+/// A sink instance's link to the checkpoint coordinator.
+pub(crate) struct SinkCheckpoints {
+    pub(crate) instance: usize,
+    /// Staged commits of the restored checkpoint, replayed at open.
+    pub(crate) pending: Vec<serde_json::Value>,
+    /// Ids of completed checkpoints.
+    pub(crate) commits: UnboundedReceiver<u64>,
+    pub(crate) acks: AckSender,
+}
+
+/// Writes everything arriving on a sink instance's inputs. With
+/// checkpoints: stages on each barrier, publishes when the coordinator
+/// reports the checkpoint complete, and ends only after the final one.
 pub(crate) async fn run_sink(
     mut sink: Box<dyn Sink>,
     mut inputs: InputSet,
     node: String,
     metrics: Arc<NodeMetrics>,
+    mut checkpoints: Option<SinkCheckpoints>,
 ) -> Result<()> {
     let result = async {
+        sink.open(checkpoints.as_mut().map(|c| std::mem::take(&mut c.pending)))
+            .await?;
+        let mut final_id = None;
         loop {
-            match inputs.next().await {
+            let event = match checkpoints.as_mut() {
+                None => inputs.next().await,
+                Some(c) => tokio::select! {
+                    event = inputs.next() => event,
+                    Some(id) = c.commits.recv() => {
+                        sink.commit(id).await?;
+                        continue;
+                    }
+                },
+            };
+            match event {
                 InputEvent::Data { batch, .. } => {
                     metrics.add_in(batch.num_rows());
                     let started = Instant::now();
@@ -249,8 +370,32 @@ pub(crate) async fn run_sink(
                     metrics.add_busy(started.elapsed());
                 }
                 InputEvent::Watermark(_) | InputEvent::Idle => {}
-                InputEvent::Barrier(b) => sink.pre_commit(b.id).await?,
-                InputEvent::End => return sink.finish().await,
+                InputEvent::Barrier(b) => {
+                    let pending = sink.pre_commit(b.id).await?;
+                    if let Some(c) = &checkpoints {
+                        c.acks.send(Ack::Sink {
+                            id: b.id,
+                            node: node.clone(),
+                            instance: c.instance,
+                            pending,
+                        })?;
+                    }
+                    if b.is_final {
+                        final_id = Some(b.id);
+                    }
+                }
+                InputEvent::End => {
+                    if let (Some(c), Some(last)) = (checkpoints.as_mut(), final_id) {
+                        // Publish the final checkpoint's data before finishing.
+                        while let Some(id) = c.commits.recv().await {
+                            sink.commit(id).await?;
+                            if id >= last {
+                                break;
+                            }
+                        }
+                    }
+                    return sink.finish().await;
+                }
             }
         }
     }

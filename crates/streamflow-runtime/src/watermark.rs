@@ -27,6 +27,16 @@ impl WatermarkGenerator {
         }
     }
 
+    /// The highest event time seen (recorded at checkpoints).
+    pub fn max_seen(&self) -> Option<i64> {
+        self.max_seen
+    }
+
+    /// Resumes after a restore: the highest event time seen before it.
+    pub fn restore(&mut self, max_seen: Option<i64>) {
+        self.max_seen = max_seen;
+    }
+
     /// Takes a batch into account; returns a watermark when it advances.
     ///
     /// # Errors

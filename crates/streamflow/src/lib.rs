@@ -12,13 +12,13 @@
 //!     .filter("expensive", "price > 1000000")
 //!     .sink("out", "stdout", serde_json::json!({}))
 //!     .build();
-//! let summary = Pipeline::from_spec(&spec)?.start()?.wait().await?;
+//! let summary = Pipeline::from_spec(&spec)?.start().await?.wait().await?;
 //! println!("{summary}");
 //! # Ok(()) }
 //! ```
 
 pub use streamflow_core::{Diagnostic, Diagnostics, Error};
 pub use streamflow_dsl::{FlowSpec, Mode, PipelineBuilder};
-pub use streamflow_runtime::{Pipeline, RunHandle, RunSummary};
+pub use streamflow_runtime::{Pipeline, RecoveryOptions, RunHandle, RunSummary};
 
 pub mod bench;

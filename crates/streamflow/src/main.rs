@@ -11,6 +11,8 @@ use clap::{Parser, Subcommand};
 use streamflow::bench::{BenchResult, QUERIES, query_text};
 use streamflow::{Diagnostics, FlowSpec, Mode, Pipeline, PipelineBuilder, RunHandle, RunSummary};
 use streamflow_dsl::{FileFormat, Role};
+use streamflow_runtime::RecoveryOptions;
+use streamflow_state::CheckpointStore;
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +40,20 @@ enum Command {
         /// No progress bar or summary.
         #[arg(long, short)]
         quiet: bool,
+        /// Ignore existing checkpoints and start from the beginning.
+        #[arg(long, conflicts_with = "from_checkpoint")]
+        fresh: bool,
+        /// Restore this checkpoint (or the newest intact one before it).
+        #[arg(long, value_name = "ID")]
+        from_checkpoint: Option<u64>,
+        /// Restore even when stateful nodes were removed or changed type, dropping their state.
+        #[arg(long)]
+        allow_state_drop: bool,
+    },
+    /// List or inspect the checkpoints of a flow.
+    Checkpoints {
+        #[command(subcommand)]
+        action: CheckpointsAction,
     },
     /// Check a flow file and report every problem with its path.
     Validate {
@@ -51,6 +67,22 @@ enum Command {
     Bench {
         #[command(subcommand)]
         suite: BenchSuite,
+    },
+}
+
+#[derive(Subcommand)]
+enum CheckpointsAction {
+    /// One line per complete checkpoint.
+    List {
+        /// Flow file whose checkpoint storage to read.
+        file: PathBuf,
+    },
+    /// Everything recorded in one checkpoint (default: the newest).
+    Inspect {
+        /// Flow file whose checkpoint storage to read.
+        file: PathBuf,
+        /// Checkpoint id.
+        id: Option<u64>,
     },
 }
 
@@ -101,7 +133,18 @@ fn main() -> ExitCode {
             overrides,
             workers,
             quiet,
-        } => run(&file, &overrides, workers, quiet),
+            fresh,
+            from_checkpoint,
+            allow_state_drop,
+        } => {
+            let recovery = RecoveryOptions {
+                fresh,
+                from_checkpoint,
+                allow_state_drop,
+            };
+            run(&file, &overrides, workers, quiet, &recovery)
+        }
+        Command::Checkpoints { action } => checkpoints(action),
         Command::Bench {
             suite:
                 BenchSuite::Nexmark {
@@ -197,6 +240,7 @@ fn run(
     overrides: &[String],
     workers: Option<usize>,
     quiet: bool,
+    recovery: &RecoveryOptions,
 ) -> anyhow::Result<ExitCode> {
     let pipeline = match Pipeline::from_file(file, overrides) {
         Ok(p) => p,
@@ -208,7 +252,13 @@ fn run(
     let mode = pipeline.plan().graph.mode;
     let rt = runtime(workers)?;
     let summary = rt.block_on(async {
-        let handle = pipeline.start().map_err(|e| anyhow!(e))?;
+        let handle = pipeline
+            .start_with(recovery)
+            .await
+            .map_err(|e| anyhow!(e))?;
+        if let Some(id) = handle.restored_from() {
+            eprintln!("resuming from checkpoint {id}");
+        }
         spawn_signal_handler(&handle);
         let progress = (!quiet && mode == Mode::Job && std::io::stderr().is_terminal())
             .then(|| progress_bar(&handle));
@@ -223,6 +273,62 @@ fn run(
         print_summary(&summary);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `streamflow checkpoints list|inspect FLOW`.
+fn checkpoints(action: CheckpointsAction) -> anyhow::Result<ExitCode> {
+    let (file, id) = match &action {
+        CheckpointsAction::List { file } => (file, None),
+        CheckpointsAction::Inspect { file, id } => (file, *id),
+    };
+    let pipeline = match Pipeline::from_file(file, &[]) {
+        Ok(p) => p,
+        Err(d) => {
+            print_diagnostics(&d);
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let Some(config) = &pipeline.plan().graph.checkpoint else {
+        anyhow::bail!("{} declares no checkpoint", file.display());
+    };
+    let store = CheckpointStore::open(&config.storage).map_err(|e| anyhow!(e))?;
+    let all = store.list().map_err(|e| anyhow!(e))?;
+    match action {
+        CheckpointsAction::List { .. } => {
+            if all.is_empty() {
+                eprintln!("no checkpoints in {}", config.storage);
+            }
+            println!(
+                "{:>6} {:>24} {:>10} {:>12} {:>6}",
+                "id", "started", "duration", "bytes", "final"
+            );
+            for m in &all {
+                println!(
+                    "{:>6} {:>24} {:>8}ms {:>12} {:>6}",
+                    m.id,
+                    format_ms(m.started_ms),
+                    m.duration_ms,
+                    m.bytes,
+                    if m.is_final { "yes" } else { "" }
+                );
+            }
+        }
+        CheckpointsAction::Inspect { .. } => {
+            let meta = match id {
+                Some(id) => all.iter().find(|m| m.id == id),
+                None => all.last(),
+            }
+            .ok_or_else(|| anyhow!("no such checkpoint in {}", config.storage))?;
+            println!("{}", serde_json::to_string_pretty(meta)?);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn format_ms(ms: i64) -> String {
+    arrow::temporal_conversions::timestamp_ms_to_datetime(ms)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%S%.3f").to_string())
+        .unwrap_or_else(|| ms.to_string())
 }
 
 fn print_summary(summary: &RunSummary) {
@@ -296,7 +402,7 @@ fn measure(
     let pipeline = Pipeline::from_spec(spec).map_err(|d| anyhow!("{d}"))?;
     let rt = runtime(Some(cores))?;
     let summary = rt
-        .block_on(async { pipeline.start()?.wait().await })
+        .block_on(async { pipeline.start().await?.wait().await })
         .map_err(|e| anyhow!(e))?;
     let output: u64 = summary
         .stages
@@ -367,7 +473,9 @@ fn bench_jsonl(events: u64, cores: usize, json: bool) -> anyhow::Result<ExitCode
     rt.block_on(async {
         Pipeline::from_spec(&prepare)
             .map_err(|d| anyhow!("{d}"))?
-            .start()?
+            .start()
+            .await
+            .map_err(|e| anyhow!(e))?
             .wait()
             .await
             .map_err(|e| anyhow!(e))

@@ -7,6 +7,13 @@
 //! under a `.inprogress` name and renamed when complete, so readers never
 //! see a partial file.
 //!
+//! With checkpoints the sink is exactly-once: finished files stay
+//! `.inprogress` until the checkpoint that covers them completes, and are
+//! then published (renamed; for a single-file `path`, appended to it at the
+//! length recorded in the checkpoint). Publishing is idempotent, so a commit
+//! replayed after a crash is a no-op, and files written after the last
+//! complete checkpoint are deleted on recovery (their records are replayed).
+//!
 //! ```yaml
 //! - {name: out, type: file, input: q1, config: {path: out/q1, format: parquet, max_file_size: 64MB}}
 //! ```
@@ -127,6 +134,10 @@ impl SinkFactory for FileSinkFactory {
             instance,
             seq: 0,
             current: None,
+            transactional: false,
+            staged: Vec::new(),
+            pending: Vec::new(),
+            committed_len: 0,
         }))
     }
 }
@@ -146,6 +157,55 @@ struct FileSink {
     instance: usize,
     seq: u64,
     current: Option<OpenFile>,
+    /// Checkpointed: finished files wait for their checkpoint to complete.
+    transactional: bool,
+    /// Finished files not yet part of a checkpoint.
+    staged: Vec<Publish>,
+    /// Files staged by a checkpoint, published when it completes.
+    pending: Vec<(u64, Publish)>,
+    /// Single file: its published length.
+    committed_len: u64,
+}
+
+/// Publishing one finished file: a rename, or for a single-file path an
+/// append at a known length (so that replaying it is a no-op).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Publish {
+    from: PathBuf,
+    to: PathBuf,
+    /// Single file: the length of `to` before this append.
+    append_at: Option<u64>,
+}
+
+impl Publish {
+    /// Completes the publication; a no-op when it already happened.
+    fn apply(&self) -> Result<()> {
+        if !self.from.exists() {
+            return Ok(());
+        }
+        match self.append_at {
+            None => std::fs::rename(&self.from, &self.to)
+                .map_err(|e| Error::io(format!("publishing {}", self.to.display()), e)),
+            Some(at) => {
+                use std::io::{Seek, SeekFrom, Write};
+                let data = std::fs::read(&self.from)
+                    .map_err(|e| Error::io(format!("reading {}", self.from.display()), e))?;
+                let mut out = std::fs::OpenOptions::new()
+                    .create(true)
+                    .truncate(false)
+                    .write(true)
+                    .open(&self.to)
+                    .map_err(|e| Error::io(format!("opening {}", self.to.display()), e))?;
+                out.set_len(at)
+                    .and_then(|_| out.seek(SeekFrom::Start(at)))
+                    .and_then(|_| out.write_all(&data))
+                    .and_then(|_| out.sync_all())
+                    .map_err(|e| Error::io(format!("appending to {}", self.to.display()), e))?;
+                std::fs::remove_file(&self.from)
+                    .map_err(|e| Error::io(format!("removing {}", self.from.display()), e))
+            }
+        }
+    }
 }
 
 impl FileSink {
@@ -164,6 +224,10 @@ impl FileSink {
             };
             self.seq += 1;
             let mut temp = target.clone().into_os_string();
+            if self.single && self.transactional {
+                // Several staged pieces of one file may wait at once.
+                temp.push(format!(".{}", self.seq));
+            }
             temp.push(".inprogress");
             let temp = PathBuf::from(temp);
             let file = File::create(&temp)
@@ -193,15 +257,140 @@ impl FileSink {
         let file = writer
             .into_inner()
             .map_err(|e| Error::io(format!("writing {}", f.temp.display()), e.into_error()))?;
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io(format!("writing {}", f.temp.display()), e))?
+            .len();
         file.sync_all()
             .map_err(|e| Error::io(format!("syncing {}", f.temp.display()), e))?;
-        std::fs::rename(&f.temp, &f.target)
-            .map_err(|e| Error::io(format!("publishing {}", f.target.display()), e))
+        let publish = Publish {
+            from: f.temp,
+            to: f.target,
+            append_at: (self.single && self.transactional).then_some(self.committed_len),
+        };
+        if self.single {
+            self.committed_len += size;
+        }
+        if self.transactional {
+            self.staged.push(publish);
+            Ok(())
+        } else {
+            publish.apply()
+        }
+    }
+
+    /// This instance's `.inprogress` files in the output directory.
+    fn leftovers(&self) -> Vec<PathBuf> {
+        let (dir, stem) = if self.single {
+            let name = self
+                .config
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            (self.config.path.parent().map(Path::to_path_buf), name)
+        } else {
+            (
+                Some(self.config.path.clone()),
+                format!("{}-{}-", self.config.prefix, self.instance),
+            )
+        };
+        let dir = dir
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or_else(|| PathBuf::from("."));
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n.starts_with(&stem) && n.ends_with(".inprogress")
+                })
+            })
+            .collect()
+    }
+
+    /// The next free part number of this instance (after a restart).
+    fn next_seq(&self) -> u64 {
+        let stem = format!("{}-{}-", self.config.prefix, self.instance);
+        std::fs::read_dir(&self.config.path)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        let rest = name.strip_prefix(&stem)?;
+                        rest.split('.').next()?.parse::<u64>().ok()
+                    })
+                    .map(|s| s + 1)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
     }
 }
 
 #[async_trait]
 impl Sink for FileSink {
+    async fn open(&mut self, checkpointing: Option<Vec<serde_json::Value>>) -> Result<()> {
+        let Some(pending) = checkpointing else {
+            return Ok(());
+        };
+        self.transactional = true;
+        for p in pending {
+            let publish: Publish = serde_json::from_value(p)
+                .map_err(|e| Error::Other(format!("file sink: bad staged commit: {e}")))?;
+            publish.apply()?;
+        }
+        // Written after the restored checkpoint: its records will be replayed.
+        for stray in self.leftovers() {
+            std::fs::remove_file(&stray)
+                .map_err(|e| Error::io(format!("removing {}", stray.display()), e))?;
+        }
+        if self.single {
+            // Anything past the last published length was never committed.
+            self.committed_len = match std::fs::metadata(&self.config.path) {
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            };
+        } else {
+            self.seq = self.next_seq();
+        }
+        Ok(())
+    }
+
+    async fn pre_commit(&mut self, checkpoint: u64) -> Result<Vec<serde_json::Value>> {
+        if !self.transactional {
+            return Ok(Vec::new());
+        }
+        self.close_current()?;
+        for p in std::mem::take(&mut self.staged) {
+            self.pending.push((checkpoint, p));
+        }
+        // Every publication not yet done, earlier checkpoints' included: the
+        // commit of an earlier checkpoint may not have run before a crash.
+        self.pending
+            .iter()
+            .map(|(_, p)| {
+                serde_json::to_value(p)
+                    .map_err(|e| Error::Other(format!("file sink: staging: {e}")))
+            })
+            .collect()
+    }
+
+    async fn commit(&mut self, checkpoint: u64) -> Result<()> {
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|(c, _)| *c <= checkpoint);
+        self.pending = waiting;
+        for (_, p) in done {
+            p.apply()?;
+        }
+        Ok(())
+    }
+
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         let limit = self.config.max_file_size.map(|b| b.0);
         let interval = self.config.rollover_interval.map(|i| i.0);
@@ -216,6 +405,10 @@ impl Sink for FileSink {
     }
 
     async fn finish(&mut self) -> Result<()> {
+        if self.transactional {
+            // Everything was staged by the final checkpoint and committed.
+            return Ok(());
+        }
         if self.single && self.current.is_none() {
             // An empty result is still a result: publish an empty file.
             self.open()?;

@@ -152,6 +152,14 @@ impl Source for GeneratorSource {
         SourceOffset::Index(self.cursor.position())
     }
 
+    async fn seek(&mut self, offset: &SourceOffset) -> Result<()> {
+        match offset {
+            SourceOffset::Index(position) => self.cursor.seek(*position).map_err(Error::Other),
+            SourceOffset::None => Ok(()),
+            other => Err(Error::Other(format!("cannot resume from {other:?}"))),
+        }
+    }
+
     fn size_hint(&self) -> Option<u64> {
         self.cursor.expected()
     }

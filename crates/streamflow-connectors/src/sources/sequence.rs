@@ -64,6 +64,20 @@ impl ChunkCursor {
         self.next_chunk
     }
 
+    /// Resumes at chunk `position` (a [`position`](Self::position) of the
+    /// same instance at the same parallelism).
+    pub(crate) fn seek(&mut self, position: u64) -> Result<(), String> {
+        if position % self.stride != self.next_chunk % self.stride {
+            return Err(format!(
+                "offset {position} belongs to another instance or parallelism"
+            ));
+        }
+        // The throttle restarts from here.
+        self.produced = 0;
+        self.next_chunk = position;
+        Ok(())
+    }
+
     /// Records this instance will produce in all, if bounded.
     pub(crate) fn expected(&self) -> Option<u64> {
         self.total.map(|t| t / self.stride)

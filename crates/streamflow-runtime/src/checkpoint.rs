@@ -1,0 +1,388 @@
+//! The checkpoint coordinator: injects numbered barriers at the sources,
+//! collects every instance's acknowledgement (source positions, operator
+//! state, sink commits staged), persists the state as it arrives, commits
+//! the checkpoint's metadata once all have acknowledged, and then tells the
+//! sinks to publish. Also: choosing and loading the checkpoint to restore.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use streamflow_core::{CheckpointBarrier, Error, OperatorSnapshot, Result, processing_time_ms};
+use streamflow_dsl::{CheckpointConfig, FlowGraph, Role};
+use streamflow_state::{
+    CheckpointMeta, CheckpointStore, InstanceState, NodeInfo, SourcePosition,
+    instance_for_key_group,
+};
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::oneshot;
+
+/// What an instance reports to the coordinator.
+pub(crate) enum Ack {
+    /// A source emitted barrier `id` at `position`.
+    Source {
+        id: u64,
+        node: String,
+        instance: usize,
+        position: SourcePosition,
+    },
+    /// An operator's state at barrier `id`; `stored` is answered once it is
+    /// written (synchronous checkpoints).
+    Operator {
+        id: u64,
+        node: String,
+        instance: usize,
+        snapshot: OperatorSnapshot,
+        stored: Option<oneshot::Sender<()>>,
+    },
+    /// A sink staged `pending` for barrier `id`.
+    Sink {
+        id: u64,
+        node: String,
+        instance: usize,
+        pending: Vec<serde_json::Value>,
+    },
+    /// A source instance has no more input (or was asked to stop).
+    SourceFinished,
+}
+
+/// How each task talks to the coordinator.
+#[derive(Clone)]
+pub(crate) struct AckSender {
+    pub(crate) sender: UnboundedSender<Ack>,
+    pub(crate) asynchronous: bool,
+}
+
+impl AckSender {
+    pub(crate) fn send(&self, ack: Ack) -> Result<()> {
+        self.sender
+            .send(ack)
+            .map_err(|_| Error::ChannelClosed("checkpoint coordinator stopped".into()))
+    }
+}
+
+struct InFlight {
+    started: Instant,
+    started_ms: i64,
+    is_final: bool,
+    instances: Vec<InstanceState>,
+    bytes: u64,
+}
+
+/// The coordinator task's state.
+pub(crate) struct Coordinator {
+    pub(crate) store: Arc<CheckpointStore>,
+    pub(crate) config: CheckpointConfig,
+    pub(crate) nodes: Vec<NodeInfo>,
+    pub(crate) instances: usize,
+    pub(crate) sources: Vec<UnboundedSender<CheckpointBarrier>>,
+    pub(crate) sinks: Vec<UnboundedSender<u64>>,
+    pub(crate) acks: UnboundedReceiver<Ack>,
+    pub(crate) next_id: u64,
+}
+
+impl Coordinator {
+    /// Runs until the final checkpoint is complete (or every instance is gone).
+    pub(crate) async fn run(mut self) -> Result<()> {
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.config.interval,
+            self.config.interval,
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut in_flight: BTreeMap<u64, InFlight> = BTreeMap::new();
+        let mut finished = 0;
+        let mut final_id = None;
+        loop {
+            tokio::select! {
+                _ = tick.tick(), if final_id.is_none() && in_flight.is_empty() => {
+                    let id = self.trigger(false, &mut in_flight);
+                    tracing::debug!(checkpoint = id, "checkpoint triggered");
+                }
+                ack = self.acks.recv() => {
+                    let Some(ack) = ack else { return Ok(()) };
+                    let id = match ack {
+                        Ack::SourceFinished => {
+                            finished += 1;
+                            if finished == self.sources.len() && final_id.is_none() {
+                                final_id = Some(self.trigger(true, &mut in_flight));
+                            }
+                            continue;
+                        }
+                        ack => self.record(ack, &mut in_flight).await?,
+                    };
+                    let complete = in_flight
+                        .get(&id)
+                        .is_some_and(|f| f.instances.len() == self.instances);
+                    if complete && let Some(done) = in_flight.remove(&id) {
+                        self.complete(id, done).await?;
+                        if final_id == Some(id) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn trigger(&mut self, is_final: bool, in_flight: &mut BTreeMap<u64, InFlight>) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let barrier = CheckpointBarrier {
+            id,
+            timestamp_ms: processing_time_ms(),
+            is_final,
+        };
+        in_flight.insert(
+            id,
+            InFlight {
+                started: Instant::now(),
+                started_ms: barrier.timestamp_ms,
+                is_final,
+                instances: Vec::new(),
+                bytes: 0,
+            },
+        );
+        for s in &self.sources {
+            // A source that has gone away fails the pipeline elsewhere.
+            let _ = s.send(barrier);
+        }
+        id
+    }
+
+    async fn record(&mut self, ack: Ack, in_flight: &mut BTreeMap<u64, InFlight>) -> Result<u64> {
+        let (id, state) = match ack {
+            Ack::Source {
+                id,
+                node,
+                instance,
+                position,
+            } => (
+                id,
+                InstanceState {
+                    node,
+                    instance,
+                    source: Some(position),
+                    ..InstanceState::default()
+                },
+            ),
+            Ack::Operator {
+                id,
+                node,
+                instance,
+                snapshot,
+                stored,
+            } => {
+                let blobs = self
+                    .store
+                    .write_state(id, &node, instance, &snapshot)
+                    .await?;
+                if let Some(done) = stored {
+                    let _ = done.send(());
+                }
+                (
+                    id,
+                    InstanceState {
+                        node,
+                        instance,
+                        blobs,
+                        ..InstanceState::default()
+                    },
+                )
+            }
+            Ack::Sink {
+                id,
+                node,
+                instance,
+                pending,
+            } => (
+                id,
+                InstanceState {
+                    node,
+                    instance,
+                    pending,
+                    ..InstanceState::default()
+                },
+            ),
+            Ack::SourceFinished => return Err(Error::Other("unexpected ack".into())),
+        };
+        let flight = in_flight
+            .get_mut(&id)
+            .ok_or_else(|| Error::Other(format!("acknowledgement for unknown checkpoint {id}")))?;
+        flight.bytes += state.blobs.iter().map(|b| b.bytes).sum::<u64>();
+        flight.instances.push(state);
+        Ok(id)
+    }
+
+    async fn complete(&mut self, id: u64, done: InFlight) -> Result<()> {
+        let duration = done.started.elapsed();
+        let meta = CheckpointMeta {
+            id,
+            started_ms: done.started_ms,
+            duration_ms: duration.as_millis() as u64,
+            bytes: done.bytes,
+            is_final: done.is_final,
+            nodes: self.nodes.clone(),
+            instances: done.instances,
+        };
+        self.store.commit(&meta)?;
+        tracing::info!(
+            checkpoint = id,
+            duration_ms = meta.duration_ms,
+            bytes = meta.bytes,
+            is_final = meta.is_final,
+            "checkpoint complete"
+        );
+        for sink in &self.sinks {
+            let _ = sink.send(id);
+        }
+        self.store.prune(self.config.retain).await
+    }
+}
+
+/// What to restore from, as asked on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct RecoveryOptions {
+    /// Ignore existing checkpoints (they are kept; new ones continue the numbering).
+    pub fresh: bool,
+    /// Restore this checkpoint (or the newest intact one before it).
+    pub from_checkpoint: Option<u64>,
+    /// Restore even when stateful nodes were removed or changed type (their state is dropped).
+    pub allow_state_drop: bool,
+}
+
+/// A checkpoint chosen for restoring, with its state split per new instance.
+pub(crate) struct Restored {
+    pub(crate) meta: CheckpointMeta,
+    /// (node, new instance) → operator snapshot.
+    pub(crate) operators: BTreeMap<(String, usize), OperatorSnapshot>,
+}
+
+impl Restored {
+    pub(crate) fn source(&self, node: &str, instance: usize) -> Option<&SourcePosition> {
+        self.meta
+            .instances
+            .iter()
+            .find(|i| i.node == node && i.instance == instance)
+            .and_then(|i| i.source.as_ref())
+    }
+
+    /// Staged commits of `node` that new instance `instance` replays.
+    pub(crate) fn sink_pending(
+        &self,
+        node: &str,
+        instance: usize,
+        parallelism: usize,
+    ) -> Vec<serde_json::Value> {
+        self.meta
+            .instances
+            .iter()
+            .filter(|i| i.node == node && i.instance % parallelism == instance)
+            .flat_map(|i| i.pending.iter().cloned())
+            .collect()
+    }
+}
+
+/// The nodes of `graph` as recorded in checkpoints.
+pub(crate) fn node_infos(graph: &FlowGraph) -> Vec<NodeInfo> {
+    graph
+        .nodes
+        .iter()
+        .map(|n| NodeInfo {
+            name: n.name.clone(),
+            kind: n.kind.clone(),
+            parallelism: n.parallelism,
+        })
+        .collect()
+}
+
+/// Picks the checkpoint to restore and loads its state, refusing restores
+/// that would silently lose state.
+pub(crate) async fn restore(
+    store: &CheckpointStore,
+    graph: &FlowGraph,
+    options: &RecoveryOptions,
+) -> Result<Option<Restored>> {
+    if options.fresh {
+        return Ok(None);
+    }
+    let chosen = store
+        .latest_valid(options.from_checkpoint, |meta, e| {
+            tracing::warn!(checkpoint = meta.id, error = %e, "checkpoint damaged: using an older one");
+        })
+        .await?;
+    let Some(meta) = chosen else {
+        if let Some(id) = options.from_checkpoint {
+            return Err(Error::Other(format!(
+                "no intact checkpoint at or before {id} in {}",
+                store.root().display()
+            )));
+        }
+        return Ok(None);
+    };
+    check_compatible(&meta, graph, options.allow_state_drop)?;
+    let mut operators: BTreeMap<(String, usize), OperatorSnapshot> = BTreeMap::new();
+    for node in graph.nodes.iter().filter(|n| n.role == Role::Stage) {
+        let old = meta
+            .nodes
+            .iter()
+            .find(|o| o.name == node.name && o.kind == node.kind);
+        if old.is_none() {
+            continue;
+        }
+        for inst in meta.instances.iter().filter(|i| i.node == node.name) {
+            let snapshot = store.read_state(&inst.blobs).await?;
+            for (name, entries) in snapshot.entries {
+                for (group, batch) in entries {
+                    let target = match group {
+                        Some(g) => instance_for_key_group(g, node.parallelism),
+                        None => inst.instance % node.parallelism,
+                    };
+                    operators
+                        .entry((node.name.clone(), target))
+                        .or_default()
+                        .put(&name, group, batch);
+                }
+            }
+        }
+    }
+    Ok(Some(Restored { meta, operators }))
+}
+
+fn check_compatible(meta: &CheckpointMeta, graph: &FlowGraph, allow_drop: bool) -> Result<()> {
+    let mut problems = Vec::new();
+    for old in &meta.nodes {
+        let has_state = meta
+            .instances
+            .iter()
+            .any(|i| i.node == old.name && (!i.blobs.is_empty() || i.source.is_some()));
+        let now = graph.nodes.iter().find(|n| n.name == old.name);
+        match now {
+            None if has_state => problems.push(format!(
+                "'{}' ({}) has state in checkpoint {} but is no longer in the flow",
+                old.name, old.kind, meta.id
+            )),
+            Some(n) if n.kind != old.kind && has_state => problems.push(format!(
+                "'{}' was a {} and is now a {}: its state cannot be restored",
+                old.name, old.kind, n.kind
+            )),
+            Some(n) if n.role == Role::Source && n.parallelism != old.parallelism => {
+                problems.push(format!(
+                    "source '{}' ran with parallelism {} and now {}: its positions cannot be mapped",
+                    old.name, old.parallelism, n.parallelism
+                ))
+            }
+            _ => {}
+        }
+    }
+    if problems.is_empty() || allow_drop {
+        for p in &problems {
+            tracing::warn!("{p}: state dropped (--allow-state-drop)");
+        }
+        return Ok(());
+    }
+    Err(Error::Other(format!(
+        "cannot restore checkpoint {}: {} (start with --fresh, or --allow-state-drop to drop that state)",
+        meta.id,
+        problems.join("; ")
+    )))
+}
