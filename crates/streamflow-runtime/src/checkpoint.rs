@@ -225,6 +225,7 @@ impl Coordinator {
             instances: done.instances,
         };
         self.store.commit(&meta)?;
+        crash_point(id);
         tracing::info!(
             checkpoint = id,
             duration_ms = meta.duration_ms,
@@ -236,6 +237,25 @@ impl Coordinator {
             let _ = sink.send(id);
         }
         self.store.prune(self.config.retain).await
+    }
+}
+
+/// Test hook: `STREAMFLOW_CRASH_AFTER_COMMIT=<id>` kills the process right
+/// after checkpoint `id` is recorded and before any sink has published it,
+/// the window that two-phase commit must survive.
+fn crash_point(id: u64) {
+    static AT: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    let at = AT.get_or_init(|| {
+        std::env::var("STREAMFLOW_CRASH_AFTER_COMMIT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if *at == Some(id) {
+        tracing::error!(
+            checkpoint = id,
+            "crashing on request (STREAMFLOW_CRASH_AFTER_COMMIT)"
+        );
+        std::process::abort();
     }
 }
 

@@ -1,0 +1,239 @@
+//! Checkpoints and exactly-once delivery, end to end through the CLI: a
+//! checkpointed pipeline killed with SIGKILL at random moments and
+//! restarted each time writes exactly what an uninterrupted run writes.
+//!
+//! `STREAMFLOW_CHAOS_KILLS=<n>` runs more kills (default 5);
+//! `STREAMFLOW_CHAOS_SEED=<n>` replays a run's kill times.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{stderr, streamflow, write};
+
+/// A windowed job over a throttled generator (about 3 s of input).
+fn flow(dir: &Path) -> String {
+    write(
+        dir,
+        "flow.yaml",
+        &format!(
+            "name: chaos\nmode: job\ncheckpoint: {{interval: 100ms, storage: {state}}}\nsources:\n  - name: gen\n    type: generator\n    config: {{count: 60000, rate: 20000, batch_size: 400, columns: {{t: \"to_timestamp_millis(1700000000000 + i * 10)\", k: \"i % 13\", v: \"i\"}}}}\n    event_time: {{column: t, watermark: {{max_out_of_orderness: 0s}}}}\nstages:\n  - {{name: w, type: window, input: gen, key_by: [k], window: {{kind: sliding, size: 2s, slide: 500ms}}, aggregates: {{n: \"count(*)\", s: \"sum(v)\", d: \"count(DISTINCT v % 97)\"}}}}\n  - {{name: top, type: top_n, input: gen, key_by: [k], order_by: [v DESC], n: 2}}\nsinks:\n  - {{name: out, type: file, input: w, config: {{path: {out}}}}}\n  - {{name: tops, type: file, input: top, config: {{path: {tops}}}}}\n",
+            state = dir.join("state").display(),
+            out = dir.join("out").display(),
+            tops = dir.join("tops.jsonl").display(),
+        ),
+    )
+}
+
+/// Every published line of the outputs, sorted (in-progress files excluded).
+fn published(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    let out = dir.join("out");
+    if let Ok(entries) = std::fs::read_dir(&out) {
+        for e in entries {
+            let p = e.expect("entry").path();
+            if p.extension().is_some_and(|x| x == "jsonl") {
+                lines.extend(
+                    std::fs::read_to_string(&p)
+                        .expect("read")
+                        .lines()
+                        .map(|l| format!("w {l}")),
+                );
+            }
+        }
+    }
+    if let Ok(text) = std::fs::read_to_string(dir.join("tops.jsonl")) {
+        lines.extend(text.lines().map(|l| format!("top {l}")));
+    }
+    lines.sort();
+    lines
+}
+
+fn run_to_end(flow: &str, env: &[(&str, &str)]) -> std::process::Output {
+    let mut c = streamflow();
+    c.args(["run", flow, "--quiet"]);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("runs")
+}
+
+fn reference() -> Vec<String> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run_to_end(&flow(dir.path()), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines = published(dir.path());
+    assert!(lines.len() > 500, "the job produces output");
+    lines
+}
+
+/// A small deterministic generator for kill times.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+}
+
+#[test]
+fn killed_at_random_moments_the_output_is_exactly_that_of_an_uninterrupted_run() {
+    let expected = reference();
+    let kills: usize = std::env::var("STREAMFLOW_CHAOS_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let seed: u64 = std::env::var("STREAMFLOW_CHAOS_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("chaos seed {seed} (STREAMFLOW_CHAOS_SEED={seed} replays it)");
+    let mut rng = Lcg(seed);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = flow(dir.path());
+    let mut killed = 0;
+    let mut resumed = 0;
+    while killed < kills {
+        let mut child = streamflow()
+            .args(["run", &flow, "--quiet"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let wait = Duration::from_millis(150 + rng.next() % 700);
+        let started = Instant::now();
+        let mut finished = None;
+        while started.elapsed() < wait {
+            if let Some(status) = child.try_wait().expect("poll") {
+                finished = Some(status);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if let Some(status) = finished {
+            // It completed before the kill: start over from nothing.
+            assert!(status.success(), "run failed");
+            std::fs::remove_dir_all(dir.path().join("state")).expect("clean");
+            let _ = std::fs::remove_dir_all(dir.path().join("out"));
+            let _ = std::fs::remove_file(dir.path().join("tops.jsonl"));
+            continue;
+        }
+        child.kill().expect("SIGKILL");
+        let out = child.wait_with_output().expect("wait");
+        if String::from_utf8_lossy(&out.stderr).contains("resuming from checkpoint") {
+            resumed += 1;
+        }
+        killed += 1;
+    }
+    let last = run_to_end(&flow, &[]);
+    assert!(last.status.success(), "{}", stderr(&last));
+    if stderr(&last).contains("resuming from checkpoint") {
+        resumed += 1;
+    }
+    assert!(resumed > 0, "no restart resumed from a checkpoint");
+    let got = published(dir.path());
+    assert_eq!(
+        got.len(),
+        expected.len(),
+        "after {killed} kills: {} lines, expected {}",
+        got.len(),
+        expected.len()
+    );
+    assert!(got == expected, "after {killed} kills the output differs");
+}
+
+#[test]
+fn a_crash_between_checkpoint_and_commit_publishes_once_on_restart() {
+    let expected = reference();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = flow(dir.path());
+    let crashed = run_to_end(&flow, &[("STREAMFLOW_CRASH_AFTER_COMMIT", "4")]);
+    assert!(!crashed.status.success(), "the crash hook fired");
+    let resumed = run_to_end(&flow, &[]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stderr(&resumed).contains("resuming from checkpoint 4"),
+        "{}",
+        stderr(&resumed)
+    );
+    assert_eq!(published(dir.path()), expected);
+}
+
+#[test]
+fn a_damaged_checkpoint_is_detected_and_the_previous_one_used() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = flow(dir.path());
+    // Stop after checkpoint 3 is recorded, then damage its state files.
+    let crashed = run_to_end(&flow, &[("STREAMFLOW_CRASH_AFTER_COMMIT", "3")]);
+    assert!(!crashed.status.success());
+    let chk = dir.path().join("state").join("chk-3");
+    let mut damaged = 0;
+    for node in std::fs::read_dir(&chk).expect("chk-3") {
+        for inst in std::fs::read_dir(node.expect("node").path()).expect("node dir") {
+            for f in std::fs::read_dir(inst.expect("inst").path()).expect("inst dir") {
+                let p = f.expect("file").path();
+                let len = std::fs::metadata(&p).expect("meta").len();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .expect("open")
+                    .set_len(len / 2)
+                    .expect("truncate");
+                damaged += 1;
+            }
+        }
+    }
+    assert!(damaged > 0);
+    let list = streamflow()
+        .args(["checkpoints", "list", &flow])
+        .output()
+        .expect("list");
+    assert!(String::from_utf8_lossy(&list.stdout).contains("     3 "));
+    let resumed = streamflow()
+        .args(["run", &flow, "--quiet"])
+        .env("STREAMFLOW_LOG", "warn")
+        .output()
+        .expect("run");
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let err = stderr(&resumed);
+    assert!(err.contains("checkpoint damaged"), "{err}");
+    assert!(err.contains("resuming from checkpoint 2"), "{err}");
+}
+
+#[test]
+fn an_incompatible_flow_refuses_to_restore() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = flow(dir.path());
+    let crashed = run_to_end(&flow, &[("STREAMFLOW_CRASH_AFTER_COMMIT", "2")]);
+    assert!(!crashed.status.success());
+    let text = std::fs::read_to_string(&flow).expect("read");
+    std::fs::write(
+        &flow,
+        text.replace("name: w, type: window", "name: w2, type: window")
+            .replace("input: w,", "input: w2,"),
+    )
+    .expect("write");
+    let refused = run_to_end(&flow, &[]);
+    assert!(!refused.status.success());
+    let err = stderr(&refused);
+    assert!(
+        err.contains("'w' (window) has state in checkpoint 2 but is no longer in the flow"),
+        "{err}"
+    );
+    assert!(err.contains("--allow-state-drop"), "{err}");
+    let dropped = streamflow()
+        .args(["run", &flow, "--quiet", "--allow-state-drop"])
+        .output()
+        .expect("run");
+    assert!(dropped.status.success(), "{}", stderr(&dropped));
+}
