@@ -33,6 +33,8 @@ pub(crate) enum Ack {
         node: String,
         instance: usize,
         snapshot: OperatorSnapshot,
+        /// How long the barrier waited for all inputs.
+        alignment_ms: u64,
         stored: Option<oneshot::Sender<()>>,
     },
     /// A sink staged `pending` for barrier `id`.
@@ -170,6 +172,7 @@ impl Coordinator {
                 node,
                 instance,
                 snapshot,
+                alignment_ms,
                 stored,
             } => {
                 let blobs = self
@@ -185,6 +188,7 @@ impl Coordinator {
                         node,
                         instance,
                         blobs,
+                        alignment_ms,
                         ..InstanceState::default()
                     },
                 )

@@ -64,6 +64,9 @@ pub struct InputSet {
     channels: Vec<ChannelState>,
     current: Watermark,
     pending_barrier: Option<CheckpointBarrier>,
+    /// When the pending barrier first arrived, and how long the last one took to align.
+    aligning_since: Option<std::time::Instant>,
+    last_alignment: std::time::Duration,
     cursor: usize,
     done: bool,
     /// Whether `Idle` was reported and no input has become active since.
@@ -88,6 +91,8 @@ impl InputSet {
             current: Watermark::MIN,
             pending_barrier: None,
             cursor: 0,
+            aligning_since: None,
+            last_alignment: std::time::Duration::ZERO,
             done,
             idle_reported: false,
         }
@@ -160,6 +165,8 @@ impl InputSet {
             Message::Barrier(b) => {
                 self.channels[idx].blocked = true;
                 self.pending_barrier = Some(b);
+                self.aligning_since
+                    .get_or_insert_with(std::time::Instant::now);
                 self.complete_barrier()
             }
             Message::EndOfStream => {
@@ -193,10 +200,20 @@ impl InputSet {
         }
     }
 
+    /// How long the last completed barrier waited for all inputs.
+    pub fn last_alignment(&self) -> std::time::Duration {
+        self.last_alignment
+    }
+
     fn complete_barrier(&mut self) -> Option<InputEvent> {
         let barrier = self.pending_barrier?;
         if self.channels.iter().all(|c| c.ended || c.blocked) {
             self.pending_barrier = None;
+            self.last_alignment = self
+                .aligning_since
+                .take()
+                .map(|t| t.elapsed())
+                .unwrap_or_default();
             for c in &mut self.channels {
                 c.blocked = false;
             }

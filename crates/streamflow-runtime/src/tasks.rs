@@ -296,11 +296,14 @@ pub(crate) async fn run_operator(
                             let (tx, rx) = tokio::sync::oneshot::channel();
                             (Some(tx), Some(rx))
                         };
+                        let alignment = inputs.last_alignment();
+                        tracing::debug!(stage = %node, instance = c.instance, checkpoint = b.id, alignment_ms = alignment.as_millis() as u64, "barrier aligned, state handed over");
                         c.acks.send(Ack::Operator {
                             id: b.id,
                             node: node.clone(),
                             instance: c.instance,
                             snapshot,
+                            alignment_ms: alignment.as_millis() as u64,
                             stored,
                         })?;
                         if let Some(rx) = wait {

@@ -63,6 +63,9 @@ pub struct InstanceState {
     /// Sink commits staged for this checkpoint, replayed on recovery.
     #[serde(default)]
     pub pending: Vec<serde_json::Value>,
+    /// Operators: how long the barrier waited for all inputs (ms).
+    #[serde(default)]
+    pub alignment_ms: u64,
 }
 
 /// A node as it was when the checkpoint was taken (to refuse incompatible restores).

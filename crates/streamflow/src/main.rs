@@ -99,6 +99,9 @@ enum BenchSuite {
         /// Worker threads (the figure per core is events/s divided by this).
         #[arg(long, default_value_t = 1)]
         cores: usize,
+        /// Take checkpoints at this interval (e.g. `10s`) into a temporary directory.
+        #[arg(long, value_name = "DURATION")]
+        checkpoint_interval: Option<String>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -151,9 +154,10 @@ fn main() -> ExitCode {
                     query,
                     events,
                     cores,
+                    checkpoint_interval,
                     json,
                 },
-        } => bench(&query, events, cores, json),
+        } => bench(&query, events, cores, checkpoint_interval.as_deref(), json),
         Command::Bench {
             suite:
                 BenchSuite::Jsonl {
@@ -435,7 +439,13 @@ fn measure(
     Ok(ExitCode::SUCCESS)
 }
 
-fn bench(query: &str, events: u64, cores: usize, json: bool) -> anyhow::Result<ExitCode> {
+fn bench(
+    query: &str,
+    events: u64,
+    cores: usize,
+    checkpoint_interval: Option<&str>,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let text = query_text(query).ok_or_else(|| {
         anyhow!(
             "unknown query '{query}' (known: {})",
@@ -455,7 +465,33 @@ fn bench(query: &str, events: u64, cores: usize, json: bool) -> anyhow::Result<E
         sink.kind = Some("blackhole".into());
         sink.config.clear();
     }
-    measure(query, &spec, cores, json, Some(events))
+    let state = std::env::temp_dir().join(format!("streamflow-bench-state-{}", std::process::id()));
+    if let Some(interval) = checkpoint_interval {
+        let interval = streamflow_dsl::parse_duration(interval).map_err(|e| anyhow!(e))?;
+        spec.checkpoint = Some(streamflow_dsl::CheckpointSpec {
+            interval: Some(interval),
+            storage: Some(state.display().to_string()),
+            ..Default::default()
+        });
+    }
+    let outcome = measure(query, &spec, cores, json, Some(events));
+    if checkpoint_interval.is_some() {
+        if let Ok(store) = CheckpointStore::open(&state.display().to_string())
+            && let Ok(all) = store.list()
+        {
+            for m in all {
+                eprintln!(
+                    "checkpoint {}: {} ms, {} bytes{}",
+                    m.id,
+                    m.duration_ms,
+                    m.bytes,
+                    if m.is_final { " (final)" } else { "" }
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&state);
+    }
+    outcome
 }
 
 fn bench_jsonl(events: u64, cores: usize, json: bool) -> anyhow::Result<ExitCode> {

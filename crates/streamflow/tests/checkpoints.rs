@@ -237,3 +237,41 @@ fn an_incompatible_flow_refuses_to_restore() {
         .expect("run");
     assert!(dropped.status.success(), "{}", stderr(&dropped));
 }
+
+#[test]
+fn sigterm_in_streaming_mode_takes_a_savepoint_and_the_restart_continues_exactly() {
+    let expected = reference();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = flow(dir.path());
+    let text = std::fs::read_to_string(&flow).expect("read");
+    std::fs::write(
+        &flow,
+        text.replace("mode: job", "mode: streaming")
+            .replace("interval: 100ms", "interval: 1h"),
+    )
+    .expect("write");
+    let child = streamflow()
+        .args(["run", &flow, "--quiet"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(800));
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(term.success());
+    let stopped = child.wait_with_output().expect("wait");
+    assert!(stopped.status.success(), "{}", stderr(&stopped));
+    // The only checkpoint (the interval is an hour) is the savepoint.
+    let list = streamflow()
+        .args(["checkpoints", "list", &flow])
+        .output()
+        .expect("list");
+    let listing = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert!(listing.contains("yes"), "a final checkpoint: {listing}");
+    let resumed = run_to_end(&flow, &[]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(stderr(&resumed).contains("resuming from checkpoint 1"));
+    assert_eq!(published(dir.path()), expected);
+}
