@@ -275,3 +275,62 @@ fn sigterm_in_streaming_mode_takes_a_savepoint_and_the_restart_continues_exactly
     assert!(stderr(&resumed).contains("resuming from checkpoint 1"));
     assert_eq!(published(dir.path()), expected);
 }
+
+/// A windowed job over JSON-lines files, resumed from file offsets.
+fn file_flow(dir: &Path) -> String {
+    let input = dir.join("in");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    for f in 0..3 {
+        let mut text = String::new();
+        // Over 1 MiB per file: read in several chunks, so offsets fall mid-file.
+        for i in 0..40_000 {
+            let n = f * 40_000 + i;
+            text.push_str(&format!(
+                "{{\"t\": {}, \"k\": \"k{}\", \"v\": {n}}}\n",
+                1_700_000_000_000i64 + n * 2,
+                n % 5
+            ));
+        }
+        std::fs::write(input.join(format!("part-{f}.jsonl")), text).expect("write");
+    }
+    write(
+        dir,
+        "flow.yaml",
+        &format!(
+            "name: files\nmode: job\ncheckpoint: {{interval: 20ms, storage: {state}}}\nsources:\n  - name: ev\n    type: file\n    config: {{path: \"{input}/*.jsonl\", timestamps: [t], batch_size: 100}}\n    event_time: {{column: t}}\nstages:\n  - {{name: w, type: window, input: ev, key_by: [k], window: {{kind: tumbling, size: 1s}}, aggregates: {{n: \"count(*)\", s: \"sum(v)\"}}}}\nsinks:\n  - {{name: out, type: file, input: w, config: {{path: {out}}}}}\n",
+            state = dir.join("state").display(),
+            input = input.display(),
+            out = dir.join("out").display(),
+        ),
+    )
+}
+
+#[test]
+fn a_file_source_resumes_from_its_recorded_offsets() {
+    let reference_dir = tempfile::tempdir().expect("tempdir");
+    let done = run_to_end(&file_flow(reference_dir.path()), &[]);
+    assert!(done.status.success(), "{}", stderr(&done));
+    let expected = published(reference_dir.path());
+    assert!(expected.len() > 100);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = file_flow(dir.path());
+    let mut crash_at = 1;
+    let mut crashes = 0;
+    for _ in 0..3 {
+        let run = run_to_end(
+            &flow,
+            &[("STREAMFLOW_CRASH_AFTER_COMMIT", &crash_at.to_string())],
+        );
+        if run.status.success() {
+            break; // finished before reaching that checkpoint
+        }
+        crashes += 1;
+        crash_at += 2;
+    }
+    assert!(crashes > 0, "the job was interrupted at least once");
+    let last = run_to_end(&flow, &[]);
+    assert!(last.status.success(), "{}", stderr(&last));
+    assert!(stderr(&last).contains("resuming from checkpoint"));
+    assert_eq!(published(dir.path()), expected);
+}

@@ -218,6 +218,17 @@ impl<R: tokio::io::AsyncRead + Unpin + Send> TextReader<R> {
         self
     }
 
+    /// Continues an input already positioned at byte `offset`, whose next
+    /// line is line `line` (1-based): after a restore.
+    pub(crate) fn resume_at(mut self, offset: u64, line: u64) -> Self {
+        self.chunker.next_offset = offset;
+        self.chunker.next_line = line;
+        if offset > 0 {
+            self.skip_header = false;
+        }
+        self
+    }
+
     /// Byte offset of the next undecoded line.
     pub(crate) fn offset(&self) -> u64 {
         self.chunker.next_offset

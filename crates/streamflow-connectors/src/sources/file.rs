@@ -253,6 +253,7 @@ impl SourceFactory for FileSourceFactory {
             header: self.config.header,
             batch_size: self.config.batch_size,
             current: None,
+            finished: None,
         }))
     }
 }
@@ -262,8 +263,13 @@ enum Reader {
     Parquet {
         reader: ParquetRecordBatchReader,
         name: String,
+        /// Rows read so far (the position within a Parquet file).
+        rows: u64,
     },
 }
+
+/// Position of a file that has been read to the end.
+const FINISHED: u64 = u64::MAX;
 
 struct FileSource {
     files: VecDeque<PathBuf>,
@@ -273,10 +279,18 @@ struct FileSource {
     header: bool,
     batch_size: usize,
     current: Option<Reader>,
+    /// The last file read to the end.
+    finished: Option<String>,
 }
 
 impl FileSource {
     async fn open_next(&mut self) -> Result<bool> {
+        self.open_next_at(0).await
+    }
+
+    /// Opens the next file, positioned at `position` (bytes for text, rows
+    /// for Parquet).
+    async fn open_next_at(&mut self, position: u64) -> Result<bool> {
         let Some(path) = self.files.pop_front() else {
             return Ok(false);
         };
@@ -286,24 +300,32 @@ impl FileSource {
                 let file = std::fs::File::open(&path)
                     .map_err(|e| Error::io(format!("opening {name}"), e))?;
                 let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-                    .and_then(|b| b.with_batch_size(self.batch_size).build())
+                    .and_then(|b| {
+                        b.with_batch_size(self.batch_size)
+                            .with_offset(position as usize)
+                            .build()
+                    })
                     .map_err(|e| Error::Decode {
                         location: name.clone(),
                         message: e.to_string(),
                     })?;
-                Reader::Parquet { reader, name }
+                Reader::Parquet {
+                    reader,
+                    name,
+                    rows: position,
+                }
             }
             _ => {
-                let file = tokio::fs::File::open(&path)
+                let mut file = tokio::fs::File::open(&path)
                     .await
                     .map_err(|e| Error::io(format!("opening {name}"), e))?;
+                // Resuming: read past `position`, counting lines for dead letters.
+                let line = skip_lines(&mut file, position, &name).await? + 1;
                 let skip_header = self.format == FileFormat::Csv && self.header;
-                Reader::Text(TextReader::new(
-                    file,
-                    name,
-                    self.decoder.clone(),
-                    skip_header,
-                ))
+                Reader::Text(
+                    TextReader::new(file, name, self.decoder.clone(), skip_header)
+                        .resume_at(position, line),
+                )
             }
         });
         Ok(true)
@@ -340,11 +362,16 @@ impl Source for FileSource {
                 return Ok(None);
             }
             let produced = match self.current.as_mut() {
-                Some(Reader::Parquet { reader, name }) => match reader.next() {
-                    Some(batch) => Some(SourceBatch {
-                        data: Some(batch.map_err(|e| Error::arrow(format!("reading {name}"), e))?),
-                        dead_letters: Vec::new(),
-                    }),
+                Some(Reader::Parquet { reader, name, rows }) => match reader.next() {
+                    Some(batch) => {
+                        let batch =
+                            batch.map_err(|e| Error::arrow(format!("reading {name}"), e))?;
+                        *rows += batch.num_rows() as u64;
+                        Some(SourceBatch {
+                            data: Some(batch),
+                            dead_letters: Vec::new(),
+                        })
+                    }
                     None => None,
                 },
                 Some(Reader::Text(reader)) => reader.next().await?,
@@ -355,18 +382,150 @@ impl Source for FileSource {
                     batch.data = batch.data.map(|b| self.conform(b)).transpose()?;
                     return Ok(Some(batch));
                 }
-                None => self.current = None,
+                None => {
+                    self.finished = match self.current.take() {
+                        Some(Reader::Text(r)) => Some(r.name().to_string()),
+                        Some(Reader::Parquet { name, .. }) => Some(name),
+                        None => None,
+                    };
+                }
             }
         }
     }
 
+    /// The file being read and the position of its next record (bytes for
+    /// text, rows for Parquet), or the last file read to the end.
     fn offset(&self) -> SourceOffset {
-        match &self.current {
-            Some(Reader::Text(r)) => SourceOffset::File {
+        match (&self.current, &self.finished) {
+            (Some(Reader::Text(r)), _) => SourceOffset::File {
                 path: r.name().to_string(),
                 byte: r.offset(),
             },
-            _ => SourceOffset::None,
+            (Some(Reader::Parquet { name, rows, .. }), _) => SourceOffset::File {
+                path: name.clone(),
+                byte: *rows,
+            },
+            (None, Some(done)) => SourceOffset::File {
+                path: done.clone(),
+                byte: FINISHED,
+            },
+            (None, None) => SourceOffset::None,
+        }
+    }
+
+    async fn seek(&mut self, offset: &SourceOffset) -> Result<()> {
+        let (path, position) = match offset {
+            SourceOffset::None => return Ok(()),
+            SourceOffset::File { path, byte } => (path, *byte),
+            other => return Err(Error::Other(format!("cannot resume from {other:?}"))),
+        };
+        // Files are read in name order: skip those before the recorded one.
+        while self
+            .files
+            .front()
+            .is_some_and(|f| f.display().to_string() != *path)
+        {
+            self.files.pop_front();
+        }
+        if self.files.is_empty() {
+            return Err(Error::Other(format!(
+                "cannot resume: {path}, where the checkpoint stopped reading, is no longer among the input files"
+            )));
+        }
+        if position == FINISHED {
+            self.files.pop_front();
+            self.finished = Some(path.clone());
+            return Ok(());
+        }
+        self.open_next_at(position).await.map(|_| ())
+    }
+}
+
+/// Reads `bytes` bytes of `file`, returning how many lines they hold.
+async fn skip_lines(file: &mut tokio::fs::File, bytes: u64, name: &str) -> Result<u64> {
+    use tokio::io::AsyncReadExt;
+    let mut left = bytes;
+    let mut lines = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    while left > 0 {
+        let want = buf.len().min(left as usize);
+        let n = file
+            .read(&mut buf[..want])
+            .await
+            .map_err(|e| Error::io(format!("reading {name}"), e))?;
+        if n == 0 {
+            return Err(Error::Other(format!(
+                "cannot resume {name} at byte {bytes}: the file is shorter"
+            )));
+        }
+        lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+        left -= n as u64;
+    }
+    Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Array, Int64Array};
+    use streamflow_dsl::Mode;
+
+    /// Reads a source to the end, returning the `v` column.
+    async fn drain(source: &mut dyn Source, limit: usize) -> Vec<i64> {
+        let mut out = Vec::new();
+        let mut batches = 0;
+        while batches < limit {
+            let Some(batch) = source.next_batch().await.expect("read") else {
+                break;
+            };
+            if let Some(data) = batch.data {
+                let v = data
+                    .column_by_name("v")
+                    .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+                    .expect("v");
+                out.extend(v.iter().flatten());
+            }
+            batches += 1;
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_restored_source_continues_where_the_offset_says() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut all = Vec::new();
+        for f in 0..2 {
+            let mut text = String::new();
+            for i in 0..60_000i64 {
+                let v = f * 60_000 + i;
+                all.push(v);
+                text.push_str(&format!("{{\"v\": {v}, \"pad\": \"{:020}\"}}\n", v));
+            }
+            std::fs::write(dir.path().join(format!("{f}.jsonl")), text).expect("write");
+        }
+        let settings = serde_json::json!({
+            "path": format!("{}/*.jsonl", dir.path().display()),
+            "schema": {"v": "int64", "pad": "string"},
+        });
+        let settings = settings.as_object().cloned().expect("object");
+        let factory = plan(&SourceContext {
+            name: "f",
+            path: "sources[0].config",
+            settings: &settings,
+            mode: Mode::Job,
+        })
+        .map_err(|d| format!("{d:?}"))
+        .expect("plans");
+        // Stop after each number of batches, record the offset, resume a
+        // fresh instance from it: together they read every record once.
+        for cut in 1..6 {
+            let mut first = factory.create(0, 1).expect("source");
+            let mut got = drain(first.as_mut(), cut).await;
+            let offset = first.offset();
+            let mut second = factory.create(0, 1).expect("source");
+            second.seek(&offset).await.expect("seek");
+            got.extend(drain(second.as_mut(), usize::MAX).await);
+            assert_eq!(got, all, "cut after {cut} batches at {offset:?}");
         }
     }
 }
