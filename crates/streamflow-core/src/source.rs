@@ -43,6 +43,13 @@ pub trait Source: Send {
         }
     }
 
+    /// Checkpoint `checkpoint` is complete: everything up to the position
+    /// recorded in it is durable downstream. Broker sources acknowledge or
+    /// commit their consumed offsets here, never earlier.
+    async fn checkpoint_complete(&mut self, _checkpoint: u64) -> Result<()> {
+        Ok(())
+    }
+
     /// Total number of records if known in advance (drives progress bars).
     fn size_hint(&self) -> Option<u64> {
         None

@@ -48,6 +48,15 @@ pub(crate) enum Ack {
     SourceFinished,
 }
 
+/// What the coordinator tells a source instance.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum SourceControl {
+    /// Emit this barrier after the records pulled so far.
+    Inject(CheckpointBarrier),
+    /// This checkpoint is complete.
+    Complete(u64),
+}
+
 /// How each task talks to the coordinator.
 #[derive(Clone)]
 pub(crate) struct AckSender {
@@ -77,7 +86,7 @@ pub(crate) struct Coordinator {
     pub(crate) config: CheckpointConfig,
     pub(crate) nodes: Vec<NodeInfo>,
     pub(crate) instances: usize,
-    pub(crate) sources: Vec<UnboundedSender<CheckpointBarrier>>,
+    pub(crate) sources: Vec<UnboundedSender<SourceControl>>,
     pub(crate) sinks: Vec<UnboundedSender<u64>>,
     pub(crate) acks: UnboundedReceiver<Ack>,
     pub(crate) next_id: u64,
@@ -146,7 +155,7 @@ impl Coordinator {
         );
         for s in &self.sources {
             // A source that has gone away fails the pipeline elsewhere.
-            let _ = s.send(barrier);
+            let _ = s.send(SourceControl::Inject(barrier));
         }
         id
     }
@@ -239,6 +248,9 @@ impl Coordinator {
         );
         for sink in &self.sinks {
             let _ = sink.send(id);
+        }
+        for source in &self.sources {
+            let _ = source.send(SourceControl::Complete(id));
         }
         self.store.prune(self.config.retain).await
     }

@@ -227,7 +227,7 @@ impl Pipeline {
                             source_injects.push(tx);
                             SourceCheckpoints {
                                 instance,
-                                inject: rx,
+                                control: rx,
                                 acks: acks.clone(),
                             }
                         });

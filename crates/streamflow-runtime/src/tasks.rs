@@ -12,7 +12,7 @@ use streamflow_state::SourcePosition;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::sync::watch;
 
-use crate::checkpoint::{Ack, AckSender};
+use crate::checkpoint::{Ack, AckSender, SourceControl};
 
 use crate::exchange::Exchange;
 use crate::input::{InputEvent, InputSet};
@@ -116,7 +116,7 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 /// A source instance's link to the checkpoint coordinator.
 pub(crate) struct SourceCheckpoints {
     pub(crate) instance: usize,
-    pub(crate) inject: UnboundedReceiver<CheckpointBarrier>,
+    pub(crate) control: UnboundedReceiver<SourceControl>,
     pub(crate) acks: AckSender,
 }
 
@@ -162,9 +162,14 @@ pub(crate) async fn run_source(
         let mut stopped_early = false;
         'pull: loop {
             if let Some(c) = checkpoints.as_mut() {
-                while let Ok(b) = c.inject.try_recv() {
-                    let at = position(source.as_ref(), watermarks.as_ref());
-                    c.barrier(b, at, &mut out).await?;
+                while let Ok(control) = c.control.try_recv() {
+                    match control {
+                        SourceControl::Inject(b) => {
+                            let at = position(source.as_ref(), watermarks.as_ref());
+                            c.barrier(b, at, &mut out).await?;
+                        }
+                        SourceControl::Complete(id) => source.checkpoint_complete(id).await?,
+                    }
                 }
             }
             let next = {
@@ -213,11 +218,16 @@ pub(crate) async fn run_source(
         }
         if let Some(c) = checkpoints.as_mut() {
             c.acks.send(Ack::SourceFinished)?;
-            while let Some(b) = c.inject.recv().await {
-                let at = position(source.as_ref(), watermarks.as_ref());
-                c.barrier(b, at, &mut out).await?;
-                if b.is_final {
-                    break;
+            while let Some(control) = c.control.recv().await {
+                match control {
+                    SourceControl::Inject(b) => {
+                        let at = position(source.as_ref(), watermarks.as_ref());
+                        c.barrier(b, at, &mut out).await?;
+                        if b.is_final {
+                            break;
+                        }
+                    }
+                    SourceControl::Complete(id) => source.checkpoint_complete(id).await?,
                 }
             }
         }

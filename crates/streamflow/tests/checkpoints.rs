@@ -334,3 +334,46 @@ fn a_file_source_resumes_from_its_recorded_offsets() {
     assert!(stderr(&last).contains("resuming from checkpoint"));
     assert_eq!(published(dir.path()), expected);
 }
+
+#[test]
+fn synchronous_snapshots_and_a_restore_at_another_parallelism_give_the_same_output() {
+    let expected = reference();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = flow(dir.path());
+    let text = std::fs::read_to_string(&flow).expect("read");
+    std::fs::write(
+        &flow,
+        text.replace("interval: 100ms,", "interval: 100ms, async: false,"),
+    )
+    .expect("write");
+    // Keyed stages at parallelism 3: their state is split by key group.
+    let wide = [
+        "--set",
+        "stages.w.parallelism=3",
+        "--set",
+        "stages.top.parallelism=3",
+    ];
+    let mut crashed = streamflow();
+    crashed
+        .args(["run", &flow, "--quiet"])
+        .args(wide)
+        .env("STREAMFLOW_CRASH_AFTER_COMMIT", "6");
+    let crashed = crashed.output().expect("run");
+    assert!(!crashed.status.success(), "crashed at checkpoint 6");
+    // Restored at parallelism 2.
+    let narrow = streamflow()
+        .args([
+            "run",
+            &flow,
+            "--quiet",
+            "--set",
+            "stages.w.parallelism=2",
+            "--set",
+            "stages.top.parallelism=2",
+        ])
+        .output()
+        .expect("run");
+    assert!(narrow.status.success(), "{}", stderr(&narrow));
+    assert!(stderr(&narrow).contains("resuming from checkpoint 6"));
+    assert_eq!(published(dir.path()), expected);
+}
