@@ -76,6 +76,9 @@ enum CheckpointsAction {
     List {
         /// Flow file whose checkpoint storage to read.
         file: PathBuf,
+        /// Override a setting, as for `run`.
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        overrides: Vec<String>,
     },
     /// Everything recorded in one checkpoint (default: the newest).
     Inspect {
@@ -83,6 +86,9 @@ enum CheckpointsAction {
         file: PathBuf,
         /// Checkpoint id.
         id: Option<u64>,
+        /// Override a setting, as for `run`.
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        overrides: Vec<String>,
     },
 }
 
@@ -281,11 +287,15 @@ fn run(
 
 /// `streamflow checkpoints list|inspect FLOW`.
 fn checkpoints(action: CheckpointsAction) -> anyhow::Result<ExitCode> {
-    let (file, id) = match &action {
-        CheckpointsAction::List { file } => (file, None),
-        CheckpointsAction::Inspect { file, id } => (file, *id),
+    let (file, id, overrides) = match &action {
+        CheckpointsAction::List { file, overrides } => (file, None, overrides),
+        CheckpointsAction::Inspect {
+            file,
+            id,
+            overrides,
+        } => (file, *id, overrides),
     };
-    let pipeline = match Pipeline::from_file(file, &[]) {
+    let pipeline = match Pipeline::from_file(file, overrides) {
         Ok(p) => p,
         Err(d) => {
             print_diagnostics(&d);

@@ -377,3 +377,49 @@ fn synchronous_snapshots_and_a_restore_at_another_parallelism_give_the_same_outp
     assert!(stderr(&narrow).contains("resuming from checkpoint 6"));
     assert_eq!(published(dir.path()), expected);
 }
+
+#[test]
+fn the_exactly_once_example_runs_and_ends_with_a_final_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = common::root().join("examples/exactly_once.yaml");
+    let flow = flow.to_string_lossy().into_owned();
+    let state = format!("checkpoint.storage={}", dir.path().join("state").display());
+    let out = format!("sinks.out.config.path={}", dir.path().join("out").display());
+    let small = "sources.bids.config.events=20000";
+    let run = streamflow()
+        .args([
+            "run", &flow, "--quiet", "--set", &state, "--set", &out, "--set", small,
+        ])
+        .output()
+        .expect("run");
+    assert!(run.status.success(), "{}", stderr(&run));
+    let rows: usize = std::fs::read_dir(dir.path().join("out"))
+        .expect("out")
+        .map(|e| {
+            std::fs::read_to_string(e.expect("entry").path())
+                .expect("read")
+                .lines()
+                .count()
+        })
+        .sum();
+    assert!(rows > 0, "windows were written");
+    assert!(
+        std::fs::read_dir(dir.path().join("out"))
+            .expect("out")
+            .all(|e| !e
+                .expect("entry")
+                .path()
+                .to_string_lossy()
+                .ends_with(".inprogress")),
+        "every file is published"
+    );
+    let list = streamflow()
+        .args(["checkpoints", "list", &flow, "--set", &state])
+        .output()
+        .expect("list");
+    let listing = String::from_utf8_lossy(&list.stdout).into_owned();
+    assert!(
+        listing.lines().last().is_some_and(|l| l.ends_with("yes")),
+        "{listing}"
+    );
+}
