@@ -4,6 +4,8 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
+use streamflow_core::{Error, Result, SourceOffset};
+
 /// Walks record numbers in chunks of `batch_size`; instance `i` of `p` takes
 /// chunks `i, i + p, i + 2p, ...`, so instances together cover every number
 /// exactly once and output does not depend on the parallelism.
@@ -59,18 +61,23 @@ impl ChunkCursor {
         Some(start..end)
     }
 
-    /// Index of the next chunk (the checkpoint offset).
-    pub(crate) fn position(&self) -> u64 {
-        self.next_chunk
+    /// The checkpoint offset: the index of the next chunk.
+    pub(crate) fn offset(&self) -> SourceOffset {
+        SourceOffset::Index(self.next_chunk)
     }
 
-    /// Resumes at chunk `position` (a [`position`](Self::position) of the
-    /// same instance at the same parallelism).
-    pub(crate) fn seek(&mut self, position: u64) -> Result<(), String> {
+    /// Resumes at a checkpointed [`offset`](Self::offset) of the same
+    /// instance at the same parallelism.
+    pub(crate) fn seek(&mut self, offset: &SourceOffset) -> Result<()> {
+        let position = match offset {
+            SourceOffset::None => return Ok(()),
+            SourceOffset::Index(p) => *p,
+            other => return Err(Error::Other(format!("cannot resume from {other:?}"))),
+        };
         if position % self.stride != self.next_chunk % self.stride {
-            return Err(format!(
+            return Err(Error::Other(format!(
                 "offset {position} belongs to another instance or parallelism"
-            ));
+            )));
         }
         // The throttle restarts from here.
         self.produced = 0;

@@ -162,15 +162,11 @@ impl Source for NexmarkSource {
     }
 
     fn offset(&self) -> SourceOffset {
-        SourceOffset::Index(self.cursor.position())
+        self.cursor.offset()
     }
 
     async fn seek(&mut self, offset: &SourceOffset) -> Result<()> {
-        match offset {
-            SourceOffset::Index(position) => self.cursor.seek(*position).map_err(Error::Other),
-            SourceOffset::None => Ok(()),
-            other => Err(Error::Other(format!("cannot resume from {other:?}"))),
-        }
+        self.cursor.seek(offset)
     }
 
     fn size_hint(&self) -> Option<u64> {
