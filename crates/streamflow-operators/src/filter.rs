@@ -100,6 +100,7 @@ mod tests {
             inputs: &[schema],
             key_by: &[],
             event_time: None,
+            input_event_times: &[],
         })
     }
 

@@ -285,6 +285,7 @@ pub(crate) mod harness {
             inputs: &[tkv_schema()],
             key_by: &key_by,
             event_time: Some("t"),
+            input_event_times: &[],
         })
         .map_err(|d| format!("{d:?}"))
         .expect("plans")

@@ -22,6 +22,8 @@ pub struct StageContext<'a> {
     pub key_by: &'a [String],
     /// The event-time column of the (first) input, if known.
     pub event_time: Option<&'a str>,
+    /// The event-time column of every input, in order (joins).
+    pub input_event_times: &'a [Option<&'a str>],
 }
 
 impl StageContext<'_> {
@@ -61,4 +63,9 @@ pub trait StageFactory: Send + Sync {
     fn output_schema(&self) -> SchemaRef;
     /// A new operator instance.
     fn create(&self) -> Box<dyn Operator>;
+    /// The expressions each input is hash-partitioned by, when the stage
+    /// keys its inputs differently (joins); `None` uses `key_by` for all.
+    fn partition_keys(&self) -> Option<Vec<Vec<streamflow_expr::CompiledExpr>>> {
+        None
+    }
 }

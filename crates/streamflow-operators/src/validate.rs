@@ -276,6 +276,7 @@ mod tests {
             inputs: &[Arc::clone(&input)],
             key_by: &[],
             event_time: None,
+            input_event_times: &[],
         })
         .expect("plans");
         let batch = RecordBatch::try_new(

@@ -123,7 +123,11 @@ impl Pipeline {
         for (c, consumer) in graph.nodes.iter().enumerate() {
             for (logical, &p) in consumer.inputs.iter().enumerate() {
                 let producer = &graph.nodes[p];
-                let key_by = &plan.nodes[c].key_by;
+                let key_by = plan.nodes[c]
+                    .key_by
+                    .get(logical)
+                    .cloned()
+                    .unwrap_or_default();
                 for (i, producer_edges) in edges[p].iter_mut().enumerate() {
                     let (senders, receivers) =
                         channels(consumer.parallelism, consumer.queue_capacity);

@@ -28,8 +28,9 @@ pub struct PlannedNode {
     pub planned: Planned,
     /// Output schema (sources, stages) or input schema (sinks).
     pub schema: SchemaRef,
-    /// `key_by` expressions compiled against the node's input schema.
-    pub key_by: Vec<CompiledExpr>,
+    /// Per logical input: the expressions its rows are hash-partitioned by
+    /// (`key_by`, or a join's keys for that side); empty when not keyed.
+    pub key_by: Vec<Vec<CompiledExpr>>,
     /// Name of the event-time column of the node's output, if it has one.
     pub event_time: Option<String>,
 }
@@ -87,10 +88,11 @@ pub fn plan(graph: FlowGraph) -> Result<PhysicalPlan, Diagnostics> {
                 &graph,
                 node,
                 &inputs,
-                node.inputs
-                    .first()
-                    .and_then(|&i| planned[i].as_ref())
-                    .and_then(|p| p.event_time.as_deref()),
+                &node
+                    .inputs
+                    .iter()
+                    .map(|&i| planned[i].as_ref().and_then(|p| p.event_time.as_deref()))
+                    .collect::<Vec<_>>(),
             ) {
                 Ok(p) => Some(p),
                 Err(e) => {
@@ -128,8 +130,9 @@ fn plan_node(
     graph: &FlowGraph,
     node: &Node,
     inputs: &[SchemaRef],
-    input_event_time: Option<&str>,
+    input_event_times: &[Option<&str>],
 ) -> Result<PlannedNode, Diagnostics> {
+    let input_event_time = input_event_times.first().copied().flatten();
     match node.role {
         Role::Source => {
             let kinds = streamflow_connectors::source_kinds();
@@ -151,7 +154,7 @@ fn plan_node(
             Ok(PlannedNode {
                 schema,
                 planned: Planned::Source(factory),
-                key_by: Vec::new(),
+                key_by: vec![Vec::new()],
                 event_time,
             })
         }
@@ -201,8 +204,13 @@ fn plan_node(
                 inputs,
                 key_by: &node.key_by,
                 event_time: input_event_time,
+                input_event_times,
             };
             let factory = (kind.plan)(&ctx)?;
+            // Each input is partitioned by its own keys (joins) or by key_by.
+            let key_by = factory
+                .partition_keys()
+                .unwrap_or_else(|| vec![key_by; inputs.len().max(1)]);
             let schema = factory.output_schema();
             // Event time survives a stage that keeps the column as a timestamp.
             let event_time = input_event_time
@@ -235,7 +243,7 @@ fn plan_node(
             Ok(PlannedNode {
                 schema,
                 planned: Planned::Sink(factory),
-                key_by: Vec::new(),
+                key_by: vec![Vec::new()],
                 event_time: None,
             })
         }

@@ -48,6 +48,7 @@ fn run_late_window(
         inputs: &[Arc::clone(&schema)],
         key_by: &["k".to_string()],
         event_time: Some("t"),
+        input_event_times: &[],
     })
     .expect("plans");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -349,6 +350,7 @@ fn run_count(
         inputs: &[Arc::clone(&schema)],
         key_by: &["k".to_string()],
         event_time: None,
+        input_event_times: &[],
     })
     .expect("plans");
     let rt = tokio::runtime::Builder::new_current_thread()
