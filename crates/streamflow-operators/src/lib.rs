@@ -14,6 +14,7 @@ mod dedup;
 mod event_time;
 mod filter;
 mod grouping;
+mod join;
 mod map;
 mod projection;
 mod rename;

@@ -6,7 +6,7 @@ use streamflow_core::Diagnostics;
 
 use crate::stage::{InputRule, StageContext, StageFactory};
 use crate::{
-    add_column, aggregate, dedup, filter, map, rename, select, top_n, union, validate, window,
+    add_column, aggregate, dedup, filter, join, map, rename, select, top_n, union, validate, window,
 };
 
 /// Plans a stage from its context.
@@ -98,6 +98,13 @@ pub static STAGES: &[StageKind] = &[
         inputs: InputRule::SameSchema,
         late_output: true,
         plan: top_n::plan,
+    },
+    StageKind {
+        name: "join",
+        description: "join two inputs on equal keys within event-time windows",
+        inputs: InputRule::Exactly(2),
+        late_output: false,
+        plan: join::plan,
     },
     StageKind {
         name: "union",

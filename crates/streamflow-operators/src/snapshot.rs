@@ -163,12 +163,15 @@ pub(crate) mod harness {
     #[derive(Clone)]
     pub(crate) enum Step {
         Batch(RecordBatch),
+        /// A batch on another logical input.
+        Input(usize, RecordBatch),
         Watermark(i64),
     }
 
     async fn apply(op: &mut Box<dyn Operator>, step: &Step, out: &mut Output) {
         match step {
             Step::Batch(b) => op.process_batch(0, b.clone(), out).await.expect("process"),
+            Step::Input(i, b) => op.process_batch(*i, b.clone(), out).await.expect("process"),
             Step::Watermark(w) => op
                 .process_watermark(Watermark(*w), out)
                 .await

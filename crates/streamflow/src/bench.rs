@@ -23,6 +23,7 @@ pub const QUERIES: &[(&str, &str)] = &[
         "dedup",
         include_str!("../../../examples/nexmark/dedup.yaml"),
     ),
+    ("q8", include_str!("../../../examples/nexmark/q8.yaml")),
     ("q18", include_str!("../../../examples/nexmark/q18.yaml")),
     ("q19", include_str!("../../../examples/nexmark/q19.yaml")),
     (

@@ -8,7 +8,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use arrow::array::{Array, Int64Array, StringArray, TimestampMillisecondArray};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
 use common::{read_jsonl, root, run, stderr};
 use serde_json::Value;
 use streamflow_connectors::sources::nexmark::{NexmarkConfig, NexmarkGenerator, NexmarkTable};
@@ -671,5 +673,98 @@ fn top_three_bids_per_tumbling_window_with_ranks() {
             .collect(),
     );
     assert!(expected.len() > 3, "the test needs several windows");
+    assert_eq!(actual, sorted(expected));
+}
+
+#[test]
+fn q8_joins_persons_and_their_auctions_in_the_same_window() {
+    let table = |table: NexmarkTable| {
+        NexmarkGenerator::new(NexmarkConfig {
+            table,
+            event_rate: WINDOWED_EVENT_RATE,
+            ..NexmarkConfig::default()
+        })
+        .generate(0..EVENTS)
+        .expect("generate")
+    };
+    let column = |b: &arrow::record_batch::RecordBatch, name: &str| {
+        Arc::clone(b.column_by_name(name).expect("column"))
+    };
+    let i64s = |a: ArrayRef| {
+        a.as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("i64")
+            .clone()
+    };
+    let ts = |a: ArrayRef| {
+        a.as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .expect("ts")
+            .clone()
+    };
+    let persons = table(NexmarkTable::Person);
+    let auctions = table(NexmarkTable::Auction);
+    let (pid, ptime) = (
+        i64s(column(&persons, "id")),
+        ts(column(&persons, "date_time")),
+    );
+    let pname = column(&persons, "name");
+    let pname = pname.as_any().downcast_ref::<StringArray>().expect("utf8");
+    let (aid, seller, atime) = (
+        i64s(column(&auctions, "id")),
+        i64s(column(&auctions, "seller")),
+        ts(column(&auctions, "date_time")),
+    );
+    let window = |t: i64| t - t.rem_euclid(10_000);
+    let mut expected = Vec::new();
+    for p in 0..pid.len() {
+        for a in 0..aid.len() {
+            if pid.value(p) == seller.value(a) && window(ptime.value(p)) == window(atime.value(a)) {
+                expected.push(format!(
+                    "{}|{}|{}|{}",
+                    window(ptime.value(p)),
+                    pid.value(p),
+                    pname.value(p),
+                    aid.value(a)
+                ));
+            }
+        }
+    }
+    assert!(expected.len() > 10, "the test needs matches");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("out");
+    let flow = root().join("examples/nexmark/q8.yaml");
+    let flow = flow.to_string_lossy().into_owned();
+    let mut args = vec!["run".to_string(), flow, "--quiet".to_string()];
+    for source in ["persons", "auctions"] {
+        for setting in [
+            format!("sources.{source}.config.events={EVENTS}"),
+            format!("sources.{source}.config.event_rate={WINDOWED_EVENT_RATE}"),
+        ] {
+            args.extend(["--set".to_string(), setting]);
+        }
+    }
+    args.extend([
+        "--set".to_string(),
+        format!("sinks.out.config.path={}", out_dir.display()),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run(&args);
+    assert!(out.status.success(), "q8 failed: {}", stderr(&out));
+    let actual = sorted(
+        read_jsonl(&out_dir)
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}|{}|{}|{}",
+                    millis(r["window_start"].as_str().expect("start")),
+                    r["p_id"],
+                    r["p_name"].as_str().expect("name"),
+                    r["a_id"]
+                )
+            })
+            .collect(),
+    );
     assert_eq!(actual, sorted(expected));
 }
