@@ -497,6 +497,16 @@ impl Operator for WindowJoin {
 
     async fn process_watermark(&mut self, watermark: Watermark, out: &mut Output) -> Result<()> {
         self.watermark = self.watermark.max(watermark.0);
+        tracing::trace!(
+            windows = self.windows.len(),
+            rows = self
+                .windows
+                .values()
+                .flat_map(|s| s.rows.iter().flatten())
+                .map(RecordBatch::num_rows)
+                .sum::<usize>(),
+            "join state"
+        );
         while let Some(entry) = self.windows.first_entry() {
             if !self.factory.assigner.fired(*entry.key(), self.watermark) {
                 break;

@@ -8,6 +8,8 @@
 //! - an input that declared itself idle does not hold back the watermark
 //!   until it sends data or a watermark again; when every live input is idle
 //!   the set reports itself idle, so that idleness propagates downstream;
+//! - inputs ahead in event time wait while a readable input lags behind
+//!   (watermark alignment, which bounds the state of joins and windows);
 //! - end of stream is reported once every input has ended.
 //!
 //! This logic is pure with respect to time and I/O apart from polling the
@@ -114,12 +116,26 @@ impl InputSet {
     /// Receives from the next readable channel, rotating for fairness. A
     /// closed channel reads as end of stream.
     async fn poll_any(&mut self) -> (usize, Message) {
+        // Watermark alignment: while a readable input lags behind in event
+        // time, inputs ahead of it wait, so that a fast input cannot fill a
+        // join or window with state the slow one is not ready to match.
+        // Inputs that have sent no watermark yet, idle ones and inputs held
+        // by barrier alignment neither hold others back nor are held.
+        let floor = self
+            .channels
+            .iter()
+            .filter(|c| !c.ended && !c.blocked && !c.idle && c.watermark > Watermark::MIN)
+            .map(|c| c.watermark)
+            .min();
         poll_fn(|cx| {
             let n = self.channels.len();
             for step in 0..n {
                 let i = (self.cursor + step) % n;
                 let ch = &mut self.channels[i];
                 if ch.ended || ch.blocked {
+                    continue;
+                }
+                if floor.is_some_and(|f| ch.watermark > f) {
                     continue;
                 }
                 match ch.channel.receiver.poll_recv(cx) {
@@ -353,6 +369,57 @@ mod tests {
         assert!(matches!(
             inputs.next().await,
             InputEvent::Watermark(Watermark(40))
+        ));
+    }
+
+    #[tokio::test]
+    async fn inputs_ahead_in_event_time_wait_for_the_lagging_one() {
+        let (txs, mut inputs) = set(2);
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::empty());
+        let data = || {
+            Message::Data(
+                RecordBatch::try_new_with_options(
+                    schema.clone(),
+                    vec![],
+                    &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(1)),
+                )
+                .expect("batch"),
+            )
+        };
+        txs[0]
+            .send(Message::Watermark(Watermark(100)))
+            .await
+            .expect("send");
+        txs[1]
+            .send(Message::Watermark(Watermark(10)))
+            .await
+            .expect("send");
+        assert!(matches!(
+            inputs.next().await,
+            InputEvent::Watermark(Watermark(10))
+        ));
+        // Input 0 is ahead: its queued batch waits while input 1 has data.
+        txs[0].send(data()).await.expect("send");
+        txs[1].send(data()).await.expect("send");
+        txs[1].send(data()).await.expect("send");
+        for _ in 0..2 {
+            assert!(matches!(
+                inputs.next().await,
+                InputEvent::Data { input: 1, .. }
+            ));
+        }
+        // Input 1 catches up: input 0 is read again.
+        txs[1]
+            .send(Message::Watermark(Watermark(200)))
+            .await
+            .expect("send");
+        assert!(matches!(
+            inputs.next().await,
+            InputEvent::Watermark(Watermark(100))
+        ));
+        assert!(matches!(
+            inputs.next().await,
+            InputEvent::Data { input: 0, .. }
         ));
     }
 
