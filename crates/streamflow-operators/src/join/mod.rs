@@ -11,6 +11,12 @@
 //!   prefix: {left: "p_", right: "a_"}  # needed when column names clash
 //! ```
 //!
+//! `kind: interval` (`between: {lower: -5s, upper: 10s}`): a right row
+//! joins a left row when its event time lies in `[left + lower, left +
+//! upper]`; output `<left columns>, <right columns>` as matches are found,
+//! and for outer joins unmatched rows once the watermark rules out a match.
+//! A row already behind the watermark when it arrives is late (counted).
+//!
 //! `kind: window`: rows of both sides fall into event-time tumbling or
 //! sliding windows (each side by its own event time); when a window fires,
 //! its rows are joined and emitted as `window_start, window_end, <left
@@ -42,6 +48,8 @@ use crate::snapshot;
 use crate::stage::{StageContext, StageFactory};
 use crate::window::{Assigner, check_assigner};
 
+mod interval;
+
 /// Settings of a `join` stage.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +63,8 @@ struct JoinConfig {
     join: JoinType,
     /// Window of a `window` join.
     window: Option<JoinWindow>,
+    /// Time bounds of an `interval` join.
+    between: Option<Between>,
     /// Prefixes for the output columns of each side.
     prefix: Option<Prefix>,
 }
@@ -64,6 +74,35 @@ struct JoinConfig {
 enum JoinKind {
     /// Both sides in the same tumbling or sliding window.
     Window,
+    /// Right time within bounds around the left time.
+    Interval,
+}
+
+/// `between: {lower: -5s, upper: 10s}` (right time − left time).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Between {
+    lower: String,
+    upper: String,
+}
+
+/// A signed duration in ms: `10s`, `-5s`, `0s`.
+fn signed_ms(text: &str) -> std::result::Result<i64, String> {
+    let t = text.trim();
+    let (sign, body) = match t.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, t.strip_prefix('+').unwrap_or(t)),
+    };
+    streamflow_dsl::parse_duration(body).map(|d| sign * d.as_millis() as i64)
+}
+
+/// How rows of the two sides are paired in time.
+#[derive(Debug, Clone, Copy)]
+enum Pairing {
+    /// Same window.
+    Window(Assigner),
+    /// `left + lower <= right <= left + upper` (ms).
+    Interval { lower: i64, upper: i64 },
 }
 
 /// Which rows without a match are emitted.
@@ -187,7 +226,7 @@ struct JoinFactory {
     keys: [Vec<CompiledExpr>; 2],
     times: [usize; 2],
     how: JoinType,
-    assigner: Assigner,
+    pairing: Pairing,
 }
 
 pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diagnostics> {
@@ -235,21 +274,64 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
         }
     }
     let ms = |d: HumanDuration| d.0.as_millis() as i64;
-    let assigner = match (config.kind, &config.window) {
-        (JoinKind::Window, Some(JoinWindow::Tumbling { size })) => Some(Assigner {
-            size: ms(*size),
-            slide: ms(*size),
-        }),
-        (JoinKind::Window, Some(JoinWindow::Sliding { size, slide })) => Some(Assigner {
-            size: ms(*size),
-            slide: ms(*slide),
-        }),
+    let pairing = match (config.kind, &config.window) {
+        (JoinKind::Window, Some(JoinWindow::Tumbling { size })) => {
+            Some(Pairing::Window(Assigner {
+                size: ms(*size),
+                slide: ms(*size),
+            }))
+        }
+        (JoinKind::Window, Some(JoinWindow::Sliding { size, slide })) => {
+            Some(Pairing::Window(Assigner {
+                size: ms(*size),
+                slide: ms(*slide),
+            }))
+        }
         (JoinKind::Window, None) => {
             d.push(ctx.at("window"), "a window join needs a window");
             None
         }
+        (JoinKind::Interval, Some(_)) => {
+            d.push(
+                ctx.at("window"),
+                "an interval join takes `between`, not a window",
+            );
+            None
+        }
+        (JoinKind::Interval, None) => match &config.between {
+            None => {
+                d.push(
+                    ctx.at("between"),
+                    "an interval join needs between: {lower, upper}",
+                );
+                None
+            }
+            Some(b) => match (signed_ms(&b.lower), signed_ms(&b.upper)) {
+                (Ok(lower), Ok(upper)) if lower <= upper => {
+                    Some(Pairing::Interval { lower, upper })
+                }
+                (Ok(_), Ok(_)) => {
+                    d.push(ctx.at("between"), "lower must not exceed upper");
+                    None
+                }
+                (Err(e), _) => {
+                    d.push(ctx.at("between.lower"), e);
+                    None
+                }
+                (_, Err(e)) => {
+                    d.push(ctx.at("between.upper"), e);
+                    None
+                }
+            },
+        },
     };
-    if let Some(a) = assigner {
+    if config.kind == JoinKind::Window && config.between.is_some() {
+        d.push(
+            ctx.at("between"),
+            "a window join takes a window, not `between`",
+        );
+    }
+    if let Some(Pairing::Window(a)) = pairing {
         check_assigner(ctx, a, &mut d);
     }
     let mut times = [0usize; 2];
@@ -272,18 +354,16 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
         }
     }
     let prefix = config.prefix.unwrap_or_default();
-    let mut fields = vec![
-        Field::new(
-            "window_start",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-        Field::new(
-            "window_end",
-            DataType::Timestamp(TimeUnit::Millisecond, None),
-            false,
-        ),
-    ];
+    let mut fields = Vec::new();
+    if config.kind == JoinKind::Window {
+        for bound in ["window_start", "window_end"] {
+            fields.push(Field::new(
+                bound,
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ));
+        }
+    }
     for (schema, p, nullable, side) in [
         (&left, &prefix.left, config.join.keeps_right(), "left"),
         (&right, &prefix.right, config.join.keeps_left(), "right"),
@@ -305,49 +385,22 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
         }
     }
     d.into_result(())?;
-    let assigner = assigner.ok_or_else(Diagnostics::new)?;
+    let pairing = pairing.ok_or_else(Diagnostics::new)?;
     Ok(Arc::new(JoinFactory {
         schema: Arc::new(Schema::new(fields)),
         inputs: [left, right],
         keys: [lk, rk],
         times,
         how: config.join,
-        assigner,
+        pairing,
     }))
 }
 
-impl StageFactory for JoinFactory {
-    fn output_schema(&self) -> SchemaRef {
-        Arc::clone(&self.schema)
-    }
-    fn create(&self) -> Box<dyn Operator> {
-        Box::new(WindowJoin {
-            factory: Arc::new(self.clone()),
-            windows: BTreeMap::new(),
-            watermark: i64::MIN,
-        })
-    }
-    fn partition_keys(&self) -> Option<Vec<Vec<CompiledExpr>>> {
-        Some(self.keys.to_vec())
-    }
-}
-
-/// The rows of both sides that fell into one window.
-#[derive(Default)]
-struct Sides {
-    rows: [Vec<RecordBatch>; 2],
-}
-
-struct WindowJoin {
-    factory: Arc<JoinFactory>,
-    windows: BTreeMap<i64, Sides>,
-    watermark: i64,
-}
-
-impl WindowJoin {
-    /// Key rows of one side; rows with a null key get `None`.
+impl JoinFactory {
+    /// Key rows of one side (Arrow row format) and whether each key is
+    /// non-null (null keys never match).
     fn keys(&self, side: usize, batch: &RecordBatch) -> Result<(Rows, Vec<bool>)> {
-        let arrays = self.factory.keys[side]
+        let arrays = self.keys[side]
             .iter()
             .map(|k| {
                 k.evaluate(batch).map_err(|e| Error::Expression {
@@ -371,7 +424,45 @@ impl WindowJoin {
             .map_err(|e| Error::arrow("join keys", e))?;
         Ok((rows, valid))
     }
+}
 
+impl StageFactory for JoinFactory {
+    fn output_schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+    fn create(&self) -> Box<dyn Operator> {
+        let factory = Arc::new(self.clone());
+        match self.pairing {
+            Pairing::Window(assigner) => Box::new(WindowJoin {
+                factory,
+                assigner,
+                windows: BTreeMap::new(),
+                watermark: i64::MIN,
+            }),
+            Pairing::Interval { lower, upper } => {
+                Box::new(interval::IntervalJoin::new(factory, lower, upper))
+            }
+        }
+    }
+    fn partition_keys(&self) -> Option<Vec<Vec<CompiledExpr>>> {
+        Some(self.keys.to_vec())
+    }
+}
+
+/// The rows of both sides that fell into one window.
+#[derive(Default)]
+struct Sides {
+    rows: [Vec<RecordBatch>; 2],
+}
+
+struct WindowJoin {
+    factory: Arc<JoinFactory>,
+    assigner: Assigner,
+    windows: BTreeMap<i64, Sides>,
+    watermark: i64,
+}
+
+impl WindowJoin {
     /// Joins the rows of one window and emits the result.
     fn join(&self, start: i64, sides: Sides, out: &mut Output) -> Result<()> {
         let f = &self.factory;
@@ -379,8 +470,8 @@ impl WindowJoin {
             concat_batches(&f.inputs[i], &sides.rows[i]).map_err(|e| Error::arrow("join rows", e))
         });
         let (l, r) = (l?, r?);
-        let (lkeys, lvalid) = self.keys(0, &l)?;
-        let (rkeys, rvalid) = self.keys(1, &r)?;
+        let (lkeys, lvalid) = f.keys(0, &l)?;
+        let (rkeys, rvalid) = f.keys(1, &r)?;
         let mut table: HashMap<&[u8], Vec<u32>> = HashMap::new();
         for (i, valid) in rvalid.iter().enumerate() {
             if *valid {
@@ -426,7 +517,7 @@ impl WindowJoin {
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(TimestampMillisecondArray::from_value(start, n)),
             Arc::new(TimestampMillisecondArray::from_value(
-                start + f.assigner.size,
+                start + self.assigner.size,
                 n,
             )),
         ];
@@ -457,7 +548,7 @@ impl Operator for WindowJoin {
         out: &mut Output,
     ) -> Result<()> {
         let side = input.min(1);
-        let a = self.factory.assigner;
+        let a = self.assigner;
         let times = millis(batch.column(self.factory.times[side]))?;
         let mut rows_of: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         let mut late = Vec::new();
@@ -508,7 +599,7 @@ impl Operator for WindowJoin {
             "join state"
         );
         while let Some(entry) = self.windows.first_entry() {
-            if !self.factory.assigner.fired(*entry.key(), self.watermark) {
+            if !self.assigner.fired(*entry.key(), self.watermark) {
                 break;
             }
             let (start, sides) = entry.remove_entry();
@@ -612,13 +703,26 @@ mod tests {
     }
 
     fn stage(how: &str) -> Arc<dyn StageFactory> {
-        let settings = serde_json::json!({
+        stage_with(serde_json::json!({
             "kind": "window",
             "on": "l.k = r.k",
             "join": how,
             "window": {"kind": "sliding", "size": "200ms", "slide": "100ms"},
             "prefix": {"left": "l_", "right": "r_"},
-        });
+        }))
+    }
+
+    fn interval_stage(how: &str) -> Arc<dyn StageFactory> {
+        stage_with(serde_json::json!({
+            "kind": "interval",
+            "on": {"left": ["k"], "right": ["k"]},
+            "join": how,
+            "between": {"lower": "-50ms", "upper": "120ms"},
+            "prefix": {"left": "l_", "right": "r_"},
+        }))
+    }
+
+    fn stage_with(settings: Value) -> Arc<dyn StageFactory> {
         let settings = settings.as_object().cloned().unwrap_or_default();
         plan(&StageContext {
             name: "j",
@@ -678,7 +782,14 @@ mod tests {
 
     /// The output rows as text, sorted.
     fn run(how: &str, steps: &[Step]) -> (Vec<String>, usize) {
-        let stage = stage(how);
+        run_stage(&stage(how), steps, true)
+    }
+
+    fn run_stage(
+        stage: &Arc<dyn StageFactory>,
+        steps: &[Step],
+        windowed: bool,
+    ) -> (Vec<String>, usize) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
@@ -714,15 +825,19 @@ mod tests {
                             })
                             .expect("ts")
                     };
-                    rows.push(format!(
-                        "{}|{}|{}|{}|{}|{}",
-                        ms(0),
-                        ms(2),
-                        cell(4),
-                        ms(5),
-                        cell(6),
-                        cell(7)
-                    ));
+                    rows.push(if windowed {
+                        format!(
+                            "{}|{}|{}|{}|{}|{}",
+                            ms(0),
+                            ms(2),
+                            cell(4),
+                            ms(5),
+                            cell(6),
+                            cell(7)
+                        )
+                    } else {
+                        format!("{}|{}|{}|{}|{}", ms(0), cell(2), ms(3), cell(4), cell(5))
+                    });
                 }
             }
             rows.sort();
@@ -800,6 +915,64 @@ mod tests {
         rows
     }
 
+    /// Nested-loop interval join over the rows that were on time.
+    fn expected_interval(
+        how: &str,
+        left: &[Event],
+        right: &[Event],
+        chunk: usize,
+        lag: i64,
+    ) -> Vec<String> {
+        let (lower, upper) = (-50, 120);
+        let mut on_time: [Vec<Event>; 2] = [Vec::new(), Vec::new()];
+        let mut wm = i64::MIN;
+        let mut max = i64::MIN;
+        let (mut l, mut r) = (left.chunks(chunk), right.chunks(chunk));
+        loop {
+            let (x, y) = (l.next(), r.next());
+            if x.is_none() && y.is_none() {
+                break;
+            }
+            for (i, part) in [(0, x), (1, y)] {
+                for e in part.unwrap_or_default() {
+                    if e.0 > wm {
+                        on_time[i].push(*e);
+                    }
+                }
+                if let Some(p) = part {
+                    max = max.max(p.iter().map(|e| e.0).max().unwrap_or(i64::MIN));
+                }
+            }
+            wm = wm.max(max - lag - 1);
+        }
+        let opt = |k: Option<i64>| k.map_or(String::new(), |k| k.to_string());
+        let [ls, rs] = on_time;
+        let mut rows = Vec::new();
+        let mut rmatched = vec![false; rs.len()];
+        for le in &ls {
+            let mut any = false;
+            for (j, re) in rs.iter().enumerate() {
+                if le.1.is_some() && le.1 == re.1 && le.0 + lower <= re.0 && re.0 <= le.0 + upper {
+                    any = true;
+                    rmatched[j] = true;
+                    rows.push(format!("{}|{}|{}|{}|{}", le.0, le.2, re.0, opt(re.1), re.2));
+                }
+            }
+            if !any && (how == "left" || how == "full") {
+                rows.push(format!("{}|{}|-||", le.0, le.2));
+            }
+        }
+        if how == "right" || how == "full" {
+            for (j, re) in rs.iter().enumerate() {
+                if !rmatched[j] {
+                    rows.push(format!("-||{}|{}|{}", re.0, opt(re.1), re.2));
+                }
+            }
+        }
+        rows.sort();
+        rows
+    }
+
     fn events() -> impl Strategy<Value = Vec<Event>> {
         proptest::collection::vec(
             (
@@ -826,6 +999,34 @@ mod tests {
             let steps = steps(&left, &right, chunk, lag);
             let (got, _) = run(how, &steps);
             prop_assert_eq!(got, expected(how, &left, &right, chunk, lag));
+        }
+
+        #[test]
+        fn interval_joins_equal_a_nested_loop_join(
+            left in events(),
+            right in events(),
+            chunk in 1usize..15,
+            lag in 0i64..400,
+            how in 0usize..4,
+        ) {
+            let how = ["inner", "left", "right", "full"][how];
+            let steps = steps(&left, &right, chunk, lag);
+            let (got, _) = run_stage(&interval_stage(how), &steps, false);
+            prop_assert_eq!(got, expected_interval(how, &left, &right, chunk, lag));
+        }
+
+        #[test]
+        fn interval_joins_restored_from_a_snapshot_continue_exactly(
+            left in events(),
+            right in events(),
+            chunk in 1usize..15,
+            lag in 0i64..400,
+            cut in 0usize..100,
+        ) {
+            let steps = steps(&left, &right, chunk, lag);
+            let cut = cut % (steps.len() + 1);
+            let stage = interval_stage("full");
+            assert_restores_exactly(|| stage.create(), &steps, cut);
         }
 
         #[test]
