@@ -24,6 +24,21 @@ use super::JoinFactory;
 use crate::event_time::{millis, null_event_time};
 use crate::snapshot;
 
+/// An output row as encoded (left, right) rows; `None` for the null side
+/// of an outer row.
+type Pair<'a> = (Option<&'a [u8]>, Option<&'a [u8]>);
+
+/// An output row whose encoded rows are owned.
+type OwnedPair = (Option<Box<[u8]>>, Option<Box<[u8]>>);
+
+/// Borrows owned pairs.
+fn borrow(pairs: &[OwnedPair]) -> Vec<Pair<'_>> {
+    pairs
+        .iter()
+        .map(|(l, r)| (l.as_deref(), r.as_deref()))
+        .collect()
+}
+
 /// A kept row.
 struct Kept {
     time: i64,
@@ -86,7 +101,7 @@ impl IntervalJoin {
     }
 
     /// Output rows from `(left row, right row)` pairs of encoded rows.
-    fn emit(&self, pairs: &[(Option<&[u8]>, Option<&[u8]>)], out: &mut Output) -> Result<()> {
+    fn emit(&self, pairs: &[Pair<'_>], out: &mut Output) -> Result<()> {
         if pairs.is_empty() {
             return Ok(());
         }
@@ -134,7 +149,7 @@ impl IntervalJoin {
     /// Drops kept rows the watermark has ruled out; outer joins emit the
     /// unmatched ones.
     fn expire(&mut self, watermark: i64, out: &mut Output) -> Result<()> {
-        let mut pairs: Vec<(Option<Box<[u8]>>, Option<Box<[u8]>>)> = Vec::new();
+        let mut pairs: Vec<OwnedPair> = Vec::new();
         for side in 0..2 {
             let keep_unmatched = if side == 0 {
                 self.factory.how.keeps_left()
@@ -172,11 +187,7 @@ impl IntervalJoin {
                 }
             }
         }
-        let borrowed: Vec<(Option<&[u8]>, Option<&[u8]>)> = pairs
-            .iter()
-            .map(|(l, r)| (l.as_deref(), r.as_deref()))
-            .collect();
-        self.emit(&borrowed, out)
+        self.emit(&borrow(&pairs), out)
     }
 
     fn keep(&mut self, side: usize, key: &[u8], kept: Kept) {
@@ -223,8 +234,8 @@ impl Operator for IntervalJoin {
             f.how.keeps_right()
         };
         let mut late = Vec::new();
-        let mut pairs: Vec<(Option<Box<[u8]>>, Option<Box<[u8]>>)> = Vec::new();
-        for row in 0..batch.num_rows() {
+        let mut pairs: Vec<OwnedPair> = Vec::new();
+        for (row, key_valid) in valid.iter().copied().enumerate() {
             if times.is_null(row) {
                 null_event_time(&batch, row, out);
                 continue;
@@ -236,7 +247,7 @@ impl Operator for IntervalJoin {
             }
             let own = whole.row(row).data();
             let mut matched = false;
-            if valid[row] {
+            if key_valid {
                 let key = keys.row(row).data();
                 if let Some(list) = self.sides[other].rows.get_mut(key) {
                     for k in list.iter_mut() {
@@ -267,11 +278,7 @@ impl Operator for IntervalJoin {
                 });
             }
         }
-        let borrowed: Vec<(Option<&[u8]>, Option<&[u8]>)> = pairs
-            .iter()
-            .map(|(l, r)| (l.as_deref(), r.as_deref()))
-            .collect();
-        self.emit(&borrowed, out)?;
+        self.emit(&borrow(&pairs), out)?;
         if !late.is_empty() {
             let rows = take_record_batch(&batch, &UInt32Array::from(late))
                 .map_err(|e| Error::arrow("late rows", e))?;
