@@ -732,12 +732,32 @@ fn q8_joins_persons_and_their_auctions_in_the_same_window() {
     }
     assert!(expected.len() > 10, "the test needs matches");
 
+    let actual = sorted(
+        run_two_sources("q8", ["persons", "auctions"])
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}|{}|{}|{}",
+                    millis(r["window_start"].as_str().expect("start")),
+                    r["p_id"],
+                    r["p_name"].as_str().expect("name"),
+                    r["a_id"]
+                )
+            })
+            .collect(),
+    );
+    assert_eq!(actual, sorted(expected));
+}
+
+/// Runs `examples/nexmark/<query>.yaml`, whose two Nexmark sources are
+/// `sources`, on the test's events; returns the output rows.
+fn run_two_sources(query: &str, sources: [&str; 2]) -> Vec<Value> {
     let dir = tempfile::tempdir().expect("tempdir");
     let out_dir = dir.path().join("out");
-    let flow = root().join("examples/nexmark/q8.yaml");
+    let flow = root().join(format!("examples/nexmark/{query}.yaml"));
     let flow = flow.to_string_lossy().into_owned();
     let mut args = vec!["run".to_string(), flow, "--quiet".to_string()];
-    for source in ["persons", "auctions"] {
+    for source in sources {
         for setting in [
             format!("sources.{source}.config.events={EVENTS}"),
             format!("sources.{source}.config.event_rate={WINDOWED_EVENT_RATE}"),
@@ -751,17 +771,63 @@ fn q8_joins_persons_and_their_auctions_in_the_same_window() {
     ]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = run(&args);
-    assert!(out.status.success(), "q8 failed: {}", stderr(&out));
+    assert!(out.status.success(), "{query} failed: {}", stderr(&out));
+    read_jsonl(&out_dir)
+}
+
+#[test]
+fn q20_joins_category_10_auctions_to_bids_within_10_seconds() {
+    let auctions = NexmarkGenerator::new(NexmarkConfig {
+        table: NexmarkTable::Auction,
+        event_rate: WINDOWED_EVENT_RATE,
+        ..NexmarkConfig::default()
+    })
+    .generate(0..EVENTS)
+    .expect("generate");
+    let i64s = |name: &str| {
+        auctions
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .expect("i64")
+            .clone()
+    };
+    let (aid, seller, category) = (i64s("id"), i64s("seller"), i64s("category"));
+    let atime = auctions
+        .column_by_name("date_time")
+        .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+        .expect("ts")
+        .clone();
+    let mut by_id: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    for a in 0..aid.len() {
+        if category.value(a) == 10 {
+            by_id.insert(aid.value(a), (seller.value(a), atime.value(a)));
+        }
+    }
+    let mut expected = Vec::new();
+    for (ts, b) in bid_millis() {
+        if let Some((seller, created)) = by_id.get(&b.auction)
+            && *created <= ts
+            && ts <= created + 10_000
+        {
+            expected.push(format!(
+                "{}|{seller}|{}|{}|{ts}",
+                b.auction, b.bidder, b.price
+            ));
+        }
+    }
+    assert!(expected.len() > 10, "the test needs matches");
     let actual = sorted(
-        read_jsonl(&out_dir)
+        run_two_sources("q20", ["auctions", "bids"])
             .iter()
             .map(|r| {
+                assert_eq!(r["a_category"], 10);
                 format!(
-                    "{}|{}|{}|{}",
-                    millis(r["window_start"].as_str().expect("start")),
-                    r["p_id"],
-                    r["p_name"].as_str().expect("name"),
-                    r["a_id"]
+                    "{}|{}|{}|{}|{}",
+                    r["a_id"],
+                    r["a_seller"],
+                    r["b_bidder"],
+                    r["b_price"],
+                    millis(r["b_date_time"].as_str().expect("time"))
                 )
             })
             .collect(),
