@@ -234,3 +234,33 @@ fn window_settings_are_checked() {
         &["sources[0].event_time.watermark.max_out_of_orderness: invalid duration '2 seconds'"],
     );
 }
+
+#[test]
+fn join_mistakes_are_reported_with_paths() {
+    let sources = "sources:\n  - {name: p, type: nexmark, config: {events: 10, table: person}, event_time: {column: date_time}}\n  - {name: a, type: nexmark, config: {events: 10, table: auction}}\n";
+    assert_errors(
+        &format!(
+            "name: j\n{sources}stages:\n  - {{name: j, type: join, input: [p, a], kind: window, on: \"l.id = r.name\", window: {{kind: tumbling, size: 10s}}}}\nsinks: [{{name: o, type: stdout, input: j}}]\n"
+        ),
+        &[
+            "stages[0].on.right[0]: column 'name' not found",
+            "stages[0].input: the right input has no event time",
+            "stages[0].prefix: output column 'id' (from the right input) already exists",
+        ],
+    );
+    assert_errors(
+        &format!(
+            "name: j\n{sources}stages:\n  - {{name: j, type: join, input: [p, a], kind: interval, on: \"l.id = r.item_name\", between: {{lower: 5s, upper: 1s}}, prefix: {{left: p_, right: a_}}}}\nsinks: [{{name: o, type: stdout, input: j}}]\n"
+        ),
+        &[
+            "stages[0].on[0]: keys of different types",
+            "stages[0].between: lower must not exceed upper",
+        ],
+    );
+    assert_errors(
+        &format!(
+            "name: j\n{sources}stages:\n  - {{name: j, type: join, input: p, kind: window, on: \"id = seller\"}}\nsinks: [{{name: o, type: stdout, input: j}}]\n"
+        ),
+        &["stages[0].input: join takes exactly 2 inputs"],
+    );
+}
