@@ -834,3 +834,78 @@ fn q20_joins_category_10_auctions_to_bids_within_10_seconds() {
     );
     assert_eq!(actual, sorted(expected));
 }
+
+#[test]
+fn q3_joins_category_10_auctions_to_local_sellers() {
+    let table = |table: NexmarkTable| {
+        NexmarkGenerator::new(NexmarkConfig {
+            table,
+            event_rate: WINDOWED_EVENT_RATE,
+            ..NexmarkConfig::default()
+        })
+        .generate(0..EVENTS)
+        .expect("generate")
+    };
+    let persons = table(NexmarkTable::Person);
+    let auctions = table(NexmarkTable::Auction);
+    let col = |b: &arrow::record_batch::RecordBatch, name: &str| {
+        Arc::clone(b.column_by_name(name).expect("column"))
+    };
+    let i64s = |a: ArrayRef| {
+        a.as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("i64")
+            .clone()
+    };
+    let strs = |a: ArrayRef| {
+        a.as_any()
+            .downcast_ref::<StringArray>()
+            .expect("utf8")
+            .clone()
+    };
+    let (pid, name, city, state) = (
+        i64s(col(&persons, "id")),
+        strs(col(&persons, "name")),
+        strs(col(&persons, "city")),
+        strs(col(&persons, "state")),
+    );
+    let (aid, seller, category) = (
+        i64s(col(&auctions, "id")),
+        i64s(col(&auctions, "seller")),
+        i64s(col(&auctions, "category")),
+    );
+    let mut expected = Vec::new();
+    // 30 s of events: well within the hour of state_ttl, so every match counts.
+    for p in 0..pid.len() {
+        if !["OR", "ID", "CA"].contains(&state.value(p)) {
+            continue;
+        }
+        for a in 0..aid.len() {
+            if category.value(a) == 10 && seller.value(a) == pid.value(p) {
+                expected.push(format!(
+                    "{}|{}|{}|{}",
+                    name.value(p),
+                    city.value(p),
+                    state.value(p),
+                    aid.value(a)
+                ));
+            }
+        }
+    }
+    assert!(expected.len() > 3, "the test needs matches");
+    let actual = sorted(
+        run_two_sources("q3", ["auctions", "persons"])
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}|{}|{}|{}",
+                    r["p_name"].as_str().expect("name"),
+                    r["p_city"].as_str().expect("city"),
+                    r["p_state"].as_str().expect("state"),
+                    r["a_id"]
+                )
+            })
+            .collect(),
+    );
+    assert_eq!(actual, sorted(expected));
+}

@@ -17,6 +17,10 @@
 //! and for outer joins unmatched rows once the watermark rules out a match.
 //! A row already behind the watermark when it arrives is late (counted).
 //!
+//! `kind: regular` (`state_ttl: 1h`): an inner join at any distance in
+//! time, each row kept for matches until the watermark passes its time plus
+//! `state_ttl` (for the whole run without it) — Nexmark q3.
+//!
 //! `kind: window`: rows of both sides fall into event-time tumbling or
 //! sliding windows (each side by its own event time); when a window fires,
 //! its rows are joined and emitted as `window_start, window_end, <left
@@ -65,6 +69,8 @@ struct JoinConfig {
     window: Option<JoinWindow>,
     /// Time bounds of an `interval` join.
     between: Option<Between>,
+    /// How long (event time) a `regular` join keeps a row for matches.
+    state_ttl: Option<HumanDuration>,
     /// Prefixes for the output columns of each side.
     prefix: Option<Prefix>,
 }
@@ -76,6 +82,8 @@ enum JoinKind {
     Window,
     /// Right time within bounds around the left time.
     Interval,
+    /// Any time; rows are kept `state_ttl` of event time (or for the whole run).
+    Regular,
 }
 
 /// `between: {lower: -5s, upper: 10s}` (right time − left time).
@@ -291,12 +299,29 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
             d.push(ctx.at("window"), "a window join needs a window");
             None
         }
-        (JoinKind::Interval, Some(_)) => {
-            d.push(
-                ctx.at("window"),
-                "an interval join takes `between`, not a window",
-            );
+        (JoinKind::Interval | JoinKind::Regular, Some(_)) => {
+            d.push(ctx.at("window"), "only window joins take a window");
             None
+        }
+        (JoinKind::Regular, None) => {
+            if config.join != JoinType::Inner {
+                d.push(
+                    ctx.at("join"),
+                    "regular joins are inner joins for now (outer ones need a changelog output); use a window or interval join for outer joins",
+                );
+            }
+            if config.between.is_some() {
+                d.push(
+                    ctx.at("between"),
+                    "a regular join takes state_ttl, not `between`",
+                );
+            }
+            // Rows match at any distance in time while they are kept.
+            let ttl = config.state_ttl.map_or(i64::MAX, ms);
+            Some(Pairing::Interval {
+                lower: ttl.saturating_neg(),
+                upper: ttl,
+            })
         }
         (JoinKind::Interval, None) => match &config.between {
             None => {
@@ -325,6 +350,12 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
             },
         },
     };
+    if config.kind != JoinKind::Regular && config.state_ttl.is_some() {
+        d.push(
+            ctx.at("state_ttl"),
+            "window and interval joins free their state by the watermark; state_ttl is for regular joins",
+        );
+    }
     if config.kind == JoinKind::Window && config.between.is_some() {
         d.push(
             ctx.at("between"),
