@@ -350,16 +350,7 @@ impl Operator for IntervalJoin {
                 .map_err(|e| Error::arrow("join state", e))?;
             let batch = RecordBatch::try_new(Arc::clone(&self.factory.inputs[side]), columns)
                 .map_err(|e| Error::arrow("join state", e))?;
-            let key_columns = self.factory.keys[side]
-                .iter()
-                .map(|k| {
-                    k.evaluate(&batch).map_err(|e| Error::Expression {
-                        expr: k.sql().into(),
-                        message: e.message,
-                    })
-                })
-                .collect::<Result<Vec<ArrayRef>>>()?;
-            let groups = streamflow_state::key_groups(&key_columns)?;
+            let groups = self.factory.key_groups(side, &batch)?;
             let cols: Vec<(String, ArrayRef)> = vec![
                 ("key".into(), snapshot::binary(keys)),
                 ("time".into(), Arc::new(Int64Array::from(times))),

@@ -431,15 +431,7 @@ impl JoinFactory {
     /// Key rows of one side (Arrow row format) and whether each key is
     /// non-null (null keys never match).
     fn keys(&self, side: usize, batch: &RecordBatch) -> Result<(Rows, Vec<bool>)> {
-        let arrays = self.keys[side]
-            .iter()
-            .map(|k| {
-                k.evaluate(batch).map_err(|e| Error::Expression {
-                    expr: k.sql().into(),
-                    message: e.message,
-                })
-            })
-            .collect::<Result<Vec<ArrayRef>>>()?;
+        let arrays = self.key_arrays(side, batch)?;
         let valid = (0..batch.num_rows())
             .map(|r| arrays.iter().all(|a| a.is_valid(r)))
             .collect();
@@ -454,6 +446,24 @@ impl JoinFactory {
             .convert_columns(&arrays)
             .map_err(|e| Error::arrow("join keys", e))?;
         Ok((rows, valid))
+    }
+
+    /// The join key columns of one side.
+    fn key_arrays(&self, side: usize, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
+        self.keys[side]
+            .iter()
+            .map(|k| {
+                k.evaluate(batch).map_err(|e| Error::Expression {
+                    expr: k.sql().into(),
+                    message: e.message,
+                })
+            })
+            .collect()
+    }
+
+    /// The key group of each row of one side (where its state is kept).
+    fn key_groups(&self, side: usize, batch: &RecordBatch) -> Result<Vec<u32>> {
+        streamflow_state::key_groups(&self.key_arrays(side, batch)?)
     }
 }
 
@@ -693,16 +703,7 @@ impl Operator for WindowJoin {
             }
             let data = concat_batches(&self.factory.inputs[side], &parts)
                 .map_err(|e| Error::arrow("join state", e))?;
-            let keys = self.factory.keys[side]
-                .iter()
-                .map(|k| {
-                    k.evaluate(&data).map_err(|e| Error::Expression {
-                        expr: k.sql().into(),
-                        message: e.message,
-                    })
-                })
-                .collect::<Result<Vec<ArrayRef>>>()?;
-            let groups = streamflow_state::key_groups(&keys)?;
+            let groups = self.factory.key_groups(side, &data)?;
             let mut cols: Vec<(String, ArrayRef)> =
                 vec![("_start".into(), Arc::new(Int64Array::from(starts)))];
             for (field, column) in data.schema().fields().iter().zip(data.columns()) {
