@@ -101,7 +101,7 @@ pub static STAGES: &[StageKind] = &[
     },
     StageKind {
         name: "join",
-        description: "join two inputs on equal keys within event-time windows",
+        description: "join two inputs on equal keys: window, interval, regular (ttl) or table",
         inputs: InputRule::Exactly(2),
         late_output: false,
         plan: join::plan,

@@ -909,3 +909,58 @@ fn q3_joins_category_10_auctions_to_local_sellers() {
     );
     assert_eq!(actual, sorted(expected));
 }
+
+#[test]
+fn bids_are_enriched_from_a_csv_table() {
+    // Which side reaches the join first varies from run to run; the
+    // operator tests check both orders give the same rows.
+    let owners: BTreeMap<&str, (&str, &str)> = [
+        ("Google", ("Alphabet", "us")),
+        ("Facebook", ("Meta", "us")),
+        ("Baidu", ("Baidu Inc", "cn")),
+        ("Apple", ("Apple Inc", "us")),
+    ]
+    .into_iter()
+    .collect();
+    let expected = sorted(
+        bids()
+            .iter()
+            .map(|b| match owners.get(b.channel.as_str()) {
+                Some((o, r)) => format!("{}|{}|{}|\"{o}\"|\"{r}\"", b.auction, b.price, b.channel),
+                None => format!("{}|{}|{}|null|null", b.auction, b.price, b.channel),
+            })
+            .collect(),
+    );
+    assert!(
+        expected.iter().any(|e| e.ends_with("null")),
+        "some channels are unknown"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_dir = dir.path().join("out");
+    let flow = root().join("examples/enrichment/bids_by_owner.yaml");
+    let csv = root().join("examples/enrichment/channels.csv");
+    let events = format!("sources.bids.config.events={EVENTS}");
+    let table = format!("sources.channels.config.path={}", csv.display());
+    let sink = format!("sinks.out.config.path={}", out_dir.display());
+    let flow = flow.to_string_lossy().into_owned();
+    let out = run(&[
+        "run", &flow, "--quiet", "--set", &events, "--set", &table, "--set", &sink,
+    ]);
+    assert!(out.status.success(), "enrichment failed: {}", stderr(&out));
+    let actual = sorted(
+        read_jsonl(&out_dir)
+            .iter()
+            .map(|r| {
+                format!(
+                    "{}|{}|{}|{}|{}",
+                    r["auction"],
+                    r["price"],
+                    r["channel"].as_str().expect("channel"),
+                    r["table_owner"],
+                    r["table_region"]
+                )
+            })
+            .collect(),
+    );
+    assert_eq!(actual, expected);
+}

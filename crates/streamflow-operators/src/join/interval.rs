@@ -222,7 +222,7 @@ impl Operator for IntervalJoin {
         let side = input.min(1);
         let other = 1 - side;
         let f = Arc::clone(&self.factory);
-        let times = millis(batch.column(f.times[side]))?;
+        let times = millis(batch.column(f.time_column(side)?))?;
         let (keys, valid) = f.keys(side, &batch)?;
         let whole = self
             .conv(side)?

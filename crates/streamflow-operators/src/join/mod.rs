@@ -17,6 +17,9 @@
 //! and for outer joins unmatched rows once the watermark rules out a match.
 //! A row already behind the watermark when it arrives is late (counted).
 //!
+//! `kind: table` (`buffer: {ttl, max_rows}`): the right input is a table;
+//! see [`table`].
+//!
 //! `kind: regular` (`state_ttl: 1h`): an inner join at any distance in
 //! time, each row kept for matches until the watermark passes its time plus
 //! `state_ttl` (for the whole run without it) — Nexmark q3.
@@ -53,6 +56,7 @@ use crate::stage::{StageContext, StageFactory};
 use crate::window::{Assigner, check_assigner};
 
 mod interval;
+mod table;
 
 /// Settings of a `join` stage.
 #[derive(Debug, Deserialize)]
@@ -71,6 +75,8 @@ struct JoinConfig {
     between: Option<Between>,
     /// How long (event time) a `regular` join keeps a row for matches.
     state_ttl: Option<HumanDuration>,
+    /// How a `table` join holds stream rows whose table row has not arrived.
+    buffer: Option<BufferSpec>,
     /// Prefixes for the output columns of each side.
     prefix: Option<Prefix>,
 }
@@ -84,6 +90,18 @@ enum JoinKind {
     Interval,
     /// Any time; rows are kept `state_ttl` of event time (or for the whole run).
     Regular,
+    /// The right input is a table (latest row per key, or a changelog).
+    Table,
+}
+
+/// `buffer: {ttl: 1m, max_rows: 100000}` of a table join.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BufferSpec {
+    /// How long (stream event time) a row waits for its table row.
+    ttl: Option<HumanDuration>,
+    /// At most this many waiting rows per instance (oldest go first).
+    max_rows: Option<usize>,
 }
 
 /// `between: {lower: -5s, upper: 10s}` (right time − left time).
@@ -111,6 +129,8 @@ enum Pairing {
     Window(Assigner),
     /// `left + lower <= right <= left + upper` (ms).
     Interval { lower: i64, upper: i64 },
+    /// Stream rows look up the table; early ones wait in a bounded buffer.
+    Table { ttl: Option<i64>, max_rows: usize },
 }
 
 /// Which rows without a match are emitted.
@@ -232,7 +252,7 @@ struct JoinFactory {
     schema: SchemaRef,
     inputs: [SchemaRef; 2],
     keys: [Vec<CompiledExpr>; 2],
-    times: [usize; 2],
+    times: [Option<usize>; 2],
     how: JoinType,
     pairing: Pairing,
 }
@@ -299,6 +319,27 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
             d.push(ctx.at("window"), "a window join needs a window");
             None
         }
+        (JoinKind::Table, Some(_)) => {
+            d.push(ctx.at("window"), "only window joins take a window");
+            None
+        }
+        (JoinKind::Table, None) => {
+            if matches!(config.join, JoinType::Right | JoinType::Full) {
+                d.push(
+                    ctx.at("join"),
+                    "a table join is inner or left (table rows alone produce nothing)",
+                );
+            }
+            let buffer = config.buffer.as_ref();
+            let max_rows = buffer.and_then(|b| b.max_rows).unwrap_or(100_000);
+            if max_rows == 0 {
+                d.push(ctx.at("buffer.max_rows"), "must be at least 1");
+            }
+            Some(Pairing::Table {
+                ttl: buffer.and_then(|b| b.ttl).map(ms),
+                max_rows,
+            })
+        }
         (JoinKind::Interval | JoinKind::Regular, Some(_)) => {
             d.push(ctx.at("window"), "only window joins take a window");
             None
@@ -350,6 +391,9 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
             },
         },
     };
+    if config.kind != JoinKind::Table && config.buffer.is_some() {
+        d.push(ctx.at("buffer"), "only table joins buffer rows");
+    }
     if config.kind != JoinKind::Regular && config.state_ttl.is_some() {
         d.push(
             ctx.at("state_ttl"),
@@ -365,16 +409,19 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
     if let Some(Pairing::Window(a)) = pairing {
         check_assigner(ctx, a, &mut d);
     }
-    let mut times = [0usize; 2];
+    let mut times = [None; 2];
     for (i, schema) in [&left, &right].into_iter().enumerate() {
-        match ctx
+        let time = ctx
             .input_event_times
             .get(i)
             .copied()
             .flatten()
-            .and_then(|c| schema.index_of(c).ok())
-        {
-            Some(t) => times[i] = t,
+            .and_then(|c| schema.index_of(c).ok());
+        match time {
+            Some(t) => times[i] = Some(t),
+            // A table is not in time; its stream needs event time only for a buffer ttl.
+            None if config.kind == JoinKind::Table
+                && (i == 1 || config.buffer.as_ref().is_none_or(|b| b.ttl.is_none())) => {}
             None => d.push(
                 ctx.at("input"),
                 format!(
@@ -395,9 +442,15 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
             ));
         }
     }
+    // A table's changelog column describes the table, not the joined rows.
+    let right_out = if config.kind == JoinKind::Table {
+        without_op(&right)
+    } else {
+        Arc::clone(&right)
+    };
     for (schema, p, nullable, side) in [
         (&left, &prefix.left, config.join.keeps_right(), "left"),
-        (&right, &prefix.right, config.join.keeps_left(), "right"),
+        (&right_out, &prefix.right, config.join.keeps_left(), "right"),
     ] {
         for f in schema.fields() {
             let name = format!("{p}{}", f.name());
@@ -427,6 +480,18 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
     }))
 }
 
+/// `schema` without the changelog column.
+fn without_op(schema: &SchemaRef) -> SchemaRef {
+    Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .filter(|f| f.name() != streamflow_core::changelog::OP_COLUMN)
+            .cloned()
+            .collect::<Vec<_>>(),
+    ))
+}
+
 impl JoinFactory {
     /// Key rows of one side (Arrow row format) and whether each key is
     /// non-null (null keys never match).
@@ -448,6 +513,11 @@ impl JoinFactory {
         Ok((rows, valid))
     }
 
+    /// The event-time column of one side (checked at planning where needed).
+    fn time_column(&self, side: usize) -> Result<usize> {
+        self.times[side].ok_or_else(|| Error::Other("join input without event time".into()))
+    }
+
     /// The join key columns of one side.
     fn key_arrays(&self, side: usize, batch: &RecordBatch) -> Result<Vec<ArrayRef>> {
         self.keys[side]
@@ -459,6 +529,22 @@ impl JoinFactory {
                 })
             })
             .collect()
+    }
+
+    /// The key group of each encoded key (as made by [`keys`](Self::keys)).
+    fn key_groups_of_keys(&self, side: usize, keys: &[&[u8]]) -> Result<Vec<u32>> {
+        let conv = RowConverter::new(
+            self.keys[side]
+                .iter()
+                .map(|k| SortField::new(k.data_type().clone()))
+                .collect(),
+        )
+        .map_err(|e| Error::arrow("join keys", e))?;
+        let parser = conv.parser();
+        let columns = conv
+            .convert_rows(keys.iter().map(|k| parser.parse(k)))
+            .map_err(|e| Error::arrow("join keys", e))?;
+        streamflow_state::key_groups(&columns)
     }
 
     /// The key group of each row of one side (where its state is kept).
@@ -482,6 +568,9 @@ impl StageFactory for JoinFactory {
             }),
             Pairing::Interval { lower, upper } => {
                 Box::new(interval::IntervalJoin::new(factory, lower, upper))
+            }
+            Pairing::Table { ttl, max_rows } => {
+                Box::new(table::TableJoin::new(factory, ttl, max_rows))
             }
         }
     }
@@ -590,7 +679,7 @@ impl Operator for WindowJoin {
     ) -> Result<()> {
         let side = input.min(1);
         let a = self.assigner;
-        let times = millis(batch.column(self.factory.times[side]))?;
+        let times = millis(batch.column(self.factory.time_column(side)?))?;
         let mut rows_of: BTreeMap<i64, Vec<u32>> = BTreeMap::new();
         let mut late = Vec::new();
         for row in 0..batch.num_rows() {
