@@ -41,8 +41,11 @@ pub(super) struct TableJoin {
     /// Key → current table row (without `_op`).
     table: HashMap<Box<[u8]>, Box<[u8]>>,
     /// Key → waiting stream rows, in arrival order.
-    waiting: HashMap<Box<[u8]>, Vec<Waiting>>,
-    /// Arrival order of waiting rows: (seq, key, time).
+    waiting: HashMap<Box<[u8]>, VecDeque<Waiting>>,
+    /// Arrival order of waiting rows: (seq, key, time). Entries of rows a
+    /// table row released stay until they reach the front (or the deque
+    /// is compacted): a row is still waiting when its key's oldest
+    /// waiting row is not newer than it.
     order: VecDeque<(u64, Box<[u8]>, i64)>,
     waiting_rows: usize,
     next_seq: u64,
@@ -140,15 +143,34 @@ impl TableJoin {
         Ok(())
     }
 
-    /// Removes the oldest waiting row; a left join emits it unmatched.
+    /// Whether the `order` entry `(seq, key)` is a row still waiting.
+    fn is_waiting(&self, seq: u64, key: &[u8]) -> bool {
+        self.waiting
+            .get(key)
+            .and_then(VecDeque::front)
+            .is_some_and(|w| w.seq <= seq)
+    }
+
+    /// Drops released rows' entries from the front of `order`.
+    fn skip_released(&mut self) {
+        while let Some((seq, key, _)) = self.order.front() {
+            if self.is_waiting(*seq, key) {
+                break;
+            }
+            self.order.pop_front();
+        }
+    }
+
+    /// Removes the oldest waiting row (the oldest of its key too); a left
+    /// join emits it unmatched.
     fn evict_oldest(&mut self, dropped: &mut Vec<Box<[u8]>>) {
-        let Some((seq, key, _)) = self.order.pop_front() else {
+        self.skip_released();
+        let Some((_, key, _)) = self.order.pop_front() else {
             return;
         };
         if let Some(list) = self.waiting.get_mut(&key)
-            && let Some(pos) = list.iter().position(|w| w.seq == seq)
+            && let Some(w) = list.pop_front()
         {
-            let w = list.remove(pos);
             self.waiting_rows -= 1;
             if list.is_empty() {
                 self.waiting.remove(&key);
@@ -181,14 +203,25 @@ impl TableJoin {
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        self.waiting.entry(key.into()).or_default().push(Waiting {
-            key: key.into(),
-            row: row.into(),
-            time,
-            seq,
-        });
+        self.waiting
+            .entry(key.into())
+            .or_default()
+            .push_back(Waiting {
+                key: key.into(),
+                row: row.into(),
+                time,
+                seq,
+            });
         self.order.push_back((seq, key.into(), time));
         self.waiting_rows += 1;
+        if self.order.len() > 2 * self.waiting_rows + 1024 {
+            // Mostly released rows' entries: keep the live ones.
+            let order = std::mem::take(&mut self.order);
+            self.order = order
+                .into_iter()
+                .filter(|(seq, key, _)| self.is_waiting(*seq, key))
+                .collect();
+        }
     }
 
     fn stream_batch(&mut self, batch: &RecordBatch, out: &mut Output) -> Result<()> {
@@ -282,8 +315,6 @@ impl TableJoin {
             let table_row: Box<[u8]> = whole.row(row).data().into();
             if let Some(list) = self.waiting.remove(key) {
                 self.waiting_rows -= list.len();
-                let seqs: Vec<u64> = list.iter().map(|w| w.seq).collect();
-                self.order.retain(|(s, _, _)| !seqs.contains(s));
                 for w in list {
                     released.push([w.row, table_row.clone()]);
                 }
@@ -321,11 +352,15 @@ impl Operator for TableJoin {
             return Ok(());
         };
         let mut dropped = Vec::new();
-        while self
-            .order
-            .front()
-            .is_some_and(|(_, _, t)| t.saturating_add(ttl) <= watermark.0)
-        {
+        loop {
+            self.skip_released();
+            if !self
+                .order
+                .front()
+                .is_some_and(|(_, _, t)| t.saturating_add(ttl) <= watermark.0)
+            {
+                break;
+            }
             self.evict_oldest(&mut dropped);
         }
         self.give_up(dropped, out)
@@ -333,7 +368,7 @@ impl Operator for TableJoin {
 
     async fn finish(&mut self, out: &mut Output) -> Result<()> {
         let mut dropped = Vec::new();
-        while !self.order.is_empty() {
+        while self.waiting_rows > 0 {
             self.evict_oldest(&mut dropped);
         }
         self.give_up(dropped, out)
@@ -379,7 +414,7 @@ impl Operator for TableJoin {
             ];
             streamflow_state::put_keyed(&mut snap, "table", snapshot::batch(cols)?, Some(&groups))?;
         }
-        if !self.order.is_empty() {
+        if self.waiting_rows > 0 {
             let waiting: Vec<&Waiting> = self.waiting.values().flatten().collect();
             let rows: Vec<&[u8]> = waiting.iter().map(|w| w.row.as_ref()).collect();
             let keys: Vec<&[u8]> = waiting.iter().map(|w| w.key.as_ref()).collect();
