@@ -354,11 +354,11 @@ impl Operator for TableJoin {
         let mut dropped = Vec::new();
         loop {
             self.skip_released();
-            if !self
+            let expired = self
                 .order
                 .front()
-                .is_some_and(|(_, _, t)| t.saturating_add(ttl) <= watermark.0)
-            {
+                .is_some_and(|(_, _, t)| t.saturating_add(ttl) <= watermark.0);
+            if !expired {
                 break;
             }
             self.evict_oldest(&mut dropped);
