@@ -24,6 +24,7 @@ pub const QUERIES: &[(&str, &str)] = &[
         include_str!("../../../examples/nexmark/dedup.yaml"),
     ),
     ("q3", include_str!("../../../examples/nexmark/q3.yaml")),
+    ("q4", include_str!("../../../examples/nexmark/q4.yaml")),
     ("q8", include_str!("../../../examples/nexmark/q8.yaml")),
     ("q20", include_str!("../../../examples/nexmark/q20.yaml")),
     ("q18", include_str!("../../../examples/nexmark/q18.yaml")),

@@ -964,3 +964,68 @@ fn bids_are_enriched_from_a_csv_table() {
     );
     assert_eq!(actual, expected);
 }
+
+#[test]
+fn q4_average_closing_price_per_category() {
+    let auctions = NexmarkGenerator::new(NexmarkConfig {
+        table: NexmarkTable::Auction,
+        event_rate: WINDOWED_EVENT_RATE,
+        ..NexmarkConfig::default()
+    })
+    .generate(0..EVENTS)
+    .expect("generate");
+    let i64s = |name: &str| {
+        auctions
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .expect("i64")
+            .clone()
+    };
+    let ts = |name: &str| {
+        auctions
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<TimestampMillisecondArray>())
+            .expect("ts")
+            .clone()
+    };
+    let (aid, category) = (i64s("id"), i64s("category"));
+    let (created, expires) = (ts("date_time"), ts("expires"));
+    let mut auction: BTreeMap<i64, (i64, i64, i64)> = BTreeMap::new();
+    for a in 0..aid.len() {
+        auction.insert(
+            aid.value(a),
+            (category.value(a), created.value(a), expires.value(a)),
+        );
+    }
+    // Highest bid within each auction's lifetime, then the mean per category.
+    let mut winning: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    for (t, b) in bid_millis() {
+        if let Some((cat, from, to)) = auction.get(&b.auction)
+            && *from <= t
+            && t <= *to
+        {
+            let w = winning.entry(b.auction).or_insert((*cat, i64::MIN));
+            w.1 = w.1.max(b.price);
+        }
+    }
+    let mut per_category: BTreeMap<i64, (f64, i64)> = BTreeMap::new();
+    for (cat, price) in winning.values() {
+        let e = per_category.entry(*cat).or_default();
+        e.0 += *price as f64;
+        e.1 += 1;
+    }
+    assert!(per_category.len() > 1, "the test needs several categories");
+    let rows = run_two_sources("q4", ["auctions", "bids"]);
+    let table = apply_changelog(&rows, "a_category");
+    assert_eq!(table.len(), per_category.len());
+    for (cat, (sum, n)) in per_category {
+        let row = &table[&cat.to_string()];
+        assert_eq!(row["auctions"], n, "category {cat}");
+        let avg = row["avg_final"].as_f64().expect("avg");
+        let want = sum / n as f64;
+        assert!(
+            (avg - want).abs() < 1e-6 * want.abs().max(1.0),
+            "category {cat}: {avg} vs {want}"
+        );
+    }
+}
