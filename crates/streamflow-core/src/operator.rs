@@ -78,6 +78,12 @@ pub trait Operator: Send {
         Ok(())
     }
 
+    /// Logical input `input` has ended while others continue (a bounded
+    /// table side of a join, say).
+    async fn input_finished(&mut self, _input: usize, _out: &mut Output) -> Result<()> {
+        Ok(())
+    }
+
     /// How often the runtime calls [`on_timer`](Operator::on_timer) while the
     /// operator runs; `None` (the default) for operators that do no
     /// processing-time work.

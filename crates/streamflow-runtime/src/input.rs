@@ -47,6 +47,8 @@ pub enum InputEvent {
     Barrier(CheckpointBarrier),
     /// Every live input is idle.
     Idle,
+    /// Every channel of logical input `n` has ended (others continue).
+    InputEnded(usize),
     /// Every input has ended.
     End,
 }
@@ -73,6 +75,8 @@ pub struct InputSet {
     done: bool,
     /// Whether `Idle` was reported and no input has become active since.
     idle_reported: bool,
+    /// Logical inputs that have ended, not yet reported.
+    ended_inputs: std::collections::VecDeque<usize>,
 }
 
 impl InputSet {
@@ -97,6 +101,7 @@ impl InputSet {
             last_alignment: std::time::Duration::ZERO,
             done,
             idle_reported: false,
+            ended_inputs: std::collections::VecDeque::new(),
         }
     }
 
@@ -105,6 +110,9 @@ impl InputSet {
         loop {
             if self.done {
                 return InputEvent::End;
+            }
+            if let Some(logical) = self.ended_inputs.pop_front() {
+                return InputEvent::InputEnded(logical);
             }
             let (idx, message) = self.poll_any().await;
             if let Some(event) = self.on_message(idx, message) {
@@ -191,6 +199,15 @@ impl InputSet {
                 if self.channels.iter().all(|c| c.ended) {
                     self.done = true;
                     return Some(InputEvent::End);
+                }
+                let logical = self.channels[idx].channel.logical;
+                if self
+                    .channels
+                    .iter()
+                    .filter(|c| c.channel.logical == logical)
+                    .all(|c| c.ended)
+                {
+                    self.ended_inputs.push_back(logical);
                 }
                 // An ended input no longer holds back barriers or the watermark.
                 if let Some(b) = self.complete_barrier() {
@@ -287,6 +304,7 @@ mod tests {
             inputs.next().await,
             InputEvent::Watermark(Watermark(20))
         ));
+        assert!(matches!(inputs.next().await, InputEvent::InputEnded(0)));
         txs[1].send(Message::EndOfStream).await.expect("send");
         assert!(matches!(inputs.next().await, InputEvent::End));
     }
@@ -421,6 +439,15 @@ mod tests {
             inputs.next().await,
             InputEvent::Data { input: 0, .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn an_input_whose_channels_all_ended_is_reported_once() {
+        let (txs, mut inputs) = set(2);
+        txs[1].send(Message::EndOfStream).await.expect("send");
+        assert!(matches!(inputs.next().await, InputEvent::InputEnded(1)));
+        txs[0].send(Message::EndOfStream).await.expect("send");
+        assert!(matches!(inputs.next().await, InputEvent::End));
     }
 
     #[tokio::test]

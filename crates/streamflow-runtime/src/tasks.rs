@@ -297,6 +297,10 @@ pub(crate) async fn run_operator(
                     out.broadcast(Message::Watermark(w)).await?;
                 }
                 InputEvent::Idle => out.broadcast(Message::Idle).await?,
+                InputEvent::InputEnded(input) => {
+                    op.input_finished(input, &mut buffer).await?;
+                    out.drain(&mut buffer).await?;
+                }
                 InputEvent::Barrier(b) => {
                     if let Some(c) = &checkpoints {
                         let snapshot = op.snapshot(&b).await?;
@@ -382,7 +386,7 @@ pub(crate) async fn run_sink(
                     sink.write(batch).await?;
                     metrics.add_busy(started.elapsed());
                 }
-                InputEvent::Watermark(_) | InputEvent::Idle => {}
+                InputEvent::Watermark(_) | InputEvent::Idle | InputEvent::InputEnded(_) => {}
                 InputEvent::Barrier(b) => {
                     let pending = sink.pre_commit(b.id).await?;
                     if let Some(c) = &checkpoints {

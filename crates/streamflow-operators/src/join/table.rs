@@ -7,7 +7,8 @@
 //! the buffer after `ttl` of stream event time or when it is full (oldest
 //! first): a `left` join then emits them with the table columns null, an
 //! inner join counts them as late. A table row with no stream row produces
-//! nothing.
+//! nothing. Once a bounded table input has ended, no row waits any more:
+//! stream rows without a table row are unmatched at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -54,6 +55,8 @@ pub(super) struct TableJoin {
     /// Table columns kept (all but `_op`), and the `_op` column if any.
     table_columns: Vec<usize>,
     op_column: Option<usize>,
+    /// The table input has ended: nothing waits any more.
+    table_complete: bool,
     failed: Option<Error>,
 }
 
@@ -92,6 +95,7 @@ impl TableJoin {
             rows,
             table_columns,
             op_column,
+            table_complete: false,
             failed,
         }
     }
@@ -246,6 +250,8 @@ impl TableJoin {
             let key = keys.row(row).data();
             match self.table.get(key) {
                 Some(t) => matched.push((row, t.clone())),
+                // A complete table will not get this key: no match, no wait.
+                None if self.table_complete => dropped.push(whole.row(row).data().into()),
                 None => {
                     let time = times
                         .as_ref()
@@ -364,6 +370,14 @@ impl Operator for TableJoin {
             self.evict_oldest(&mut dropped);
         }
         self.give_up(dropped, out)
+    }
+
+    async fn input_finished(&mut self, input: usize, out: &mut Output) -> Result<()> {
+        if input != 1 {
+            return Ok(());
+        }
+        self.table_complete = true;
+        self.finish(out).await
     }
 
     async fn finish(&mut self, out: &mut Output) -> Result<()> {
@@ -610,6 +624,36 @@ mod tests {
             table(&[("+I", 1, "one"), ("+I", 2, "two")]),
         ];
         assert_eq!(run(&stage, &steps), vec!["2|2|two"]);
+    }
+
+    #[test]
+    fn after_the_table_input_ends_nothing_waits() {
+        let stage = stage("left", 1000);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut op = stage.create();
+            let mut out = Output::new();
+            let Step::Input(_, early) = stream(&[(10, Some(7), 1)]) else {
+                return;
+            };
+            op.process_batch(0, early, &mut out).await.expect("stream");
+            assert!(out.take_batches().is_empty(), "waits for its table row");
+            let Step::Input(_, t) = table(&[("+I", 1, "one")]) else {
+                return;
+            };
+            op.process_batch(1, t, &mut out).await.expect("table");
+            op.input_finished(1, &mut out).await.expect("table ended");
+            let released: usize = out.take_batches().iter().map(|b| b.num_rows()).sum();
+            assert_eq!(released, 1, "the waiting row is given up at once");
+            let Step::Input(_, late) = stream(&[(20, Some(8), 2), (21, Some(1), 3)]) else {
+                return;
+            };
+            op.process_batch(0, late, &mut out).await.expect("stream");
+            let rows: usize = out.take_batches().iter().map(|b| b.num_rows()).sum();
+            assert_eq!(rows, 2, "a match and an immediate non-match");
+        });
     }
 
     #[test]
