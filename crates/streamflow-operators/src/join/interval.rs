@@ -12,15 +12,15 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array, new_null_array};
-use arrow::compute::{take, take_record_batch};
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
+use arrow::compute::take_record_batch;
 use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use streamflow_core::{
     CheckpointBarrier, Error, Operator, OperatorSnapshot, Output, Result, Watermark,
 };
 
-use super::JoinFactory;
+use super::{JoinFactory, decode_optional};
 use crate::event_time::{millis, null_event_time};
 use crate::snapshot;
 
@@ -107,37 +107,15 @@ impl IntervalJoin {
         }
         let mut columns: Vec<ArrayRef> = Vec::new();
         for side in 0..2 {
-            let present: Vec<&[u8]> = pairs
+            let rows: Vec<Option<&[u8]>> = pairs
                 .iter()
-                .filter_map(|p| if side == 0 { p.0 } else { p.1 })
+                .map(|p| if side == 0 { p.0 } else { p.1 })
                 .collect();
-            let conv = self.conv(side)?;
-            let parser = conv.parser();
-            let decoded = conv
-                .convert_rows(present.iter().map(|r| parser.parse(r)))
-                .map_err(|e| Error::arrow("join output", e))?;
-            let mut next = 0u32;
-            let idx: UInt32Array = pairs
-                .iter()
-                .map(|p| {
-                    let has = if side == 0 {
-                        p.0.is_some()
-                    } else {
-                        p.1.is_some()
-                    };
-                    has.then(|| {
-                        next += 1;
-                        next - 1
-                    })
-                })
-                .collect();
-            for (c, field) in decoded.iter().zip(self.factory.inputs[side].fields()) {
-                columns.push(if c.is_empty() {
-                    new_null_array(field.data_type(), pairs.len())
-                } else {
-                    take(c.as_ref(), &idx, None).map_err(|e| Error::arrow("join output", e))?
-                });
-            }
+            columns.extend(decode_optional(
+                self.conv(side)?,
+                self.factory.inputs[side].fields(),
+                &rows,
+            )?);
         }
         out.emit(
             RecordBatch::try_new(Arc::clone(&self.factory.schema), columns)

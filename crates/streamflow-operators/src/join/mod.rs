@@ -480,6 +480,43 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
     }))
 }
 
+/// The columns of `fields` from rows encoded by `conv`, null where a row
+/// is `None` (the missing side of an outer join row).
+fn decode_optional(
+    conv: &RowConverter,
+    fields: &arrow::datatypes::Fields,
+    rows: &[Option<&[u8]>],
+) -> Result<Vec<ArrayRef>> {
+    let parser = conv.parser();
+    let decoded = conv
+        .convert_rows(rows.iter().flatten().map(|r| parser.parse(r)))
+        .map_err(|e| Error::arrow("join output", e))?;
+    if rows.iter().all(Option::is_some) {
+        return Ok(decoded);
+    }
+    let mut next = 0u32;
+    let idx: UInt32Array = rows
+        .iter()
+        .map(|r| {
+            r.map(|_| {
+                next += 1;
+                next - 1
+            })
+        })
+        .collect();
+    decoded
+        .iter()
+        .zip(fields.iter())
+        .map(|(c, field)| {
+            if c.is_empty() {
+                Ok(new_null_array(field.data_type(), rows.len()))
+            } else {
+                take(c.as_ref(), &idx, None).map_err(|e| Error::arrow("join output", e))
+            }
+        })
+        .collect()
+}
+
 /// `schema` without the changelog column.
 fn without_op(schema: &SchemaRef) -> SchemaRef {
     Arc::new(Schema::new(

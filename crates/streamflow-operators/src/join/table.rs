@@ -13,8 +13,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array};
-use arrow::compute::take;
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use streamflow_core::changelog::{OP_COLUMN, RowKind};
@@ -22,7 +21,7 @@ use streamflow_core::{
     CheckpointBarrier, Error, Operator, OperatorSnapshot, Output, Result, Watermark,
 };
 
-use super::{JoinFactory, without_op};
+use super::{JoinFactory, decode_optional, without_op};
 use crate::event_time::millis;
 use crate::snapshot;
 
@@ -111,35 +110,14 @@ impl TableJoin {
         if pairs.is_empty() {
             return Ok(());
         }
-        let left = self.conv(0)?;
-        let parser = left.parser();
-        let mut columns = left
-            .convert_rows(pairs.iter().map(|p| parser.parse(p.0)))
-            .map_err(|e| Error::arrow("join output", e))?;
-        let right = self.conv(1)?;
-        let parser = right.parser();
-        let present: Vec<&[u8]> = pairs.iter().filter_map(|p| p.1).collect();
-        let decoded = right
-            .convert_rows(present.iter().map(|r| parser.parse(r)))
-            .map_err(|e| Error::arrow("join output", e))?;
-        let mut next = 0u32;
-        let idx: UInt32Array = pairs
-            .iter()
-            .map(|p| {
-                p.1.map(|_| {
-                    next += 1;
-                    next - 1
-                })
-            })
-            .collect();
-        let table_schema = without_op(&self.factory.inputs[1]);
-        for (c, field) in decoded.iter().zip(table_schema.fields()) {
-            columns.push(if c.is_empty() {
-                arrow::array::new_null_array(field.data_type(), pairs.len())
-            } else {
-                take(c.as_ref(), &idx, None).map_err(|e| Error::arrow("join output", e))?
-            });
-        }
+        let left: Vec<Option<&[u8]>> = pairs.iter().map(|p| Some(p.0)).collect();
+        let right: Vec<Option<&[u8]>> = pairs.iter().map(|p| p.1).collect();
+        let mut columns = decode_optional(self.conv(0)?, self.factory.inputs[0].fields(), &left)?;
+        columns.extend(decode_optional(
+            self.conv(1)?,
+            without_op(&self.factory.inputs[1]).fields(),
+            &right,
+        )?);
         out.emit(
             RecordBatch::try_new(Arc::clone(&self.factory.schema), columns)
                 .map_err(|e| Error::arrow("join output", e))?,
