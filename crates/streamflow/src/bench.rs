@@ -1,5 +1,6 @@
-//! `streamflow bench`: the Nexmark queries shipped in `examples/nexmark/`,
-//! run on a blackhole sink with the generator included in the measurement.
+//! `streamflow bench`: the Nexmark queries shipped in `examples/nexmark/`
+//! (and the enrichment example), run on a blackhole sink with the generator
+//! included in the measurement.
 
 use std::time::Duration;
 
@@ -24,16 +25,32 @@ pub const QUERIES: &[(&str, &str)] = &[
         include_str!("../../../examples/nexmark/dedup.yaml"),
     ),
     ("q3", include_str!("../../../examples/nexmark/q3.yaml")),
+    (
+        "q3_left",
+        include_str!("../../../examples/nexmark/q3_left.yaml"),
+    ),
     ("q4", include_str!("../../../examples/nexmark/q4.yaml")),
     ("q8", include_str!("../../../examples/nexmark/q8.yaml")),
     ("q20", include_str!("../../../examples/nexmark/q20.yaml")),
+    ("q9", include_str!("../../../examples/nexmark/q9.yaml")),
     ("q18", include_str!("../../../examples/nexmark/q18.yaml")),
     ("q19", include_str!("../../../examples/nexmark/q19.yaml")),
     (
         "top_window",
         include_str!("../../../examples/nexmark/top_window.yaml"),
     ),
+    (
+        "enrichment",
+        include_str!("../../../examples/enrichment/bids_by_owner.yaml"),
+    ),
 ];
+
+/// Data files the queries read (path as written in the flow, contents), so
+/// the benchmark runs from any directory.
+pub const DATA_FILES: &[(&str, &str)] = &[(
+    "examples/enrichment/channels.csv",
+    include_str!("../../../examples/enrichment/channels.csv"),
+)];
 
 /// The flow file text of `query`.
 pub fn query_text(query: &str) -> Option<&'static str> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
-use streamflow::bench::{BenchResult, QUERIES, query_text};
+use streamflow::bench::{BenchResult, DATA_FILES, QUERIES, query_text};
 use streamflow::{Diagnostics, FlowSpec, Mode, Pipeline, PipelineBuilder, RunHandle, RunSummary};
 use streamflow_dsl::{FileFormat, Role};
 use streamflow_runtime::RecoveryOptions;
@@ -96,7 +96,8 @@ enum CheckpointsAction {
 enum BenchSuite {
     /// Nexmark queries on a blackhole sink, generator included.
     Nexmark {
-        /// Query name (q0, q1, q2, q5, q7, q11, q21, q22).
+        /// Query: one of the shipped examples (q0 … q22, q4_shape, dedup,
+        /// top_window, enrichment; an unknown name lists them all).
         #[arg(long, default_value = "q0")]
         query: String,
         /// Events to generate.
@@ -468,14 +469,32 @@ fn bench(
     })?;
     let mut spec = streamflow_dsl::parse_str(text, FileFormat::Yaml).map_err(|d| anyhow!("{d}"))?;
     spec.mode = Mode::Job;
+    let state = std::env::temp_dir().join(format!("streamflow-bench-state-{}", std::process::id()));
     for source in &mut spec.sources {
-        source.config.insert("events".into(), events.into());
+        match source.kind.as_deref() {
+            Some("nexmark") => {
+                source.config.insert("events".into(), events.into());
+            }
+            // A data file shipped with the query (a join's table).
+            _ => {
+                let path = source.config.get("path").and_then(|p| p.as_str());
+                if let Some((name, text)) = DATA_FILES.iter().find(|(f, _)| Some(*f) == path) {
+                    let file = state.join("data").join(name);
+                    if let Some(dir) = file.parent() {
+                        std::fs::create_dir_all(dir)?;
+                    }
+                    std::fs::write(&file, text)?;
+                    source
+                        .config
+                        .insert("path".into(), file.display().to_string().into());
+                }
+            }
+        }
     }
     for sink in &mut spec.sinks {
         sink.kind = Some("blackhole".into());
         sink.config.clear();
     }
-    let state = std::env::temp_dir().join(format!("streamflow-bench-state-{}", std::process::id()));
     if let Some(interval) = checkpoint_interval {
         let interval = streamflow_dsl::parse_duration(interval).map_err(|e| anyhow!(e))?;
         spec.checkpoint = Some(streamflow_dsl::CheckpointSpec {
@@ -485,22 +504,21 @@ fn bench(
         });
     }
     let outcome = measure(query, &spec, cores, json, Some(events));
-    if checkpoint_interval.is_some() {
-        if let Ok(store) = CheckpointStore::open(&state.display().to_string())
-            && let Ok(all) = store.list()
-        {
-            for m in all {
-                eprintln!(
-                    "checkpoint {}: {} ms, {} bytes{}",
-                    m.id,
-                    m.duration_ms,
-                    m.bytes,
-                    if m.is_final { " (final)" } else { "" }
-                );
-            }
+    if checkpoint_interval.is_some()
+        && let Ok(store) = CheckpointStore::open(&state.display().to_string())
+        && let Ok(all) = store.list()
+    {
+        for m in all {
+            eprintln!(
+                "checkpoint {}: {} ms, {} bytes{}",
+                m.id,
+                m.duration_ms,
+                m.bytes,
+                if m.is_final { " (final)" } else { "" }
+            );
         }
-        let _ = std::fs::remove_dir_all(&state);
     }
+    let _ = std::fs::remove_dir_all(&state);
     outcome
 }
 

@@ -911,6 +911,72 @@ fn q3_joins_category_10_auctions_to_local_sellers() {
 }
 
 #[test]
+fn q3_left_join_retracts_null_rows_when_the_seller_arrives() {
+    let table = |table: NexmarkTable| {
+        NexmarkGenerator::new(NexmarkConfig {
+            table,
+            event_rate: WINDOWED_EVENT_RATE,
+            ..NexmarkConfig::default()
+        })
+        .generate(0..EVENTS)
+        .expect("generate")
+    };
+    let persons = table(NexmarkTable::Person);
+    let auctions = table(NexmarkTable::Auction);
+    let i64s = |b: &arrow::record_batch::RecordBatch, name: &str| {
+        b.column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
+            .expect("i64")
+            .clone()
+    };
+    let strs = |name: &str| {
+        persons
+            .column_by_name(name)
+            .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+            .expect("utf8")
+            .clone()
+    };
+    let (pid, name, state) = (i64s(&persons, "id"), strs("name"), strs("state"));
+    let (aid, seller, category) = (
+        i64s(&auctions, "id"),
+        i64s(&auctions, "seller"),
+        i64s(&auctions, "category"),
+    );
+    let mut local: BTreeMap<i64, Vec<(String, String)>> = BTreeMap::new();
+    for p in 0..pid.len() {
+        if ["OR", "ID", "CA"].contains(&state.value(p)) {
+            local
+                .entry(pid.value(p))
+                .or_default()
+                .push((name.value(p).into(), state.value(p).into()));
+        }
+    }
+    // 30 s of events: within the hour of state_ttl, so every match counts.
+    let mut expected = Vec::new();
+    for a in (0..aid.len()).filter(|&a| category.value(a) == 10) {
+        let (id, s) = (aid.value(a), seller.value(a));
+        match local.get(&s) {
+            Some(people) => {
+                for (n, st) in people {
+                    expected.push(format!("{id}|{s}|{n:?}|{st:?}"));
+                }
+            }
+            None => expected.push(format!("{id}|{s}|null|null")),
+        }
+    }
+    assert!(
+        expected.iter().any(|e| !e.ends_with("null"))
+            && expected.iter().any(|e| e.ends_with("null")),
+        "the test needs auctions with and without local sellers"
+    );
+    let rows = run_two_sources("q3_left", ["auctions", "persons"]);
+    assert_eq!(
+        apply_row_changelog(&rows, &["a_id", "a_seller", "p_name", "p_state"]),
+        sorted(expected)
+    );
+}
+
+#[test]
 fn bids_are_enriched_from_a_csv_table() {
     // Which side reaches the join first varies from run to run; the
     // operator tests check both orders give the same rows.
@@ -1028,4 +1094,65 @@ fn q4_average_closing_price_per_category() {
             "category {cat}: {avg} vs {want}"
         );
     }
+}
+
+#[test]
+fn q9_winning_bid_of_each_auction() {
+    let auctions = NexmarkGenerator::new(NexmarkConfig {
+        table: NexmarkTable::Auction,
+        event_rate: WINDOWED_EVENT_RATE,
+        ..NexmarkConfig::default()
+    })
+    .generate(0..EVENTS)
+    .expect("generate");
+    let column = |name: &str| Arc::clone(auctions.column_by_name(name).expect("column"));
+    let ids = column("id");
+    let ids = ids.as_any().downcast_ref::<Int64Array>().expect("i64");
+    let [created, expires] = ["date_time", "expires"].map(|name| {
+        column(name)
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .expect("ts")
+            .clone()
+    });
+    let lifetime: BTreeMap<i64, (i64, i64)> = (0..ids.len())
+        .map(|a| (ids.value(a), (created.value(a), expires.value(a))))
+        .collect();
+    // Highest price during the lifetime; among equal prices the earliest bid.
+    let mut winner: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
+    for (t, b) in bid_millis() {
+        if let Some((from, to)) = lifetime.get(&b.auction)
+            && *from <= t
+            && t <= *to
+        {
+            let w = winner.entry(b.auction).or_insert((b.price, t));
+            if (b.price, -t) > (w.0, -w.1) {
+                *w = (b.price, t);
+            }
+        }
+    }
+    assert!(winner.len() > 10, "the test needs auctions with bids");
+    let expected = sorted(
+        winner
+            .iter()
+            .map(|(a, (price, t))| format!("{a}|{price}|{t}"))
+            .collect(),
+    );
+    let rows = run_two_sources("q9", ["auctions", "bids"]);
+    assert!(
+        rows.iter().any(|r| r["_op"] == "-D"),
+        "outbid winners are retracted"
+    );
+    let actual = sorted(
+        apply_row_changelog(&rows, &["a_id", "b_price", "b_date_time"])
+            .iter()
+            .map(|row| {
+                let mut parts = row.split('|');
+                let (a, p, t) = (parts.next(), parts.next(), parts.next());
+                let t = t.expect("time").trim_matches('"');
+                format!("{}|{}|{}", a.expect("id"), p.expect("price"), millis(t))
+            })
+            .collect(),
+    );
+    assert_eq!(actual, expected);
 }

@@ -8,14 +8,20 @@
 //! watermark) right row only while `watermark < tl + upper`; a right row
 //! only while `watermark < tr - lower`. Past that they are dropped — and,
 //! for outer joins, emitted with the other side null if they never matched.
+//!
+//! A regular join is this join with bounds of ±`state_ttl`; there a row is
+//! late only when it arrives already expired, and an outer join emits its
+//! unmatched rows at once (`+I`, other side null) and retracts them (`-D`)
+//! when their first match arrives, as a changelog.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, UInt32Array};
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
+use streamflow_core::changelog::RowKind;
 use streamflow_core::{
     CheckpointBarrier, Error, Operator, OperatorSnapshot, Output, Result, Watermark,
 };
@@ -59,6 +65,10 @@ pub(super) struct IntervalJoin {
     lower: i64,
     upper: i64,
     sides: [Side; 2],
+    /// A regular join: late means expired on arrival.
+    regular: bool,
+    /// Outer rows are emitted on arrival and retracted on a match (`_op`).
+    changelog: bool,
     /// Whole-row encoders of the two inputs (empty if they could not be made).
     rows: Vec<RowConverter>,
     watermark: i64,
@@ -66,7 +76,7 @@ pub(super) struct IntervalJoin {
 }
 
 impl IntervalJoin {
-    pub(super) fn new(factory: Arc<JoinFactory>, lower: i64, upper: i64) -> Self {
+    pub(super) fn new(factory: Arc<JoinFactory>, lower: i64, upper: i64, regular: bool) -> Self {
         let rows: std::result::Result<Vec<RowConverter>, _> = (0..2)
             .map(|i| {
                 RowConverter::new(
@@ -82,11 +92,14 @@ impl IntervalJoin {
             Ok(rows) => (rows, None),
             Err(e) => (Vec::new(), Some(Error::arrow("join rows", e))),
         };
+        let changelog = regular && factory.how != super::JoinType::Inner;
         Self {
             factory,
             lower,
             upper,
             sides: [Side::default(), Side::default()],
+            regular,
+            changelog,
             rows,
             watermark: i64::MIN,
             failed,
@@ -100,12 +113,18 @@ impl IntervalJoin {
             .ok_or_else(|| Error::Other("join: rows of this input cannot be encoded".into()))
     }
 
-    /// Output rows from `(left row, right row)` pairs of encoded rows.
-    fn emit(&self, pairs: &[Pair<'_>], out: &mut Output) -> Result<()> {
+    /// Output rows from `(left row, right row)` pairs of encoded rows, with
+    /// their changelog kinds when the output is a changelog.
+    fn emit(&self, pairs: &[Pair<'_>], ops: &[RowKind], out: &mut Output) -> Result<()> {
         if pairs.is_empty() {
             return Ok(());
         }
         let mut columns: Vec<ArrayRef> = Vec::new();
+        if self.changelog {
+            columns.push(Arc::new(StringArray::from_iter_values(
+                ops.iter().map(|k| k.as_str()),
+            )));
+        }
         for side in 0..2 {
             let rows: Vec<Option<&[u8]>> = pairs
                 .iter()
@@ -129,11 +148,8 @@ impl IntervalJoin {
     fn expire(&mut self, watermark: i64, out: &mut Output) -> Result<()> {
         let mut pairs: Vec<OwnedPair> = Vec::new();
         for side in 0..2 {
-            let keep_unmatched = if side == 0 {
-                self.factory.how.keeps_left()
-            } else {
-                self.factory.how.keeps_right()
-            };
+            // A changelog emitted its unmatched rows on arrival.
+            let keep_unmatched = !self.changelog && self.keeps(side);
             let (lower, upper) = (self.lower, self.upper);
             let s = &mut self.sides[side];
             while let Some(entry) = s.expiry.first_entry() {
@@ -165,7 +181,16 @@ impl IntervalJoin {
                 }
             }
         }
-        self.emit(&borrow(&pairs), out)
+        self.emit(&borrow(&pairs), &[], out)
+    }
+
+    /// Whether unmatched rows of `side` are emitted.
+    fn keeps(&self, side: usize) -> bool {
+        if side == 0 {
+            self.factory.how.keeps_left()
+        } else {
+            self.factory.how.keeps_right()
+        }
     }
 
     fn keep(&mut self, side: usize, key: &[u8], kept: Kept) {
@@ -174,6 +199,12 @@ impl IntervalJoin {
         s.rows.entry(key.into()).or_default().push(kept);
         s.expiry.entry(at).or_default().push(key.into());
     }
+}
+
+/// An output row with `row` on `side` and `with` (or nulls) on the other.
+fn placed(side: usize, row: &[u8], with: Option<&[u8]>) -> OwnedPair {
+    let (row, with) = (Some(row.into()), with.map(Into::into));
+    if side == 0 { (row, with) } else { (with, row) }
 }
 
 /// When a kept row of `side` at `time` can no longer meet an on-time row
@@ -206,20 +237,24 @@ impl Operator for IntervalJoin {
             .conv(side)?
             .convert_columns(batch.columns())
             .map_err(|e| Error::arrow("join rows", e))?;
-        let keeps_own = if side == 0 {
-            f.how.keeps_left()
-        } else {
-            f.how.keeps_right()
-        };
+        let keeps_own = self.keeps(side);
+        let retracts_other = self.changelog && self.keeps(other);
         let mut late = Vec::new();
         let mut pairs: Vec<OwnedPair> = Vec::new();
+        let mut ops: Vec<RowKind> = Vec::new();
+        let pair = |own: &[u8], with: Option<&[u8]>| placed(side, own, with);
         for (row, key_valid) in valid.iter().copied().enumerate() {
             if times.is_null(row) {
                 null_event_time(&batch, row, out);
                 continue;
             }
             let t = times.value(row);
-            if t <= self.watermark {
+            let expired = if self.regular {
+                expiry(side, t, self.lower, self.upper) <= self.watermark
+            } else {
+                t <= self.watermark
+            };
+            if expired {
                 late.push(row as u32);
                 continue;
             }
@@ -231,15 +266,21 @@ impl Operator for IntervalJoin {
                     for k in list.iter_mut() {
                         let (l, r) = if side == 0 { (t, k.time) } else { (k.time, t) };
                         if l.saturating_add(self.lower) <= r && r <= l.saturating_add(self.upper) {
+                            if retracts_other && !k.matched {
+                                // Its row with a null side was emitted on arrival.
+                                pairs.push(placed(other, &k.row, None));
+                                ops.push(RowKind::Delete);
+                            }
                             k.matched = true;
                             matched = true;
-                            pairs.push(if side == 0 {
-                                (Some(own.into()), Some(k.row.clone()))
-                            } else {
-                                (Some(k.row.clone()), Some(own.into()))
-                            });
+                            pairs.push(pair(own, Some(&k.row)));
+                            ops.push(RowKind::Insert);
                         }
                     }
+                }
+                if self.changelog && keeps_own && !matched {
+                    pairs.push(pair(own, None));
+                    ops.push(RowKind::Insert);
                 }
                 let kept = Kept {
                     time: t,
@@ -249,14 +290,11 @@ impl Operator for IntervalJoin {
                 self.keep(side, key, kept);
             } else if keeps_own {
                 // A null key never matches: an outer join emits it at once.
-                pairs.push(if side == 0 {
-                    (Some(own.into()), None)
-                } else {
-                    (None, Some(own.into()))
-                });
+                pairs.push(pair(own, None));
+                ops.push(RowKind::Insert);
             }
         }
-        self.emit(&borrow(&pairs), out)?;
+        self.emit(&borrow(&pairs), &ops, out)?;
         if !late.is_empty() {
             let rows = take_record_batch(&batch, &UInt32Array::from(late))
                 .map_err(|e| Error::arrow("late rows", e))?;

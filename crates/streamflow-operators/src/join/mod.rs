@@ -20,9 +20,12 @@
 //! `kind: table` (`buffer: {ttl, max_rows}`): the right input is a table;
 //! see [`table`].
 //!
-//! `kind: regular` (`state_ttl: 1h`): an inner join at any distance in
-//! time, each row kept for matches until the watermark passes its time plus
-//! `state_ttl` (for the whole run without it) — Nexmark q3.
+//! `kind: regular` (`state_ttl: 1h`): a join at any distance in time, each
+//! row kept for matches until the watermark passes its time plus
+//! `state_ttl` (for the whole run without it) — Nexmark q3. Outer regular
+//! joins emit a changelog (`_op` first): an unmatched row at once as `+I`
+//! with the other side null, retracted (`-D`) when its first match arrives.
+//! Rows that expire emit nothing.
 //!
 //! `kind: window`: rows of both sides fall into event-time tumbling or
 //! sliding windows (each side by its own event time); when a window fires,
@@ -44,6 +47,7 @@ use arrow::row::{RowConverter, Rows, SortField};
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::Value;
+use streamflow_core::changelog::OP_COLUMN;
 use streamflow_core::{
     CheckpointBarrier, Diagnostics, Error, Operator, OperatorSnapshot, Output, Result, Watermark,
 };
@@ -127,8 +131,14 @@ fn signed_ms(text: &str) -> std::result::Result<i64, String> {
 enum Pairing {
     /// Same window.
     Window(Assigner),
-    /// `left + lower <= right <= left + upper` (ms).
-    Interval { lower: i64, upper: i64 },
+    /// `left + lower <= right <= left + upper` (ms). `regular`: a regular
+    /// join (bounds ±state_ttl): a row is late only once it has expired, and
+    /// outer rows are emitted at once as a changelog, retracted on a match.
+    Interval {
+        lower: i64,
+        upper: i64,
+        regular: bool,
+    },
     /// Stream rows look up the table; early ones wait in a bounded buffer.
     Table { ttl: Option<i64>, max_rows: usize },
 }
@@ -345,12 +355,6 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
             None
         }
         (JoinKind::Regular, None) => {
-            if config.join != JoinType::Inner {
-                d.push(
-                    ctx.at("join"),
-                    "regular joins are inner joins for now (outer ones need a changelog output); use a window or interval join for outer joins",
-                );
-            }
             if config.between.is_some() {
                 d.push(
                     ctx.at("between"),
@@ -362,6 +366,7 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
             Some(Pairing::Interval {
                 lower: ttl.saturating_neg(),
                 upper: ttl,
+                regular: true,
             })
         }
         (JoinKind::Interval, None) => match &config.between {
@@ -373,9 +378,11 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
                 None
             }
             Some(b) => match (signed_ms(&b.lower), signed_ms(&b.upper)) {
-                (Ok(lower), Ok(upper)) if lower <= upper => {
-                    Some(Pairing::Interval { lower, upper })
-                }
+                (Ok(lower), Ok(upper)) if lower <= upper => Some(Pairing::Interval {
+                    lower,
+                    upper,
+                    regular: false,
+                }),
                 (Ok(_), Ok(_)) => {
                     d.push(ctx.at("between"), "lower must not exceed upper");
                     None
@@ -433,6 +440,10 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
     }
     let prefix = config.prefix.unwrap_or_default();
     let mut fields = Vec::new();
+    if config.kind == JoinKind::Regular && config.join != JoinType::Inner {
+        // Outer rows are retracted when a match arrives: a changelog.
+        fields.push(Field::new(OP_COLUMN, DataType::Utf8, false));
+    }
     if config.kind == JoinKind::Window {
         for bound in ["window_start", "window_end"] {
             fields.push(Field::new(
@@ -523,7 +534,7 @@ fn without_op(schema: &SchemaRef) -> SchemaRef {
         schema
             .fields()
             .iter()
-            .filter(|f| f.name() != streamflow_core::changelog::OP_COLUMN)
+            .filter(|f| f.name() != OP_COLUMN)
             .cloned()
             .collect::<Vec<_>>(),
     ))
@@ -603,9 +614,11 @@ impl StageFactory for JoinFactory {
                 windows: BTreeMap::new(),
                 watermark: i64::MIN,
             }),
-            Pairing::Interval { lower, upper } => {
-                Box::new(interval::IntervalJoin::new(factory, lower, upper))
-            }
+            Pairing::Interval {
+                lower,
+                upper,
+                regular,
+            } => Box::new(interval::IntervalJoin::new(factory, lower, upper, regular)),
             Pairing::Table { ttl, max_rows } => {
                 Box::new(table::TableJoin::new(factory, ttl, max_rows))
             }
@@ -1131,6 +1144,135 @@ mod tests {
         rows
     }
 
+    fn regular_stage(how: &str, ttl: Option<&str>) -> Arc<dyn StageFactory> {
+        let mut settings = serde_json::json!({
+            "kind": "regular",
+            "on": "l.k = r.k",
+            "join": how,
+            "prefix": {"left": "l_", "right": "r_"},
+        });
+        if let Some(ttl) = ttl {
+            settings["state_ttl"] = ttl.into();
+        }
+        stage_with(settings)
+    }
+
+    /// Runs a stage whose output is a changelog and applies it: the rows
+    /// present at the end, as text, sorted. Every `-D` must retract a row
+    /// that is present and has a null side.
+    fn run_changelog(stage: &Arc<dyn StageFactory>, steps: &[Step]) -> Vec<String> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut op = stage.create();
+            let mut out = Output::new();
+            let mut present: Vec<String> = Vec::new();
+            let mut apply = |out: &mut Output| {
+                for b in out.take_batches() {
+                    assert_eq!(b.schema().field(0).name(), OP_COLUMN);
+                    let cell = |c: usize, r: usize| {
+                        arrow::util::display::array_value_to_string(b.column(c), r).expect("format")
+                    };
+                    for r in 0..b.num_rows() {
+                        let ms = |c: usize| {
+                            if b.column(c).is_null(r) {
+                                "-".to_string()
+                            } else {
+                                millis(b.column(c)).expect("ts").value(r).to_string()
+                            }
+                        };
+                        let row = format!(
+                            "{}|{}|{}|{}|{}",
+                            ms(1),
+                            cell(3, r),
+                            ms(4),
+                            cell(5, r),
+                            cell(6, r)
+                        );
+                        match cell(0, r).as_str() {
+                            "+I" => present.push(row),
+                            "-D" => {
+                                assert!(row.contains("-||") || row.starts_with("-|"), "{row}");
+                                let at = present.iter().position(|p| *p == row);
+                                present.swap_remove(
+                                    at.unwrap_or_else(|| panic!("-D of absent {row}")),
+                                );
+                            }
+                            other => panic!("unexpected {other}"),
+                        }
+                    }
+                }
+            };
+            for s in steps {
+                match s {
+                    Step::Input(i, b) => op.process_batch(*i, b.clone(), &mut out).await,
+                    Step::Batch(b) => op.process_batch(0, b.clone(), &mut out).await,
+                    Step::Watermark(w) => op.process_watermark(Watermark(*w), &mut out).await,
+                }
+                .expect("step");
+                apply(&mut out);
+            }
+            op.finish(&mut out).await.expect("finish");
+            apply(&mut out);
+            present.sort();
+            present
+        })
+    }
+
+    /// Nested-loop join of all rows, at any distance in time.
+    fn expected_regular(how: &str, left: &[Event], right: &[Event]) -> Vec<String> {
+        let opt = |k: Option<i64>| k.map_or(String::new(), |k| k.to_string());
+        let mut rows = Vec::new();
+        let mut rmatched = vec![false; right.len()];
+        for le in left {
+            let mut any = false;
+            for (j, re) in right.iter().enumerate() {
+                if le.1.is_some() && le.1 == re.1 {
+                    any = true;
+                    rmatched[j] = true;
+                    rows.push(format!("{}|{}|{}|{}|{}", le.0, le.2, re.0, opt(re.1), re.2));
+                }
+            }
+            if !any && (how == "left" || how == "full") {
+                rows.push(format!("{}|{}|-||", le.0, le.2));
+            }
+        }
+        if how == "right" || how == "full" {
+            for (j, re) in right.iter().enumerate() {
+                if !rmatched[j] {
+                    rows.push(format!("-||{}|{}|{}", re.0, opt(re.1), re.2));
+                }
+            }
+        }
+        rows.sort();
+        rows
+    }
+
+    #[test]
+    fn outer_regular_joins_retract_and_expire_by_ttl() {
+        let l = |rows: &[Event]| Step::Input(0, batch(side_schema("v"), rows));
+        let r = |rows: &[Event]| Step::Input(1, batch(side_schema("w"), rows));
+        let stage = regular_stage("left", Some("50ms"));
+        assert_eq!(stage.output_schema().field(0).name(), OP_COLUMN);
+        let steps = [
+            l(&[(0, Some(1), 10), (5, Some(2), 20)]),
+            // Matches the first left row: its null row is retracted.
+            r(&[(30, Some(1), 7)]),
+            // The second left row expires (5 + 50 <= 60) unmatched: nothing.
+            Step::Watermark(60),
+            r(&[(70, Some(2), 8)]),
+            // Arrives expired (0 + 50 <= 60): late, no output.
+            l(&[(0, Some(2), 30)]),
+        ];
+        assert_eq!(
+            run_changelog(&stage, &steps),
+            vec!["0|10|30|1|7".to_string(), "5|20|-||".to_string()]
+        );
+        let (_, late) = run_stage(&regular_stage("inner", Some("50ms")), &steps, false);
+        assert_eq!(late, 1);
+    }
+
     fn events() -> impl Strategy<Value = Vec<Event>> {
         proptest::collection::vec(
             (
@@ -1171,6 +1313,34 @@ mod tests {
             let steps = steps(&left, &right, chunk, lag);
             let (got, _) = run_stage(&interval_stage(how), &steps, false);
             prop_assert_eq!(got, expected_interval(how, &left, &right, chunk, lag));
+        }
+
+        #[test]
+        fn outer_regular_joins_applied_equal_a_nested_loop_join(
+            left in events(),
+            right in events(),
+            chunk in 1usize..15,
+            lag in 0i64..400,
+            how in 1usize..4,
+        ) {
+            let how = ["inner", "left", "right", "full"][how];
+            let steps = steps(&left, &right, chunk, lag);
+            let got = run_changelog(&regular_stage(how, None), &steps);
+            prop_assert_eq!(got, expected_regular(how, &left, &right));
+        }
+
+        #[test]
+        fn outer_regular_joins_restored_from_a_snapshot_continue_exactly(
+            left in events(),
+            right in events(),
+            chunk in 1usize..15,
+            lag in 0i64..400,
+            cut in 0usize..100,
+        ) {
+            let steps = steps(&left, &right, chunk, lag);
+            let cut = cut % (steps.len() + 1);
+            let stage = regular_stage("full", Some("300ms"));
+            assert_restores_exactly(|| stage.create(), &steps, cut);
         }
 
         #[test]
