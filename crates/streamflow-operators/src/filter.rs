@@ -101,6 +101,7 @@ mod tests {
             key_by: &[],
             event_time: None,
             input_event_times: &[],
+            components: crate::process::Components::builtin(),
         })
     }
 

@@ -16,6 +16,7 @@ mod filter;
 mod grouping;
 mod join;
 mod map;
+pub mod process;
 mod projection;
 mod rename;
 mod row_errors;

@@ -60,7 +60,13 @@ impl Projection {
             .collect()
     }
 
-    fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch, String> {
+    /// The output schema.
+    pub(crate) fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    /// The projection of `batch`; fails as a whole if any row fails.
+    pub(crate) fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch, String> {
         let n = batch.num_rows();
         let arrays = self
             .columns

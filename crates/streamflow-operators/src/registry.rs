@@ -6,7 +6,8 @@ use streamflow_core::Diagnostics;
 
 use crate::stage::{InputRule, StageContext, StageFactory};
 use crate::{
-    add_column, aggregate, dedup, filter, join, map, rename, select, top_n, union, validate, window,
+    add_column, aggregate, dedup, filter, join, map, process, rename, select, top_n, union,
+    validate, window,
 };
 
 /// Plans a stage from its context.
@@ -105,6 +106,13 @@ pub static STAGES: &[StageKind] = &[
         inputs: InputRule::Exactly(2),
         late_output: false,
         plan: join::plan,
+    },
+    StageKind {
+        name: "process",
+        description: "a resilience node tree (retry, timeout, circuit-breaker, ...) over processors",
+        inputs: InputRule::SameSchema,
+        late_output: false,
+        plan: process::plan,
     },
     StageKind {
         name: "union",

@@ -22,33 +22,50 @@ pub(crate) fn apply_isolating(
     out: &mut Output,
     f: impl Fn(&RecordBatch) -> Result<RecordBatch, String>,
 ) -> Result<Option<RecordBatch>, Error> {
-    match f(batch) {
-        Ok(result) => return Ok(Some(result)),
-        Err(_) if batch.num_rows() == 1 => {}
-        Err(_) => {}
+    let (result, failed) = isolate(batch, f)?;
+    for (row, error) in failed {
+        out.dead_letter(DeadLetter {
+            file: None,
+            line: None,
+            payload: Some(row_as_json(&batch.slice(row, 1))),
+            error,
+        });
+    }
+    Ok(result)
+}
+
+/// Applies `f` to `batch`; on failure, finds the rows on which `f` fails
+/// alone and applies `f` to the remaining rows. Returns the result for the
+/// surviving rows (`None` when none survives) and the failed rows (by
+/// index, ascending) with their errors.
+///
+/// # Errors
+/// When `f` still fails on rows that each succeed alone (a batch-level fault).
+pub(crate) fn isolate(
+    batch: &RecordBatch,
+    f: impl Fn(&RecordBatch) -> Result<RecordBatch, String>,
+) -> Result<(Option<RecordBatch>, Vec<(usize, String)>), Error> {
+    if let Ok(result) = f(batch) {
+        return Ok((Some(result), Vec::new()));
     }
     let mut keep = Vec::with_capacity(batch.num_rows());
+    let mut failed = Vec::new();
     for i in 0..batch.num_rows() {
-        let row = batch.slice(i, 1);
-        match f(&row) {
+        match f(&batch.slice(i, 1)) {
             Ok(_) => keep.push(true),
             Err(error) => {
                 keep.push(false);
-                out.dead_letter(DeadLetter {
-                    file: None,
-                    line: None,
-                    payload: Some(row_as_json(&row)),
-                    error,
-                });
+                failed.push((i, error));
             }
         }
     }
     if !keep.contains(&true) {
-        return Ok(None);
+        return Ok((None, failed));
     }
     let good = filter_record_batch(batch, &BooleanArray::from(keep))
         .map_err(|e| Error::arrow("filtering failed rows", e))?;
-    f(&good).map(Some).map_err(Error::Other)
+    let result = f(&good).map_err(Error::Other)?;
+    Ok((Some(result), failed))
 }
 
 /// A one-row batch as a JSON object, for dead-letter payloads.

@@ -289,6 +289,7 @@ pub(crate) mod harness {
             key_by: &key_by,
             event_time: Some("t"),
             input_event_times: &[],
+            components: crate::process::Components::builtin(),
         })
         .map_err(|d| format!("{d:?}"))
         .expect("plans")

@@ -24,6 +24,8 @@ pub struct StageContext<'a> {
     pub event_time: Option<&'a str>,
     /// The event-time column of every input, in order (joins).
     pub input_event_times: &'a [Option<&'a str>],
+    /// Named components that `process` stages reference.
+    pub components: &'a crate::process::Components,
 }
 
 impl StageContext<'_> {

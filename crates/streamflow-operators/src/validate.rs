@@ -277,6 +277,7 @@ mod tests {
             key_by: &[],
             event_time: None,
             input_event_times: &[],
+            components: crate::process::Components::builtin(),
         })
         .expect("plans");
         let batch = RecordBatch::try_new(

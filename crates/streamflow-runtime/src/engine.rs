@@ -16,12 +16,13 @@ use crate::checkpoint::{self, AckSender, Coordinator, RecoveryOptions};
 use crate::exchange::{Exchange, Partitioning};
 use crate::input::{InputChannel, InputSet};
 use crate::metrics::NodeMetrics;
-use crate::plan::{PhysicalPlan, Planned, validate_spec};
+use crate::plan::{PhysicalPlan, Planned, validate_spec_with};
 use crate::tasks::{
     OperatorCheckpoints, Outputs, SinkCheckpoints, SourceCheckpoints, run_operator, run_sink,
     run_source,
 };
 use crate::watermark::WatermarkGenerator;
+use streamflow_operators::process::Components;
 
 /// A validated pipeline, ready to start.
 #[derive(Clone)]
@@ -44,8 +45,17 @@ impl Pipeline {
     /// # Errors
     /// Every problem in the declaration, each with its path.
     pub fn from_spec(spec: &FlowSpec) -> Result<Self, Diagnostics> {
+        Self::from_spec_with(spec, Components::builtin())
+    }
+
+    /// [`from_spec`](Self::from_spec) with named components (processors,
+    /// predicates, channels, ...) that `process` stages reference.
+    ///
+    /// # Errors
+    /// Every problem in the declaration, each with its path.
+    pub fn from_spec_with(spec: &FlowSpec, components: &Components) -> Result<Self, Diagnostics> {
         Ok(Self {
-            plan: validate_spec(spec)?,
+            plan: validate_spec_with(spec, components)?,
         })
     }
 

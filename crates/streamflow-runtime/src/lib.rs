@@ -24,4 +24,4 @@ pub mod watermark;
 pub use checkpoint::RecoveryOptions;
 pub use engine::{Pipeline, RunHandle, RunSummary, StageSummary};
 pub use metrics::NodeMetrics;
-pub use plan::{PhysicalPlan, Planned, PlannedNode, plan, validate_spec};
+pub use plan::{PhysicalPlan, Planned, PlannedNode, plan, validate_spec, validate_spec_with};

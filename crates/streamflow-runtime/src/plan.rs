@@ -8,6 +8,7 @@ use streamflow_connectors::{SinkContext, SinkFactory, SourceContext, SourceFacto
 use streamflow_core::{Diagnostics, dead_letter_schema};
 use streamflow_dsl::{FlowGraph, FlowSpec, Node, Role};
 use streamflow_expr::CompiledExpr;
+use streamflow_operators::process::Components;
 use streamflow_operators::{InputRule, StageContext, StageFactory};
 
 /// A planned component.
@@ -57,8 +58,19 @@ impl PhysicalPlan {
 /// # Errors
 /// Every problem found, each with its path.
 pub fn validate_spec(spec: &FlowSpec) -> Result<PhysicalPlan, Diagnostics> {
+    validate_spec_with(spec, Components::builtin())
+}
+
+/// [`validate_spec`] with named components for `process` stages.
+///
+/// # Errors
+/// Every problem found, each with its path.
+pub fn validate_spec_with(
+    spec: &FlowSpec,
+    components: &Components,
+) -> Result<PhysicalPlan, Diagnostics> {
     let graph = FlowGraph::from_spec(spec)?;
-    plan(graph)
+    plan(graph, components)
 }
 
 /// Plans every node of `graph` in topological order.
@@ -66,7 +78,7 @@ pub fn validate_spec(spec: &FlowSpec) -> Result<PhysicalPlan, Diagnostics> {
 /// # Errors
 /// Every problem found. A node whose inputs failed to plan is skipped, so
 /// one mistake is not reported again downstream.
-pub fn plan(graph: FlowGraph) -> Result<PhysicalPlan, Diagnostics> {
+pub fn plan(graph: FlowGraph, components: &Components) -> Result<PhysicalPlan, Diagnostics> {
     let mut d = Diagnostics::new();
     let mut planned: Vec<Option<PlannedNode>> = Vec::with_capacity(graph.nodes.len());
     for node in &graph.nodes {
@@ -86,6 +98,7 @@ pub fn plan(graph: FlowGraph) -> Result<PhysicalPlan, Diagnostics> {
             None => None,
             Some(inputs) => match plan_node(
                 &graph,
+                components,
                 node,
                 &inputs,
                 &node
@@ -128,6 +141,7 @@ fn unknown_type(node: &Node, known: &[&str]) -> Diagnostics {
 
 fn plan_node(
     graph: &FlowGraph,
+    components: &Components,
     node: &Node,
     inputs: &[SchemaRef],
     input_event_times: &[Option<&str>],
@@ -205,6 +219,7 @@ fn plan_node(
                 key_by: &node.key_by,
                 event_time: input_event_time,
                 input_event_times,
+                components,
             };
             let factory = (kind.plan)(&ctx)?;
             // Each input is partitioned by its own keys (joins) or by key_by.

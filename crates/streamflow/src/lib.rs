@@ -21,4 +21,12 @@ pub use streamflow_core::{Diagnostic, Diagnostics, Error};
 pub use streamflow_dsl::{FlowSpec, Mode, PipelineBuilder};
 pub use streamflow_runtime::{Pipeline, RecoveryOptions, RunHandle, RunSummary};
 
+/// The components `process` stages reference, and the traits to write them.
+pub mod process {
+    pub use streamflow_operators::process::{
+        Components, Condition, ErrorHandler, NodeError, Outcome, Predicate, Processed, Processor,
+        Reducer,
+    };
+}
+
 pub mod bench;

@@ -477,6 +477,7 @@ mod tests {
             key_by: &[],
             event_time: Some("t"),
             input_event_times: &[Some("t"), None],
+            components: crate::process::Components::builtin(),
         })
         .map_err(|d| format!("{d:?}"))
         .expect("plans")

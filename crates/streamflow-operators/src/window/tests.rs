@@ -49,6 +49,7 @@ fn run_late_window(
         key_by: &["k".to_string()],
         event_time: Some("t"),
         input_event_times: &[],
+        components: crate::process::Components::builtin(),
     })
     .expect("plans");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -351,6 +352,7 @@ fn run_count(
         key_by: &["k".to_string()],
         event_time: None,
         input_event_times: &[],
+        components: crate::process::Components::builtin(),
     })
     .expect("plans");
     let rt = tokio::runtime::Builder::new_current_thread()

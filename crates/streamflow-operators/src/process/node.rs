@@ -1,0 +1,982 @@
+//! Node declarations: every rule checked with a dotted path, all errors
+//! collected, then the tree built against the schema of the records that
+//! reach each node.
+//!
+//! Paths follow the declaration, with the type of each node below the root
+//! in parentheses: `stages[3].node.children[1](fallback).children[0]`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use serde_json::{Map, Value};
+
+use super::builtin::{Noop, Sql, SqlCondition, SqlPredicate};
+use super::exec::{Breaker, Kind, Node, limiter};
+use super::registry::{Components, Condition, Predicate, Processor};
+use crate::projection::{ColumnSource, Projection};
+
+/// Node types and the keys each takes besides `type` and `name`.
+const TYPES: &[(&str, &[&str])] = &[
+    ("sequence", &["children"]),
+    ("concurrent", &["children", "reducer"]),
+    ("race", &["children"]),
+    ("contest", &["children", "predicate"]),
+    ("fallback", &["children"]),
+    ("retry", &["child", "attempts", "backoff"]),
+    ("timeout", &["child", "duration"]),
+    ("filter", &["predicate", "then", "else"]),
+    ("switch", &["condition", "routes", "default"]),
+    (
+        "circuit-breaker",
+        &["child", "failure_threshold", "recovery_timeout"],
+    ),
+    (
+        "rate-limit",
+        &["child", "requests_per_second", "burst_size", "mode"],
+    ),
+    ("handle", &["child", "error_handler"]),
+    ("scaffold", &["children"]),
+    ("worker-pool", &["children", "workers"]),
+    ("sql", &["map"]),
+    ("http", super::http::HTTP_KEYS),
+    ("noop", &[]),
+];
+
+/// Builds node trees for one stage, collecting every problem.
+pub(crate) struct Builder<'a> {
+    components: &'a Components,
+    /// The stage's named node trees (`processors:`), and where they are;
+    /// trees registered in `components` are found after these.
+    definitions: &'a Map<String, Value>,
+    definitions_path: String,
+    errors: Vec<(String, String)>,
+    /// Definitions being expanded, outermost first (cycle detection).
+    stack: Vec<String>,
+}
+
+/// Where a node sits: its declaration path, the runtime path of its
+/// parent, and whether it is the root of its tree.
+#[derive(Clone)]
+struct At<'p> {
+    path: &'p str,
+    parent: Option<&'p str>,
+    root: bool,
+    /// The node's name in runtime paths, when a reference names it.
+    name: Option<&'p str>,
+}
+
+impl<'p> At<'p> {
+    fn below(path: &'p str, parent: &'p str) -> Self {
+        Self {
+            path,
+            parent: Some(parent),
+            root: false,
+            name: None,
+        }
+    }
+}
+
+impl<'a> Builder<'a> {
+    pub(crate) fn new(
+        components: &'a Components,
+        definitions: &'a Map<String, Value>,
+        definitions_path: String,
+    ) -> Self {
+        Self {
+            components,
+            definitions,
+            definitions_path,
+            errors: Vec::new(),
+            stack: Vec::new(),
+        }
+    }
+
+    /// The errors found, each once, in the order found.
+    pub(crate) fn errors(self) -> Vec<(String, String)> {
+        let mut seen = std::collections::HashSet::new();
+        self.errors
+            .into_iter()
+            .filter(|e| seen.insert(e.clone()))
+            .collect()
+    }
+
+    fn err(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.errors.push((path.into(), message.into()));
+    }
+
+    /// Builds the tree declared at `path` for records of `input`.
+    pub(crate) fn root(&mut self, v: &Value, path: &str, input: &SchemaRef) -> Option<Arc<Node>> {
+        self.node(
+            v,
+            At {
+                path,
+                parent: None,
+                root: true,
+                name: None,
+            },
+            Some(input),
+        )
+    }
+
+    /// Builds one node; `input` is `None` when an earlier part failed and
+    /// the schema reaching this node is unknown (only structure is checked).
+    fn node(&mut self, v: &Value, at: At<'_>, input: Option<&SchemaRef>) -> Option<Arc<Node>> {
+        let Some(obj) = v.as_object() else {
+            self.err(at.path, "a node is a map (ref, type or stream)");
+            return None;
+        };
+        let text = |k: &str| obj.get(k).and_then(Value::as_str);
+        let (r, ty, stream) = (obj.get("ref"), obj.get("type"), obj.get("stream"));
+        for key in ["ref", "type", "stream", "name"] {
+            if obj.get(key).is_some_and(|v| !v.is_string()) {
+                self.err(format!("{}.{key}", at.path), "expected a name");
+            }
+        }
+        let name = at.name.or(text("name"));
+        match (r, ty, stream) {
+            (None, None, None) => {
+                self.err(at.path, "empty node: needs ref, type or stream");
+                None
+            }
+            (Some(_), Some(_), _) => {
+                self.err(at.path, "a node takes ref or type, not both");
+                None
+            }
+            (Some(_), None, Some(_)) | (None, Some(_), Some(_)) => {
+                self.err(
+                    at.path,
+                    "a stream node takes no ref or type (put the work in its child)",
+                );
+                None
+            }
+            (Some(_), None, None) => {
+                self.only(obj, &["ref", "name"], at.path, "a ref node");
+                let target = text("ref")?;
+                self.reference(target, &at, name.unwrap_or(target), input)
+            }
+            (None, None, Some(_)) => {
+                let channel = text("stream")?;
+                self.stream(obj, channel, &at, name, input)
+            }
+            (None, Some(_), None) => {
+                let ty = text("type")?;
+                let Some((_, keys)) = TYPES.iter().find(|(t, _)| *t == ty) else {
+                    let names: Vec<&str> = TYPES.iter().map(|(t, _)| *t).collect();
+                    let hint = match streamflow_dsl::suggest(ty, &names) {
+                        Some(s) => format!(" (did you mean '{s}'?)"),
+                        None => format!(" (known: {})", names.join(", ")),
+                    };
+                    self.err(
+                        format!("{}.type", at.path),
+                        format!("unknown node type '{ty}'{hint}"),
+                    );
+                    return None;
+                };
+                let mut allowed = vec!["type", "name"];
+                allowed.extend_from_slice(keys);
+                self.only(obj, &allowed, at.path, &format!("a {ty} node"));
+                let label = self.label(&at, name.unwrap_or(ty));
+                let here = if at.root {
+                    at.path.to_string()
+                } else {
+                    format!("{}({ty})", at.path)
+                };
+                self.typed(ty, obj, &here, &label, input)
+            }
+        }
+    }
+
+    /// The runtime path of a node called `own` below `at.parent`.
+    fn label(&self, at: &At<'_>, own: &str) -> String {
+        match at.parent {
+            Some(p) => format!("{p} -> {own}"),
+            None => own.to_string(),
+        }
+    }
+
+    fn only(&mut self, obj: &Map<String, Value>, allowed: &[&str], path: &str, what: &str) {
+        for key in obj.keys() {
+            if !allowed.contains(&key.as_str()) {
+                let hint = streamflow_dsl::suggest(key, allowed)
+                    .map_or_else(String::new, |s| format!(" (did you mean '{s}'?)"));
+                self.err(
+                    format!("{path}.{key}"),
+                    format!("{what} takes no '{key}'{hint}"),
+                );
+            }
+        }
+    }
+
+    /// `ref: name`: a definition of the stage, or a registered processor.
+    fn reference(
+        &mut self,
+        target: &str,
+        at: &At<'_>,
+        own: &str,
+        input: Option<&SchemaRef>,
+    ) -> Option<Arc<Node>> {
+        let (def, def_path) = match self.definitions.get(target) {
+            Some(d) => (
+                Some(d.clone()),
+                format!("{}.{target}", self.definitions_path),
+            ),
+            None => (
+                self.components.get_schema(target),
+                format!("schemas.{target}"),
+            ),
+        };
+        if let Some(def) = def {
+            if let Some(i) = self.stack.iter().position(|s| s == target) {
+                let mut cycle = self.stack[i..].to_vec();
+                cycle.push(target.to_string());
+                self.err(
+                    format!("{}.ref", at.path),
+                    format!("reference cycle: {}", cycle.join(" -> ")),
+                );
+                return None;
+            }
+            self.stack.push(target.to_string());
+            let node = self.node(
+                &def,
+                At {
+                    path: &def_path,
+                    parent: at.parent,
+                    root: true,
+                    name: Some(own),
+                },
+                input,
+            );
+            self.stack.pop();
+            return node;
+        }
+        let label = self.label(at, own);
+        match self.components.get_processor(target) {
+            Some(p) => {
+                let schema = match input.map(|i| p.output_schema(i)) {
+                    Some(Ok(s)) => s,
+                    Some(Err(e)) => {
+                        self.err(
+                            format!("{}.ref", at.path),
+                            format!("processor '{target}': {e}"),
+                        );
+                        return None;
+                    }
+                    None => return None,
+                };
+                Some(Arc::new(Node {
+                    path: label.as_str().into(),
+                    schema,
+                    kind: Kind::Processor(p),
+                }))
+            }
+            None => {
+                let mut names: Vec<String> = self.definitions.keys().cloned().collect();
+                names.extend(self.components.processor_names());
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                let hint = streamflow_dsl::suggest(target, &names)
+                    .map_or_else(String::new, |s| format!(" (did you mean '{s}'?)"));
+                self.err(
+                    format!("{}.ref", at.path),
+                    format!("processor '{target}' not found{hint}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn stream(
+        &mut self,
+        obj: &Map<String, Value>,
+        channel: &str,
+        at: &At<'_>,
+        name: Option<&str>,
+        input: Option<&SchemaRef>,
+    ) -> Option<Arc<Node>> {
+        self.only(
+            obj,
+            &["stream", "name", "stream_timeout", "child", "children"],
+            at.path,
+            "a stream node",
+        );
+        let label = self.label(at, name.unwrap_or(&format!("stream:{channel}")));
+        let here = if at.root {
+            at.path.to_string()
+        } else {
+            format!("{}(stream)", at.path)
+        };
+        let timeout = self.duration(obj, "stream_timeout", &here, None);
+        let sender = self.components.get_channel(channel);
+        if sender.is_none() {
+            self.err(
+                format!("{here}.stream"),
+                format!("channel '{channel}' not found"),
+            );
+        }
+        let then = match (obj.get("child"), obj.get("children")) {
+            (Some(_), Some(_)) => {
+                self.err(&here, "a stream node takes child or children, not both");
+                return None;
+            }
+            (Some(c), None) => {
+                Some(self.node(c, At::below(&format!("{here}.child"), &label), input)?)
+            }
+            (None, Some(_)) => Some(self.sequence_of(obj, &here, &label, input, "stream")?),
+            (None, None) => None,
+        };
+        let schema = then
+            .as_ref()
+            .map(|t| Arc::clone(&t.schema))
+            .or_else(|| input.cloned())?;
+        Some(Arc::new(Node {
+            path: label.into(),
+            schema,
+            kind: Kind::Stream {
+                channel: sender?,
+                name: channel.into(),
+                timeout: timeout.flatten(),
+                then,
+            },
+        }))
+    }
+
+    /// `children` built as a sequence node below `label`.
+    fn sequence_of(
+        &mut self,
+        obj: &Map<String, Value>,
+        here: &str,
+        label: &str,
+        input: Option<&SchemaRef>,
+        ty: &str,
+    ) -> Option<Arc<Node>> {
+        let children = self.children(obj, here, label, input, ty, true)?;
+        let schema = Arc::clone(&children.last()?.schema);
+        Some(Arc::new(Node {
+            path: label.into(),
+            schema,
+            kind: Kind::Sequence(children),
+        }))
+    }
+
+    /// The `children` list (at least one); `chained`: each child reads the
+    /// previous one's output, else all read `input`.
+    fn children(
+        &mut self,
+        obj: &Map<String, Value>,
+        here: &str,
+        label: &str,
+        input: Option<&SchemaRef>,
+        ty: &str,
+        chained: bool,
+    ) -> Option<Vec<Arc<Node>>> {
+        let list = match obj.get("children") {
+            Some(Value::Array(l)) if !l.is_empty() => l,
+            Some(Value::Array(_)) | None => {
+                self.err(
+                    format!("{here}.children"),
+                    format!("{ty} requires at least one child (children)"),
+                );
+                return None;
+            }
+            Some(_) => {
+                self.err(format!("{here}.children"), "expected a list of nodes");
+                return None;
+            }
+        };
+        let mut built = Vec::new();
+        let mut ok = true;
+        let mut current = input.cloned();
+        for (i, c) in list.iter().enumerate() {
+            let path = format!("{here}.children[{i}]");
+            let node = self.node(c, At::below(&path, label), current.as_ref());
+            if chained {
+                current = node.as_ref().map(|n| Arc::clone(&n.schema));
+            }
+            match node {
+                Some(n) => built.push(n),
+                None => ok = false,
+            }
+        }
+        ok.then_some(built)
+    }
+
+    /// The required `child`.
+    fn child(
+        &mut self,
+        obj: &Map<String, Value>,
+        here: &str,
+        label: &str,
+        input: Option<&SchemaRef>,
+        ty: &str,
+    ) -> Option<Arc<Node>> {
+        match obj.get("child") {
+            Some(c) => self.node(c, At::below(&format!("{here}.child"), label), input),
+            None => {
+                self.err(format!("{here}.child"), format!("{ty} requires a child"));
+                None
+            }
+        }
+    }
+
+    fn duration(
+        &mut self,
+        obj: &Map<String, Value>,
+        key: &str,
+        here: &str,
+        default: Option<Duration>,
+    ) -> Option<Option<Duration>> {
+        match obj.get(key) {
+            None => Some(default),
+            Some(Value::String(s)) => match streamflow_dsl::parse_duration(s) {
+                Ok(d) => Some(Some(d)),
+                Err(e) => {
+                    self.err(format!("{here}.{key}"), e);
+                    None
+                }
+            },
+            Some(other) => {
+                self.err(
+                    format!("{here}.{key}"),
+                    format!("invalid duration {other} (expected e.g. 500ms, 10s)"),
+                );
+                None
+            }
+        }
+    }
+
+    /// A positive integer setting.
+    fn count(
+        &mut self,
+        obj: &Map<String, Value>,
+        key: &str,
+        here: &str,
+        default: usize,
+    ) -> Option<usize> {
+        match obj.get(key) {
+            None => Some(default),
+            Some(v) => match v.as_i64() {
+                Some(n) if n >= 1 => Some(n as usize),
+                _ => {
+                    self.err(
+                        format!("{here}.{key}"),
+                        format!("must be a positive integer (got {v})"),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    /// A named component or an inline SQL expression: a bare name that is
+    /// not a column of the input is looked up in the registry.
+    fn predicate(
+        &mut self,
+        obj: &Map<String, Value>,
+        key: &str,
+        here: &str,
+        input: Option<&SchemaRef>,
+        ty: &str,
+    ) -> Option<Arc<dyn Predicate>> {
+        let Some(text) = obj.get(key).and_then(Value::as_str) else {
+            self.err(
+                format!("{here}.{key}"),
+                format!("{ty} requires a {key} (a registered predicate or a SQL expression)"),
+            );
+            return None;
+        };
+        if is_name(text) && input.is_none_or(|s| s.index_of(text).is_err()) {
+            return match self.components.get_predicate(text) {
+                Some(p) => Some(p),
+                None => {
+                    self.err(
+                        format!("{here}.{key}"),
+                        format!("predicate '{text}' not found"),
+                    );
+                    None
+                }
+            };
+        }
+        let input = input?;
+        match streamflow_expr::compile_predicate(text, input) {
+            Ok(e) => Some(Arc::new(SqlPredicate(e))),
+            Err(e) => {
+                self.err(format!("{here}.{key}"), e.message);
+                None
+            }
+        }
+    }
+
+    fn condition(
+        &mut self,
+        obj: &Map<String, Value>,
+        here: &str,
+        input: Option<&SchemaRef>,
+    ) -> Option<Arc<dyn Condition>> {
+        let Some(text) = obj.get("condition").and_then(Value::as_str) else {
+            self.err(
+                format!("{here}.condition"),
+                "switch requires a condition (a registered condition or a SQL expression)",
+            );
+            return None;
+        };
+        if is_name(text) && input.is_none_or(|s| s.index_of(text).is_err()) {
+            return match self.components.get_condition(text) {
+                Some(c) => Some(c),
+                None => {
+                    self.err(
+                        format!("{here}.condition"),
+                        format!("condition '{text}' not found"),
+                    );
+                    None
+                }
+            };
+        }
+        match streamflow_expr::compile(text, input?) {
+            Ok(e) => Some(Arc::new(SqlCondition(e))),
+            Err(e) => {
+                self.err(format!("{here}.condition"), e.message);
+                None
+            }
+        }
+    }
+
+    /// Checks that every schema in `outputs` has the same columns; the
+    /// result is their common schema (nullable where any is).
+    fn agree(&mut self, outputs: &[(String, SchemaRef)]) -> Option<SchemaRef> {
+        let (first_path, first) = outputs.first()?;
+        let mut fields: Vec<Field> = first.fields().iter().map(|f| f.as_ref().clone()).collect();
+        let mut ok = true;
+        for (path, s) in &outputs[1..] {
+            let same = s.fields().len() == fields.len()
+                && s.fields()
+                    .iter()
+                    .zip(&fields)
+                    .all(|(a, b)| a.name() == b.name() && a.data_type() == b.data_type());
+            if !same {
+                self.err(path, format!("its records ({}) differ from those of {first_path} ({}); every branch must give the same columns", describe(s), describe(first)));
+                ok = false;
+                continue;
+            }
+            for (f, g) in fields.iter_mut().zip(s.fields()) {
+                if g.is_nullable() {
+                    *f = f.clone().with_nullable(true);
+                }
+            }
+        }
+        ok.then(|| Arc::new(Schema::new(fields)))
+    }
+
+    fn typed(
+        &mut self,
+        ty: &str,
+        obj: &Map<String, Value>,
+        here: &str,
+        label: &str,
+        input: Option<&SchemaRef>,
+    ) -> Option<Arc<Node>> {
+        let node = |schema: SchemaRef, kind: Kind| {
+            Some(Arc::new(Node {
+                path: label.into(),
+                schema,
+                kind,
+            }))
+        };
+        let same = |n: &Arc<Node>| Arc::clone(&n.schema);
+        match ty {
+            "sequence" => self.sequence_of(obj, here, label, input, ty),
+            "concurrent" | "worker-pool" => {
+                let workers = if ty == "worker-pool" {
+                    self.count(obj, "workers", here, 4)
+                } else {
+                    Some(0)
+                };
+                let reducer = match obj.get("reducer").and_then(Value::as_str) {
+                    None => None,
+                    Some(r) => match self.components.get_reducer(r) {
+                        Some(r) => Some(r),
+                        None => {
+                            self.err(
+                                format!("{here}.reducer"),
+                                format!("reducer '{r}' not found"),
+                            );
+                            return None;
+                        }
+                    },
+                };
+                let children = self.children(obj, here, label, input, ty, false)?;
+                let input = input?;
+                let schema = match &reducer {
+                    None => Arc::clone(input),
+                    Some(r) => {
+                        let outs: Vec<SchemaRef> = children.iter().map(same).collect();
+                        match r.output_schema(input, &outs) {
+                            Ok(s) => s,
+                            Err(e) => {
+                                self.err(format!("{here}.reducer"), e);
+                                return None;
+                            }
+                        }
+                    }
+                };
+                let workers = workers?;
+                let workers =
+                    (ty == "worker-pool").then(|| Arc::new(tokio::sync::Semaphore::new(workers)));
+                node(
+                    schema,
+                    Kind::Concurrent {
+                        children,
+                        reducer,
+                        workers,
+                    },
+                )
+            }
+            "race" | "contest" => {
+                let children = self.children(obj, here, label, input, ty, false);
+                let schema = children.as_ref().and_then(|c| {
+                    let outs: Vec<(String, SchemaRef)> = c
+                        .iter()
+                        .enumerate()
+                        .map(|(i, c)| (format!("{here}.children[{i}]"), same(c)))
+                        .collect();
+                    self.agree(&outs)
+                });
+                // A contest's predicate reads its children's output.
+                let predicate = match (&schema, ty) {
+                    (_, "race") => None,
+                    (Some(s), _) => self.predicate(obj, "predicate", here, Some(s), ty),
+                    (None, _) => {
+                        if obj.get("predicate").is_none() {
+                            self.err(format!("{here}.predicate"), "contest requires a predicate (a registered predicate or a SQL expression)");
+                        }
+                        None
+                    }
+                };
+                let (children, schema) = (children?, schema?);
+                if ty == "race" {
+                    node(schema, Kind::Race(children))
+                } else {
+                    node(
+                        schema,
+                        Kind::Contest {
+                            children,
+                            predicate: predicate?,
+                        },
+                    )
+                }
+            }
+            "fallback" => {
+                let n = obj
+                    .get("children")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len);
+                if n != 2 {
+                    self.err(
+                        format!("{here}.children"),
+                        format!(
+                            "fallback requires exactly 2 children (primary, fallback); got {n}"
+                        ),
+                    );
+                    return None;
+                }
+                let children = self.children(obj, here, label, input, ty, false)?;
+                let outs: Vec<(String, SchemaRef)> = children
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| (format!("{here}.children[{i}]"), same(c)))
+                    .collect();
+                let schema = self.agree(&outs)?;
+                node(
+                    schema,
+                    Kind::Fallback(Arc::clone(&children[0]), Arc::clone(&children[1])),
+                )
+            }
+            "retry" => {
+                let attempts = self.count(obj, "attempts", here, 3);
+                let backoff = self.duration(obj, "backoff", here, None);
+                let child = self.child(obj, here, label, input, ty)?;
+                node(
+                    same(&child),
+                    Kind::Retry {
+                        child,
+                        attempts: attempts?,
+                        backoff: backoff?,
+                    },
+                )
+            }
+            "timeout" => {
+                let duration = self.duration(obj, "duration", here, Some(Duration::from_secs(30)));
+                let child = self.child(obj, here, label, input, ty)?;
+                node(
+                    same(&child),
+                    Kind::Timeout {
+                        child,
+                        duration: duration.flatten()?,
+                    },
+                )
+            }
+            "filter" => {
+                let predicate = self.predicate(obj, "predicate", here, input, ty);
+                let then = match obj.get("then") {
+                    Some(t) => self.node(t, At::below(&format!("{here}.then"), label), input),
+                    None => {
+                        self.err(format!("{here}.then"), "filter requires then");
+                        None
+                    }
+                };
+                let otherwise = obj
+                    .get("else")
+                    .map(|e| self.node(e, At::below(&format!("{here}.else"), label), input));
+                let (then, input) = (then?, input?);
+                let outs = match &otherwise {
+                    Some(e) => vec![
+                        (format!("{here}.then"), same(&then)),
+                        (format!("{here}.else"), same(e.as_ref()?)),
+                    ],
+                    // Records the predicate rejects pass through unchanged.
+                    None => vec![
+                        (
+                            "the input (passed through without else)".to_string(),
+                            Arc::clone(input),
+                        ),
+                        (format!("{here}.then"), same(&then)),
+                    ],
+                };
+                let schema = self.agree(&outs)?;
+                let otherwise = match otherwise {
+                    Some(e) => Some(e?),
+                    None => None,
+                };
+                node(
+                    schema,
+                    Kind::Filter {
+                        predicate: predicate?,
+                        then,
+                        otherwise,
+                    },
+                )
+            }
+            "switch" => {
+                let condition = self.condition(obj, here, input);
+                let mut routes = BTreeMap::new();
+                let mut outs = Vec::new();
+                let mut ok = true;
+                match obj.get("routes") {
+                    Some(Value::Object(m)) if !m.is_empty() => {
+                        for (key, v) in m {
+                            let path = format!("{here}.routes.{key}");
+                            match self.node(v, At::below(&path, label), input) {
+                                Some(n) => {
+                                    outs.push((path, same(&n)));
+                                    routes.insert(key.clone(), n);
+                                }
+                                None => ok = false,
+                            }
+                        }
+                    }
+                    _ => {
+                        self.err(
+                            format!("{here}.routes"),
+                            "switch requires routes: {key: node, ...}",
+                        );
+                        ok = false;
+                    }
+                }
+                let default = match obj.get("default") {
+                    Some(v) => {
+                        let path = format!("{here}.default");
+                        let n = self.node(v, At::below(&path, label), input);
+                        if let Some(n) = &n {
+                            outs.push((path, same(n)));
+                        }
+                        ok &= n.is_some();
+                        n
+                    }
+                    None => {
+                        // Unmatched records pass through unchanged.
+                        if let Some(i) = input {
+                            outs.insert(
+                                0,
+                                (
+                                    "the input (unmatched records pass through without default)"
+                                        .to_string(),
+                                    Arc::clone(i),
+                                ),
+                            );
+                        }
+                        None
+                    }
+                };
+                if !ok {
+                    return None;
+                }
+                let schema = self.agree(&outs)?;
+                node(
+                    schema,
+                    Kind::Switch {
+                        condition: condition?,
+                        routes,
+                        default,
+                    },
+                )
+            }
+            "circuit-breaker" => {
+                let threshold = self.count(obj, "failure_threshold", here, 5);
+                let recovery =
+                    self.duration(obj, "recovery_timeout", here, Some(Duration::from_secs(60)));
+                let child = self.child(obj, here, label, input, ty)?;
+                let breaker = Breaker::new(threshold?, recovery.flatten()?);
+                node(same(&child), Kind::CircuitBreaker { child, breaker })
+            }
+            "rate-limit" => {
+                let rps = match obj.get("requests_per_second") {
+                    None => Some(10.0),
+                    Some(v) => match v.as_f64() {
+                        Some(r) if r > 0.0 && r.is_finite() => Some(r),
+                        _ => {
+                            self.err(
+                                format!("{here}.requests_per_second"),
+                                format!("must be a positive number (got {v})"),
+                            );
+                            None
+                        }
+                    },
+                };
+                let burst = self.count(obj, "burst_size", here, 1);
+                let wait = match obj.get("mode").and_then(Value::as_str) {
+                    None | Some("wait") => Some(true),
+                    Some("drop") => Some(false),
+                    Some(other) => {
+                        self.err(
+                            format!("{here}.mode"),
+                            format!("'{other}': expected wait or drop"),
+                        );
+                        None
+                    }
+                };
+                let child = self.child(obj, here, label, input, ty)?;
+                let (rps, burst, wait) = (rps?, burst?, wait?);
+                let Some(limiter) = limiter(rps, u32::try_from(burst).unwrap_or(u32::MAX)) else {
+                    self.err(format!("{here}.requests_per_second"), "rate out of range");
+                    return None;
+                };
+                node(
+                    same(&child),
+                    Kind::RateLimit {
+                        child,
+                        limiter,
+                        wait,
+                    },
+                )
+            }
+            "handle" => {
+                let handler = match obj.get("error_handler").and_then(Value::as_str) {
+                    None => {
+                        self.err(
+                            format!("{here}.error_handler"),
+                            "handle requires an error_handler",
+                        );
+                        None
+                    }
+                    Some(h) => {
+                        let found = self.components.get_error_handler(h);
+                        if found.is_none() {
+                            self.err(
+                                format!("{here}.error_handler"),
+                                format!("error handler '{h}' not found"),
+                            );
+                        }
+                        found
+                    }
+                };
+                let child = self.child(obj, here, label, input, ty)?;
+                node(
+                    same(&child),
+                    Kind::Handle {
+                        child,
+                        handler: handler?,
+                    },
+                )
+            }
+            "scaffold" => {
+                let children = self.children(obj, here, label, input, ty, false)?;
+                node(Arc::clone(input?), Kind::Scaffold(children))
+            }
+            "noop" => node(Arc::clone(input?), Kind::Processor(Arc::new(Noop))),
+            "sql" => {
+                let input = input?;
+                let Some(map) = obj
+                    .get("map")
+                    .and_then(Value::as_object)
+                    .filter(|m| !m.is_empty())
+                else {
+                    self.err(
+                        format!("{here}.map"),
+                        "sql requires map: {column: expression}",
+                    );
+                    return None;
+                };
+                let mut columns = Projection::identity(input);
+                let mut ok = true;
+                for (name, sql) in map {
+                    let sql = sql.as_str().map_or_else(|| sql.to_string(), str::to_string);
+                    match streamflow_expr::compile(&sql, input) {
+                        Ok(e) => match columns.iter_mut().find(|(n, _)| n == name) {
+                            Some(slot) => slot.1 = ColumnSource::Expr(e),
+                            None => columns.push((name.clone(), ColumnSource::Expr(e))),
+                        },
+                        Err(e) => {
+                            self.err(format!("{here}.map.{name}"), e.message);
+                            ok = false;
+                        }
+                    }
+                }
+                ok.then_some(())?;
+                let projection = Projection::new(input, columns);
+                let p: Arc<dyn Processor> = Arc::new(Sql(projection));
+                node(p.output_schema(input).ok()?, Kind::Processor(p))
+            }
+            "http" => {
+                let input = input?;
+                let mut settings = obj.clone();
+                settings.remove("type");
+                settings.remove("name");
+                match super::http::plan(&settings, input) {
+                    Ok(h) => {
+                        let p: Arc<dyn Processor> = Arc::new(h);
+                        node(p.output_schema(input).ok()?, Kind::Processor(p))
+                    }
+                    Err(errors) => {
+                        for (k, m) in errors {
+                            self.err(format!("{here}.{k}"), m);
+                        }
+                        None
+                    }
+                }
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A bare identifier (a component name) rather than an expression.
+fn is_name(text: &str) -> bool {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        && !matches!(
+            text.to_ascii_lowercase().as_str(),
+            "true" | "false" | "null"
+        )
+}
+
+/// `a: Int64, b: Utf8`.
+fn describe(s: &Schema) -> String {
+    s.fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
