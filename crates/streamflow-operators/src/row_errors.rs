@@ -34,6 +34,10 @@ pub(crate) fn apply_isolating(
     Ok(result)
 }
 
+/// The result for the rows that survived (`None` when none did) and the
+/// failed rows (by index, ascending) with their errors.
+pub(crate) type Isolated = (Option<RecordBatch>, Vec<(usize, String)>);
+
 /// Applies `f` to `batch`; on failure, finds the rows on which `f` fails
 /// alone and applies `f` to the remaining rows. Returns the result for the
 /// surviving rows (`None` when none survives) and the failed rows (by
@@ -44,7 +48,7 @@ pub(crate) fn apply_isolating(
 pub(crate) fn isolate(
     batch: &RecordBatch,
     f: impl Fn(&RecordBatch) -> Result<RecordBatch, String>,
-) -> Result<(Option<RecordBatch>, Vec<(usize, String)>), Error> {
+) -> Result<Isolated, Error> {
     if let Ok(result) = f(batch) {
         return Ok((Some(result), Vec::new()));
     }

@@ -176,13 +176,13 @@ impl<'a> Builder<'a> {
                 };
                 let mut allowed = vec!["type", "name"];
                 allowed.extend_from_slice(keys);
-                self.only(obj, &allowed, at.path, &format!("a {ty} node"));
                 let label = self.label(&at, name.unwrap_or(ty));
                 let here = if at.root {
                     at.path.to_string()
                 } else {
                     format!("{}({ty})", at.path)
                 };
+                self.only(obj, &allowed, &here, &format!("a {ty} node"));
                 self.typed(ty, obj, &here, &label, input)
             }
         }
@@ -294,18 +294,18 @@ impl<'a> Builder<'a> {
         name: Option<&str>,
         input: Option<&SchemaRef>,
     ) -> Option<Arc<Node>> {
-        self.only(
-            obj,
-            &["stream", "name", "stream_timeout", "child", "children"],
-            at.path,
-            "a stream node",
-        );
         let label = self.label(at, name.unwrap_or(&format!("stream:{channel}")));
         let here = if at.root {
             at.path.to_string()
         } else {
             format!("{}(stream)", at.path)
         };
+        self.only(
+            obj,
+            &["stream", "name", "stream_timeout", "child", "children"],
+            &here,
+            "a stream node",
+        );
         let timeout = self.duration(obj, "stream_timeout", &here, None);
         let sender = self.components.get_channel(channel);
         if sender.is_none() {
