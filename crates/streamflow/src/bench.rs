@@ -40,6 +40,18 @@ pub const QUERIES: &[(&str, &str)] = &[
         include_str!("../../../examples/nexmark/top_window.yaml"),
     ),
     (
+        "process_sql",
+        include_str!("../../../examples/process/sql_sequence.yaml"),
+    ),
+    (
+        "map_sql",
+        include_str!("../../../examples/process/sql_map.yaml"),
+    ),
+    (
+        "rate_limit",
+        include_str!("../../../examples/process/rate_limit.yaml"),
+    ),
+    (
         "enrichment",
         include_str!("../../../examples/enrichment/bids_by_owner.yaml"),
     ),

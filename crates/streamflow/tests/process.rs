@@ -896,3 +896,93 @@ fn the_http_enrichment_example_enriches_retries_and_dead_letters() {
         );
     }
 }
+
+/// Runs `examples/process/<name>.yaml` on `events` events; its output rows.
+fn run_example(name: &str, events: u64, extra: &[&str]) -> (std::process::Output, Vec<Value>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let flow = common::root().join(format!("examples/process/{name}.yaml"));
+    let events = format!("sources.bids.config.events={events}");
+    let sink = format!("sinks.out.config.path={}", out.display());
+    let flow = flow.to_string_lossy().into_owned();
+    let mut args = vec![
+        "run",
+        flow.as_str(),
+        "--quiet",
+        "--set",
+        events.as_str(),
+        "--set",
+        sink.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    let result = common::run(&args);
+    assert!(
+        result.status.success(),
+        "{name}: {}",
+        common::stderr(&result)
+    );
+    let rows = read_jsonl(&out);
+    (result, rows)
+}
+
+#[test]
+fn the_sql_sequence_example_equals_its_map_stage_baseline() {
+    let (_, sequence) = run_example("sql_sequence", 20_000, &[]);
+    let (_, map) = run_example("sql_map", 20_000, &[]);
+    assert!(sequence.len() > 10_000);
+    assert!(
+        sequence.iter().any(|r| r["band"] == "high") && sequence.iter().any(|r| r["band"] == "low")
+    );
+    assert_eq!(sequence, map);
+}
+
+#[test]
+fn the_rate_limit_example_passes_every_record_and_logs_lifecycle_events() {
+    let log = ["--set", "stages.limited.node.requests_per_second=100000"];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    let flow = common::root().join("examples/process/rate_limit.yaml");
+    let result = common::streamflow()
+        .env("STREAMFLOW_LOG", "streamflow::process=info")
+        .args([
+            "run",
+            &flow.to_string_lossy(),
+            "--quiet",
+            "--set",
+            "sources.bids.config.events=500",
+            "--set",
+            &format!("sinks.out.config.path={}", out.display()),
+        ])
+        .args(log)
+        .output()
+        .expect("runs");
+    assert!(result.status.success(), "{}", common::stderr(&result));
+    assert_eq!(read_jsonl(&out).len(), 460);
+    let logs = common::stderr(&result) + &common::stdout(&result);
+    for event in [
+        "validation_started",
+        "validation_completed",
+        "build_started",
+        "build_completed",
+    ] {
+        assert!(logs.contains(event), "no {event} in:\n{logs}");
+    }
+    // An invalid tree: validation fails, the flow never starts.
+    let bad = common::streamflow()
+        .env("STREAMFLOW_LOG", "streamflow::process=info")
+        .args([
+            "validate",
+            &flow.to_string_lossy(),
+            "--set",
+            "stages.limited.node.burst_size=0",
+        ])
+        .output()
+        .expect("runs");
+    assert!(!bad.status.success());
+    let text = common::stderr(&bad) + &common::stdout(&bad);
+    assert!(
+        text.contains("stages[0].node.burst_size: must be a positive integer (got 0)"),
+        "{text}"
+    );
+    assert!(text.contains("validation_failed"), "{text}");
+}
