@@ -101,6 +101,36 @@ impl PipelineBuilder {
         self.stage(name, "map", json!({ "map": map }))
     }
 
+    /// Adds a `process` stage running each record through the node tree
+    /// `node` (see the `process` stage reference).
+    pub fn process(self, name: &str, node: Value) -> Self {
+        self.stage(name, "process", json!({ "node": node }))
+    }
+
+    /// Sends the dead letters of the node added last to the sink `sink`
+    /// (declare it with [`dead_letter_sink`](Self::dead_letter_sink)).
+    pub fn dlq(mut self, sink: &str) -> Self {
+        let last = self.last.clone();
+        let sink = Some(sink.to_string());
+        if let Some(s) = self.spec.stages.iter_mut().rev().find(|s| s.name == last) {
+            s.dlq = sink;
+        } else if let Some(s) = self.spec.sources.iter_mut().rev().find(|s| s.name == last) {
+            s.dlq = sink;
+        }
+        self
+    }
+
+    /// Adds a sink that receives dead letters only (no input).
+    pub fn dead_letter_sink(mut self, name: &str, kind: &str, config: Value) -> Self {
+        self.spec.sinks.push(SinkSpec {
+            name: Some(name.to_string()),
+            kind: Some(kind.to_string()),
+            config: as_map(config),
+            ..SinkSpec::default()
+        });
+        self
+    }
+
     /// Sets the parallelism of the node added last.
     pub fn parallelism(mut self, p: i64) -> Self {
         let last = self.last.clone();

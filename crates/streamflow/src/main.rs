@@ -109,6 +109,9 @@ enum BenchSuite {
         /// Take checkpoints at this interval (e.g. `10s`) into a temporary directory.
         #[arg(long, value_name = "DURATION")]
         checkpoint_interval: Option<String>,
+        /// Override a setting of the query's flow (`stages.joined.state_ttl=60s`).
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        overrides: Vec<String>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -162,9 +165,17 @@ fn main() -> ExitCode {
                     events,
                     cores,
                     checkpoint_interval,
+                    overrides,
                     json,
                 },
-        } => bench(&query, events, cores, checkpoint_interval.as_deref(), json),
+        } => bench(
+            &query,
+            events,
+            cores,
+            checkpoint_interval.as_deref(),
+            &overrides,
+            json,
+        ),
         Command::Bench {
             suite:
                 BenchSuite::Jsonl {
@@ -455,6 +466,7 @@ fn bench(
     events: u64,
     cores: usize,
     checkpoint_interval: Option<&str>,
+    overrides: &[String],
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let text = query_text(query).ok_or_else(|| {
@@ -468,6 +480,14 @@ fn bench(
         )
     })?;
     let mut spec = streamflow_dsl::parse_str(text, FileFormat::Yaml).map_err(|d| anyhow!("{d}"))?;
+    if !overrides.is_empty() {
+        let mut doc = serde_json::to_value(&spec)?;
+        for o in overrides {
+            streamflow_dsl::apply_override(&mut doc, o).map_err(|e| anyhow!(e))?;
+        }
+        spec = streamflow_dsl::parse_str(&doc.to_string(), FileFormat::Json)
+            .map_err(|d| anyhow!("{d}"))?;
+    }
     spec.mode = Mode::Job;
     let state = std::env::temp_dir().join(format!("streamflow-bench-state-{}", std::process::id()));
     for source in &mut spec.sources {

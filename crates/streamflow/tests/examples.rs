@@ -7,3 +7,11 @@ mod builder_example;
 fn builder_example_runs() {
     builder_example::main().expect("the builder example runs");
 }
+
+#[path = "../../../examples/resilience.rs"]
+mod resilience_example;
+
+#[test]
+fn resilience_example_runs() {
+    resilience_example::main().expect("the resilience example runs");
+}

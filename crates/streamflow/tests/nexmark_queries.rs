@@ -678,15 +678,6 @@ fn top_three_bids_per_tumbling_window_with_ranks() {
 
 #[test]
 fn q8_joins_persons_and_their_auctions_in_the_same_window() {
-    let table = |table: NexmarkTable| {
-        NexmarkGenerator::new(NexmarkConfig {
-            table,
-            event_rate: WINDOWED_EVENT_RATE,
-            ..NexmarkConfig::default()
-        })
-        .generate(0..EVENTS)
-        .expect("generate")
-    };
     let column = |b: &arrow::record_batch::RecordBatch, name: &str| {
         Arc::clone(b.column_by_name(name).expect("column"))
     };
@@ -702,8 +693,8 @@ fn q8_joins_persons_and_their_auctions_in_the_same_window() {
             .expect("ts")
             .clone()
     };
-    let persons = table(NexmarkTable::Person);
-    let auctions = table(NexmarkTable::Auction);
+    let persons = generated(NexmarkTable::Person);
+    let auctions = generated(NexmarkTable::Auction);
     let (pid, ptime) = (
         i64s(column(&persons, "id")),
         ts(column(&persons, "date_time")),
@@ -749,6 +740,17 @@ fn q8_joins_persons_and_their_auctions_in_the_same_window() {
     assert_eq!(actual, sorted(expected));
 }
 
+/// The test's events of one Nexmark table, at the windowed event rate.
+fn generated(table: NexmarkTable) -> arrow::record_batch::RecordBatch {
+    NexmarkGenerator::new(NexmarkConfig {
+        table,
+        event_rate: WINDOWED_EVENT_RATE,
+        ..NexmarkConfig::default()
+    })
+    .generate(0..EVENTS)
+    .expect("generate")
+}
+
 /// Runs `examples/nexmark/<query>.yaml`, whose two Nexmark sources are
 /// `sources`, on the test's events; returns the output rows.
 fn run_two_sources(query: &str, sources: [&str; 2]) -> Vec<Value> {
@@ -777,13 +779,7 @@ fn run_two_sources(query: &str, sources: [&str; 2]) -> Vec<Value> {
 
 #[test]
 fn q20_joins_category_10_auctions_to_bids_within_10_seconds() {
-    let auctions = NexmarkGenerator::new(NexmarkConfig {
-        table: NexmarkTable::Auction,
-        event_rate: WINDOWED_EVENT_RATE,
-        ..NexmarkConfig::default()
-    })
-    .generate(0..EVENTS)
-    .expect("generate");
+    let auctions = generated(NexmarkTable::Auction);
     let i64s = |name: &str| {
         auctions
             .column_by_name(name)
@@ -837,17 +833,8 @@ fn q20_joins_category_10_auctions_to_bids_within_10_seconds() {
 
 #[test]
 fn q3_joins_category_10_auctions_to_local_sellers() {
-    let table = |table: NexmarkTable| {
-        NexmarkGenerator::new(NexmarkConfig {
-            table,
-            event_rate: WINDOWED_EVENT_RATE,
-            ..NexmarkConfig::default()
-        })
-        .generate(0..EVENTS)
-        .expect("generate")
-    };
-    let persons = table(NexmarkTable::Person);
-    let auctions = table(NexmarkTable::Auction);
+    let persons = generated(NexmarkTable::Person);
+    let auctions = generated(NexmarkTable::Auction);
     let col = |b: &arrow::record_batch::RecordBatch, name: &str| {
         Arc::clone(b.column_by_name(name).expect("column"))
     };
@@ -912,17 +899,8 @@ fn q3_joins_category_10_auctions_to_local_sellers() {
 
 #[test]
 fn q3_left_join_retracts_null_rows_when_the_seller_arrives() {
-    let table = |table: NexmarkTable| {
-        NexmarkGenerator::new(NexmarkConfig {
-            table,
-            event_rate: WINDOWED_EVENT_RATE,
-            ..NexmarkConfig::default()
-        })
-        .generate(0..EVENTS)
-        .expect("generate")
-    };
-    let persons = table(NexmarkTable::Person);
-    let auctions = table(NexmarkTable::Auction);
+    let persons = generated(NexmarkTable::Person);
+    let auctions = generated(NexmarkTable::Auction);
     let i64s = |b: &arrow::record_batch::RecordBatch, name: &str| {
         b.column_by_name(name)
             .and_then(|c| c.as_any().downcast_ref::<Int64Array>())
@@ -1033,13 +1011,7 @@ fn bids_are_enriched_from_a_csv_table() {
 
 #[test]
 fn q4_average_closing_price_per_category() {
-    let auctions = NexmarkGenerator::new(NexmarkConfig {
-        table: NexmarkTable::Auction,
-        event_rate: WINDOWED_EVENT_RATE,
-        ..NexmarkConfig::default()
-    })
-    .generate(0..EVENTS)
-    .expect("generate");
+    let auctions = generated(NexmarkTable::Auction);
     let i64s = |name: &str| {
         auctions
             .column_by_name(name)
@@ -1098,13 +1070,7 @@ fn q4_average_closing_price_per_category() {
 
 #[test]
 fn q9_winning_bid_of_each_auction() {
-    let auctions = NexmarkGenerator::new(NexmarkConfig {
-        table: NexmarkTable::Auction,
-        event_rate: WINDOWED_EVENT_RATE,
-        ..NexmarkConfig::default()
-    })
-    .generate(0..EVENTS)
-    .expect("generate");
+    let auctions = generated(NexmarkTable::Auction);
     let column = |name: &str| Arc::clone(auctions.column_by_name(name).expect("column"));
     let ids = column("id");
     let ids = ids.as_any().downcast_ref::<Int64Array>().expect("i64");

@@ -1117,14 +1117,27 @@ mod tests {
             }
             wm = wm.max(max - lag - 1);
         }
-        let opt = |k: Option<i64>| k.map_or(String::new(), |k| k.to_string());
         let [ls, rs] = on_time;
+        nested_loop(how, &ls, &rs, |l, r| {
+            l.0 + lower <= r.0 && r.0 <= l.0 + upper
+        })
+    }
+
+    /// Output rows (as the runners format them) of a nested-loop `how`
+    /// join on equal non-null keys where `in_time(left, right)` holds.
+    fn nested_loop(
+        how: &str,
+        left: &[Event],
+        right: &[Event],
+        in_time: impl Fn(&Event, &Event) -> bool,
+    ) -> Vec<String> {
+        let opt = |k: Option<i64>| k.map_or(String::new(), |k| k.to_string());
         let mut rows = Vec::new();
-        let mut rmatched = vec![false; rs.len()];
-        for le in &ls {
+        let mut rmatched = vec![false; right.len()];
+        for le in left {
             let mut any = false;
-            for (j, re) in rs.iter().enumerate() {
-                if le.1.is_some() && le.1 == re.1 && le.0 + lower <= re.0 && re.0 <= le.0 + upper {
+            for (j, re) in right.iter().enumerate() {
+                if le.1.is_some() && le.1 == re.1 && in_time(le, re) {
                     any = true;
                     rmatched[j] = true;
                     rows.push(format!("{}|{}|{}|{}|{}", le.0, le.2, re.0, opt(re.1), re.2));
@@ -1135,7 +1148,7 @@ mod tests {
             }
         }
         if how == "right" || how == "full" {
-            for (j, re) in rs.iter().enumerate() {
+            for (j, re) in right.iter().enumerate() {
                 if !rmatched[j] {
                     rows.push(format!("-||{}|{}|{}", re.0, opt(re.1), re.2));
                 }
@@ -1223,31 +1236,7 @@ mod tests {
 
     /// Nested-loop join of all rows, at any distance in time.
     fn expected_regular(how: &str, left: &[Event], right: &[Event]) -> Vec<String> {
-        let opt = |k: Option<i64>| k.map_or(String::new(), |k| k.to_string());
-        let mut rows = Vec::new();
-        let mut rmatched = vec![false; right.len()];
-        for le in left {
-            let mut any = false;
-            for (j, re) in right.iter().enumerate() {
-                if le.1.is_some() && le.1 == re.1 {
-                    any = true;
-                    rmatched[j] = true;
-                    rows.push(format!("{}|{}|{}|{}|{}", le.0, le.2, re.0, opt(re.1), re.2));
-                }
-            }
-            if !any && (how == "left" || how == "full") {
-                rows.push(format!("{}|{}|-||", le.0, le.2));
-            }
-        }
-        if how == "right" || how == "full" {
-            for (j, re) in right.iter().enumerate() {
-                if !rmatched[j] {
-                    rows.push(format!("-||{}|{}|{}", re.0, opt(re.1), re.2));
-                }
-            }
-        }
-        rows.sort();
-        rows
+        nested_loop(how, left, right, |_, _| true)
     }
 
     #[test]
