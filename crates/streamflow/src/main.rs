@@ -482,6 +482,7 @@ fn bench(
     let mut spec = streamflow_dsl::parse_str(text, FileFormat::Yaml).map_err(|d| anyhow!("{d}"))?;
     if !overrides.is_empty() {
         let mut doc = serde_json::to_value(&spec)?;
+        drop_nulls(&mut doc);
         for o in overrides {
             streamflow_dsl::apply_override(&mut doc, o).map_err(|e| anyhow!(e))?;
         }
@@ -540,6 +541,19 @@ fn bench(
     }
     let _ = std::fs::remove_dir_all(&state);
     outcome
+}
+
+/// Removes the unset (null) fields of a serialized declaration, so it
+/// reads back as written.
+fn drop_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.retain(|_, x| !x.is_null());
+            m.values_mut().for_each(drop_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(drop_nulls),
+        _ => {}
+    }
 }
 
 fn bench_jsonl(events: u64, cores: usize, json: bool) -> anyhow::Result<ExitCode> {
