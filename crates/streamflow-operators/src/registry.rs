@@ -104,7 +104,7 @@ pub static STAGES: &[StageKind] = &[
         name: "join",
         description: "join two inputs on equal keys: window, interval, regular (ttl) or table",
         inputs: InputRule::Exactly(2),
-        late_output: false,
+        late_output: true,
         plan: join::plan,
     },
     StageKind {

@@ -83,3 +83,20 @@ pub(crate) fn row_as_json(row: &RecordBatch) -> String {
     }
     String::from_utf8_lossy(&buf).trim_end().to_string()
 }
+
+/// Each row of `batch` as a JSON object.
+pub(crate) fn rows_as_json(batch: &RecordBatch) -> Vec<String> {
+    let mut buf = Vec::new();
+    {
+        let mut w = LineDelimitedWriter::new(&mut buf);
+        if w.write(batch).and_then(|_| w.finish()).is_err() {
+            return (0..batch.num_rows())
+                .map(|r| row_as_json(&batch.slice(r, 1)))
+                .collect();
+        }
+    }
+    String::from_utf8_lossy(&buf)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}

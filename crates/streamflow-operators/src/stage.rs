@@ -70,4 +70,9 @@ pub trait StageFactory: Send + Sync {
     fn partition_keys(&self) -> Option<Vec<Vec<streamflow_expr::CompiledExpr>>> {
         None
     }
+    /// The schema of the records the stage sends to its `late` output;
+    /// `None` (the default) when they are its (first) input's records.
+    fn late_schema(&self) -> Option<SchemaRef> {
+        None
+    }
 }

@@ -265,7 +265,8 @@ fn plan_node(
     }
 }
 
-/// The input schema shared by the stages naming `sink` as their `late` output.
+/// The late-record schema shared by the stages naming `sink` as their
+/// `late` output (their input's, unless the stage says otherwise).
 fn late_schema(
     graph: &FlowGraph,
     sink: &Node,
@@ -275,11 +276,18 @@ fn late_schema(
     let mut schema: Option<SchemaRef> = None;
     for &stage in &sink.late_inputs {
         let node = &graph.nodes[stage];
-        let input = node
-            .inputs
-            .first()
-            .and_then(|&i| planned[i].as_ref())
-            .map(|p| Arc::clone(&p.schema))?;
+        let own = match planned[stage].as_ref().map(|p| &p.planned) {
+            Some(Planned::Stage(f)) => f.late_schema(),
+            _ => None,
+        };
+        let input = match own {
+            Some(s) => s,
+            None => node
+                .inputs
+                .first()
+                .and_then(|&i| planned[i].as_ref())
+                .map(|p| Arc::clone(&p.schema))?,
+        };
         match &schema {
             None => schema = Some(input),
             Some(s) if same_columns(s, &input) => {}

@@ -208,3 +208,57 @@ fn an_idle_source_stops_holding_back_the_watermark() {
     assert_eq!(row["k"], "g");
     assert_eq!(row["n"], 100, "first 100 ms window of the generator: {row}");
 }
+
+#[test]
+fn join_rows_behind_the_watermark_go_to_the_late_output_with_their_input() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    // Left files are read in name order, one batch each; by the time b.jsonl
+    // arrives both sides are past 24.999 s, so its 2 s row is late.
+    write(
+        d,
+        "a.jsonl",
+        "{\"t\": 1000, \"k\": \"x\", \"v\": 1}\n{\"t\": 25000, \"k\": \"x\", \"v\": 2}\n",
+    );
+    write(
+        d,
+        "b.jsonl",
+        "{\"t\": 2000, \"k\": \"x\", \"v\": 4}\n{\"t\": 26000, \"k\": \"x\", \"v\": 8}\n",
+    );
+    write(
+        d,
+        "r.jsonl",
+        "{\"rt\": 1500, \"rk\": \"x\", \"w\": 10}\n{\"rt\": 26500, \"rk\": \"x\", \"w\": 20}\n{\"rt\": 30000, \"rk\": \"y\", \"w\": 30}\n",
+    );
+    let flow = write(
+        d,
+        "flow.yaml",
+        &format!(
+            "name: late-join\nmode: job\nsources:\n  - name: l\n    type: file\n    config: {{path: \"{left}\", timestamps: [t]}}\n    event_time: {{column: t}}\n  - name: r\n    type: file\n    config: {{path: \"{right}\", timestamps: [rt]}}\n    event_time: {{column: rt}}\nstages:\n  - name: j\n    type: join\n    input: [l, r]\n    kind: interval\n    on: \"l.k = r.rk\"\n    between: {{lower: 0s, upper: 5s}}\n    late: too_late\nsinks:\n  - {{name: out, type: file, input: j, config: {{path: {out}}}}}\n  - {{name: too_late, type: file, config: {{path: {late}}}}}\n",
+            left = d.join("[ab].jsonl").display(),
+            right = d.join("r.jsonl").display(),
+            out = d.join("out.out.jsonl").display(),
+            late = d.join("late.out.jsonl").display(),
+        ),
+    );
+    let result = run(&["run", &flow]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    let mut joined: Vec<String> = read_jsonl(&d.join("out.out.jsonl"))
+        .iter()
+        .map(|r| format!("{}+{}", r["v"], r["w"]))
+        .collect();
+    joined.sort();
+    assert_eq!(joined, vec!["1+10", "2+20", "8+20"]);
+    let late = read_jsonl(&d.join("late.out.jsonl"));
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(late[0]["input"], "left");
+    let row: serde_json::Value =
+        serde_json::from_str(late[0]["row"].as_str().expect("row")).expect("json");
+    assert_eq!(row["v"], 4);
+    assert!(
+        late[0]["event_time"]
+            .as_str()
+            .expect("time")
+            .contains("00:00:02")
+    );
+}

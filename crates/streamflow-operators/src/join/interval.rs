@@ -17,8 +17,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray, UInt32Array};
-use arrow::compute::take_record_batch;
+use arrow::array::{Array, ArrayRef, Int64Array, RecordBatch, StringArray};
 use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use streamflow_core::changelog::RowKind;
@@ -295,11 +294,7 @@ impl Operator for IntervalJoin {
             }
         }
         self.emit(&borrow(&pairs), &ops, out)?;
-        if !late.is_empty() {
-            let rows = take_record_batch(&batch, &UInt32Array::from(late))
-                .map_err(|e| Error::arrow("late rows", e))?;
-            out.emit_late(rows);
-        }
+        f.emit_late(side, &batch, late, out)?;
         Ok(())
     }
 

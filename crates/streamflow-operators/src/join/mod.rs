@@ -627,6 +627,66 @@ impl StageFactory for JoinFactory {
     fn partition_keys(&self) -> Option<Vec<Vec<CompiledExpr>>> {
         Some(self.keys.to_vec())
     }
+    fn late_schema(&self) -> Option<SchemaRef> {
+        Some(late_schema())
+    }
+}
+
+/// Late records of a join (its two inputs differ): `input` (`left` or
+/// `right`), the row's `event_time`, and the row itself as JSON (`row`).
+fn late_schema() -> SchemaRef {
+    static SCHEMA: std::sync::OnceLock<SchemaRef> = std::sync::OnceLock::new();
+    Arc::clone(SCHEMA.get_or_init(|| {
+        Arc::new(Schema::new(vec![
+            Field::new("input", DataType::Utf8, false),
+            Field::new(
+                "event_time",
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                true,
+            ),
+            Field::new("row", DataType::Utf8, false),
+        ]))
+    }))
+}
+
+impl JoinFactory {
+    /// Sends rows `rows` of `batch` (from input `side`) to the late output.
+    fn emit_late(
+        &self,
+        side: usize,
+        batch: &RecordBatch,
+        rows: Vec<u32>,
+        out: &mut Output,
+    ) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let late = take_record_batch(batch, &UInt32Array::from(rows))
+            .map_err(|e| Error::arrow("late rows", e))?;
+        let n = late.num_rows();
+        let time: ArrayRef = match self.times[side] {
+            Some(t) => Arc::new(millis(late.column(t))?.clone()),
+            None => new_null_array(&DataType::Timestamp(TimeUnit::Millisecond, None), n),
+        };
+        let json = crate::row_errors::rows_as_json(&late);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(arrow::array::StringArray::from(vec![
+                if side == 0 {
+                    "left"
+                } else {
+                    "right"
+                };
+                n
+            ])),
+            time,
+            Arc::new(arrow::array::StringArray::from(json)),
+        ];
+        out.emit_late(
+            RecordBatch::try_new(late_schema(), columns)
+                .map_err(|e| Error::arrow("late rows", e))?,
+        );
+        Ok(())
+    }
 }
 
 /// The rows of both sides that fell into one window.
@@ -757,12 +817,7 @@ impl Operator for WindowJoin {
             };
             self.windows.entry(start).or_default().rows[side].push(part);
         }
-        if !late.is_empty() {
-            // Counted in the stage's `late` figure (a join has no late sink).
-            let rows = take_record_batch(&batch, &UInt32Array::from(late))
-                .map_err(|e| Error::arrow("late rows", e))?;
-            out.emit_late(rows);
-        }
+        self.factory.emit_late(side, &batch, late, out)?;
         Ok(())
     }
 

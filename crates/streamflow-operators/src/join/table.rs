@@ -6,7 +6,7 @@
 //! result does not depend on which side arrives first. Waiting rows leave
 //! the buffer after `ttl` of stream event time or when it is full (oldest
 //! first): a `left` join then emits them with the table columns null, an
-//! inner join counts them as late. A table row with no stream row produces
+//! inner join drops them. A table row with no stream row produces
 //! nothing. Once a bounded table input has ended, no row waits any more:
 //! stream rows without a table row are unmatched at once.
 

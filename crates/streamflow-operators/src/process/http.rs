@@ -31,7 +31,7 @@ use serde_json::{Map, Value};
 
 use super::outcome::Processed;
 use super::registry::Processor;
-use crate::row_errors::row_as_json;
+use crate::row_errors::rows_as_json;
 
 /// One piece of a URL template.
 enum Part {
@@ -361,13 +361,6 @@ fn without_url(e: &reqwest::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// Each row of `batch` as a JSON object.
-fn rows_as_json(batch: &RecordBatch) -> Vec<String> {
-    (0..batch.num_rows())
-        .map(|r| row_as_json(&batch.slice(r, 1)))
-        .collect()
 }
 
 #[async_trait]
