@@ -3,8 +3,9 @@
 //! A node is called with a batch of records and returns an [`Outcome`]:
 //! each record comes through or fails on its own. What counts as one
 //! *call* — for `timeout`, `circuit-breaker` and `race` — is one batch
-//! handed to the node: with `unit: record` (see the stage) every record is
-//! its own call, exactly as in Flume; with `unit: batch` a whole batch is.
+//! handed to the node: with `unit: record` (the stage's default) every
+//! record is its own call, exactly as in Flume; with `unit: batch` a whole
+//! batch is, for vectorised processors such as `sql`.
 //! `rate-limit` takes one token per record either way.
 
 use std::collections::BTreeMap;

@@ -5,7 +5,7 @@
 //! - name: enrich
 //!   type: process
 //!   input: bids
-//!   unit: record            # each record is one call (default: batch)
+//!   unit: record            # each record is one call, as in Flume (default); batch: one call per batch
 //!   concurrency: 16         # records in flight, unit: record (default 16)
 //!   dlq: failed             # failing records, with the node path and error
 //!   processors:             # named trees, used with `ref:` (after these, the registry)
@@ -87,14 +87,14 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
         }
     }
     let unit = match s.get("unit").and_then(Value::as_str) {
-        None | Some("batch") => Unit::Batch,
-        Some("record") => Unit::Record,
+        None | Some("record") => Unit::Record,
+        Some("batch") => Unit::Batch,
         Some(other) => {
             d.push(
                 ctx.at("unit"),
                 format!("'{other}': expected record or batch"),
             );
-            Unit::Batch
+            Unit::Record
         }
     };
     let concurrency = match s.get("concurrency") {
