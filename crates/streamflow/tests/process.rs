@@ -529,6 +529,31 @@ fn filter_and_switch_route_records_and_pass_the_rest_through() {
     assert_eq!(v, vec![1, 2, 2]);
 }
 
+#[test]
+fn branches_that_differ_in_nullability_are_put_back_together() {
+    let c = Components::new();
+    let (rows, dlq) = run_stage(
+        &c,
+        4,
+        "",
+        "    unit: batch\n    node:\n      type: filter\n      predicate: \"id % 2 = 0\"\n      then: {type: noop}\n      else: {type: sql, map: {v: \"CASE WHEN id = 1 THEN NULL ELSE v END\"}}",
+    );
+    assert!(dlq.is_empty(), "{dlq:?}");
+    let v: Vec<Value> = rows
+        .values()
+        .map(|r| r.get("v").cloned().unwrap_or(Value::Null))
+        .collect();
+    assert_eq!(
+        v,
+        vec![
+            Value::from(0),
+            Value::Null,
+            Value::from(20),
+            Value::from(30)
+        ]
+    );
+}
+
 /// Counts what it observes.
 #[derive(Default)]
 struct Observer {

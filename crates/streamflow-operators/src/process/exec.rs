@@ -297,14 +297,25 @@ impl Node {
                 limiter,
                 wait,
             } => {
-                for _ in 0..batch.num_rows() {
-                    if *wait {
+                if *wait {
+                    for _ in 0..batch.num_rows() {
                         limiter.until_ready().await;
-                    } else if limiter.check().is_err() {
-                        return self.fail_all(&batch, "rate limit exceeded");
                     }
+                    return child.call(batch).await;
                 }
-                child.call(batch).await
+                // Drop mode: records without a token fail, the others go on.
+                let (allowed, refused): (Vec<usize>, Vec<usize>) =
+                    (0..batch.num_rows()).partition(|_| limiter.check().is_ok());
+                if refused.is_empty() {
+                    return child.call(batch).await;
+                }
+                let mut a = Assembly::new(batch.num_rows());
+                self.on_rows(&mut a, &batch, &allowed, child, true).await;
+                let refusal = Arc::new(self.error("rate limit exceeded"));
+                for r in refused {
+                    a.fail(r, Arc::clone(&refusal));
+                }
+                a.finish(&self.schema, || self.error("unresolved"))
             }
             Kind::Handle { child, handler } => {
                 let outcome = child.call(batch.clone()).await;

@@ -195,7 +195,10 @@ impl Operator for ProcessStage {
                 });
             }
             if outcome.output.num_rows() > 0 {
-                outputs.push(outcome.output);
+                outputs.push(
+                    outcome::conform(&outcome.output, &self.root.schema)
+                        .map_err(|e| Error::Other(format!("{}: {e}", self.name)))?,
+                );
             }
         }
         match outputs.len() {

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use arrow::array::UInt32Array;
-use arrow::compute::{interleave_record_batch, take_record_batch};
+use arrow::compute::{interleave, take_record_batch};
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 
@@ -108,6 +108,14 @@ pub(crate) fn subset(batch: &RecordBatch, rows: &[usize]) -> Result<RecordBatch,
     take_record_batch(batch, &idx).map_err(|e| e.to_string())
 }
 
+/// `batch` under `schema` (the same columns, perhaps other nullability).
+pub(crate) fn conform(batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, String> {
+    if batch.schema_ref() == schema {
+        return Ok(batch.clone());
+    }
+    RecordBatch::try_new(Arc::clone(schema), batch.columns().to_vec()).map_err(|e| e.to_string())
+}
+
 /// Where an input row's result is.
 #[derive(Clone)]
 enum Slot {
@@ -196,25 +204,35 @@ impl Assembly {
                     .all(|(i, (q, row))| q == p && *row == i)
         });
         let output = if picks.is_empty() {
-            RecordBatch::new_empty(Arc::clone(schema))
+            Ok(RecordBatch::new_empty(Arc::clone(schema)))
         } else if whole {
-            self.parts[picks[0].0].clone()
+            conform(&self.parts[picks[0].0], schema)
         } else {
-            let parts: Vec<&RecordBatch> = self.parts.iter().collect();
-            match interleave_record_batch(&parts, &picks) {
-                Ok(b) => b,
-                Err(e) => {
-                    let e = Arc::new(NodeError {
-                        path: "".into(),
-                        message: format!("assembling results: {e}"),
-                    });
-                    return Outcome {
-                        output: RecordBatch::new_empty(Arc::clone(schema)),
-                        failed: (0..picks.len() + failed.len())
-                            .map(|r| (r, Arc::clone(&e)))
-                            .collect(),
-                    };
-                }
+            // Branches agree on columns; nullability may differ, so the
+            // columns are put together under the node's schema.
+            (0..schema.fields().len())
+                .map(|c| {
+                    let columns: Vec<&dyn arrow::array::Array> =
+                        self.parts.iter().map(|p| p.column(c).as_ref()).collect();
+                    interleave(&columns, &picks)
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .and_then(|cols| RecordBatch::try_new(Arc::clone(schema), cols))
+                .map_err(|e| e.to_string())
+        };
+        let output = match output {
+            Ok(b) => b,
+            Err(e) => {
+                let e = Arc::new(NodeError {
+                    path: "".into(),
+                    message: format!("assembling results: {e}"),
+                });
+                return Outcome {
+                    output: RecordBatch::new_empty(Arc::clone(schema)),
+                    failed: (0..picks.len() + failed.len())
+                        .map(|r| (r, Arc::clone(&e)))
+                        .collect(),
+                };
             }
         };
         Outcome { output, failed }
