@@ -1375,7 +1375,7 @@ mod tests {
         }
 
         #[test]
-        fn outer_regular_joins_restored_from_a_snapshot_continue_exactly(
+        fn joins_restored_from_a_snapshot_continue_exactly(
             left in events(),
             right in events(),
             chunk in 1usize..15,
@@ -1384,36 +1384,10 @@ mod tests {
         ) {
             let steps = steps(&left, &right, chunk, lag);
             let cut = cut % (steps.len() + 1);
-            let stage = regular_stage("full", Some("300ms"));
-            assert_restores_exactly(|| stage.create(), &steps, cut);
-        }
-
-        #[test]
-        fn interval_joins_restored_from_a_snapshot_continue_exactly(
-            left in events(),
-            right in events(),
-            chunk in 1usize..15,
-            lag in 0i64..400,
-            cut in 0usize..100,
-        ) {
-            let steps = steps(&left, &right, chunk, lag);
-            let cut = cut % (steps.len() + 1);
-            let stage = interval_stage("full");
-            assert_restores_exactly(|| stage.create(), &steps, cut);
-        }
-
-        #[test]
-        fn window_joins_restored_from_a_snapshot_continue_exactly(
-            left in events(),
-            right in events(),
-            chunk in 1usize..15,
-            lag in 0i64..400,
-            cut in 0usize..100,
-        ) {
-            let steps = steps(&left, &right, chunk, lag);
-            let cut = cut % (steps.len() + 1);
-            let stage = stage("full");
-            assert_restores_exactly(|| stage.create(), &steps, cut);
+            // Window, interval and (outer, changelog) regular joins.
+            for stage in [stage("full"), interval_stage("full"), regular_stage("full", Some("300ms"))] {
+                assert_restores_exactly(|| stage.create(), &steps, cut);
+            }
         }
     }
 
