@@ -5,17 +5,17 @@
 //! Paths follow the declaration, with the type of each node below the root
 //! in parentheses: `stages[3].node.children[1](fallback).children[0]`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use serde_json::{Map, Value};
 
-use super::builtin::{Noop, Sql, SqlCondition, SqlPredicate};
-use super::exec::{Breaker, Kind, Node, limiter};
-use super::registry::{Components, Condition, Predicate, Processor};
-use crate::projection::{ColumnSource, Projection};
+use super::builtin::{SqlCondition, SqlPredicate};
+use super::exec::{Kind, Node};
+use super::registry::{Components, Condition, Predicate};
+
+mod types;
 
 /// Node types and the keys each takes besides `type` and `name`.
 const TYPES: &[(&str, &[&str])] = &[
@@ -40,7 +40,7 @@ const TYPES: &[(&str, &[&str])] = &[
     ("scaffold", &["children"]),
     ("worker-pool", &["children", "workers"]),
     ("sql", &["map"]),
-    ("http", super::http::HTTP_KEYS),
+    ("http", crate::process::http::HTTP_KEYS),
     ("noop", &[]),
 ];
 
@@ -54,6 +54,19 @@ pub(crate) struct Builder<'a> {
     errors: Vec<(String, String)>,
     /// Definitions being expanded, outermost first (cycle detection).
     stack: Vec<String>,
+}
+
+/// One node's declaration while it is built: its settings, its path in
+/// the flow file (annotated with its type below the root), its runtime
+/// path, its type, and the schema of the records reaching it (`None` when
+/// an earlier part failed: only structure is checked then).
+#[derive(Clone, Copy)]
+struct Decl<'a> {
+    obj: &'a Map<String, Value>,
+    here: &'a str,
+    label: &'a str,
+    ty: &'a str,
+    input: Option<&'a SchemaRef>,
 }
 
 /// Where a node sits: its declaration path, the runtime path of its
@@ -183,7 +196,13 @@ impl<'a> Builder<'a> {
                     format!("{}({ty})", at.path)
                 };
                 self.only(obj, &allowed, &here, &format!("a {ty} node"));
-                self.typed(ty, obj, &here, &label, input)
+                self.typed(&Decl {
+                    obj,
+                    here: &here,
+                    label: &label,
+                    ty,
+                    input,
+                })
             }
         }
     }
@@ -306,7 +325,14 @@ impl<'a> Builder<'a> {
             &here,
             "a stream node",
         );
-        let timeout = self.duration(obj, "stream_timeout", &here, None);
+        let d = Decl {
+            obj,
+            here: &here,
+            label: &label,
+            ty: "stream",
+            input,
+        };
+        let timeout = self.duration(&d, "stream_timeout", None);
         let sender = self.components.get_channel(channel);
         if sender.is_none() {
             self.err(
@@ -322,7 +348,7 @@ impl<'a> Builder<'a> {
             (Some(c), None) => {
                 Some(self.node(c, At::below(&format!("{here}.child"), &label), input)?)
             }
-            (None, Some(_)) => Some(self.sequence_of(obj, &here, &label, input, "stream")?),
+            (None, Some(_)) => Some(self.sequence_of(&d)?),
             (None, None) => None,
         };
         let schema = then
@@ -341,16 +367,10 @@ impl<'a> Builder<'a> {
         }))
     }
 
-    /// `children` built as a sequence node below `label`.
-    fn sequence_of(
-        &mut self,
-        obj: &Map<String, Value>,
-        here: &str,
-        label: &str,
-        input: Option<&SchemaRef>,
-        ty: &str,
-    ) -> Option<Arc<Node>> {
-        let children = self.children(obj, here, label, input, ty, true)?;
+    /// `children` built as a sequence node below the node's label.
+    fn sequence_of(&mut self, d: &Decl<'_>) -> Option<Arc<Node>> {
+        let label = d.label;
+        let children = self.children(d, true)?;
         let schema = Arc::clone(&children.last()?.schema);
         Some(Arc::new(Node {
             path: label.into(),
@@ -361,15 +381,14 @@ impl<'a> Builder<'a> {
 
     /// The `children` list (at least one); `chained`: each child reads the
     /// previous one's output, else all read `input`.
-    fn children(
-        &mut self,
-        obj: &Map<String, Value>,
-        here: &str,
-        label: &str,
-        input: Option<&SchemaRef>,
-        ty: &str,
-        chained: bool,
-    ) -> Option<Vec<Arc<Node>>> {
+    fn children(&mut self, d: &Decl<'_>, chained: bool) -> Option<Vec<Arc<Node>>> {
+        let Decl {
+            obj,
+            here,
+            label,
+            ty,
+            input,
+        } = *d;
         let list = match obj.get("children") {
             Some(Value::Array(l)) if !l.is_empty() => l,
             Some(Value::Array(_)) | None => {
@@ -402,14 +421,14 @@ impl<'a> Builder<'a> {
     }
 
     /// The required `child`.
-    fn child(
-        &mut self,
-        obj: &Map<String, Value>,
-        here: &str,
-        label: &str,
-        input: Option<&SchemaRef>,
-        ty: &str,
-    ) -> Option<Arc<Node>> {
+    fn child(&mut self, d: &Decl<'_>) -> Option<Arc<Node>> {
+        let Decl {
+            obj,
+            here,
+            label,
+            ty,
+            input,
+        } = *d;
         match obj.get("child") {
             Some(c) => self.node(c, At::below(&format!("{here}.child"), label), input),
             None => {
@@ -419,17 +438,18 @@ impl<'a> Builder<'a> {
         }
     }
 
+    /// A duration setting (`None` after an error).
     fn duration(
         &mut self,
-        obj: &Map<String, Value>,
+        d: &Decl<'_>,
         key: &str,
-        here: &str,
         default: Option<Duration>,
     ) -> Option<Option<Duration>> {
-        match obj.get(key) {
+        let here = d.here;
+        match d.obj.get(key) {
             None => Some(default),
             Some(Value::String(s)) => match streamflow_dsl::parse_duration(s) {
-                Ok(d) => Some(Some(d)),
+                Ok(parsed) => Some(Some(parsed)),
                 Err(e) => {
                     self.err(format!("{here}.{key}"), e);
                     None
@@ -446,14 +466,9 @@ impl<'a> Builder<'a> {
     }
 
     /// A positive integer setting.
-    fn count(
-        &mut self,
-        obj: &Map<String, Value>,
-        key: &str,
-        here: &str,
-        default: usize,
-    ) -> Option<usize> {
-        match obj.get(key) {
+    fn count(&mut self, d: &Decl<'_>, key: &str, default: usize) -> Option<usize> {
+        let here = d.here;
+        match d.obj.get(key) {
             None => Some(default),
             Some(v) => match v.as_i64() {
                 Some(n) if n >= 1 => Some(n as usize),
@@ -469,15 +484,15 @@ impl<'a> Builder<'a> {
     }
 
     /// A named component or an inline SQL expression: a bare name that is
-    /// not a column of the input is looked up in the registry.
+    /// not a column of the records it reads (`input`) is looked up in the
+    /// registry.
     fn predicate(
         &mut self,
-        obj: &Map<String, Value>,
+        d: &Decl<'_>,
         key: &str,
-        here: &str,
         input: Option<&SchemaRef>,
-        ty: &str,
     ) -> Option<Arc<dyn Predicate>> {
+        let Decl { obj, here, ty, .. } = *d;
         let Some(text) = obj.get(key).and_then(Value::as_str) else {
             self.err(
                 format!("{here}.{key}"),
@@ -507,12 +522,10 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn condition(
-        &mut self,
-        obj: &Map<String, Value>,
-        here: &str,
-        input: Option<&SchemaRef>,
-    ) -> Option<Arc<dyn Condition>> {
+    fn condition(&mut self, d: &Decl<'_>) -> Option<Arc<dyn Condition>> {
+        let Decl {
+            obj, here, input, ..
+        } = *d;
         let Some(text) = obj.get("condition").and_then(Value::as_str) else {
             self.err(
                 format!("{here}.condition"),
@@ -565,397 +578,6 @@ impl<'a> Builder<'a> {
             }
         }
         ok.then(|| Arc::new(Schema::new(fields)))
-    }
-
-    fn typed(
-        &mut self,
-        ty: &str,
-        obj: &Map<String, Value>,
-        here: &str,
-        label: &str,
-        input: Option<&SchemaRef>,
-    ) -> Option<Arc<Node>> {
-        let node = |schema: SchemaRef, kind: Kind| {
-            Some(Arc::new(Node {
-                path: label.into(),
-                schema,
-                kind,
-            }))
-        };
-        let same = |n: &Arc<Node>| Arc::clone(&n.schema);
-        match ty {
-            "sequence" => self.sequence_of(obj, here, label, input, ty),
-            "concurrent" | "worker-pool" => {
-                let workers = if ty == "worker-pool" {
-                    self.count(obj, "workers", here, 4)
-                } else {
-                    Some(0)
-                };
-                let reducer = match obj.get("reducer").and_then(Value::as_str) {
-                    None => None,
-                    Some(r) => match self.components.get_reducer(r) {
-                        Some(r) => Some(r),
-                        None => {
-                            self.err(
-                                format!("{here}.reducer"),
-                                format!("reducer '{r}' not found"),
-                            );
-                            return None;
-                        }
-                    },
-                };
-                let children = self.children(obj, here, label, input, ty, false)?;
-                let input = input?;
-                let schema = match &reducer {
-                    None => Arc::clone(input),
-                    Some(r) => {
-                        let outs: Vec<SchemaRef> = children.iter().map(same).collect();
-                        match r.output_schema(input, &outs) {
-                            Ok(s) => s,
-                            Err(e) => {
-                                self.err(format!("{here}.reducer"), e);
-                                return None;
-                            }
-                        }
-                    }
-                };
-                let workers = workers?;
-                let workers =
-                    (ty == "worker-pool").then(|| Arc::new(tokio::sync::Semaphore::new(workers)));
-                node(
-                    schema,
-                    Kind::Concurrent {
-                        children,
-                        reducer,
-                        workers,
-                    },
-                )
-            }
-            "race" | "contest" => {
-                let children = self.children(obj, here, label, input, ty, false);
-                let schema = children.as_ref().and_then(|c| {
-                    let outs: Vec<(String, SchemaRef)> = c
-                        .iter()
-                        .enumerate()
-                        .map(|(i, c)| (format!("{here}.children[{i}]"), same(c)))
-                        .collect();
-                    self.agree(&outs)
-                });
-                // A contest's predicate reads its children's output.
-                let predicate = match (&schema, ty) {
-                    (_, "race") => None,
-                    (Some(s), _) => self.predicate(obj, "predicate", here, Some(s), ty),
-                    (None, _) => {
-                        if obj.get("predicate").is_none() {
-                            self.err(format!("{here}.predicate"), "contest requires a predicate (a registered predicate or a SQL expression)");
-                        }
-                        None
-                    }
-                };
-                let (children, schema) = (children?, schema?);
-                if ty == "race" {
-                    node(schema, Kind::Race(children))
-                } else {
-                    node(
-                        schema,
-                        Kind::Contest {
-                            children,
-                            predicate: predicate?,
-                        },
-                    )
-                }
-            }
-            "fallback" => {
-                let n = obj
-                    .get("children")
-                    .and_then(Value::as_array)
-                    .map_or(0, Vec::len);
-                if n != 2 {
-                    self.err(
-                        format!("{here}.children"),
-                        format!(
-                            "fallback requires exactly 2 children (primary, fallback); got {n}"
-                        ),
-                    );
-                    return None;
-                }
-                let children = self.children(obj, here, label, input, ty, false)?;
-                let outs: Vec<(String, SchemaRef)> = children
-                    .iter()
-                    .enumerate()
-                    .map(|(i, c)| (format!("{here}.children[{i}]"), same(c)))
-                    .collect();
-                let schema = self.agree(&outs)?;
-                node(
-                    schema,
-                    Kind::Fallback(Arc::clone(&children[0]), Arc::clone(&children[1])),
-                )
-            }
-            "retry" => {
-                let attempts = self.count(obj, "attempts", here, 3);
-                let backoff = self.duration(obj, "backoff", here, None);
-                let child = self.child(obj, here, label, input, ty)?;
-                node(
-                    same(&child),
-                    Kind::Retry {
-                        child,
-                        attempts: attempts?,
-                        backoff: backoff?,
-                    },
-                )
-            }
-            "timeout" => {
-                let duration = self.duration(obj, "duration", here, Some(Duration::from_secs(30)));
-                let child = self.child(obj, here, label, input, ty)?;
-                node(
-                    same(&child),
-                    Kind::Timeout {
-                        child,
-                        duration: duration.flatten()?,
-                    },
-                )
-            }
-            "filter" => {
-                let predicate = self.predicate(obj, "predicate", here, input, ty);
-                let then = match obj.get("then") {
-                    Some(t) => self.node(t, At::below(&format!("{here}.then"), label), input),
-                    None => {
-                        self.err(format!("{here}.then"), "filter requires then");
-                        None
-                    }
-                };
-                let otherwise = obj
-                    .get("else")
-                    .map(|e| self.node(e, At::below(&format!("{here}.else"), label), input));
-                let (then, input) = (then?, input?);
-                let outs = match &otherwise {
-                    Some(e) => vec![
-                        (format!("{here}.then"), same(&then)),
-                        (format!("{here}.else"), same(e.as_ref()?)),
-                    ],
-                    // Records the predicate rejects pass through unchanged.
-                    None => vec![
-                        (
-                            "the input (passed through without else)".to_string(),
-                            Arc::clone(input),
-                        ),
-                        (format!("{here}.then"), same(&then)),
-                    ],
-                };
-                let schema = self.agree(&outs)?;
-                let otherwise = match otherwise {
-                    Some(e) => Some(e?),
-                    None => None,
-                };
-                node(
-                    schema,
-                    Kind::Filter {
-                        predicate: predicate?,
-                        then,
-                        otherwise,
-                    },
-                )
-            }
-            "switch" => {
-                let condition = self.condition(obj, here, input);
-                let mut routes = BTreeMap::new();
-                let mut outs = Vec::new();
-                let mut ok = true;
-                match obj.get("routes") {
-                    Some(Value::Object(m)) if !m.is_empty() => {
-                        for (key, v) in m {
-                            let path = format!("{here}.routes.{key}");
-                            match self.node(v, At::below(&path, label), input) {
-                                Some(n) => {
-                                    outs.push((path, same(&n)));
-                                    routes.insert(key.clone(), n);
-                                }
-                                None => ok = false,
-                            }
-                        }
-                    }
-                    _ => {
-                        self.err(
-                            format!("{here}.routes"),
-                            "switch requires routes: {key: node, ...}",
-                        );
-                        ok = false;
-                    }
-                }
-                let default = match obj.get("default") {
-                    Some(v) => {
-                        let path = format!("{here}.default");
-                        let n = self.node(v, At::below(&path, label), input);
-                        if let Some(n) = &n {
-                            outs.push((path, same(n)));
-                        }
-                        ok &= n.is_some();
-                        n
-                    }
-                    None => {
-                        // Unmatched records pass through unchanged.
-                        if let Some(i) = input {
-                            outs.insert(
-                                0,
-                                (
-                                    "the input (unmatched records pass through without default)"
-                                        .to_string(),
-                                    Arc::clone(i),
-                                ),
-                            );
-                        }
-                        None
-                    }
-                };
-                if !ok {
-                    return None;
-                }
-                let schema = self.agree(&outs)?;
-                node(
-                    schema,
-                    Kind::Switch {
-                        condition: condition?,
-                        routes,
-                        default,
-                    },
-                )
-            }
-            "circuit-breaker" => {
-                let threshold = self.count(obj, "failure_threshold", here, 5);
-                let recovery =
-                    self.duration(obj, "recovery_timeout", here, Some(Duration::from_secs(60)));
-                let child = self.child(obj, here, label, input, ty)?;
-                let breaker = Breaker::new(threshold?, recovery.flatten()?);
-                node(same(&child), Kind::CircuitBreaker { child, breaker })
-            }
-            "rate-limit" => {
-                let rps = match obj.get("requests_per_second") {
-                    None => Some(10.0),
-                    Some(v) => match v.as_f64() {
-                        Some(r) if r > 0.0 && r.is_finite() => Some(r),
-                        _ => {
-                            self.err(
-                                format!("{here}.requests_per_second"),
-                                format!("must be a positive number (got {v})"),
-                            );
-                            None
-                        }
-                    },
-                };
-                let burst = self.count(obj, "burst_size", here, 1);
-                let wait = match obj.get("mode").and_then(Value::as_str) {
-                    None | Some("wait") => Some(true),
-                    Some("drop") => Some(false),
-                    Some(other) => {
-                        self.err(
-                            format!("{here}.mode"),
-                            format!("'{other}': expected wait or drop"),
-                        );
-                        None
-                    }
-                };
-                let child = self.child(obj, here, label, input, ty)?;
-                let (rps, burst, wait) = (rps?, burst?, wait?);
-                let Some(limiter) = limiter(rps, u32::try_from(burst).unwrap_or(u32::MAX)) else {
-                    self.err(format!("{here}.requests_per_second"), "rate out of range");
-                    return None;
-                };
-                node(
-                    same(&child),
-                    Kind::RateLimit {
-                        child,
-                        limiter,
-                        wait,
-                    },
-                )
-            }
-            "handle" => {
-                let handler = match obj.get("error_handler").and_then(Value::as_str) {
-                    None => {
-                        self.err(
-                            format!("{here}.error_handler"),
-                            "handle requires an error_handler",
-                        );
-                        None
-                    }
-                    Some(h) => {
-                        let found = self.components.get_error_handler(h);
-                        if found.is_none() {
-                            self.err(
-                                format!("{here}.error_handler"),
-                                format!("error handler '{h}' not found"),
-                            );
-                        }
-                        found
-                    }
-                };
-                let child = self.child(obj, here, label, input, ty)?;
-                node(
-                    same(&child),
-                    Kind::Handle {
-                        child,
-                        handler: handler?,
-                    },
-                )
-            }
-            "scaffold" => {
-                let children = self.children(obj, here, label, input, ty, false)?;
-                node(Arc::clone(input?), Kind::Scaffold(children))
-            }
-            "noop" => node(Arc::clone(input?), Kind::Processor(Arc::new(Noop))),
-            "sql" => {
-                let input = input?;
-                let Some(map) = obj
-                    .get("map")
-                    .and_then(Value::as_object)
-                    .filter(|m| !m.is_empty())
-                else {
-                    self.err(
-                        format!("{here}.map"),
-                        "sql requires map: {column: expression}",
-                    );
-                    return None;
-                };
-                let mut columns = Projection::identity(input);
-                let mut ok = true;
-                for (name, sql) in map {
-                    let sql = sql.as_str().map_or_else(|| sql.to_string(), str::to_string);
-                    match streamflow_expr::compile(&sql, input) {
-                        Ok(e) => match columns.iter_mut().find(|(n, _)| n == name) {
-                            Some(slot) => slot.1 = ColumnSource::Expr(e),
-                            None => columns.push((name.clone(), ColumnSource::Expr(e))),
-                        },
-                        Err(e) => {
-                            self.err(format!("{here}.map.{name}"), e.message);
-                            ok = false;
-                        }
-                    }
-                }
-                ok.then_some(())?;
-                let projection = Projection::new(input, columns);
-                let p: Arc<dyn Processor> = Arc::new(Sql(projection));
-                node(p.output_schema(input).ok()?, Kind::Processor(p))
-            }
-            "http" => {
-                let input = input?;
-                let mut settings = obj.clone();
-                settings.remove("type");
-                settings.remove("name");
-                match super::http::plan(&settings, input) {
-                    Ok(h) => {
-                        let p: Arc<dyn Processor> = Arc::new(h);
-                        node(p.output_schema(input).ok()?, Kind::Processor(p))
-                    }
-                    Err(errors) => {
-                        for (k, m) in errors {
-                            self.err(format!("{here}.{k}"), m);
-                        }
-                        None
-                    }
-                }
-            }
-            _ => None,
-        }
     }
 }
 
