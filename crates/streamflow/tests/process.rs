@@ -1014,3 +1014,64 @@ fn the_rate_limit_example_passes_every_record_and_logs_lifecycle_events() {
     );
     assert!(text.contains("validation_failed"), "{text}");
 }
+
+/// A scoring service: `POST /score` takes a JSON array of records and
+/// answers an array of `{score}` (id × 7), if the `x-key` header is right.
+async fn scoring_service() -> String {
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::{IntoResponse, Json};
+    let app = axum::Router::new().route(
+        "/score",
+        axum::routing::post(
+            |headers: HeaderMap, Json(records): Json<Vec<Value>>| async move {
+                if headers.get("x-key").and_then(|v| v.to_str().ok()) != Some("secret") {
+                    return StatusCode::UNAUTHORIZED.into_response();
+                }
+                let scores: Vec<Value> = records
+                    .iter()
+                    .map(|r| serde_json::json!({"score": r["id"].as_i64().unwrap_or(-1) * 7}))
+                    .collect();
+                Json(scores).into_response()
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/score")
+}
+
+#[test]
+fn http_per_batch_posts_the_records_and_merges_the_answers() {
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let url = server.block_on(scoring_service());
+    let c = Components::new();
+    let stage = |key: &str| {
+        format!(
+            "    unit: batch\n    node: {{type: http, per: batch, method: POST, url: \"{url}\", headers: {{x-key: {key}}}, response: {{score: int64}}, prefix: \"s_\"}}"
+        )
+    };
+    let (rows, dlq) = run_stage(&c, 50, "", &stage("secret"));
+    assert!(dlq.is_empty(), "{dlq:?}");
+    assert_eq!(rows.len(), 50);
+    for (id, r) in &rows {
+        assert_eq!(r["s_score"], id * 7);
+        assert_eq!(r["v"], id * 10);
+    }
+    // A refused call fails every record of the batch, each dead-lettered.
+    let (rows, dlq) = run_stage(&c, 5, "", &stage("wrong"));
+    assert!(rows.is_empty());
+    assert_eq!(dlq.len(), 5);
+    assert!(
+        errors(&dlq)
+            .values()
+            .all(|e| e.starts_with("http: POST http://") && e.ends_with("HTTP 401 Unauthorized")),
+        "{dlq:?}"
+    );
+}
