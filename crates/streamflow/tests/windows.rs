@@ -213,18 +213,9 @@ fn an_idle_source_stops_holding_back_the_watermark() {
 fn join_rows_behind_the_watermark_go_to_the_late_output_with_their_input() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    // Left files are read in name order, one batch each; by the time b.jsonl
-    // arrives both sides are past 24.999 s, so its 2 s row is late.
-    write(
-        d,
-        "a.jsonl",
-        "{\"t\": 1000, \"k\": \"x\", \"v\": 1}\n{\"t\": 25000, \"k\": \"x\", \"v\": 2}\n",
-    );
-    write(
-        d,
-        "b.jsonl",
-        "{\"t\": 2000, \"k\": \"x\", \"v\": 4}\n{\"t\": 26000, \"k\": \"x\", \"v\": 8}\n",
-    );
+    // The right side is a small file, read at once; the left side is a
+    // generator throttled to 10 rows/s whose last row (2 s) comes half a
+    // second later, when both sides are long past 25 s: it is late.
     write(
         d,
         "r.jsonl",
@@ -234,8 +225,7 @@ fn join_rows_behind_the_watermark_go_to_the_late_output_with_their_input() {
         d,
         "flow.yaml",
         &format!(
-            "name: late-join\nmode: job\nsources:\n  - name: l\n    type: file\n    config: {{path: \"{left}\", timestamps: [t]}}\n    event_time: {{column: t}}\n  - name: r\n    type: file\n    config: {{path: \"{right}\", timestamps: [rt]}}\n    event_time: {{column: rt}}\nstages:\n  - name: j\n    type: join\n    input: [l, r]\n    kind: interval\n    on: \"l.k = r.rk\"\n    between: {{lower: 0s, upper: 5s}}\n    late: too_late\nsinks:\n  - {{name: out, type: file, input: j, config: {{path: {out}}}}}\n  - {{name: too_late, type: file, config: {{path: {late}}}}}\n",
-            left = d.join("[ab].jsonl").display(),
+            "name: late-join\nmode: job\nsources:\n  - name: l\n    type: generator\n    config:\n      count: 6\n      rate: 10\n      batch_size: 1\n      columns: {{t: \"to_timestamp_millis(CASE i WHEN 0 THEN 1000 WHEN 5 THEN 2000 ELSE 24000 + i * 1000 END)\", k: \"'x'\", v: \"i\"}}\n    event_time: {{column: t}}\n  - name: r\n    type: file\n    config: {{path: \"{right}\", timestamps: [rt]}}\n    event_time: {{column: rt}}\nstages:\n  - name: j\n    type: join\n    input: [l, r]\n    kind: interval\n    on: \"l.k = r.rk\"\n    between: {{lower: 0s, upper: 5s}}\n    late: too_late\nsinks:\n  - {{name: out, type: file, input: j, config: {{path: {out}}}}}\n  - {{name: too_late, type: file, config: {{path: {late}}}}}\n",
             right = d.join("r.jsonl").display(),
             out = d.join("out.out.jsonl").display(),
             late = d.join("late.out.jsonl").display(),
@@ -248,13 +238,14 @@ fn join_rows_behind_the_watermark_go_to_the_late_output_with_their_input() {
         .map(|r| format!("{}+{}", r["v"], r["w"]))
         .collect();
     joined.sort();
-    assert_eq!(joined, vec!["1+10", "2+20", "8+20"]);
+    // 1 s with 1.5 s; 25 s and 26 s with 26.5 s.
+    assert_eq!(joined, vec!["0+10", "1+20", "2+20"]);
     let late = read_jsonl(&d.join("late.out.jsonl"));
     assert_eq!(late.len(), 1, "{late:?}");
     assert_eq!(late[0]["input"], "left");
     let row: serde_json::Value =
         serde_json::from_str(late[0]["row"].as_str().expect("row")).expect("json");
-    assert_eq!(row["v"], 4);
+    assert_eq!(row["v"], 5);
     assert!(
         late[0]["event_time"]
             .as_str()
