@@ -291,6 +291,12 @@ impl TopN {
 
     /// Encodes the whole rows and the sort keys of `batch`.
     fn encode(&mut self, batch: &RecordBatch) -> Result<(Rows, Rows)> {
+        let sort = self.sort_keys(batch)?;
+        Ok((self.whole_rows(batch)?, sort))
+    }
+
+    /// The sort keys of `batch`, encoded.
+    fn sort_keys(&mut self, batch: &RecordBatch) -> Result<Rows> {
         self.prepare()?;
         let order = self
             .factory
@@ -303,16 +309,24 @@ impl TopN {
                 })
             })
             .collect::<Result<Vec<ArrayRef>>>()?;
-        let (Some(rows), Some(sorts)) = (&self.rows, &self.sorts) else {
-            return Err(Error::Other("top_n converters missing".into()));
-        };
-        let whole = rows
-            .convert_columns(batch.columns())
-            .map_err(|e| Error::arrow("top_n rows", e))?;
-        let sort = sorts
+        let sorts = self
+            .sorts
+            .as_ref()
+            .ok_or_else(|| Error::Other("top_n converters missing".into()))?;
+        sorts
             .convert_columns(&order)
-            .map_err(|e| Error::arrow("top_n order", e))?;
-        Ok((whole, sort))
+            .map_err(|e| Error::arrow("top_n order", e))
+    }
+
+    /// The whole rows of `batch`, encoded.
+    fn whole_rows(&mut self, batch: &RecordBatch) -> Result<Rows> {
+        self.prepare()?;
+        let rows = self
+            .rows
+            .as_ref()
+            .ok_or_else(|| Error::Other("top_n converters missing".into()))?;
+        rows.convert_columns(batch.columns())
+            .map_err(|e| Error::arrow("top_n rows", e))
     }
 
     /// Input columns back from encoded rows.
@@ -327,24 +341,45 @@ impl TopN {
     }
 
     /// Continuous mode: offers every row, emitting `+I` / `-D` changes.
+    /// Only rows that can enter their group's top `n` are encoded whole: a
+    /// full group's worst row only gets better within a batch, so a row not
+    /// better than it now never enters.
     fn continuous(&mut self, batch: &RecordBatch, out: &mut Output) -> Result<()> {
         let f = Arc::clone(&self.factory);
         let key_rows = self.keys.rows(&f.keys, batch)?;
-        let (whole, sort) = self.encode(batch)?;
-        // Changes in order; evicted rows are owned, added rows are batch rows.
+        let sort = self.sort_keys(batch)?;
+        let candidates: Vec<usize> = (0..batch.num_rows())
+            .filter(|&row| match self.groups.get(key_bytes(&key_rows, row)) {
+                Some(list) if list.len() >= f.n => list
+                    .last()
+                    .is_some_and(|worst| sort.row(row).data() < worst.sort.as_ref()),
+                _ => true,
+            })
+            .collect();
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        let whole = if candidates.len() == batch.num_rows() {
+            self.whole_rows(batch)?
+        } else {
+            let idx = UInt32Array::from_iter_values(candidates.iter().map(|&r| r as u32));
+            let part = take_record_batch(batch, &idx).map_err(|e| Error::arrow("top_n rows", e))?;
+            self.whole_rows(&part)?
+        };
+        // Changes in order; evicted rows are owned, added rows are candidates.
         let mut ops: Vec<RowKind> = Vec::new();
         let mut evicted: Vec<Ranked> = Vec::new();
         let mut changes: Vec<Result<usize, usize>> = Vec::new();
-        for row in 0..batch.num_rows() {
+        for (k, &row) in candidates.iter().enumerate() {
             let key = key_bytes(&key_rows, row);
             let list = match self.groups.get_mut(key) {
                 Some(list) => list,
                 None => self.groups.entry(key.into()).or_default(),
             };
-            let (kept, out_row) = offer(list, f.n, sort.row(row).data(), whole.row(row).data());
+            let (kept, out_row) = offer(list, f.n, sort.row(row).data(), whole.row(k).data());
             if kept {
                 ops.push(RowKind::Insert);
-                changes.push(Ok(row));
+                changes.push(Ok(k));
             }
             if let Some(r) = out_row {
                 ops.push(RowKind::Delete);
@@ -356,7 +391,7 @@ impl TopN {
             return Ok(());
         }
         let columns = self.decode(changes.iter().map(|c| match c {
-            Ok(row) => whole.row(*row).data(),
+            Ok(k) => whole.row(*k).data(),
             Err(i) => evicted[*i].row.as_ref(),
         }))?;
         let mut all: Vec<ArrayRef> = vec![Arc::new(StringArray::from_iter_values(
