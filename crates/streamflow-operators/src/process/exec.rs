@@ -457,45 +457,21 @@ impl Node {
             }
         };
         let refusal = Arc::new(self.error("no result satisfied the predicate"));
-        let mut a = Assembly::new(n);
-        let mut out_row = 0;
-        let mut keep = Vec::new();
+        let satisfied: Vec<bool> = (0..outcome.output.num_rows())
+            .map(|i| mask.is_valid(i) && mask.value(i))
+            .collect();
+        let mut failed = Vec::new();
         for (r, fate) in outcome.fates(n).into_iter().enumerate() {
             match fate {
-                Ok(_) => {
-                    if mask.is_valid(out_row) && mask.value(out_row) {
-                        keep.push(r);
-                    } else {
-                        a.fail(r, Arc::clone(&refusal));
-                    }
-                    out_row += 1;
-                }
-                Err(e) => a.fail(r, e),
+                Ok(row) if satisfied[row] => {}
+                Ok(_) => failed.push((r, Arc::clone(&refusal))),
+                Err(e) => failed.push((r, e)),
             }
         }
-        let kept = BooleanArray::from(
-            (0..outcome.output.num_rows())
-                .map(|i| mask.is_valid(i) && mask.value(i))
-                .collect::<Vec<_>>(),
-        );
-        match arrow::compute::filter_record_batch(&outcome.output, &kept) {
-            Ok(output) => {
-                a.add(
-                    &keep,
-                    Outcome {
-                        output,
-                        failed: Vec::new(),
-                    },
-                );
-            }
-            Err(e) => {
-                let e = Arc::new(self.error(e.to_string()));
-                for r in keep {
-                    a.fail(r, Arc::clone(&e));
-                }
-            }
+        match arrow::compute::filter_record_batch(&outcome.output, &BooleanArray::from(satisfied)) {
+            Ok(output) => Outcome { output, failed },
+            Err(e) => Outcome::fail_all(n, Arc::clone(&self.schema), self.error(e.to_string())),
         }
-        a.finish(&self.schema, || self.error("unresolved"))
     }
 }
 

@@ -29,6 +29,7 @@ use futures::stream::{self, StreamExt};
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Map, Value};
 
+use super::node::{duration_value, positive_count};
 use super::outcome::Processed;
 use super::registry::Processor;
 use crate::row_errors::rows_as_json;
@@ -137,23 +138,19 @@ pub(crate) fn plan(
             Vec::new()
         }
     };
-    let timeout = match text("timeout").map(streamflow_dsl::parse_duration) {
-        None => Duration::from_secs(30),
-        Some(Ok(d)) => d,
-        Some(Err(e)) => {
+    let timeout = match settings.get("timeout").map(duration_value).transpose() {
+        Ok(t) => t.unwrap_or(Duration::from_secs(30)),
+        Err(e) => {
             errors.push(("timeout".into(), e));
             Duration::from_secs(30)
         }
     };
-    let concurrency = match settings.get("concurrency") {
-        None => 8,
-        Some(v) => match v.as_u64() {
-            Some(n) if n >= 1 => n as usize,
-            _ => {
-                errors.push(("concurrency".into(), "must be a positive integer".into()));
-                1
-            }
-        },
+    let concurrency = match settings.get("concurrency").map(positive_count).transpose() {
+        Ok(n) => n.unwrap_or(8),
+        Err(e) => {
+            errors.push(("concurrency".into(), e));
+            1
+        }
     };
     let prefix = text("prefix").unwrap_or_default();
     let mut response_fields = Vec::new();

@@ -97,18 +97,12 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
             Unit::Record
         }
     };
-    let concurrency = match s.get("concurrency") {
-        None => 16,
-        Some(v) => match v.as_i64() {
-            Some(n) if n >= 1 => n as usize,
-            _ => {
-                d.push(
-                    ctx.at("concurrency"),
-                    format!("must be a positive integer (got {v})"),
-                );
-                1
-            }
-        },
+    let concurrency = match s.get("concurrency").map(node::positive_count).transpose() {
+        Ok(n) => n.unwrap_or(16),
+        Err(e) => {
+            d.push(ctx.at("concurrency"), e);
+            1
+        }
     };
     let empty = Map::new();
     let definitions = match s.get("processors") {

@@ -445,21 +445,10 @@ impl<'a> Builder<'a> {
         key: &str,
         default: Option<Duration>,
     ) -> Option<Option<Duration>> {
-        let here = d.here;
-        match d.obj.get(key) {
-            None => Some(default),
-            Some(Value::String(s)) => match streamflow_dsl::parse_duration(s) {
-                Ok(parsed) => Some(Some(parsed)),
-                Err(e) => {
-                    self.err(format!("{here}.{key}"), e);
-                    None
-                }
-            },
-            Some(other) => {
-                self.err(
-                    format!("{here}.{key}"),
-                    format!("invalid duration {other} (expected e.g. 500ms, 10s)"),
-                );
+        match d.obj.get(key).map(duration_value).transpose() {
+            Ok(v) => Some(v.or(default)),
+            Err(e) => {
+                self.err(format!("{}.{key}", d.here), e);
                 None
             }
         }
@@ -467,19 +456,12 @@ impl<'a> Builder<'a> {
 
     /// A positive integer setting.
     fn count(&mut self, d: &Decl<'_>, key: &str, default: usize) -> Option<usize> {
-        let here = d.here;
-        match d.obj.get(key) {
-            None => Some(default),
-            Some(v) => match v.as_i64() {
-                Some(n) if n >= 1 => Some(n as usize),
-                _ => {
-                    self.err(
-                        format!("{here}.{key}"),
-                        format!("must be a positive integer (got {v})"),
-                    );
-                    None
-                }
-            },
+        match d.obj.get(key).map(positive_count).transpose() {
+            Ok(v) => Some(v.unwrap_or(default)),
+            Err(e) => {
+                self.err(format!("{}.{key}", d.here), e);
+                None
+            }
         }
     }
 
@@ -492,63 +474,70 @@ impl<'a> Builder<'a> {
         key: &str,
         input: Option<&SchemaRef>,
     ) -> Option<Arc<dyn Predicate>> {
-        let Decl { obj, here, ty, .. } = *d;
-        let Some(text) = obj.get(key).and_then(Value::as_str) else {
-            self.err(
-                format!("{here}.{key}"),
-                format!("{ty} requires a {key} (a registered predicate or a SQL expression)"),
-            );
-            return None;
-        };
-        if is_name(text) && input.is_none_or(|s| s.index_of(text).is_err()) {
-            return match self.components.get_predicate(text) {
-                Some(p) => Some(p),
-                None => {
-                    self.err(
-                        format!("{here}.{key}"),
-                        format!("predicate '{text}' not found"),
-                    );
-                    None
-                }
-            };
-        }
-        let input = input?;
-        match streamflow_expr::compile_predicate(text, input) {
-            Ok(e) => Some(Arc::new(SqlPredicate(e))),
-            Err(e) => {
-                self.err(format!("{here}.{key}"), e.message);
-                None
-            }
-        }
+        let components = self.components;
+        self.name_or_sql(
+            d,
+            key,
+            input,
+            "predicate",
+            |name| components.get_predicate(name),
+            |text, schema| {
+                streamflow_expr::compile_predicate(text, schema)
+                    .map(|e| Arc::new(SqlPredicate(e)) as Arc<dyn Predicate>)
+                    .map_err(|e| e.message)
+            },
+        )
     }
 
     fn condition(&mut self, d: &Decl<'_>) -> Option<Arc<dyn Condition>> {
-        let Decl {
-            obj, here, input, ..
-        } = *d;
-        let Some(text) = obj.get("condition").and_then(Value::as_str) else {
+        let components = self.components;
+        self.name_or_sql(
+            d,
+            "condition",
+            d.input,
+            "condition",
+            |name| components.get_condition(name),
+            |text, schema| {
+                streamflow_expr::compile(text, schema)
+                    .map(|e| Arc::new(SqlCondition(e)) as Arc<dyn Condition>)
+                    .map_err(|e| e.message)
+            },
+        )
+    }
+
+    /// The `key` setting of `d`: a registered `kind` (a bare name that is
+    /// not a column of `input`) or a SQL expression over `input`.
+    fn name_or_sql<T>(
+        &mut self,
+        d: &Decl<'_>,
+        key: &str,
+        input: Option<&SchemaRef>,
+        kind: &str,
+        registered: impl Fn(&str) -> Option<T>,
+        compile: impl Fn(&str, &SchemaRef) -> Result<T, String>,
+    ) -> Option<T> {
+        let at = format!("{}.{key}", d.here);
+        let Some(text) = d.obj.get(key).and_then(Value::as_str) else {
             self.err(
-                format!("{here}.condition"),
-                "switch requires a condition (a registered condition or a SQL expression)",
+                at,
+                format!(
+                    "{} requires a {key} (a registered {kind} or a SQL expression)",
+                    d.ty
+                ),
             );
             return None;
         };
         if is_name(text) && input.is_none_or(|s| s.index_of(text).is_err()) {
-            return match self.components.get_condition(text) {
-                Some(c) => Some(c),
-                None => {
-                    self.err(
-                        format!("{here}.condition"),
-                        format!("condition '{text}' not found"),
-                    );
-                    None
-                }
-            };
+            let found = registered(text);
+            if found.is_none() {
+                self.err(at, format!("{kind} '{text}' not found"));
+            }
+            return found;
         }
-        match streamflow_expr::compile(text, input?) {
-            Ok(e) => Some(Arc::new(SqlCondition(e))),
+        match compile(text, input?) {
+            Ok(v) => Some(v),
             Err(e) => {
-                self.err(format!("{here}.condition"), e.message);
+                self.err(at, e);
                 None
             }
         }
@@ -578,6 +567,30 @@ impl<'a> Builder<'a> {
             }
         }
         ok.then(|| Arc::new(Schema::new(fields)))
+    }
+}
+
+/// A positive integer setting's value.
+///
+/// # Errors
+/// The message for a value that is not a positive integer.
+pub(crate) fn positive_count(v: &Value) -> Result<usize, String> {
+    match v.as_i64() {
+        Some(n) if n >= 1 => Ok(n as usize),
+        _ => Err(format!("must be a positive integer (got {v})")),
+    }
+}
+
+/// A duration setting's value (`500ms`, `10s`).
+///
+/// # Errors
+/// The message for a value that is not a duration.
+pub(crate) fn duration_value(v: &Value) -> Result<Duration, String> {
+    match v {
+        Value::String(s) => streamflow_dsl::parse_duration(s),
+        other => Err(format!(
+            "invalid duration {other} (expected e.g. 500ms, 10s)"
+        )),
     }
 }
 
