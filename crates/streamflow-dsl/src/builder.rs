@@ -110,13 +110,8 @@ impl PipelineBuilder {
     /// Sends the dead letters of the node added last to the sink `sink`
     /// (declare it with [`dead_letter_sink`](Self::dead_letter_sink)).
     pub fn dlq(mut self, sink: &str) -> Self {
-        let last = self.last.clone();
         let sink = Some(sink.to_string());
-        if let Some(s) = self.spec.stages.iter_mut().rev().find(|s| s.name == last) {
-            s.dlq = sink;
-        } else if let Some(s) = self.spec.sources.iter_mut().rev().find(|s| s.name == last) {
-            s.dlq = sink;
-        }
+        self.on_last(|s| s.dlq = sink.clone(), |s| s.dlq = sink.clone());
         self
     }
 
@@ -133,13 +128,22 @@ impl PipelineBuilder {
 
     /// Sets the parallelism of the node added last.
     pub fn parallelism(mut self, p: i64) -> Self {
+        self.on_last(|s| s.parallelism = Some(p), |s| s.parallelism = Some(p));
+        self
+    }
+
+    /// Changes the stage or source added last.
+    fn on_last(
+        &mut self,
+        stage: impl FnOnce(&mut StageSpec),
+        source: impl FnOnce(&mut SourceSpec),
+    ) {
         let last = self.last.clone();
         if let Some(s) = self.spec.stages.iter_mut().rev().find(|s| s.name == last) {
-            s.parallelism = Some(p);
+            stage(s);
         } else if let Some(s) = self.spec.sources.iter_mut().rev().find(|s| s.name == last) {
-            s.parallelism = Some(p);
+            source(s);
         }
-        self
     }
 
     /// Adds a sink reading the previous node.
