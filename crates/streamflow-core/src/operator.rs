@@ -12,6 +12,7 @@ pub struct Output {
     batches: Vec<RecordBatch>,
     dead_letters: Vec<DeadLetter>,
     late: Vec<RecordBatch>,
+    watermark: Option<Watermark>,
 }
 
 impl Output {
@@ -35,6 +36,16 @@ impl Output {
         if batch.num_rows() > 0 {
             self.late.push(batch);
         }
+    }
+    /// Sends a watermark downstream after this call's batches; only for
+    /// operators that generate their own watermarks
+    /// ([`Operator::generates_watermarks`]).
+    pub fn emit_watermark(&mut self, watermark: Watermark) {
+        self.watermark = Some(self.watermark.map_or(watermark, |w| w.max(watermark)));
+    }
+    /// Takes the watermark emitted by this call, if any.
+    pub fn take_watermark(&mut self) -> Option<Watermark> {
+        self.watermark.take()
     }
     /// Takes the late records, leaving the buffer empty.
     pub fn take_late(&mut self) -> Vec<RecordBatch> {
@@ -94,6 +105,13 @@ pub trait Operator: Send {
     /// Processing time (wall clock, ms since the Unix epoch) reached `now_ms`.
     async fn on_timer(&mut self, _now_ms: i64, _out: &mut Output) -> Result<()> {
         Ok(())
+    }
+
+    /// `true` for operators that assign event time and emit their own
+    /// watermarks ([`Output::emit_watermark`]): the runtime then does not
+    /// forward the watermarks of their inputs.
+    fn generates_watermarks(&self) -> bool {
+        false
     }
 
     /// A barrier has arrived on all inputs: return the state to persist.

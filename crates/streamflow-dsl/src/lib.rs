@@ -16,8 +16,8 @@ pub use builder::PipelineBuilder;
 pub use graph::{CheckpointConfig, FlowGraph, Node, NodeId, Role};
 pub use parse::{FileFormat, apply_override, decode_settings, load_file, parse_str, suggest};
 pub use spec::{
-    CheckpointMode, CheckpointSpec, EventTimeSpec, FlowSpec, Mode, SinkSpec, SourceSpec, StageSpec,
-    WatermarkSpec,
+    CheckpointMode, CheckpointSpec, EpochUnit, EventTimeSpec, FlowSpec, Mode, SinkSpec, SourceSpec,
+    StageSpec, WatermarkSpec,
 };
 pub use units::{ByteSize, HumanDuration, parse_byte_size, parse_duration};
 

@@ -121,15 +121,44 @@ pub struct SourceSpec {
     pub event_time: Option<EventTimeSpec>,
 }
 
-/// Event time of a source: `{column: date_time, watermark: {max_out_of_orderness: 2s}}`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Event time of a source (or of a `watermark` stage's output):
+/// `{column: date_time, watermark: {max_out_of_orderness: 2s}}`, or computed
+/// from any SQL expression of the columns, as Flink declares a computed
+/// rowtime column with a WATERMARK:
+/// `{expr: "COALESCE(Person.date_time, Bid.date_time)", unit: ms, as: ts}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct EventTimeSpec {
-    /// A top-level timestamp column of the source.
-    pub column: String,
+    /// A column (`date_time`) or nested field (`Bid.date_time`) holding the
+    /// event time. A top-level column that is not a timestamp is converted
+    /// in place; a nested field is copied to a top-level column (`as`).
+    pub column: Option<String>,
+    /// A SQL expression over the columns giving the event time (instead of
+    /// `column`); its value is written to the column named by `as`.
+    pub expr: Option<String>,
+    /// Unit of integer (or floating) epoch values: `ms` (default), `s`, `us`, `ns`.
+    pub unit: Option<EpochUnit>,
+    /// Name of the computed event-time column (default `event_time`).
+    #[serde(rename = "as")]
+    pub name: Option<String>,
     /// Watermark strategy.
     #[serde(default)]
     pub watermark: WatermarkSpec,
+}
+
+/// Unit of numeric epoch timestamps.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EpochUnit {
+    /// Seconds since the Unix epoch.
+    S,
+    /// Milliseconds since the Unix epoch.
+    #[default]
+    Ms,
+    /// Microseconds since the Unix epoch.
+    Us,
+    /// Nanoseconds since the Unix epoch.
+    Ns,
 }
 
 /// Bounded out-of-orderness watermarks.

@@ -25,7 +25,9 @@ mod snapshot;
 mod top_n;
 mod union;
 mod validate;
+pub mod watermark;
 mod window;
 
+pub use event_time::{DEFAULT_TIME_COLUMN, EventTimeAssigner};
 pub use registry::{StageKind, find_stage, stage_kinds};
 pub use stage::{InputRule, StageContext, StageFactory};

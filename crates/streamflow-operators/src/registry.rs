@@ -7,7 +7,7 @@ use streamflow_core::Diagnostics;
 use crate::stage::{InputRule, StageContext, StageFactory};
 use crate::{
     add_column, aggregate, dedup, filter, join, map, process, rename, select, top_n, union,
-    validate, window,
+    validate, watermark, window,
 };
 
 /// Plans a stage from its context.
@@ -71,6 +71,13 @@ pub static STAGES: &[StageKind] = &[
         inputs: InputRule::SameSchema,
         late_output: false,
         plan: validate::plan,
+    },
+    StageKind {
+        name: "watermark",
+        description: "(re)declare the event time of a stream and generate its watermarks",
+        inputs: InputRule::SameSchema,
+        late_output: false,
+        plan: watermark::plan,
     },
     StageKind {
         name: "window",

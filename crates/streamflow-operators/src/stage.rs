@@ -70,6 +70,12 @@ pub trait StageFactory: Send + Sync {
     fn partition_keys(&self) -> Option<Vec<Vec<streamflow_expr::CompiledExpr>>> {
         None
     }
+    /// The event-time column of the stage's output when the stage declares
+    /// one (window results, `watermark` stages); `None` (the default): the
+    /// input's event-time column, where the output keeps it as a timestamp.
+    fn event_time_column(&self) -> Option<String> {
+        None
+    }
     /// The schema of the records the stage sends to its `late` output;
     /// `None` (the default) when they are its (first) input's records.
     fn late_schema(&self) -> Option<SchemaRef> {

@@ -18,10 +18,9 @@ use crate::input::{InputChannel, InputSet};
 use crate::metrics::NodeMetrics;
 use crate::plan::{PhysicalPlan, Planned, validate_spec_with};
 use crate::tasks::{
-    OperatorCheckpoints, Outputs, SinkCheckpoints, SourceCheckpoints, run_operator, run_sink,
-    run_source,
+    OperatorCheckpoints, Outputs, SinkCheckpoints, SourceCheckpoints, SourceTime, run_operator,
+    run_sink, run_source,
 };
-use crate::watermark::WatermarkGenerator;
 use streamflow_operators::process::Components;
 
 /// A validated pipeline, ready to start.
@@ -203,27 +202,12 @@ impl Pipeline {
                             .create(instance, node.parallelism)
                             .map_err(|e| e.in_stage(&node.name))?;
                         expected = expected.zip(source.size_hint()).map(|(a, b)| a + b);
-                        let watermarks = match (&plan.nodes[id].event_time, &node.event_time) {
-                            (Some(column), Some(spec)) => {
-                                let index = plan.nodes[id]
-                                    .schema
-                                    .index_of(column)
-                                    .map_err(|e| Error::arrow("event time", e))?;
-                                let lag = spec
-                                    .watermark
-                                    .max_out_of_orderness
-                                    .unwrap_or_default()
-                                    .as_millis() as i64;
-                                Some(WatermarkGenerator::new(index, lag))
-                            }
-                            _ => None,
-                        };
-                        let idle_timeout = node
-                            .event_time
-                            .as_ref()
-                            .and_then(|e| e.watermark.idle_timeout);
+                        let mut time = plan.nodes[id].time.as_ref().map(|t| SourceTime {
+                            watermarks: t.watermarks(),
+                            idle_timeout: t.spec().watermark.idle_timeout,
+                            assigner: Arc::clone(t),
+                        });
                         let mut source = source;
-                        let mut watermarks = watermarks;
                         if let Some(position) = restored
                             .as_ref()
                             .and_then(|r| r.source(&node.name, instance))
@@ -232,8 +216,8 @@ impl Pipeline {
                                 .seek(&position.offset)
                                 .await
                                 .map_err(|e| e.in_stage(&node.name))?;
-                            if let Some(w) = watermarks.as_mut() {
-                                w.restore(position.max_event_time);
+                            if let Some(t) = time.as_mut() {
+                                t.watermarks.restore(position.max_event_time);
                             }
                         }
                         let checkpoints = acks.as_ref().map(|acks| {
@@ -249,8 +233,7 @@ impl Pipeline {
                             source,
                             outputs,
                             stop_rx.clone(),
-                            watermarks,
-                            idle_timeout,
+                            time,
                             checkpoints,
                         ));
                     }

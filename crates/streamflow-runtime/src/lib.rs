@@ -19,7 +19,6 @@ pub mod input;
 pub mod metrics;
 pub mod plan;
 mod tasks;
-pub mod watermark;
 
 pub use checkpoint::RecoveryOptions;
 pub use engine::{Pipeline, RunHandle, RunSummary, StageSummary};

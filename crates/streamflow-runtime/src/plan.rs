@@ -9,7 +9,7 @@ use streamflow_core::{Diagnostics, dead_letter_schema};
 use streamflow_dsl::{FlowGraph, FlowSpec, Node, Role};
 use streamflow_expr::CompiledExpr;
 use streamflow_operators::process::Components;
-use streamflow_operators::{InputRule, StageContext, StageFactory};
+use streamflow_operators::{EventTimeAssigner, InputRule, StageContext, StageFactory};
 
 /// A planned component.
 #[derive(Clone)]
@@ -34,6 +34,9 @@ pub struct PlannedNode {
     pub key_by: Vec<Vec<CompiledExpr>>,
     /// Name of the event-time column of the node's output, if it has one.
     pub event_time: Option<String>,
+    /// For a source with `event_time`: how its batches get their event-time
+    /// column and watermarks.
+    pub time: Option<Arc<EventTimeAssigner>>,
 }
 
 /// A fully planned pipeline, ready to run.
@@ -160,16 +163,22 @@ fn plan_node(
                 mode: graph.mode,
             };
             let factory = (kind.plan)(&ctx)?;
-            let schema = factory.schema();
-            let event_time = match &node.event_time {
+            let time = match &node.event_time {
                 None => None,
-                Some(et) => Some(event_time_column(node, &schema, &et.column)?),
+                Some(spec) => Some(Arc::new(EventTimeAssigner::plan(
+                    &factory.schema(),
+                    spec,
+                    &format!("{}.event_time", node.path),
+                )?)),
             };
             Ok(PlannedNode {
-                schema,
+                schema: time
+                    .as_ref()
+                    .map_or_else(|| factory.schema(), |t| t.schema()),
                 planned: Planned::Source(factory),
                 key_by: vec![Vec::new()],
-                event_time,
+                event_time: time.as_ref().map(|t| t.column().to_string()),
+                time,
             })
         }
         Role::Stage => {
@@ -227,19 +236,23 @@ fn plan_node(
                 .partition_keys()
                 .unwrap_or_else(|| vec![key_by; inputs.len().max(1)]);
             let schema = factory.output_schema();
-            // Event time survives a stage that keeps the column as a timestamp.
-            let event_time = input_event_time
-                .filter(|c| {
-                    schema
-                        .field_with_name(c)
-                        .is_ok_and(|f| is_timestamp(f.data_type()))
-                })
-                .map(str::to_string);
+            // A stage declares its output's event time, or the input's
+            // survives where the stage keeps the column as a timestamp.
+            let event_time = factory.event_time_column().or_else(|| {
+                input_event_time
+                    .filter(|c| {
+                        schema
+                            .field_with_name(c)
+                            .is_ok_and(|f| is_timestamp(f.data_type()))
+                    })
+                    .map(str::to_string)
+            });
             Ok(PlannedNode {
                 schema,
                 planned: Planned::Stage(factory),
                 key_by,
                 event_time,
+                time: None,
             })
         }
         Role::Sink => {
@@ -260,6 +273,7 @@ fn plan_node(
                 planned: Planned::Sink(factory),
                 key_by: vec![Vec::new()],
                 event_time: None,
+                time: None,
             })
         }
     }
@@ -305,33 +319,6 @@ fn late_schema(
 
 fn is_timestamp(t: &arrow::datatypes::DataType) -> bool {
     matches!(t, arrow::datatypes::DataType::Timestamp(_, _))
-}
-
-/// Checks a source's `event_time.column` against its schema.
-fn event_time_column(node: &Node, schema: &SchemaRef, column: &str) -> Result<String, Diagnostics> {
-    let path = format!("{}.event_time.column", node.path);
-    match schema.index_of(column) {
-        Ok(i) if is_timestamp(schema.field(i).data_type()) => Ok(column.to_string()),
-        Ok(i) => Err(streamflow_core::Diagnostic::new(
-            path,
-            format!(
-                "column '{column}' is {}, not a timestamp",
-                schema.field(i).data_type()
-            ),
-        )
-        .into()),
-        Err(_) => {
-            let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-            let hint = streamflow_dsl::suggest(column, &names)
-                .map(|s| format!(" (did you mean '{s}'?)"))
-                .unwrap_or_default();
-            Err(streamflow_core::Diagnostic::new(
-                path,
-                format!("column '{column}' not found{hint}"),
-            )
-            .into())
-        }
-    }
 }
 
 fn compile_keys(node: &Node, input: Option<&SchemaRef>, d: &mut Diagnostics) -> Vec<CompiledExpr> {

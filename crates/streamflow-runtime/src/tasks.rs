@@ -17,7 +17,8 @@ use crate::checkpoint::{Ack, AckSender, SourceControl};
 use crate::exchange::Exchange;
 use crate::input::{InputEvent, InputSet};
 use crate::metrics::NodeMetrics;
-use crate::watermark::WatermarkGenerator;
+use streamflow_operators::EventTimeAssigner;
+use streamflow_operators::watermark::WatermarkGenerator;
 
 /// Where one instance sends its output and dead letters.
 pub(crate) struct Outputs {
@@ -98,6 +99,9 @@ impl Outputs {
         for batch in out.take_batches() {
             self.emit(batch).await?;
         }
+        if let Some(w) = out.take_watermark() {
+            self.broadcast(Message::Watermark(w)).await?;
+        }
         Ok(())
     }
 
@@ -138,11 +142,21 @@ impl SourceCheckpoints {
     }
 }
 
+/// The event time of a source instance's records and its watermarks.
+pub(crate) struct SourceTime {
+    /// Puts the event-time column in place.
+    pub(crate) assigner: Arc<EventTimeAssigner>,
+    /// Derives watermarks from it.
+    pub(crate) watermarks: WatermarkGenerator,
+    /// No data for this long marks the instance idle.
+    pub(crate) idle_timeout: Option<Duration>,
+}
+
 /// Where a source instance stands: the position of its next record.
-fn position(source: &dyn Source, watermarks: Option<&WatermarkGenerator>) -> SourcePosition {
+fn position(source: &dyn Source, time: Option<&SourceTime>) -> SourcePosition {
     SourcePosition {
         offset: source.offset(),
-        max_event_time: watermarks.and_then(WatermarkGenerator::max_seen),
+        max_event_time: time.and_then(|t| t.watermarks.max_seen()),
     }
 }
 
@@ -153,8 +167,7 @@ pub(crate) async fn run_source(
     mut source: Box<dyn Source>,
     mut out: Outputs,
     mut stop: watch::Receiver<bool>,
-    mut watermarks: Option<WatermarkGenerator>,
-    idle_timeout: Option<Duration>,
+    mut time: Option<SourceTime>,
     mut checkpoints: Option<SourceCheckpoints>,
 ) -> Result<()> {
     let node = out.node.clone();
@@ -165,7 +178,7 @@ pub(crate) async fn run_source(
                 while let Ok(control) = c.control.try_recv() {
                     match control {
                         SourceControl::Inject(b) => {
-                            let at = position(source.as_ref(), watermarks.as_ref());
+                            let at = position(source.as_ref(), time.as_ref());
                             c.barrier(b, at, &mut out).await?;
                         }
                         SourceControl::Complete(id) => source.checkpoint_complete(id).await?,
@@ -176,7 +189,7 @@ pub(crate) async fn run_source(
                 // The pending pull is kept across idle notices, never dropped.
                 let pull = source.next_batch();
                 tokio::pin!(pull);
-                let mut idle_at = idle_timeout.map(|t| tokio::time::Instant::now() + t);
+                let mut idle_at = time.as_ref().and_then(|t| t.idle_timeout).map(|t| tokio::time::Instant::now() + t);
                 loop {
                     tokio::select! {
                         biased;
@@ -200,9 +213,13 @@ pub(crate) async fn run_source(
             if let Some(data) = batch.data
                 && data.num_rows() > 0
             {
-                let watermark = match watermarks.as_mut() {
-                    Some(g) => g.observe(&data)?,
-                    None => None,
+                let (data, watermark) = match time.as_mut() {
+                    Some(t) => {
+                        let data = t.assigner.assign(data)?;
+                        let w = t.watermarks.observe(&data)?;
+                        (data, w)
+                    }
+                    None => (data, None),
                 };
                 out.emit(data).await?;
                 if let Some(w) = watermark {
@@ -210,10 +227,11 @@ pub(crate) async fn run_source(
                 }
             }
         }
-        // End of input fires every event-time window; a stop with
-        // checkpoints is a savepoint instead: state is kept, not flushed.
+        // End of input fires every event-time window (also downstream of
+        // stages that assign event time later); a stop with checkpoints is a
+        // savepoint instead: state is kept, not flushed.
         let savepoint = stopped_early && checkpoints.is_some();
-        if watermarks.is_some() && !savepoint {
+        if !savepoint {
             out.broadcast(Message::Watermark(Watermark::MAX)).await?;
         }
         if let Some(c) = checkpoints.as_mut() {
@@ -221,7 +239,7 @@ pub(crate) async fn run_source(
             while let Some(control) = c.control.recv().await {
                 match control {
                     SourceControl::Inject(b) => {
-                        let at = position(source.as_ref(), watermarks.as_ref());
+                        let at = position(source.as_ref(), time.as_ref());
                         c.barrier(b, at, &mut out).await?;
                         if b.is_final {
                             break;
@@ -265,6 +283,7 @@ pub(crate) async fn run_operator(
         op.open(checkpoints.as_mut().and_then(|c| c.restored.take()))
             .await?;
         let mut after_final = false;
+        let generates_watermarks = op.generates_watermarks();
         let mut buffer = Output::new();
         let mut timer = op.timer_interval().map(|period| {
             let mut t = tokio::time::interval(period);
@@ -294,7 +313,9 @@ pub(crate) async fn run_operator(
                 InputEvent::Watermark(w) => {
                     op.process_watermark(w, &mut buffer).await?;
                     out.drain(&mut buffer).await?;
-                    out.broadcast(Message::Watermark(w)).await?;
+                    if !generates_watermarks {
+                        out.broadcast(Message::Watermark(w)).await?;
+                    }
                 }
                 InputEvent::Idle => out.broadcast(Message::Idle).await?,
                 InputEvent::InputEnded(input) => {

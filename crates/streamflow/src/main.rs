@@ -229,8 +229,13 @@ fn validate(file: &Path, overrides: &[String]) -> ExitCode {
                     Role::Stage => "stage",
                     Role::Sink => "sink",
                 };
+                let time = match (&planned.event_time, node.role) {
+                    (Some(c), _) => format!(", event time {c}"),
+                    (None, Role::Sink) => String::new(),
+                    (None, _) => ", no event time".into(),
+                };
                 println!(
-                    "  {role} {} ({}, parallelism {})",
+                    "  {role} {} ({}, parallelism {}{time})",
                     node.name, node.kind, node.parallelism
                 );
                 if node.role != Role::Sink {

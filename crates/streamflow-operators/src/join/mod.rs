@@ -83,6 +83,29 @@ struct JoinConfig {
     buffer: Option<BufferSpec>,
     /// Prefixes for the output columns of each side.
     prefix: Option<Prefix>,
+    /// The event-time column of both sides (one name) or of each side
+    /// (`{left, right}`), instead of the inputs' event time.
+    time_column: Option<TimeColumns>,
+}
+
+/// `time_column: t` or `time_column: {left: a, right: b}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum TimeColumns {
+    Both(String),
+    Sides {
+        left: Option<String>,
+        right: Option<String>,
+    },
+}
+
+impl TimeColumns {
+    fn side(&self, side: usize) -> Option<&str> {
+        match self {
+            TimeColumns::Both(c) => Some(c),
+            TimeColumns::Sides { left, right } => [left, right][side].as_deref(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
@@ -418,12 +441,36 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
     }
     let mut times = [None; 2];
     for (i, schema) in [&left, &right].into_iter().enumerate() {
-        let time = ctx
-            .input_event_times
-            .get(i)
-            .copied()
-            .flatten()
-            .and_then(|c| schema.index_of(c).ok());
+        let side = if i == 0 { "left" } else { "right" };
+        let declared = config.time_column.as_ref().and_then(|t| t.side(i));
+        let time = match declared {
+            Some(c) => match schema.index_of(c) {
+                Ok(t) if matches!(schema.field(t).data_type(), DataType::Timestamp(..)) => Some(t),
+                Ok(t) => {
+                    d.push(
+                        ctx.at("time_column"),
+                        format!(
+                            "column '{c}' of the {side} input is {}, not a timestamp",
+                            schema.field(t).data_type()
+                        ),
+                    );
+                    continue;
+                }
+                Err(_) => {
+                    d.push(
+                        ctx.at("time_column"),
+                        format!("the {side} input has no column '{c}'"),
+                    );
+                    continue;
+                }
+            },
+            None => ctx
+                .input_event_times
+                .get(i)
+                .copied()
+                .flatten()
+                .and_then(|c| schema.index_of(c).ok()),
+        };
         match time {
             Some(t) => times[i] = Some(t),
             // A table is not in time; its stream needs event time only for a buffer ttl.
@@ -432,8 +479,7 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
             None => d.push(
                 ctx.at("input"),
                 format!(
-                    "the {} input has no event time (declare event_time on its source)",
-                    if i == 0 { "left" } else { "right" }
+                    "the {side} input has no event time (declare event_time on its source, add a watermark stage, or set time_column)"
                 ),
             ),
         }

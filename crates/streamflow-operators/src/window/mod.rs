@@ -11,8 +11,11 @@
 //! ```
 //!
 //! A window `[start, end)` fires when the watermark reaches `end - 1`,
-//! emitting one row per key: `window_start, window_end, <keys>, <aggregates>`;
-//! its state is then freed. A record whose every window has already fired
+//! emitting one row per key: `window_start, window_end, window_time, <keys>,
+//! <aggregates>`; its state is then freed. `window_time` (`window_end - 1ms`)
+//! is the event time of the output, so windows cascade and window results
+//! can be joined; the results are emitted before the watermark that fired
+//! them is passed on, so they are never late downstream. A record whose every window has already fired
 //! is late: it is counted and sent to the stage's `late` output (a sink, in
 //! the stage's input schema), never merged into a fired result.
 //! Event time comes from the source's `event_time` column unless
@@ -191,7 +194,7 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
         fields.push(Field::new(OP_COLUMN, DataType::Utf8, false));
     }
     if timed {
-        for bound in ["window_start", "window_end"] {
+        for bound in [WINDOW_START, WINDOW_END, WINDOW_TIME] {
             fields.push(Field::new(
                 bound,
                 DataType::Timestamp(TimeUnit::Millisecond, None),
@@ -217,6 +220,25 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
     }))
 }
 
+/// Output column: the first instant of a window.
+pub(crate) const WINDOW_START: &str = "window_start";
+/// Output column: the first instant after a window.
+pub(crate) const WINDOW_END: &str = "window_end";
+/// Output column: the event time of a window's result, `window_end - 1ms`
+/// (the last instant inside it, as Flink's window TVFs define it), so that
+/// results can be windowed again or joined in event time.
+pub(crate) const WINDOW_TIME: &str = "window_time";
+
+/// The `window_start, window_end, window_time` columns of fired windows.
+pub(crate) fn bound_columns(starts: Vec<i64>, ends: Vec<i64>) -> [ArrayRef; 3] {
+    let times: Vec<i64> = ends.iter().map(|e| e - 1).collect();
+    [
+        Arc::new(TimestampMillisecondArray::from(starts)),
+        Arc::new(TimestampMillisecondArray::from(ends)),
+        Arc::new(TimestampMillisecondArray::from(times)),
+    ]
+}
+
 /// Checks a tumbling or sliding window's size and slide.
 pub(crate) fn check_assigner(ctx: &StageContext<'_>, a: Assigner, d: &mut Diagnostics) {
     if a.size <= 0 {
@@ -235,6 +257,11 @@ pub(crate) fn check_assigner(ctx: &StageContext<'_>, a: Assigner, d: &mut Diagno
 impl StageFactory for WindowFactory {
     fn output_schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
+    }
+    /// Event-time windows' results are in event time: `window_time`.
+    fn event_time_column(&self) -> Option<String> {
+        let event_time = self.time == TimeDomain::Event && !matches!(self.shape, Shape::Count(..));
+        event_time.then(|| WINDOW_TIME.to_string())
     }
     fn create(&self) -> Box<dyn Operator> {
         let factory = Arc::new(self.clone());
@@ -404,11 +431,10 @@ impl WindowOperator {
                 ops.into_iter().map(RowKind::as_str),
             )));
         }
-        columns.push(Arc::new(TimestampMillisecondArray::from_value(start, n)));
-        columns.push(Arc::new(TimestampMillisecondArray::from_value(
-            start + self.assigner.size,
-            n,
-        )));
+        columns.extend(bound_columns(
+            vec![start; n],
+            vec![start + self.assigner.size; n],
+        ));
         if let (Some(conv), Some(keys)) = (&self.keys.converter, keys) {
             columns.extend(
                 conv.convert_rows(picks.iter().map(|&(_, g)| keys.row(g)))

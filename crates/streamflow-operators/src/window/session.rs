@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, Int64Array, TimestampMillisecondArray, UInt32Array};
+use arrow::array::{Array, ArrayRef, Int64Array, UInt32Array};
 use arrow::compute::take_record_batch;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -147,10 +147,7 @@ impl SessionOperator {
             }
         }
         if !starts.is_empty() {
-            let mut columns: Vec<ArrayRef> = vec![
-                Arc::new(TimestampMillisecondArray::from(starts)),
-                Arc::new(TimestampMillisecondArray::from(ends)),
-            ];
+            let mut columns: Vec<ArrayRef> = super::bound_columns(starts, ends).to_vec();
             columns.extend(self.keys.decode(keys.iter().copied())?);
             columns.extend(concat_columns(values)?);
             let batch = RecordBatch::try_new(Arc::clone(&self.factory.schema), columns)

@@ -117,10 +117,27 @@ fn run_late_window(
                 vec!["+I".to_string(); b.num_rows()]
             };
             let b = if lateness > 0 {
-                b.project(&[1, 2, 3, 4, 5]).expect("project")
+                b.project(&(1..b.num_columns()).collect::<Vec<_>>())
+                    .expect("project")
             } else {
                 b
             };
+            // window_time is the last instant of the window; the checks
+            // below read start, end, keys and aggregates.
+            let ts = |i: usize| {
+                b.column(i)
+                    .as_any()
+                    .downcast_ref::<TimestampMillisecondArray>()
+                    .expect("ts")
+                    .clone()
+            };
+            let (end, time) = (ts(1), ts(2));
+            for r in 0..b.num_rows() {
+                assert_eq!(time.value(r), end.value(r) - 1, "window_time");
+            }
+            let b = b
+                .project(&(0..b.num_columns()).filter(|&i| i != 2).collect::<Vec<_>>())
+                .expect("project");
             let start = b
                 .column(0)
                 .as_any()
