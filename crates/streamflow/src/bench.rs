@@ -1,6 +1,6 @@
 //! `streamflow bench`: the Nexmark queries shipped in `examples/nexmark/`
 //! (and the enrichment example), run on a blackhole sink with the generator
-//! included in the measurement.
+//! included in the measurement; any flow over its files (`bench file`).
 
 use std::time::Duration;
 
@@ -88,6 +88,12 @@ pub struct BenchResult {
     pub output_records: u64,
     /// Peak resident memory of the process, in MiB (Linux).
     pub peak_rss_mib: Option<f64>,
+    /// CPU time (user + system) the process spent on the run, in seconds.
+    pub cpu_seconds: Option<f64>,
+    /// Average number of busy cores: CPU time / wall-clock time.
+    pub busy_cores: Option<f64>,
+    /// Events per second of CPU time (per busy core).
+    pub events_per_cpu_sec: Option<f64>,
 }
 
 impl BenchResult {
@@ -98,6 +104,7 @@ impl BenchResult {
         elapsed: Duration,
         cores: usize,
         output_records: u64,
+        cpu_seconds: Option<f64>,
     ) -> Self {
         let seconds = elapsed.as_secs_f64();
         let eps = events as f64 / seconds.max(1e-9);
@@ -110,8 +117,23 @@ impl BenchResult {
             events_per_sec_per_core: eps / cores.max(1) as f64,
             output_records,
             peak_rss_mib: peak_rss_mib(),
+            cpu_seconds,
+            busy_cores: cpu_seconds.map(|c| c / seconds.max(1e-9)),
+            events_per_cpu_sec: cpu_seconds.map(|c| events as f64 / c.max(1e-9)),
         }
     }
+}
+
+/// CPU time (user + system, all threads) this process has used, in seconds
+/// (Linux: `/proc/self/stat`, in clock ticks of 1/100 s).
+pub fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start at state.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
 }
 
 /// Peak resident set size of this process (`VmHWM`), in MiB.

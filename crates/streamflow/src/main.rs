@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::{Parser, Subcommand};
-use streamflow::bench::{BenchResult, DATA_FILES, QUERIES, query_text};
+use streamflow::bench::{BenchResult, DATA_FILES, QUERIES, cpu_seconds, query_text};
 use streamflow::{Diagnostics, FlowSpec, Mode, Pipeline, PipelineBuilder, RunHandle, RunSummary};
 use streamflow_dsl::{FileFormat, Role};
 use streamflow_runtime::RecoveryOptions;
@@ -116,6 +116,21 @@ enum BenchSuite {
         #[arg(long)]
         json: bool,
     },
+    /// Any flow, as written (its sinks included), over its input files:
+    /// events/s, events/s per busy core (process CPU time) and peak RSS.
+    File {
+        /// Flow file (.yaml, .yml or .json); run in job mode.
+        flow: PathBuf,
+        /// Override a setting (`sources.events.config.path=events.jsonl`).
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        overrides: Vec<String>,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1)]
+        cores: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// JSON-lines file → filter → blackhole (the file is written first, untimed).
     Jsonl {
         /// Bids in the file.
@@ -176,6 +191,15 @@ fn main() -> ExitCode {
             &overrides,
             json,
         ),
+        Command::Bench {
+            suite:
+                BenchSuite::File {
+                    flow,
+                    overrides,
+                    cores,
+                    json,
+                },
+        } => bench_file(&flow, &overrides, cores, json),
         Command::Bench {
             suite:
                 BenchSuite::Jsonl {
@@ -432,9 +456,11 @@ fn measure(
 ) -> anyhow::Result<ExitCode> {
     let pipeline = Pipeline::from_spec(spec).map_err(|d| anyhow!("{d}"))?;
     let rt = runtime(Some(cores))?;
+    let cpu_before = cpu_seconds();
     let summary = rt
         .block_on(async { pipeline.start().await?.wait().await })
         .map_err(|e| anyhow!(e))?;
+    let cpu = cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
     let output: u64 = summary
         .stages
         .iter()
@@ -447,18 +473,21 @@ fn measure(
         summary.elapsed,
         cores,
         output,
+        cpu,
     );
     if json {
         println!("{}", serde_json::to_string(&result)?);
     } else {
         println!(
-            "{}: {} events in {:.3}s = {:.2} M events/s ({:.2} M/s per core, {} cores), {} output records, peak RSS {:.0} MiB",
+            "{}: {} events in {:.3}s = {:.2} M events/s ({:.2} M/s per core, {} cores; {:.2} M/s per busy core, {:.2} cores busy), {} output records, peak RSS {:.0} MiB",
             result.query,
             result.events,
             result.seconds,
             result.events_per_sec / 1e6,
             result.events_per_sec_per_core / 1e6,
             result.cores,
+            result.events_per_cpu_sec.unwrap_or(f64::NAN) / 1e6,
+            result.busy_cores.unwrap_or(f64::NAN),
             result.output_records,
             result.peak_rss_mib.unwrap_or(f64::NAN)
         );
@@ -559,6 +588,27 @@ fn drop_nulls(v: &mut serde_json::Value) {
         serde_json::Value::Array(a) => a.iter_mut().for_each(drop_nulls),
         _ => {}
     }
+}
+
+fn bench_file(
+    flow: &Path,
+    overrides: &[String],
+    cores: usize,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut spec = match streamflow_dsl::load_file(flow, overrides) {
+        Ok(s) => s,
+        Err(d) => {
+            print_diagnostics(&d);
+            return Ok(ExitCode::from(2));
+        }
+    };
+    spec.mode = Mode::Job;
+    let name = spec
+        .name
+        .clone()
+        .unwrap_or_else(|| flow.display().to_string());
+    measure(&name, &spec, cores, json, None)
 }
 
 fn bench_jsonl(events: u64, cores: usize, json: bool) -> anyhow::Result<ExitCode> {
