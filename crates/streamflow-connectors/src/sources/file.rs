@@ -6,6 +6,12 @@
 //! Undecodable lines go to the source's `dlq` with file and line; without a
 //! `dlq` the pipeline fails naming the file, line and reason.
 //!
+//! With `parallelism: N`, each JSON-lines or CSV file of at least
+//! [`MIN_SPLIT_BYTES`] is read by all N instances, each taking one byte range
+//! cut at line boundaries (a line belongs to the range its first byte is in);
+//! smaller files and Parquet files go to the instances whole, in turn.
+//! Checkpoints record each instance's position in its range.
+//!
 //! ```yaml
 //! - name: raw
 //!   type: file
@@ -225,20 +231,14 @@ impl SourceFactory for FileSourceFactory {
         true
     }
     fn create(&self, instance: usize, parallelism: usize) -> Result<Box<dyn Source>> {
-        let files: VecDeque<PathBuf> = self
-            .files
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % parallelism == instance)
-            .map(|(_, f)| f.clone())
-            .collect();
+        let splits = splits(&self.files, self.format, instance, parallelism)?;
         // JSON decodes straight into the final types; CSV and Parquet are cast after decoding.
         let decode_schema = match self.format {
             FileFormat::Jsonl => Arc::clone(&self.schema),
             _ => Arc::clone(&self.raw),
         };
         Ok(Box::new(FileSource {
-            files,
+            splits,
             format: self.format,
             decoder: LineDecoder::new(
                 decode_schema,
@@ -259,7 +259,7 @@ impl SourceFactory for FileSourceFactory {
 }
 
 enum Reader {
-    Text(TextReader<tokio::fs::File>),
+    Text(TextReader<tokio::io::Take<tokio::fs::File>>),
     Parquet {
         reader: ParquetRecordBatchReader,
         name: String,
@@ -271,8 +271,90 @@ enum Reader {
 /// Position of a file that has been read to the end.
 const FINISHED: u64 = u64::MAX;
 
+/// Files of at least this size are split between the instances of a
+/// parallel text-file source; smaller ones are read whole by one instance.
+pub const MIN_SPLIT_BYTES: u64 = 4 << 20;
+
+/// The part of a file one instance reads: the lines starting in `start..end`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Split {
+    path: PathBuf,
+    start: u64,
+    /// Exclusive; `u64::MAX` for "to the end".
+    end: u64,
+}
+
+/// The splits instance `instance` of `parallelism` reads, in file order.
+fn splits(
+    files: &[PathBuf],
+    format: FileFormat,
+    instance: usize,
+    parallelism: usize,
+) -> Result<VecDeque<Split>> {
+    let mut out = VecDeque::new();
+    for (i, path) in files.iter().enumerate() {
+        let whole = Split {
+            path: path.clone(),
+            start: 0,
+            end: u64::MAX,
+        };
+        if parallelism <= 1 || format == FileFormat::Parquet {
+            if i % parallelism.max(1) == instance {
+                out.push_back(whole);
+            }
+            continue;
+        }
+        let name = path.display().to_string();
+        let size = std::fs::metadata(path)
+            .map_err(|e| Error::io(format!("reading {name}"), e))?
+            .len();
+        if size < MIN_SPLIT_BYTES {
+            if i % parallelism == instance {
+                out.push_back(whole);
+            }
+            continue;
+        }
+        let at = |k: usize| size * k as u64 / parallelism as u64;
+        let start = line_start_from(path, at(instance))?;
+        let end = line_start_from(path, at(instance + 1))?;
+        if start < end {
+            out.push_back(Split {
+                path: path.clone(),
+                start,
+                end,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The offset of the first line starting at or after `pos`: `pos` itself at
+/// 0 or right after a newline, else just past the next newline (or the end
+/// of the file).
+fn line_start_from(path: &Path, pos: u64) -> Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    if pos == 0 {
+        return Ok(0);
+    }
+    let name = path.display().to_string();
+    let io = |e| Error::io(format!("reading {name}"), e);
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let mut at = file.seek(SeekFrom::Start(pos - 1)).map_err(io)?;
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            return Ok(at);
+        }
+        if let Some(i) = memchr::memchr(b'\n', &buf[..n]) {
+            return Ok(at + i as u64 + 1);
+        }
+        at += n as u64;
+    }
+}
+
 struct FileSource {
-    files: VecDeque<PathBuf>,
+    splits: VecDeque<Split>,
     format: FileFormat,
     decoder: LineDecoder,
     schema: SchemaRef,
@@ -285,15 +367,17 @@ struct FileSource {
 
 impl FileSource {
     async fn open_next(&mut self) -> Result<bool> {
-        self.open_next_at(0).await
+        self.open_next_at(None).await
     }
 
-    /// Opens the next file, positioned at `position` (bytes for text, rows
-    /// for Parquet).
-    async fn open_next_at(&mut self, position: u64) -> Result<bool> {
-        let Some(path) = self.files.pop_front() else {
+    /// Opens the next split, positioned at `position` (bytes for text, rows
+    /// for Parquet), or at its start.
+    async fn open_next_at(&mut self, position: Option<u64>) -> Result<bool> {
+        let Some(split) = self.splits.pop_front() else {
             return Ok(false);
         };
+        let position = position.unwrap_or(split.start);
+        let path = split.path;
         let name = path.display().to_string();
         self.current = Some(match self.format {
             FileFormat::Parquet => {
@@ -319,9 +403,11 @@ impl FileSource {
                 let mut file = tokio::fs::File::open(&path)
                     .await
                     .map_err(|e| Error::io(format!("opening {name}"), e))?;
-                // Resuming: read past `position`, counting lines for dead letters.
+                // Read past `position`, counting lines for dead letters.
                 let line = skip_lines(&mut file, position, &name).await? + 1;
                 let skip_header = self.format == FileFormat::Csv && self.header;
+                use tokio::io::AsyncReadExt;
+                let file = file.take(split.end.saturating_sub(position));
                 Reader::Text(
                     TextReader::new(file, name, self.decoder.clone(), skip_header)
                         .resume_at(position, line),
@@ -419,25 +505,25 @@ impl Source for FileSource {
             SourceOffset::File { path, byte } => (path, *byte),
             other => return Err(Error::Other(format!("cannot resume from {other:?}"))),
         };
-        // Files are read in name order: skip those before the recorded one.
+        // Splits are read in file order: skip those before the recorded one.
         while self
-            .files
+            .splits
             .front()
-            .is_some_and(|f| f.display().to_string() != *path)
+            .is_some_and(|f| f.path.display().to_string() != *path)
         {
-            self.files.pop_front();
+            self.splits.pop_front();
         }
-        if self.files.is_empty() {
+        if self.splits.is_empty() {
             return Err(Error::Other(format!(
                 "cannot resume: {path}, where the checkpoint stopped reading, is no longer among the input files"
             )));
         }
         if position == FINISHED {
-            self.files.pop_front();
+            self.splits.pop_front();
             self.finished = Some(path.clone());
             return Ok(());
         }
-        self.open_next_at(position).await.map(|_| ())
+        self.open_next_at(Some(position)).await.map(|_| ())
     }
 }
 
@@ -491,7 +577,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_restored_source_continues_where_the_offset_says() {
+    async fn split_instances_read_every_line_once_and_resume_where_the_offset_says() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut all = Vec::new();
         for f in 0..2 {
@@ -499,8 +585,11 @@ mod tests {
             for i in 0..60_000i64 {
                 let v = f * 60_000 + i;
                 all.push(v);
-                text.push_str(&format!("{{\"v\": {v}, \"pad\": \"{:020}\"}}\n", v));
+                // Lines of varying length, so range cuts fall mid-line.
+                let pad = "x".repeat(60 + (v % 41) as usize);
+                text.push_str(&format!("{{\"v\": {v}, \"pad\": \"{pad}\"}}\n"));
             }
+            assert!(text.len() as u64 > MIN_SPLIT_BYTES, "files are split");
             std::fs::write(dir.path().join(format!("{f}.jsonl")), text).expect("write");
         }
         let settings = serde_json::json!({
@@ -516,16 +605,36 @@ mod tests {
         })
         .map_err(|d| format!("{d:?}"))
         .expect("plans");
-        // Stop after each number of batches, record the offset, resume a
-        // fresh instance from it: together they read every record once.
-        for cut in 1..6 {
-            let mut first = factory.create(0, 1).expect("source");
-            let mut got = drain(first.as_mut(), cut).await;
-            let offset = first.offset();
-            let mut second = factory.create(0, 1).expect("source");
-            second.seek(&offset).await.expect("seek");
-            got.extend(drain(second.as_mut(), usize::MAX).await);
-            assert_eq!(got, all, "cut after {cut} batches at {offset:?}");
+        for parallelism in [1, 2, 3] {
+            let mut union = Vec::new();
+            for instance in 0..parallelism {
+                let mut whole = factory.create(instance, parallelism).expect("source");
+                let expected = drain(whole.as_mut(), usize::MAX).await;
+                // Stop after each number of batches, record the offset,
+                // resume a fresh instance from it: together they read the
+                // instance's records once.
+                for cut in [1, 2, 3, 5, 8] {
+                    let mut first = factory.create(instance, parallelism).expect("source");
+                    let mut got = drain(first.as_mut(), cut).await;
+                    let offset = first.offset();
+                    let mut second = factory.create(instance, parallelism).expect("source");
+                    second.seek(&offset).await.expect("seek");
+                    got.extend(drain(second.as_mut(), usize::MAX).await);
+                    assert_eq!(
+                        got, expected,
+                        "instance {instance}/{parallelism}, cut after {cut} batches at {offset:?}"
+                    );
+                }
+                if parallelism > 1 {
+                    assert!(
+                        expected.len() < all.len(),
+                        "instance {instance} reads a part"
+                    );
+                }
+                union.extend(expected);
+            }
+            union.sort_unstable();
+            assert_eq!(union, all, "parallelism {parallelism}: every line once");
         }
     }
 }
