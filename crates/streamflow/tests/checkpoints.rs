@@ -305,6 +305,64 @@ fn file_flow(dir: &Path) -> String {
     )
 }
 
+/// One file over the split size, read by a source of parallelism 2 (each
+/// instance a byte range of it).
+fn split_file_flow(dir: &Path) -> String {
+    let input = dir.join("in");
+    std::fs::create_dir_all(&input).expect("mkdir");
+    let mut text = String::new();
+    for n in 0..100_000i64 {
+        text.push_str(&format!(
+            "{{\"t\": {}, \"k\": \"k{}\", \"v\": {n}, \"pad\": \"{}\"}}\n",
+            1_700_000_000_000i64 + n * 2,
+            n % 5,
+            "p".repeat((n % 23) as usize)
+        ));
+    }
+    assert!(text.len() > 4 << 20, "over the split size");
+    std::fs::write(input.join("big.jsonl"), text).expect("write");
+    write(
+        dir,
+        "flow.yaml",
+        &format!(
+            "name: split\nmode: job\ncheckpoint: {{interval: 20ms, storage: {state}}}\nsources:\n  - name: ev\n    type: file\n    parallelism: 2\n    config: {{path: \"{input}/big.jsonl\", timestamps: [t]}}\n    event_time: {{column: t, watermark: {{max_out_of_orderness: 200s}}}}\nstages:\n  - {{name: w, type: window, input: ev, key_by: [k], window: {{kind: tumbling, size: 1s}}, aggregates: {{n: \"count(*)\", s: \"sum(v)\"}}}}\nsinks:\n  - {{name: out, type: file, input: w, config: {{path: {out}}}}}\n",
+            state = dir.join("state").display(),
+            input = input.display(),
+            out = dir.join("out").display(),
+        ),
+    )
+}
+
+#[test]
+fn a_split_file_read_in_parallel_resumes_exactly() {
+    let reference_dir = tempfile::tempdir().expect("tempdir");
+    let done = run_to_end(&split_file_flow(reference_dir.path()), &[]);
+    assert!(done.status.success(), "{}", stderr(&done));
+    let expected = published(reference_dir.path());
+    // Every record is counted once: 100 000 records in 200 windows of 500.
+    assert_eq!(expected.len(), 200 * 5);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = split_file_flow(dir.path());
+    let mut crash_at = 1;
+    let mut crashes = 0;
+    for _ in 0..3 {
+        let run = run_to_end(
+            &flow,
+            &[("STREAMFLOW_CRASH_AFTER_COMMIT", &crash_at.to_string())],
+        );
+        if run.status.success() {
+            break;
+        }
+        crashes += 1;
+        crash_at += 2;
+    }
+    assert!(crashes > 0, "the job was interrupted at least once");
+    let last = run_to_end(&flow, &[]);
+    assert!(last.status.success(), "{}", stderr(&last));
+    assert!(stderr(&last).contains("resuming from checkpoint"));
+    assert_eq!(published(dir.path()), expected);
+}
+
 #[test]
 fn a_file_source_resumes_from_its_recorded_offsets() {
     let reference_dir = tempfile::tempdir().expect("tempdir");
