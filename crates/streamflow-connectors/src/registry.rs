@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Schema, SchemaRef};
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 use streamflow_core::{Diagnostics, Result, Sink, Source};
@@ -48,6 +48,12 @@ pub trait SourceFactory: Send + Sync {
     /// # Errors
     /// When the input cannot be opened.
     fn create(&self, instance: usize, parallelism: usize) -> Result<Box<dyn Source>>;
+    /// The same source producing only the columns and nested fields of
+    /// `schema` (a pruned copy of [`schema`](Self::schema)), so that it
+    /// decodes only what the pipeline reads; `None` when it cannot.
+    fn project(&self, _schema: &Schema) -> Option<Arc<dyn SourceFactory>> {
+        None
+    }
 }
 
 /// A source type.

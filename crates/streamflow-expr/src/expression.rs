@@ -18,6 +18,8 @@ use datafusion_sql::sqlparser::dialect::GenericDialect;
 use datafusion_sql::sqlparser::parser::Parser;
 
 use crate::context::{FunctionCatalog, suggest};
+use crate::used::{PRESENCE, UsedColumns};
+use datafusion_common::ScalarValue;
 
 /// Why an expression could not be planned against a schema.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -44,6 +46,7 @@ pub struct CompiledExpr {
     physical: Arc<dyn PhysicalExpr>,
     data_type: DataType,
     nullable: bool,
+    columns: UsedColumns,
 }
 
 impl fmt::Debug for CompiledExpr {
@@ -56,6 +59,10 @@ impl fmt::Debug for CompiledExpr {
 }
 
 impl CompiledExpr {
+    /// The columns and nested struct fields it reads.
+    pub fn columns(&self) -> &UsedColumns {
+        &self.columns
+    }
     /// The SQL text it was compiled from.
     pub fn sql(&self) -> &str {
         &self.sql
@@ -123,7 +130,54 @@ pub fn compile(sql: &str, schema: &SchemaRef) -> Result<CompiledExpr, ExprError>
         physical,
         data_type: field.data_type().clone(),
         nullable: field.is_nullable(),
+        columns: used_columns(&logical),
     })
+}
+
+/// The columns and nested fields an expression reads.
+fn used_columns(expr: &Expr) -> UsedColumns {
+    use datafusion_common::tree_node::TreeNodeRecursion;
+    let mut used = UsedColumns::none();
+    let _ = expr.apply(|e| {
+        // `s IS [NOT] NULL` reads only whether struct `s` is there.
+        if let Expr::IsNull(inner) | Expr::IsNotNull(inner) = e
+            && let Some(mut path) = path_of(inner)
+        {
+            path.push(PRESENCE.to_string());
+            used.add(path);
+            return Ok(TreeNodeRecursion::Jump);
+        }
+        Ok(match path_of(e) {
+            Some(path) => {
+                used.add(path);
+                TreeNodeRecursion::Jump
+            }
+            None => TreeNodeRecursion::Continue,
+        })
+    });
+    used
+}
+
+/// `a` → `[a]`, `a.b.c` (field access by literal names) → `[a, b, c]`.
+fn path_of(expr: &Expr) -> Option<Vec<String>> {
+    match expr {
+        Expr::Column(c) => Some(vec![c.name.clone()]),
+        Expr::ScalarFunction(f) if f.func.name() == "get_field" && f.args.len() == 2 => {
+            let Expr::Literal(value, _) = &f.args[1] else {
+                return None;
+            };
+            let field = match value {
+                ScalarValue::Utf8(Some(s))
+                | ScalarValue::LargeUtf8(Some(s))
+                | ScalarValue::Utf8View(Some(s)) => s.clone(),
+                _ => return None,
+            };
+            let mut path = path_of(&f.args[0])?;
+            path.push(field);
+            Some(path)
+        }
+        _ => None,
+    }
 }
 
 /// Plans a boolean predicate against `schema`.

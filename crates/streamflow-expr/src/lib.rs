@@ -9,11 +9,13 @@ mod aggregate;
 mod context;
 mod expression;
 mod types;
+mod used;
 
 pub use aggregate::{CompiledAggregate, GroupedAggregate, SingleAggregate, compile_aggregate};
 pub use context::suggest;
 pub use expression::{CompiledExpr, ExprError, compile, compile_predicate};
 pub use types::{parse_data_type, scalar_from_json};
+pub use used::{ColumnPath, UsedColumns};
 
 /// DataFusion pieces other crates need to name (`ScalarValue`, hashing).
 pub use datafusion_common::{ScalarValue, hash_utils};

@@ -12,7 +12,7 @@ use arrow::datatypes::{
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use streamflow_core::{DeadLetter, Diagnostic, Diagnostics, Error, Output, Result};
 use streamflow_dsl::{EpochUnit, EventTimeSpec};
-use streamflow_expr::CompiledExpr;
+use streamflow_expr::{CompiledExpr, UsedColumns};
 
 use crate::row_errors::row_as_json;
 
@@ -232,6 +232,17 @@ impl EventTimeAssigner {
             column,
             spec: spec.clone(),
         })
+    }
+
+    /// What is read of the input when `output` is read of the output: the
+    /// event time's own inputs included.
+    pub fn input_columns(&self, output: &UsedColumns) -> UsedColumns {
+        let mut used = output.clone();
+        match &self.input {
+            TimeInput::Column(i) => used.add(vec![self.schema.field(*i).name().clone()]),
+            TimeInput::Expr(e) => used.extend(e.columns()),
+        }
+        used
     }
 
     /// The output schema: the input's, with the event-time column in place.

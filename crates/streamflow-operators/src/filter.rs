@@ -12,7 +12,7 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use serde::Deserialize;
 use streamflow_core::{Diagnostics, Operator, Output, Result};
-use streamflow_expr::CompiledExpr;
+use streamflow_expr::{CompiledExpr, UsedColumns};
 
 use crate::row_errors::apply_isolating;
 use crate::stage::{StageContext, StageFactory};
@@ -44,6 +44,11 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
 impl StageFactory for FilterFactory {
     fn output_schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
+    }
+    fn input_columns(&self, output: &UsedColumns) -> Option<UsedColumns> {
+        let mut used = output.clone();
+        used.extend(self.predicate.columns());
+        Some(used)
     }
     fn create(&self) -> Box<dyn Operator> {
         Box::new(Filter {

@@ -10,7 +10,7 @@ use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use async_trait::async_trait;
 use streamflow_core::{Operator, Output, Result};
-use streamflow_expr::{CompiledExpr, ScalarValue};
+use streamflow_expr::{CompiledExpr, ScalarValue, UsedColumns};
 
 use crate::row_errors::apply_isolating;
 use crate::stage::StageFactory;
@@ -31,6 +31,8 @@ pub(crate) enum ColumnSource {
 pub(crate) struct Projection {
     schema: SchemaRef,
     columns: Vec<ColumnSource>,
+    /// Names of the input columns.
+    input_names: Arc<[String]>,
 }
 
 impl Projection {
@@ -47,6 +49,7 @@ impl Projection {
         Self {
             schema: Arc::new(Schema::new(fields)),
             columns: columns.into_iter().map(|(_, s)| s).collect(),
+            input_names: input.fields().iter().map(|f| f.name().clone()).collect(),
         }
     }
 
@@ -89,6 +92,22 @@ impl Projection {
 impl StageFactory for Projection {
     fn output_schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
+    }
+    fn input_columns(&self, output: &UsedColumns) -> Option<UsedColumns> {
+        let mut used = UsedColumns::none();
+        for (field, source) in self.schema.fields().iter().zip(&self.columns) {
+            if !output.touches(field.name()) {
+                continue;
+            }
+            match source {
+                ColumnSource::Input(i) => {
+                    used.extend(&output.renamed(field.name(), &self.input_names[*i]))
+                }
+                ColumnSource::Expr(e) => used.extend(e.columns()),
+                ColumnSource::Constant(_) => {}
+            }
+        }
+        Some(used)
     }
     fn create(&self) -> Box<dyn Operator> {
         Box::new(self.clone())

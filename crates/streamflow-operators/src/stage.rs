@@ -76,6 +76,16 @@ pub trait StageFactory: Send + Sync {
     fn event_time_column(&self) -> Option<String> {
         None
     }
+    /// The input columns (and nested fields) the stage reads when `output`
+    /// is what is read of its output — the same for every input; `None`
+    /// (the default) when it reads all of them. Sources decode only what
+    /// is read (projection pushdown).
+    fn input_columns(
+        &self,
+        _output: &streamflow_expr::UsedColumns,
+    ) -> Option<streamflow_expr::UsedColumns> {
+        None
+    }
     /// The schema of the records the stage sends to its `late` output;
     /// `None` (the default) when they are its (first) input's records.
     fn late_schema(&self) -> Option<SchemaRef> {

@@ -26,6 +26,7 @@ use streamflow_core::{
     CheckpointBarrier, Diagnostics, Error, Operator, OperatorSnapshot, Output, Result, Watermark,
 };
 use streamflow_dsl::EventTimeSpec;
+use streamflow_expr::UsedColumns;
 
 use crate::event_time::EventTimeAssigner;
 use crate::snapshot;
@@ -74,6 +75,9 @@ impl StageFactory for WatermarkFactory {
     }
     fn event_time_column(&self) -> Option<String> {
         Some(self.assigner.column().to_string())
+    }
+    fn input_columns(&self, output: &UsedColumns) -> Option<UsedColumns> {
+        Some(self.assigner.input_columns(output))
     }
 }
 

@@ -4,10 +4,12 @@
 use std::sync::Arc;
 
 use arrow::datatypes::SchemaRef;
+use std::collections::HashMap;
 use streamflow_connectors::{SinkContext, SinkFactory, SourceContext, SourceFactory};
 use streamflow_core::{Diagnostics, dead_letter_schema};
-use streamflow_dsl::{FlowGraph, FlowSpec, Node, Role};
-use streamflow_expr::CompiledExpr;
+
+use streamflow_dsl::{FlowGraph, FlowSpec, Node, NodeId, Role};
+use streamflow_expr::{CompiledExpr, UsedColumns};
 use streamflow_operators::process::Components;
 use streamflow_operators::{EventTimeAssigner, InputRule, StageContext, StageFactory};
 
@@ -82,9 +84,76 @@ pub fn validate_spec_with(
 /// Every problem found. A node whose inputs failed to plan is skipped, so
 /// one mistake is not reported again downstream.
 pub fn plan(graph: FlowGraph, components: &Components) -> Result<PhysicalPlan, Diagnostics> {
+    let full = plan_with(graph, components, &HashMap::new())?;
+    // Projection pushdown: sources that can decode only the columns the
+    // pipeline reads are planned again narrowed, and the pipeline with them.
+    let narrowed = narrowed_sources(&full);
+    if narrowed.is_empty() {
+        return Ok(full);
+    }
+    plan_with(full.graph, components, &narrowed)
+}
+
+/// For every source that can be narrowed: the source producing only what
+/// its consumers read.
+fn narrowed_sources(plan: &PhysicalPlan) -> HashMap<NodeId, Arc<dyn SourceFactory>> {
+    let n = plan.nodes.len();
+    let mut read: Vec<UsedColumns> = vec![UsedColumns::none(); n];
+    // Consumers come after their inputs: walk backwards.
+    for id in (0..n).rev() {
+        let node = &plan.graph.nodes[id];
+        let planned = &plan.nodes[id];
+        let of_inputs = match &planned.planned {
+            Planned::Sink(_) => UsedColumns::All,
+            Planned::Source(_) => continue,
+            Planned::Stage(f) if node.late.is_some() => {
+                let _ = f;
+                UsedColumns::All
+            }
+            Planned::Stage(f) => match f.input_columns(&read[id]) {
+                None => UsedColumns::All,
+                Some(mut used) => {
+                    for keys in &planned.key_by {
+                        for k in keys {
+                            used.extend(k.columns());
+                        }
+                    }
+                    used
+                }
+            },
+        };
+        for &input in &node.inputs {
+            read[input].extend(&of_inputs);
+        }
+    }
+    let mut out = HashMap::new();
+    for (id, planned) in plan.nodes.iter().enumerate() {
+        let Planned::Source(factory) = &planned.planned else {
+            continue;
+        };
+        let used = match &planned.time {
+            Some(t) => t.input_columns(&read[id]),
+            None => read[id].clone(),
+        };
+        if let Some(narrowed) = used
+            .prune(&factory.schema())
+            .and_then(|schema| factory.project(&schema))
+        {
+            out.insert(id, narrowed);
+        }
+    }
+    out
+}
+
+/// [`plan`] with some sources already planned (`sources`, by node id).
+fn plan_with(
+    graph: FlowGraph,
+    components: &Components,
+    sources: &HashMap<NodeId, Arc<dyn SourceFactory>>,
+) -> Result<PhysicalPlan, Diagnostics> {
     let mut d = Diagnostics::new();
     let mut planned: Vec<Option<PlannedNode>> = Vec::with_capacity(graph.nodes.len());
-    for node in &graph.nodes {
+    for (id, node) in graph.nodes.iter().enumerate() {
         let inputs: Option<Vec<SchemaRef>> =
             if node.role == Role::Sink && !node.late_inputs.is_empty() {
                 // A late sink receives its stages' input records.
@@ -102,6 +171,7 @@ pub fn plan(graph: FlowGraph, components: &Components) -> Result<PhysicalPlan, D
             Some(inputs) => match plan_node(
                 &graph,
                 components,
+                sources.get(&id),
                 node,
                 &inputs,
                 &node
@@ -145,6 +215,7 @@ fn unknown_type(node: &Node, known: &[&str]) -> Diagnostics {
 fn plan_node(
     graph: &FlowGraph,
     components: &Components,
+    source: Option<&Arc<dyn SourceFactory>>,
     node: &Node,
     inputs: &[SchemaRef],
     input_event_times: &[Option<&str>],
@@ -162,7 +233,10 @@ fn plan_node(
                 settings: &node.settings,
                 mode: graph.mode,
             };
-            let factory = (kind.plan)(&ctx)?;
+            let factory = match source {
+                Some(f) => Arc::clone(f),
+                None => (kind.plan)(&ctx)?,
+            };
             let time = match &node.event_time {
                 None => None,
                 Some(spec) => Some(Arc::new(EventTimeAssigner::plan(

@@ -389,3 +389,34 @@ fn every_query_over_the_nexmark_rs_sample() {
     let sample = root().join("examples/nexmark-file/sample.jsonl");
     check_all(&sample, &["q0", "q1", "q2", "q3", "q5", "q7", "q8"]);
 }
+
+#[test]
+fn sources_decode_only_the_fields_the_query_reads() {
+    let flow = root().join("examples/nexmark-file/q2.yaml");
+    let sample = root().join("examples/nexmark-file/sample.jsonl");
+    let o = run(&[
+        "validate",
+        flow.to_str().expect("utf8"),
+        "--set",
+        &format!("sources.events.config.path={}", sample.display()),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = common::stdout(&o);
+    let source: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("  source events"))
+        .skip(1)
+        .take_while(|l| l.starts_with("      "))
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        source,
+        [
+            "Person: Struct(\"date_time\": Int64)",
+            "Auction: Struct(\"date_time\": Int64)",
+            "Bid: Struct(\"auction\": Int64, \"price\": Int64, \"date_time\": Int64)",
+            "date_time: Timestamp(ms)",
+        ],
+        "{text}"
+    );
+}

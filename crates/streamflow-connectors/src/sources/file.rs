@@ -227,6 +227,20 @@ impl SourceFactory for FileSourceFactory {
     fn schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
     }
+    /// JSON lines decode only the fields of the pruned schema (others are
+    /// skipped while parsing, never built).
+    fn project(&self, schema: &Schema) -> Option<Arc<dyn SourceFactory>> {
+        if self.format != FileFormat::Jsonl {
+            return None;
+        }
+        Some(Arc::new(FileSourceFactory {
+            files: self.files.clone(),
+            format: self.format,
+            raw: Arc::new(schema.clone()),
+            schema: Arc::new(schema.clone()),
+            config: self.config.clone(),
+        }))
+    }
     fn bounded(&self) -> bool {
         true
     }
