@@ -319,13 +319,13 @@ fn split_file_flow(dir: &Path) -> String {
             "p".repeat((n % 23) as usize)
         ));
     }
-    assert!(text.len() > 4 << 20, "over the split size");
+    assert!(text.len() > 4 << 20, "several ranges of 1 MB");
     std::fs::write(input.join("big.jsonl"), text).expect("write");
     write(
         dir,
         "flow.yaml",
         &format!(
-            "name: split\nmode: job\ncheckpoint: {{interval: 20ms, storage: {state}}}\nsources:\n  - name: ev\n    type: file\n    parallelism: 2\n    config: {{path: \"{input}/big.jsonl\", timestamps: [t]}}\n    event_time: {{column: t, watermark: {{max_out_of_orderness: 200s}}}}\nstages:\n  - {{name: w, type: window, input: ev, key_by: [k], window: {{kind: tumbling, size: 1s}}, aggregates: {{n: \"count(*)\", s: \"sum(v)\"}}}}\nsinks:\n  - {{name: out, type: file, input: w, config: {{path: {out}}}}}\n",
+            "name: split\nmode: job\ncheckpoint: {{interval: 20ms, storage: {state}}}\nsources:\n  - name: ev\n    type: file\n    parallelism: 2\n    config: {{path: \"{input}/big.jsonl\", timestamps: [t], split_size: 1MB}}\n    event_time: {{column: t, watermark: {{max_out_of_orderness: 200s}}}}\nstages:\n  - {{name: w, type: window, input: ev, key_by: [k], window: {{kind: tumbling, size: 1s}}, aggregates: {{n: \"count(*)\", s: \"sum(v)\"}}}}\nsinks:\n  - {{name: out, type: file, input: w, config: {{path: {out}}}}}\n",
             state = dir.join("state").display(),
             input = input.display(),
             out = dir.join("out").display(),

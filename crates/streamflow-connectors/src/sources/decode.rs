@@ -229,6 +229,11 @@ impl<R: tokio::io::AsyncRead + Unpin + Send> TextReader<R> {
         self
     }
 
+    /// 1-based number of the next undecoded line.
+    pub(crate) fn line(&self) -> u64 {
+        self.chunker.next_line
+    }
+
     /// Byte offset of the next undecoded line.
     pub(crate) fn offset(&self) -> u64 {
         self.chunker.next_offset

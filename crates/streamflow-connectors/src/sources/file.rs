@@ -6,11 +6,12 @@
 //! Undecodable lines go to the source's `dlq` with file and line; without a
 //! `dlq` the pipeline fails naming the file, line and reason.
 //!
-//! With `parallelism: N`, each JSON-lines or CSV file of at least
-//! [`MIN_SPLIT_BYTES`] is read by all N instances, each taking one byte range
-//! cut at line boundaries (a line belongs to the range its first byte is in);
-//! smaller files and Parquet files go to the instances whole, in turn.
-//! Checkpoints record each instance's position in its range.
+//! With `parallelism: N`, JSON-lines and CSV files larger than
+//! `split_size` (default 16 MiB) are cut into ranges of that size at line
+//! boundaries (a line belongs to the range its first byte is in), dealt to
+//! the instances in turn, so that all instances advance through the file —
+//! and its event time — together; smaller files and Parquet files go to the
+//! instances whole, in turn. Checkpoints record each instance's position.
 //!
 //! ```yaml
 //! - name: raw
@@ -72,6 +73,9 @@ pub struct FileSourceConfig {
     /// Parquet rows per batch.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
+    /// With several instances: text files larger than this are read in
+    /// ranges of this size, dealt to the instances in turn (default 16MB).
+    pub split_size: Option<streamflow_dsl::ByteSize>,
 }
 
 fn default_infer_rows() -> usize {
@@ -245,7 +249,11 @@ impl SourceFactory for FileSourceFactory {
         true
     }
     fn create(&self, instance: usize, parallelism: usize) -> Result<Box<dyn Source>> {
-        let splits = splits(&self.files, self.format, instance, parallelism)?;
+        let split_size = self
+            .config
+            .split_size
+            .map_or(DEFAULT_SPLIT_BYTES, |b| b.0.max(1));
+        let splits = splits(&self.files, self.format, split_size, instance, parallelism)?;
         // JSON decodes straight into the final types; CSV and Parquet are cast after decoding.
         let decode_schema = match self.format {
             FileFormat::Jsonl => Arc::clone(&self.schema),
@@ -268,12 +276,33 @@ impl SourceFactory for FileSourceFactory {
             batch_size: self.config.batch_size,
             current: None,
             finished: None,
+            known_line: None,
         }))
     }
 }
 
+/// A text range being read.
+struct TextRange {
+    reader: TextReader<tokio::io::Take<tokio::fs::File>>,
+    path: PathBuf,
+    /// Where the range ends (`u64::MAX`: the end of the file).
+    end: u64,
+}
+
+impl TextRange {
+    fn name(&self) -> &str {
+        self.reader.name()
+    }
+    fn offset(&self) -> u64 {
+        self.reader.offset()
+    }
+    fn line(&self) -> u64 {
+        self.reader.line()
+    }
+}
+
 enum Reader {
-    Text(TextReader<tokio::io::Take<tokio::fs::File>>),
+    Text(TextRange),
     Parquet {
         reader: ParquetRecordBatchReader,
         name: String,
@@ -285,9 +314,9 @@ enum Reader {
 /// Position of a file that has been read to the end.
 const FINISHED: u64 = u64::MAX;
 
-/// Files of at least this size are split between the instances of a
-/// parallel text-file source; smaller ones are read whole by one instance.
-pub const MIN_SPLIT_BYTES: u64 = 4 << 20;
+/// Default `split_size`: the ranges of a text file dealt to the instances
+/// of a parallel source.
+pub const DEFAULT_SPLIT_BYTES: u64 = 16 << 20;
 
 /// The part of a file one instance reads: the lines starting in `start..end`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,6 +331,7 @@ struct Split {
 fn splits(
     files: &[PathBuf],
     format: FileFormat,
+    split_size: u64,
     instance: usize,
     parallelism: usize,
 ) -> Result<VecDeque<Split>> {
@@ -322,21 +352,23 @@ fn splits(
         let size = std::fs::metadata(path)
             .map_err(|e| Error::io(format!("reading {name}"), e))?
             .len();
-        if size < MIN_SPLIT_BYTES {
+        if size <= split_size {
             if i % parallelism == instance {
                 out.push_back(whole);
             }
             continue;
         }
-        let at = |k: usize| size * k as u64 / parallelism as u64;
-        let start = line_start_from(path, at(instance))?;
-        let end = line_start_from(path, at(instance + 1))?;
-        if start < end {
-            out.push_back(Split {
-                path: path.clone(),
-                start,
-                end,
-            });
+        let ranges = size.div_ceil(split_size);
+        for k in (instance as u64..ranges).step_by(parallelism) {
+            let start = line_start_from(path, k * split_size)?;
+            let end = line_start_from(path, ((k + 1) * split_size).min(size))?;
+            if start < end {
+                out.push_back(Split {
+                    path: path.clone(),
+                    start,
+                    end,
+                });
+            }
         }
     }
     Ok(out)
@@ -375,8 +407,11 @@ struct FileSource {
     header: bool,
     batch_size: usize,
     current: Option<Reader>,
-    /// The last file read to the end.
-    finished: Option<String>,
+    /// The last split read to the end: its file and end.
+    finished: Option<(String, u64)>,
+    /// A known line start: file, byte offset and 1-based line number (so
+    /// the next range of the same file counts lines from there).
+    known_line: Option<(PathBuf, u64, u64)>,
 }
 
 impl FileSource {
@@ -417,15 +452,26 @@ impl FileSource {
                 let mut file = tokio::fs::File::open(&path)
                     .await
                     .map_err(|e| Error::io(format!("opening {name}"), e))?;
-                // Read past `position`, counting lines for dead letters.
-                let line = skip_lines(&mut file, position, &name).await? + 1;
+                // Lines before `position` are counted for dead letters,
+                // from the last known line start of this file if there is one.
+                let (from, line) = match &self.known_line {
+                    Some((p, byte, line)) if *p == path && *byte <= position => (*byte, *line),
+                    _ => (0, 1),
+                };
+                let line = line + count_lines(&path, from, position).await?;
+                use tokio::io::AsyncSeekExt;
+                file.seek(std::io::SeekFrom::Start(position))
+                    .await
+                    .map_err(|e| Error::io(format!("reading {name}"), e))?;
                 let skip_header = self.format == FileFormat::Csv && self.header;
                 use tokio::io::AsyncReadExt;
                 let file = file.take(split.end.saturating_sub(position));
-                Reader::Text(
-                    TextReader::new(file, name, self.decoder.clone(), skip_header)
+                Reader::Text(TextRange {
+                    reader: TextReader::new(file, name, self.decoder.clone(), skip_header)
                         .resume_at(position, line),
-                )
+                    path: path.clone(),
+                    end: split.end,
+                })
             }
         });
         Ok(true)
@@ -474,7 +520,7 @@ impl Source for FileSource {
                     }
                     None => None,
                 },
-                Some(Reader::Text(reader)) => reader.next().await?,
+                Some(Reader::Text(range)) => range.reader.next().await?,
                 None => None,
             };
             match produced {
@@ -484,8 +530,11 @@ impl Source for FileSource {
                 }
                 None => {
                     self.finished = match self.current.take() {
-                        Some(Reader::Text(r)) => Some(r.name().to_string()),
-                        Some(Reader::Parquet { name, .. }) => Some(name),
+                        Some(Reader::Text(r)) => {
+                            self.known_line = Some((r.path.clone(), r.offset(), r.line()));
+                            Some((r.name().to_string(), r.end))
+                        }
+                        Some(Reader::Parquet { name, .. }) => Some((name, FINISHED)),
                         None => None,
                     };
                 }
@@ -505,9 +554,9 @@ impl Source for FileSource {
                 path: name.clone(),
                 byte: *rows,
             },
-            (None, Some(done)) => SourceOffset::File {
+            (None, Some((done, end))) => SourceOffset::File {
                 path: done.clone(),
-                byte: FINISHED,
+                byte: *end,
             },
             (None, None) => SourceOffset::None,
         }
@@ -532,36 +581,55 @@ impl Source for FileSource {
                 "cannot resume: {path}, where the checkpoint stopped reading, is no longer among the input files"
             )));
         }
-        if position == FINISHED {
+        // Ranges of that file read to the end (or the whole file: FINISHED).
+        while self
+            .splits
+            .front()
+            .is_some_and(|f| f.path.display().to_string() == *path && f.end <= position)
+        {
             self.splits.pop_front();
-            self.finished = Some(path.clone());
-            return Ok(());
         }
-        self.open_next_at(Some(position)).await.map(|_| ())
+        self.finished = Some((path.clone(), position));
+        match self.splits.front() {
+            Some(f) if f.path.display().to_string() == *path && f.start <= position => {
+                self.open_next_at(Some(position)).await.map(|_| ())
+            }
+            _ => Ok(()),
+        }
     }
 }
 
-/// Reads `bytes` bytes of `file`, returning how many lines they hold.
-async fn skip_lines(file: &mut tokio::fs::File, bytes: u64, name: &str) -> Result<u64> {
-    use tokio::io::AsyncReadExt;
-    let mut left = bytes;
-    let mut lines = 0;
-    let mut buf = vec![0u8; 1 << 16];
-    while left > 0 {
-        let want = buf.len().min(left as usize);
-        let n = file
-            .read(&mut buf[..want])
-            .await
-            .map_err(|e| Error::io(format!("reading {name}"), e))?;
-        if n == 0 {
-            return Err(Error::Other(format!(
-                "cannot resume {name} at byte {bytes}: the file is shorter"
-            )));
-        }
-        lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
-        left -= n as u64;
+/// How many lines bytes `from..to` of `path` hold (read in large blocks on
+/// the blocking pool: a range may start deep in a large file).
+async fn count_lines(path: &Path, from: u64, to: u64) -> Result<u64> {
+    if to <= from {
+        return Ok(0);
     }
-    Ok(lines)
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek, SeekFrom};
+        let name = path.display().to_string();
+        let io = |e| Error::io(format!("reading {name}"), e);
+        let mut file = std::fs::File::open(&path).map_err(io)?;
+        file.seek(SeekFrom::Start(from)).map_err(io)?;
+        let mut left = to - from;
+        let mut lines = 0;
+        let mut buf = vec![0u8; 1 << 20];
+        while left > 0 {
+            let want = buf.len().min(left as usize);
+            let n = file.read(&mut buf[..want]).map_err(io)?;
+            if n == 0 {
+                return Err(Error::Other(format!(
+                    "cannot resume {name} at byte {to}: the file is shorter"
+                )));
+            }
+            lines += memchr::memchr_iter(b'\n', &buf[..n]).count() as u64;
+            left -= n as u64;
+        }
+        Ok(lines)
+    })
+    .await
+    .map_err(|e| Error::Other(format!("counting lines: {e}")))?
 }
 
 #[cfg(test)]
@@ -603,12 +671,13 @@ mod tests {
                 let pad = "x".repeat(60 + (v % 41) as usize);
                 text.push_str(&format!("{{\"v\": {v}, \"pad\": \"{pad}\"}}\n"));
             }
-            assert!(text.len() as u64 > MIN_SPLIT_BYTES, "files are split");
+            assert!(text.len() > 3 << 20, "files are split in several ranges");
             std::fs::write(dir.path().join(format!("{f}.jsonl")), text).expect("write");
         }
         let settings = serde_json::json!({
             "path": format!("{}/*.jsonl", dir.path().display()),
             "schema": {"v": "int64", "pad": "string"},
+            "split_size": "1MB",
         });
         let settings = settings.as_object().cloned().expect("object");
         let factory = plan(&SourceContext {
@@ -627,7 +696,7 @@ mod tests {
                 // Stop after each number of batches, record the offset,
                 // resume a fresh instance from it: together they read the
                 // instance's records once.
-                for cut in [1, 2, 3, 5, 8] {
+                for cut in [1, 2, 3, 5, 8, 13, 21] {
                     let mut first = factory.create(instance, parallelism).expect("source");
                     let mut got = drain(first.as_mut(), cut).await;
                     let offset = first.offset();
