@@ -24,12 +24,31 @@ pub enum TextFormat {
     Csv,
 }
 
+/// Rows the reused JSON decoder takes per chunk (a chunk is a few MB).
+const FAST_ROWS: usize = 1 << 22;
+
 /// Decodes chunks of complete lines in one schema.
-#[derive(Debug, Clone)]
 pub(crate) struct LineDecoder {
     schema: SchemaRef,
     format: TextFormat,
     delimiter: u8,
+    /// The JSON decoder of the fast path, kept across chunks so that its
+    /// buffers are reused (rebuilt after a failed chunk).
+    json: Option<arrow::json::reader::Decoder>,
+}
+
+impl std::fmt::Debug for LineDecoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LineDecoder")
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+impl Clone for LineDecoder {
+    fn clone(&self) -> Self {
+        Self::new(Arc::clone(&self.schema), self.format, self.delimiter)
+    }
 }
 
 impl LineDecoder {
@@ -38,14 +57,51 @@ impl LineDecoder {
             schema,
             format,
             delimiter,
+            json: None,
         }
+    }
+
+    /// The whole chunk in one pass; fails if any line fails.
+    fn decode_fast(
+        &mut self,
+        bytes: &[u8],
+        lines: usize,
+    ) -> Result<Option<RecordBatch>, ArrowError> {
+        if self.format != TextFormat::Jsonl || lines > FAST_ROWS || bytes.is_empty() {
+            return self.decode_all(bytes, lines);
+        }
+        let decoder = match &mut self.json {
+            Some(d) => d,
+            None => self.json.insert(
+                arrow::json::ReaderBuilder::new(Arc::clone(&self.schema))
+                    .with_batch_size(FAST_ROWS)
+                    .build_decoder()?,
+            ),
+        };
+        let result = decoder.decode(bytes).and_then(|used| {
+            if used < bytes.len() {
+                return Err(ArrowError::JsonError(
+                    "more records than expected in chunk".into(),
+                ));
+            }
+            decoder.flush()
+        });
+        if result.is_err() {
+            self.json = None;
+        }
+        result
     }
 
     /// Decodes `chunk` (complete lines, each ending in `\n`), whose first
     /// line is line `first_line` (1-based) of `file`.
-    pub(crate) fn decode(&self, chunk: &[u8], file: &str, first_line: u64) -> Result<SourceBatch> {
+    pub(crate) fn decode(
+        &mut self,
+        chunk: &[u8],
+        file: &str,
+        first_line: u64,
+    ) -> Result<SourceBatch> {
         let lines = memchr::memchr_iter(b'\n', chunk).count() + 1;
-        if let Ok(data) = self.decode_all(chunk, lines) {
+        if let Ok(data) = self.decode_fast(chunk, lines) {
             return Ok(SourceBatch {
                 data,
                 dead_letters: Vec::new(),
@@ -149,8 +205,14 @@ impl LineChunker {
     }
 
     /// Appends freshly read bytes.
+    #[cfg(test)]
     pub(crate) fn push(&mut self, bytes: &[u8]) {
         self.pending.extend_from_slice(bytes);
+    }
+
+    /// The buffer reads append to (its spare capacity is filled in place).
+    pub(crate) fn buffer(&mut self) -> &mut Vec<u8> {
+        &mut self.pending
     }
 
     /// Buffered bytes not yet returned as a chunk.
@@ -158,9 +220,10 @@ impl LineChunker {
         self.pending.len()
     }
 
-    /// Takes every complete line buffered (`at_eof`: the remainder too),
-    /// returning `(first_line, chunk)`.
-    pub(crate) fn take(&mut self, at_eof: bool) -> Option<(u64, Vec<u8>)> {
+    /// Marks every complete line buffered (`at_eof`: the remainder too) as
+    /// the next chunk, returning `(first_line, length)`; the chunk is
+    /// [`chunk`](Self::chunk) until [`consume`](Self::consume)d.
+    pub(crate) fn take(&mut self, at_eof: bool) -> Option<(u64, usize)> {
         let cut = if at_eof {
             if self.pending.is_empty() {
                 return None;
@@ -172,12 +235,21 @@ impl LineChunker {
         } else {
             memchr::memrchr(b'\n', &self.pending)? + 1
         };
-        let rest = self.pending.split_off(cut);
-        let chunk = std::mem::replace(&mut self.pending, rest);
         let first = self.next_line;
-        self.next_line += memchr::memchr_iter(b'\n', &chunk).count() as u64;
-        self.next_offset += chunk.len() as u64;
-        Some((first, chunk))
+        self.next_line += memchr::memchr_iter(b'\n', &self.pending[..cut]).count() as u64;
+        self.next_offset += cut as u64;
+        Some((first, cut))
+    }
+
+    /// The first `len` buffered bytes.
+    pub(crate) fn chunk(&self, len: usize) -> &[u8] {
+        &self.pending[..len]
+    }
+
+    /// Drops the first `len` buffered bytes (a decoded chunk), keeping the
+    /// buffer's allocation for the next reads.
+    pub(crate) fn consume(&mut self, len: usize) {
+        self.pending.drain(..len);
     }
 }
 
@@ -187,7 +259,6 @@ pub(crate) struct TextReader<R> {
     name: String,
     decoder: LineDecoder,
     chunker: LineChunker,
-    buf: Vec<u8>,
     eof: bool,
     skip_header: bool,
     min_chunk: usize,
@@ -204,7 +275,6 @@ impl<R: tokio::io::AsyncRead + Unpin + Send> TextReader<R> {
             name,
             decoder,
             chunker: LineChunker::new(),
-            buf: vec![0; Self::CHUNK_BYTES],
             eof: false,
             skip_header,
             min_chunk: Self::CHUNK_BYTES / 2,
@@ -254,16 +324,18 @@ impl<R: tokio::io::AsyncRead + Unpin + Send> TextReader<R> {
                     None => return Ok(None),
                 }
             } else {
+                // Read straight into the chunker's buffer (no copy).
+                let buffer = self.chunker.buffer();
+                buffer.reserve(Self::CHUNK_BYTES);
                 let n = self
                     .input
-                    .read(&mut self.buf)
+                    .read_buf(buffer)
                     .await
                     .map_err(|e| Error::io(format!("reading {}", self.name), e))?;
                 if n == 0 {
                     self.eof = true;
                     continue;
                 }
-                self.chunker.push(&self.buf[..n]);
                 if self.chunker.buffered() < self.min_chunk {
                     continue;
                 }
@@ -272,14 +344,17 @@ impl<R: tokio::io::AsyncRead + Unpin + Send> TextReader<R> {
                     None => continue,
                 }
             };
-            let (mut first, mut bytes) = chunk;
+            let (mut first, len) = chunk;
+            let mut bytes = self.chunker.chunk(len);
             if self.skip_header {
                 self.skip_header = false;
-                let cut = memchr::memchr(b'\n', &bytes).map_or(bytes.len(), |i| i + 1);
-                bytes.drain(..cut);
+                let cut = memchr::memchr(b'\n', bytes).map_or(bytes.len(), |i| i + 1);
+                bytes = &bytes[cut..];
                 first += 1;
             }
-            return self.decoder.decode(&bytes, &self.name, first).map(Some);
+            let decoded = self.decoder.decode(bytes, &self.name, first);
+            self.chunker.consume(len);
+            return decoded.map(Some);
         }
     }
 }
@@ -293,7 +368,7 @@ mod tests {
     #[test]
     fn bad_json_lines_become_dead_letters_with_line_numbers() {
         let schema = Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true)]));
-        let d = LineDecoder::new(schema, TextFormat::Jsonl, b',');
+        let mut d = LineDecoder::new(schema, TextFormat::Jsonl, b',');
         let chunk = b"{\"a\": 1}\n{\"a\": \n\n{\"a\": \"x\"}\n{\"a\": 4}\n";
         let out = d.decode(chunk, "in.jsonl", 10).expect("decodes");
         let data = out.data.expect("good rows");
@@ -313,11 +388,12 @@ mod tests {
     fn chunker_tracks_lines_and_offsets() {
         let mut c = LineChunker::new();
         c.push(b"a\nb\nc");
-        let (first, chunk) = c.take(false).expect("two lines");
-        assert_eq!((first, chunk.as_slice()), (1, b"a\nb\n".as_slice()));
+        let (first, len) = c.take(false).expect("two lines");
+        assert_eq!((first, c.chunk(len)), (1, b"a\nb\n".as_slice()));
+        c.consume(len);
         assert!(c.take(false).is_none());
-        let (first, chunk) = c.take(true).expect("rest");
-        assert_eq!((first, chunk.as_slice()), (3, b"c\n".as_slice()));
+        let (first, len) = c.take(true).expect("rest");
+        assert_eq!((first, c.chunk(len)), (3, b"c\n".as_slice()));
         assert_eq!(c.next_offset, 6);
     }
 }
