@@ -106,10 +106,8 @@ fn narrowed_sources(plan: &PhysicalPlan) -> HashMap<NodeId, Arc<dyn SourceFactor
         let of_inputs = match &planned.planned {
             Planned::Sink(_) => UsedColumns::All,
             Planned::Source(_) => continue,
-            Planned::Stage(f) if node.late.is_some() => {
-                let _ = f;
-                UsedColumns::All
-            }
+            // A late output receives whole input rows.
+            Planned::Stage(_) if node.late.is_some() => UsedColumns::All,
             Planned::Stage(f) => match f.input_columns(&read[id]) {
                 None => UsedColumns::All,
                 Some(mut used) => {
