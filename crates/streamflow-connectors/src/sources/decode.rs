@@ -253,7 +253,23 @@ impl LineChunker {
     }
 }
 
-/// Reads an async byte stream as decoded batches of lines.
+/// Where a [`TextReader`]'s bytes come from.
+#[async_trait::async_trait]
+pub(crate) trait ByteInput: Send {
+    /// Appends up to `max` bytes to `buf`, returning how many; 0 at the end.
+    async fn read_into(&mut self, buf: &mut Vec<u8>, max: usize) -> std::io::Result<usize>;
+}
+
+#[async_trait::async_trait]
+impl ByteInput for tokio::io::Stdin {
+    async fn read_into(&mut self, buf: &mut Vec<u8>, max: usize) -> std::io::Result<usize> {
+        use tokio::io::AsyncReadExt;
+        buf.reserve(max);
+        self.read_buf(buf).await
+    }
+}
+
+/// Reads a byte stream as decoded batches of lines.
 pub(crate) struct TextReader<R> {
     input: R,
     name: String,
@@ -264,7 +280,7 @@ pub(crate) struct TextReader<R> {
     min_chunk: usize,
 }
 
-impl<R: tokio::io::AsyncRead + Unpin + Send> TextReader<R> {
+impl<R: ByteInput> TextReader<R> {
     /// Bytes read per call.
     const CHUNK_BYTES: usize = 1 << 20;
 
@@ -316,7 +332,6 @@ impl<R: tokio::io::AsyncRead + Unpin + Send> TextReader<R> {
 
     /// The next decoded chunk, `None` at end of input.
     pub(crate) async fn next(&mut self) -> Result<Option<SourceBatch>> {
-        use tokio::io::AsyncReadExt;
         loop {
             let chunk = if self.eof {
                 match self.chunker.take(true) {
@@ -325,11 +340,9 @@ impl<R: tokio::io::AsyncRead + Unpin + Send> TextReader<R> {
                 }
             } else {
                 // Read straight into the chunker's buffer (no copy).
-                let buffer = self.chunker.buffer();
-                buffer.reserve(Self::CHUNK_BYTES);
                 let n = self
                     .input
-                    .read_buf(buffer)
+                    .read_into(self.chunker.buffer(), Self::CHUNK_BYTES)
                     .await
                     .map_err(|e| Error::io(format!("reading {}", self.name), e))?;
                 if n == 0 {

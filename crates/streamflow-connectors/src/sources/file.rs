@@ -33,7 +33,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Source, SourceBatch, SourceOffset};
 
-use super::decode::{LineDecoder, TextFormat, TextReader};
+use super::decode::{ByteInput, LineDecoder, TextFormat, TextReader};
 use crate::registry::{SourceContext, SourceFactory};
 
 /// File formats.
@@ -281,9 +281,42 @@ impl SourceFactory for FileSourceFactory {
     }
 }
 
+/// A byte range of a file, read by blocking reads on the blocking pool
+/// straight into the reader's buffer (tokio's file copies every read out of
+/// a buffer of its own).
+struct FileRange {
+    file: Option<std::fs::File>,
+    /// Bytes left in the range.
+    left: u64,
+}
+
+#[async_trait]
+impl ByteInput for FileRange {
+    async fn read_into(&mut self, buf: &mut Vec<u8>, max: usize) -> std::io::Result<usize> {
+        let want = (max as u64).min(self.left);
+        let Some(mut file) = self.file.take().filter(|_| want > 0) else {
+            return Ok(0);
+        };
+        let mut owned = std::mem::take(buf);
+        let (file, owned, read) = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            owned.reserve(want as usize);
+            let read = (&mut file).take(want).read_to_end(&mut owned);
+            (file, owned, read)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        *buf = owned;
+        self.file = Some(file);
+        let n = read?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 /// A text range being read.
 struct TextRange {
-    reader: TextReader<tokio::io::Take<tokio::fs::File>>,
+    reader: TextReader<FileRange>,
     path: PathBuf,
     /// Where the range ends (`u64::MAX`: the end of the file).
     end: u64,
@@ -449,8 +482,8 @@ impl FileSource {
                 }
             }
             _ => {
-                let mut file = tokio::fs::File::open(&path)
-                    .await
+                use std::io::{Seek, SeekFrom};
+                let mut file = std::fs::File::open(&path)
                     .map_err(|e| Error::io(format!("opening {name}"), e))?;
                 // Lines before `position` are counted for dead letters,
                 // from the last known line start of this file if there is one.
@@ -459,13 +492,13 @@ impl FileSource {
                     _ => (0, 1),
                 };
                 let line = line + count_lines(&path, from, position).await?;
-                use tokio::io::AsyncSeekExt;
-                file.seek(std::io::SeekFrom::Start(position))
-                    .await
+                file.seek(SeekFrom::Start(position))
                     .map_err(|e| Error::io(format!("reading {name}"), e))?;
                 let skip_header = self.format == FileFormat::Csv && self.header;
-                use tokio::io::AsyncReadExt;
-                let file = file.take(split.end.saturating_sub(position));
+                let file = FileRange {
+                    file: Some(file),
+                    left: split.end.saturating_sub(position),
+                };
                 Reader::Text(TextRange {
                     reader: TextReader::new(file, name, self.decoder.clone(), skip_header)
                         .resume_at(position, line),
