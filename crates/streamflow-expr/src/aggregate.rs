@@ -20,7 +20,8 @@ use datafusion_expr::{Accumulator, EmitTo, Expr, GroupsAccumulator};
 use datafusion_physical_expr::aggregate::{AggregateExprBuilder, AggregateFunctionExpr};
 use datafusion_physical_expr::{PhysicalExpr, create_physical_expr};
 
-use crate::expression::{ExprError, clean_message, plan_logical};
+use crate::expression::{ExprError, clean_message, plan_logical, used_columns};
+use crate::used::UsedColumns;
 
 fn df_err(e: datafusion_common::DataFusionError) -> ExprError {
     ExprError::new(clean_message(&e))
@@ -32,6 +33,7 @@ pub struct CompiledAggregate {
     sql: String,
     function: Arc<AggregateFunctionExpr>,
     args: Vec<Arc<dyn PhysicalExpr>>,
+    columns: UsedColumns,
 }
 
 impl fmt::Debug for CompiledAggregate {
@@ -53,6 +55,7 @@ pub fn compile_aggregate(
     schema: &SchemaRef,
 ) -> Result<CompiledAggregate, ExprError> {
     let logical = plan_logical(sql, schema)?;
+    let columns = used_columns(&logical);
     let Expr::AggregateFunction(agg) = logical.unalias_nested().data else {
         return Err(ExprError::new(format!(
             "`{sql}` is not an aggregate call (expected e.g. count(*), sum(price), max(price))"
@@ -83,10 +86,16 @@ pub fn compile_aggregate(
         sql: sql.to_string(),
         function: Arc::new(function),
         args,
+        columns,
     })
 }
 
 impl CompiledAggregate {
+    /// The columns and nested struct fields its arguments read.
+    pub fn columns(&self) -> &UsedColumns {
+        &self.columns
+    }
+
     /// The SQL text.
     pub fn sql(&self) -> &str {
         &self.sql

@@ -135,7 +135,7 @@ pub fn compile(sql: &str, schema: &SchemaRef) -> Result<CompiledExpr, ExprError>
 }
 
 /// The columns and nested fields an expression reads.
-fn used_columns(expr: &Expr) -> UsedColumns {
+pub(crate) fn used_columns(expr: &Expr) -> UsedColumns {
     use datafusion_common::tree_node::TreeNodeRecursion;
     let mut used = UsedColumns::none();
     let _ = expr.apply(|e| {

@@ -206,6 +206,10 @@ fn validate_names_the_event_time_of_every_node() {
         text.contains("ts: Timestamp(ms)") || text.contains("ts: Timestamp(Millisecond, None)"),
         "{text}"
     );
+    // The source decodes only what the window, the select and the event
+    // time read: k, v and meta.at — not t_ms or secs.
+    assert!(!text.contains("secs") && !text.contains("t_ms"), "{text}");
+    assert!(text.contains("meta: Struct(\"at\": Int64)"), "{text}");
 }
 
 #[test]

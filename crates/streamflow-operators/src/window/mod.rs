@@ -47,7 +47,7 @@ use streamflow_core::{
 };
 use streamflow_dsl::HumanDuration;
 use streamflow_expr::hash_utils::RandomState;
-use streamflow_expr::{CompiledAggregate, CompiledExpr, GroupedAggregate};
+use streamflow_expr::{CompiledAggregate, CompiledExpr, GroupedAggregate, UsedColumns};
 
 pub use assign::Assigner;
 
@@ -128,6 +128,8 @@ struct WindowFactory {
     /// Allowed lateness in ms; > 0 makes the output a changelog.
     lateness: i64,
     name: String,
+    /// The input columns it reads: keys, aggregate arguments, event time.
+    reads: UsedColumns,
 }
 
 pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diagnostics> {
@@ -208,7 +210,14 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
     if timed && !processing && time_index.is_none() {
         return Err(Diagnostics::new());
     }
+    let mut reads = UsedColumns::none();
+    keys.iter().for_each(|k| reads.extend(k.columns()));
+    aggregates.iter().for_each(|a| reads.extend(a.columns()));
+    if let Some(t) = time_index {
+        reads.add(vec![input.field(t).name().clone()]);
+    }
     Ok(Arc::new(WindowFactory {
+        reads,
         schema: Arc::new(Schema::new(fields)),
         time_index,
         time: config.time,
@@ -257,6 +266,10 @@ pub(crate) fn check_assigner(ctx: &StageContext<'_>, a: Assigner, d: &mut Diagno
 impl StageFactory for WindowFactory {
     fn output_schema(&self) -> SchemaRef {
         Arc::clone(&self.schema)
+    }
+    /// Windows pass no input column through: they read only their own.
+    fn input_columns(&self, _output: &UsedColumns) -> Option<UsedColumns> {
+        Some(self.reads.clone())
     }
     /// Event-time windows' results are in event time: `window_time`.
     fn event_time_column(&self) -> Option<String> {
