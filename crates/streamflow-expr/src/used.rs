@@ -137,32 +137,41 @@ fn prune_fields(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
-    #[test]
-    fn prunes_columns_and_struct_fields() {
-        let bid = Fields::from(vec![
+    /// `Bid {auction, url}`, `Person {auction, url}` (same fields), `t`, `u`.
+    fn schema() -> Schema {
+        let fields = Fields::from(vec![
             Field::new("auction", DataType::Int64, true),
             Field::new("url", DataType::Utf8, true),
         ]);
-        let schema = Schema::new(vec![
-            Field::new("Bid", DataType::Struct(bid.clone()), true),
-            Field::new("Person", DataType::Struct(bid), true),
+        Schema::new(vec![
+            Field::new("Bid", DataType::Struct(fields.clone()), true),
+            Field::new("Person", DataType::Struct(fields), true),
             Field::new("t", DataType::Int64, true),
-        ]);
+            Field::new("u", DataType::Int64, true),
+        ])
+    }
+
+    fn only_auction() -> DataType {
+        DataType::Struct(Fields::from(vec![Field::new(
+            "auction",
+            DataType::Int64,
+            true,
+        )]))
+    }
+
+    #[test]
+    fn prunes_columns_and_struct_fields() {
+        let schema = schema();
         let mut used = UsedColumns::none();
         used.add(vec!["Bid".into(), "auction".into()]);
         used.add(vec!["t".into()]);
         let pruned = used.prune(&schema).expect("narrower");
         assert_eq!(pruned.fields().len(), 2);
-        assert_eq!(
-            pruned.field(0).data_type(),
-            &DataType::Struct(Fields::from(vec![Field::new(
-                "auction",
-                DataType::Int64,
-                true
-            )]))
-        );
+        assert_eq!(pruned.field(0).data_type(), &only_auction());
         used.add(vec!["Bid".into()]);
         let pruned = used.prune(&schema).expect("narrower");
         assert_eq!(pruned.field(0), schema.field(0));
@@ -171,38 +180,16 @@ mod tests {
         let mut used = UsedColumns::none();
         used.add(vec!["Person".into(), PRESENCE.into()]);
         let pruned = used.prune(&schema).expect("narrower");
-        assert_eq!(
-            pruned.field(0).data_type(),
-            &DataType::Struct(Fields::from(vec![Field::new(
-                "auction",
-                DataType::Int64,
-                true
-            )]))
-        );
+        assert_eq!(pruned.field(0).data_type(), &only_auction());
     }
-}
-
-#[cfg(test)]
-mod expression_tests {
-    use std::sync::Arc;
-
-    use super::*;
 
     #[test]
     fn an_expression_reads_the_fields_it_names() {
-        let bid = Fields::from(vec![
-            Field::new("auction", DataType::Int64, true),
-            Field::new("price", DataType::Int64, true),
-        ]);
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("Bid", DataType::Struct(bid), true),
-            Field::new("t", DataType::Int64, true),
-            Field::new("u", DataType::Int64, true),
-        ]));
-        let e =
-            crate::compile("COALESCE(Bid.price, t) * 2 + Bid.auction", &schema).expect("compiles");
-        assert!(!e.columns().touches("u"));
-        // Everything but `u` is read.
+        let schema = Arc::new(schema());
+        let e = crate::compile("COALESCE(Bid.auction, t) * 2 + length(Bid.url)", &schema)
+            .expect("compiles");
+        assert!(!e.columns().touches("u") && !e.columns().touches("Person"));
+        // Everything of Bid and t is read, nothing of Person and u.
         let pruned = e.columns().prune(&schema).expect("narrower");
         let names: Vec<&str> = pruned.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, ["Bid", "t"]);
