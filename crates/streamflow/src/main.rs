@@ -131,6 +131,15 @@ enum BenchSuite {
         #[arg(long)]
         json: bool,
     },
+    /// The JSON-lines decoder alone over a file held in memory (read
+    /// first, untimed; schema inferred from its first lines, every field built).
+    Decode {
+        /// A JSON-lines file.
+        file: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// JSON-lines file → filter → blackhole (the file is written first, untimed).
     Jsonl {
         /// Bids in the file.
@@ -200,6 +209,9 @@ fn main() -> ExitCode {
                     json,
                 },
         } => bench_file(&flow, &overrides, cores, json),
+        Command::Bench {
+            suite: BenchSuite::Decode { file, json },
+        } => bench_decode(&file, json),
         Command::Bench {
             suite:
                 BenchSuite::Jsonl {
@@ -609,6 +621,66 @@ fn bench_file(
         .clone()
         .unwrap_or_else(|| flow.display().to_string());
     measure(&name, &spec, cores, json, None)
+}
+
+fn bench_decode(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
+    use streamflow_connectors::sources::decode::{LineDecoder, TextFormat};
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let (schema, _) = arrow::json::reader::infer_json_schema(
+        std::io::BufReader::new(bytes.as_slice()),
+        Some(1000),
+    )
+    .context("inferring the schema")?;
+    let mut decoder = LineDecoder::new(std::sync::Arc::new(schema), TextFormat::Jsonl, b',');
+    // Chunks of whole lines as the file source cuts them (untimed).
+    const CHUNK: usize = 4 << 20;
+    let mut chunks = Vec::new();
+    let (mut at, mut line) = (0usize, 1u64);
+    while at < bytes.len() {
+        let end = match bytes[at..(at + CHUNK).min(bytes.len())]
+            .iter()
+            .rposition(|&b| b == b'\n')
+        {
+            Some(i) if at + CHUNK < bytes.len() => at + i + 1,
+            _ => bytes.len(),
+        };
+        chunks.push((at, end, line));
+        line += bytes[at..end].iter().filter(|&&b| b == b'\n').count() as u64;
+        at = end;
+    }
+    let cpu_before = cpu_seconds();
+    let started = std::time::Instant::now();
+    let (mut rows, mut bad) = (0u64, 0u64);
+    for (start, end, line) in chunks {
+        let out = decoder
+            .decode(&bytes[start..end], "input", line)
+            .map_err(|e| anyhow!(e))?;
+        rows += out.data.map_or(0, |b| b.num_rows() as u64);
+        bad += out.dead_letters.len() as u64;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
+    let mb = bytes.len() as f64 / (1 << 20) as f64;
+    let report = serde_json::json!({
+        "decoder": "arrow-json",
+        "lines": rows,
+        "dead_letters": bad,
+        "mib": mb,
+        "seconds": seconds,
+        "lines_per_sec": rows as f64 / seconds,
+        "mib_per_sec": mb / seconds,
+        "cpu_seconds": cpu,
+    });
+    if json {
+        println!("{report}");
+    } else {
+        println!(
+            "arrow-json: {rows} lines ({bad} bad), {mb:.0} MiB in {seconds:.3}s = {:.2} M lines/s, {:.0} MiB/s",
+            rows as f64 / seconds / 1e6,
+            mb / seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn bench_jsonl(events: u64, cores: usize, json: bool) -> anyhow::Result<ExitCode> {

@@ -420,3 +420,17 @@ fn sources_decode_only_the_fields_the_query_reads() {
         "{text}"
     );
 }
+
+#[test]
+fn the_decoder_benchmark_decodes_every_line_of_the_sample() {
+    let sample = root().join("examples/nexmark-file/sample.jsonl");
+    let o = run(&["bench", "decode", sample.to_str().expect("utf8"), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let report: Value = serde_json::from_str(common::stdout(&o).trim()).expect("one JSON object");
+    let lines = std::fs::read_to_string(&sample)
+        .expect("read")
+        .lines()
+        .count();
+    assert_eq!(report["lines"], json!(lines));
+    assert_eq!(report["dead_letters"], json!(0));
+}

@@ -27,8 +27,9 @@ pub enum TextFormat {
 /// Rows the reused JSON decoder takes per chunk (a chunk is a few MB).
 const FAST_ROWS: usize = 1 << 22;
 
-/// Decodes chunks of complete lines in one schema.
-pub(crate) struct LineDecoder {
+/// Decodes chunks of complete lines in one schema; lines that fail become
+/// dead letters with their file and line.
+pub struct LineDecoder {
     schema: SchemaRef,
     format: TextFormat,
     delimiter: u8,
@@ -52,7 +53,8 @@ impl Clone for LineDecoder {
 }
 
 impl LineDecoder {
-    pub(crate) fn new(schema: SchemaRef, format: TextFormat, delimiter: u8) -> Self {
+    /// A decoder of `format` lines into `schema` (`delimiter`: CSV only).
+    pub fn new(schema: SchemaRef, format: TextFormat, delimiter: u8) -> Self {
         Self {
             schema,
             format,
@@ -94,12 +96,10 @@ impl LineDecoder {
 
     /// Decodes `chunk` (complete lines, each ending in `\n`), whose first
     /// line is line `first_line` (1-based) of `file`.
-    pub(crate) fn decode(
-        &mut self,
-        chunk: &[u8],
-        file: &str,
-        first_line: u64,
-    ) -> Result<SourceBatch> {
+    ///
+    /// # Errors
+    /// When the good lines cannot be assembled into a batch.
+    pub fn decode(&mut self, chunk: &[u8], file: &str, first_line: u64) -> Result<SourceBatch> {
         let lines = memchr::memchr_iter(b'\n', chunk).count() + 1;
         if let Ok(data) = self.decode_fast(chunk, lines) {
             return Ok(SourceBatch {

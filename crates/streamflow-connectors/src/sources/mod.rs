@@ -5,5 +5,5 @@ pub mod generator;
 pub mod nexmark;
 pub mod stdin;
 
-mod decode;
+pub mod decode;
 mod sequence;
