@@ -35,22 +35,21 @@ pub(crate) fn time_column_index(
         ));
         return None;
     };
-    match input.index_of(col) {
-        Ok(i) if matches!(input.field(i).data_type(), DataType::Timestamp(_, _)) => Some(i),
-        Ok(i) => {
-            d.push(
-                ctx.at("time_column"),
-                format!(
-                    "column '{col}' is {}, not a timestamp",
-                    input.field(i).data_type()
-                ),
-            );
-            None
-        }
-        Err(_) => {
-            d.push(ctx.at("time_column"), format!("column '{col}' not found"));
-            None
-        }
+    timestamp_index(&input, col)
+        .map_err(|m| d.push(ctx.at("time_column"), m))
+        .ok()
+}
+
+/// The index of timestamp column `col` of `schema`, or why it cannot be
+/// the event time (missing, or not a timestamp).
+pub(crate) fn timestamp_index(schema: &Schema, col: &str) -> Result<usize, String> {
+    match schema.index_of(col) {
+        Ok(i) if matches!(schema.field(i).data_type(), DataType::Timestamp(_, _)) => Ok(i),
+        Ok(i) => Err(format!(
+            "column '{col}' is {}, not a timestamp",
+            schema.field(i).data_type()
+        )),
+        Err(_) => Err(format!("column '{col}' not found")),
     }
 }
 
@@ -89,8 +88,9 @@ enum TimeInput {
 /// Where the assigned event time goes in the output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum TimeSlot {
-    /// The input column already is the timestamp: batches pass unchanged.
-    Keep,
+    /// The input column at this index already is the timestamp: batches
+    /// pass unchanged.
+    Keep(usize),
     /// Replaces the column at this index.
     Replace(usize),
     /// Appended as the last column.
@@ -109,6 +109,8 @@ pub struct EventTimeAssigner {
     slot: TimeSlot,
     schema: SchemaRef,
     column: String,
+    /// Index of `column` in `schema`.
+    index: usize,
     spec: EventTimeSpec,
 }
 
@@ -188,7 +190,7 @@ impl EventTimeAssigner {
         }
         let (slot, column) = match (&time_input, &spec.name) {
             (TimeInput::Column(i), None) if is_timestamp => {
-                (TimeSlot::Keep, input.field(*i).name().clone())
+                (TimeSlot::Keep(*i), input.field(*i).name().clone())
             }
             (TimeInput::Column(i), None) => (TimeSlot::Replace(*i), input.field(*i).name().clone()),
             (_, Some(name)) => match input.index_of(name) {
@@ -219,12 +221,19 @@ impl EventTimeAssigner {
             TimeInput::Expr(e) => e.nullable(),
         };
         let mut fields: Vec<Field> = input.fields().iter().map(|f| f.as_ref().clone()).collect();
-        match slot {
-            TimeSlot::Keep => {}
-            TimeSlot::Replace(i) => fields[i] = time_field(nullable),
-            TimeSlot::Append => fields.push(time_field(nullable)),
-        }
+        let index = match slot {
+            TimeSlot::Keep(i) => i,
+            TimeSlot::Replace(i) => {
+                fields[i] = time_field(nullable);
+                i
+            }
+            TimeSlot::Append => {
+                fields.push(time_field(nullable));
+                fields.len() - 1
+            }
+        };
         Ok(Self {
+            index,
             input: time_input,
             unit: spec.unit.unwrap_or_default(),
             slot,
@@ -268,8 +277,7 @@ impl EventTimeAssigner {
             .max_out_of_orderness
             .unwrap_or_default()
             .as_millis() as i64;
-        let index = self.schema.index_of(&self.column).unwrap_or(0);
-        crate::watermark::WatermarkGenerator::new(index, lag)
+        crate::watermark::WatermarkGenerator::new(self.index, lag)
     }
 
     /// The batch with its event-time column in place.
@@ -277,7 +285,7 @@ impl EventTimeAssigner {
     /// # Errors
     /// When the expression fails on the batch or a value cannot be converted.
     pub fn assign(&self, batch: RecordBatch) -> Result<RecordBatch> {
-        if self.slot == TimeSlot::Keep {
+        if let TimeSlot::Keep(_) = self.slot {
             return Ok(batch);
         }
         let values = match &self.input {
@@ -290,7 +298,7 @@ impl EventTimeAssigner {
         let time: ArrayRef = Arc::new(epoch_millis(&values, self.unit)?);
         let mut columns = batch.columns().to_vec();
         match self.slot {
-            TimeSlot::Keep => {}
+            TimeSlot::Keep(_) => {}
             TimeSlot::Replace(i) => columns[i] = time,
             TimeSlot::Append => columns.push(time),
         }

@@ -236,3 +236,33 @@ fn bad_event_time_declarations_are_rejected_with_paths() {
         assert!(err.contains(expected), "missing '{expected}' in:\n{err}");
     }
 }
+
+#[test]
+fn join_time_columns_are_checked_per_side() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let input = write_records(d, &records(10));
+    let flow = write(
+        d,
+        "flow.yaml",
+        &format!(
+            "name: et\nmode: job\nsources:\n  - {{name: a, type: file, config: {{path: \"{input}\"}}, event_time: {{column: t_ms}}}}\n  - {{name: b, type: file, config: {{path: \"{input}\"}}, event_time: {{column: t_ms}}}}\nstages:\n  - {{name: j, type: join, input: [a, b], kind: interval, on: \"l.k = r.k\", between: {{lower: 0s, upper: 1s}}, prefix: {{left: l_, right: r_}}, time_column: {{left: nope, right: k}}}}\nsinks:\n  - {{name: o, type: blackhole, input: j}}\n"
+        ),
+    );
+    let o = run(&["validate", &flow]);
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    for expected in [
+        "stages[0].time_column: left input: column 'nope' not found",
+        "stages[0].time_column: right input: column 'k' is Utf8, not a timestamp",
+    ] {
+        assert!(err.contains(expected), "missing '{expected}' in:\n{err}");
+    }
+    // The declared columns replace the inputs' event time.
+    let ok = std::fs::read_to_string(&flow)
+        .expect("read")
+        .replace("time_column: {left: nope, right: k}", "time_column: t_ms");
+    std::fs::write(&flow, ok).expect("write");
+    let o = run(&["validate", &flow]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}

@@ -54,7 +54,7 @@ use streamflow_core::{
 use streamflow_dsl::HumanDuration;
 use streamflow_expr::CompiledExpr;
 
-use crate::event_time::{millis, null_event_time};
+use crate::event_time::{millis, null_event_time, timestamp_index};
 use crate::snapshot;
 use crate::stage::{StageContext, StageFactory};
 use crate::window::{Assigner, check_assigner};
@@ -444,23 +444,10 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
         let side = if i == 0 { "left" } else { "right" };
         let declared = config.time_column.as_ref().and_then(|t| t.side(i));
         let time = match declared {
-            Some(c) => match schema.index_of(c) {
-                Ok(t) if matches!(schema.field(t).data_type(), DataType::Timestamp(..)) => Some(t),
-                Ok(t) => {
-                    d.push(
-                        ctx.at("time_column"),
-                        format!(
-                            "column '{c}' of the {side} input is {}, not a timestamp",
-                            schema.field(t).data_type()
-                        ),
-                    );
-                    continue;
-                }
-                Err(_) => {
-                    d.push(
-                        ctx.at("time_column"),
-                        format!("the {side} input has no column '{c}'"),
-                    );
+            Some(c) => match timestamp_index(schema, c) {
+                Ok(t) => Some(t),
+                Err(m) => {
+                    d.push(ctx.at("time_column"), format!("{side} input: {m}"));
                     continue;
                 }
             },
