@@ -132,10 +132,17 @@ enum BenchSuite {
         json: bool,
     },
     /// The JSON-lines decoder alone over a file held in memory (read
-    /// first, untimed; schema inferred from its first lines, every field built).
+    /// first, untimed; schema inferred from its first lines, every field
+    /// built unless `--columns` prunes it).
     Decode {
         /// A JSON-lines file.
         file: PathBuf,
+        /// The parser: simd-json (the file source's default) or arrow-json.
+        #[arg(long, value_enum, default_value_t = DecoderChoice::SimdJson)]
+        decoder: DecoderChoice,
+        /// Only these columns, nested fields with dots (`Bid.price,Bid.auction`).
+        #[arg(long, value_delimiter = ',')]
+        columns: Vec<String>,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -210,8 +217,14 @@ fn main() -> ExitCode {
                 },
         } => bench_file(&flow, &overrides, cores, json),
         Command::Bench {
-            suite: BenchSuite::Decode { file, json },
-        } => bench_decode(&file, json),
+            suite:
+                BenchSuite::Decode {
+                    file,
+                    decoder,
+                    columns,
+                    json,
+                },
+        } => bench_decode(&file, decoder, &columns, json),
         Command::Bench {
             suite:
                 BenchSuite::Jsonl {
@@ -623,15 +636,43 @@ fn bench_file(
     measure(&name, &spec, cores, json, None)
 }
 
-fn bench_decode(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
-    use streamflow_connectors::sources::decode::{LineDecoder, TextFormat};
+/// The JSON parser `bench decode` measures.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DecoderChoice {
+    /// simd-json onto Arrow columns (arrow-json for chunks it refuses).
+    SimdJson,
+    /// Arrow's JSON reader.
+    ArrowJson,
+}
+
+fn bench_decode(
+    file: &Path,
+    choice: DecoderChoice,
+    columns: &[String],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    use streamflow_connectors::sources::decode::{JsonParser, LineDecoder, TextFormat};
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let (schema, _) = arrow::json::reader::infer_json_schema(
+    let (mut schema, _) = arrow::json::reader::infer_json_schema(
         std::io::BufReader::new(bytes.as_slice()),
         Some(1000),
     )
     .context("inferring the schema")?;
-    let mut decoder = LineDecoder::new(std::sync::Arc::new(schema), TextFormat::Jsonl, b',');
+    if !columns.is_empty() {
+        let mut used = streamflow_expr::UsedColumns::none();
+        for c in columns {
+            used.add(c.split('.').map(str::to_string).collect());
+        }
+        schema = used
+            .prune(&schema)
+            .ok_or_else(|| anyhow!("none of --columns {} is in the file", columns.join(",")))?;
+    }
+    let (parser, name) = match choice {
+        DecoderChoice::SimdJson => (JsonParser::Simd, "simd-json"),
+        DecoderChoice::ArrowJson => (JsonParser::Arrow, "arrow-json"),
+    };
+    let mut decoder = LineDecoder::new(std::sync::Arc::new(schema), TextFormat::Jsonl, b',')
+        .with_parser(parser);
     // Chunks of whole lines as the file source cuts them (untimed).
     const CHUNK: usize = 4 << 20;
     let mut chunks = Vec::new();
@@ -662,7 +703,8 @@ fn bench_decode(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
     let cpu = cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
     let mb = bytes.len() as f64 / (1 << 20) as f64;
     let report = serde_json::json!({
-        "decoder": "arrow-json",
+        "decoder": name,
+        "columns": columns,
         "lines": rows,
         "dead_letters": bad,
         "mib": mb,
@@ -675,7 +717,7 @@ fn bench_decode(file: &Path, json: bool) -> anyhow::Result<ExitCode> {
         println!("{report}");
     } else {
         println!(
-            "arrow-json: {rows} lines ({bad} bad), {mb:.0} MiB in {seconds:.3}s = {:.2} M lines/s, {:.0} MiB/s",
+            "{name}: {rows} lines ({bad} bad), {mb:.0} MiB in {seconds:.3}s = {:.2} M lines/s, {:.0} MiB/s",
             rows as f64 / seconds / 1e6,
             mb / seconds
         );

@@ -1,9 +1,11 @@
 //! Decoding newline-delimited text (JSON lines, CSV) into Arrow batches,
 //! with malformed lines isolated as dead letters carrying file and line.
 //!
-//! The fast path hands a whole chunk of lines to Arrow's vectorised decoder.
-//! Only when that fails is the chunk re-decoded line by line to find the bad
-//! lines; the good ones are then decoded together.
+//! The fast path decodes a whole chunk of lines at once: JSON lines with
+//! simd-json onto Arrow columns ([`super::json`]), falling back to Arrow's
+//! JSON reader for what that does not take; CSV with Arrow's reader. Only
+//! when the chunk fails is it re-decoded line by line to find the bad lines;
+//! the good ones are then decoded together.
 
 use std::sync::Arc;
 
@@ -12,6 +14,8 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use serde::Deserialize;
 use streamflow_core::{DeadLetter, Error, Result, SourceBatch};
+
+use super::json::TapeDecoder;
 
 /// Text formats read line by line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -27,6 +31,16 @@ pub enum TextFormat {
 /// Rows the reused JSON decoder takes per chunk (a chunk is a few MB).
 const FAST_ROWS: usize = 1 << 22;
 
+/// The parser of JSON lines' fast path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum JsonParser {
+    /// simd-json onto Arrow columns, arrow-json for chunks it does not take.
+    #[default]
+    Simd,
+    /// Arrow's JSON reader only.
+    Arrow,
+}
+
 /// Decodes chunks of complete lines in one schema; lines that fail become
 /// dead letters with their file and line.
 pub struct LineDecoder {
@@ -36,6 +50,10 @@ pub struct LineDecoder {
     /// The JSON decoder of the fast path, kept across chunks so that its
     /// buffers are reused (rebuilt after a failed chunk).
     json: Option<arrow::json::reader::Decoder>,
+    parser: JsonParser,
+    /// The simd-json decoder, built on first use (`None` inside: the schema
+    /// has types it does not build).
+    tape: Option<Option<TapeDecoder>>,
 }
 
 impl std::fmt::Debug for LineDecoder {
@@ -48,7 +66,7 @@ impl std::fmt::Debug for LineDecoder {
 
 impl Clone for LineDecoder {
     fn clone(&self) -> Self {
-        Self::new(Arc::clone(&self.schema), self.format, self.delimiter)
+        Self::new(Arc::clone(&self.schema), self.format, self.delimiter).with_parser(self.parser)
     }
 }
 
@@ -60,7 +78,17 @@ impl LineDecoder {
             format,
             delimiter,
             json: None,
+            parser: JsonParser::default(),
+            tape: None,
         }
+    }
+
+    /// Chooses the parser of JSON lines (simd-json by default).
+    #[must_use]
+    pub fn with_parser(mut self, parser: JsonParser) -> Self {
+        self.parser = parser;
+        self.tape = None;
+        self
     }
 
     /// The whole chunk in one pass; fails if any line fails.
@@ -71,6 +99,18 @@ impl LineDecoder {
     ) -> Result<Option<RecordBatch>, ArrowError> {
         if self.format != TextFormat::Jsonl || lines > FAST_ROWS || bytes.is_empty() {
             return self.decode_all(bytes, lines);
+        }
+        if self.parser == JsonParser::Simd {
+            let schema = &self.schema;
+            let tape = self
+                .tape
+                .get_or_insert_with(|| TapeDecoder::new(Arc::clone(schema)));
+            if let Some(tape) = tape {
+                match tape.decode(bytes) {
+                    Ok(batch) => return Ok(batch),
+                    Err(why) => tracing::trace!(reason = %why.0, "chunk left to arrow-json"),
+                }
+            }
         }
         let decoder = match &mut self.json {
             Some(d) => d,

@@ -335,7 +335,7 @@ impl TextRange {
 }
 
 enum Reader {
-    Text(TextRange),
+    Text(Box<TextRange>),
     Parquet {
         reader: ParquetRecordBatchReader,
         name: String,
@@ -499,12 +499,12 @@ impl FileSource {
                     file: Some(file),
                     left: split.end.saturating_sub(position),
                 };
-                Reader::Text(TextRange {
+                Reader::Text(Box::new(TextRange {
                     reader: TextReader::new(file, name, self.decoder.clone(), skip_header)
                         .resume_at(position, line),
                     path: path.clone(),
                     end: split.end,
-                })
+                }))
             }
         });
         Ok(true)

@@ -6,4 +6,5 @@ pub mod nexmark;
 pub mod stdin;
 
 pub mod decode;
+mod json;
 mod sequence;
