@@ -104,7 +104,7 @@ fn parse_document(text: &str, format: FileFormat) -> Result<Value, SyntaxError> 
             if text.trim().is_empty() {
                 return Ok(Value::Object(Map::new()));
             }
-            serde_saphyr::from_str::<Value>(text).map_err(|e| {
+            serde_saphyr::from_str_with_options::<Value>(text, yaml_options()).map_err(|e| {
                 let (line, col) = e
                     .location()
                     .map(|l| (l.line(), l.column()))
@@ -119,6 +119,15 @@ fn parse_document(text: &str, format: FileFormat) -> Result<Value, SyntaxError> 
             })
         }
     }
+}
+
+/// YAML 1.2 scalars: only `true`/`false` are booleans, so column and node
+/// names such as `y`, `n`, `yes`, `no`, `on`, `off` read as the strings
+/// they spell (YAML 1.1 made them booleans).
+fn yaml_options() -> serde_saphyr::Options {
+    let mut options = serde_saphyr::Options::default();
+    options.strict_booleans = true;
+    options
 }
 
 /// Drops a trailing " at line X column Y" that the line:col prefix repeats.
@@ -138,8 +147,8 @@ pub fn apply_override(doc: &mut Value, assignment: &str) -> Result<(), String> {
     let (path, raw) = assignment
         .split_once('=')
         .ok_or_else(|| format!("'{assignment}': expected path=value"))?;
-    let value: Value =
-        serde_saphyr::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()));
+    let value: Value = serde_saphyr::from_str_with_options(raw, yaml_options())
+        .unwrap_or_else(|_| Value::String(raw.to_string()));
     let mut segments = Vec::new();
     for part in path.split('.') {
         let (key, rest) = match part.find('[') {

@@ -402,7 +402,8 @@ impl RunHandle {
                     continue;
                 }
                 self.tasks.abort_all();
-                tracing::error!(error = %e, "pipeline failed");
+                // Returned to the caller, who reports it (logging it too printed it twice).
+                tracing::debug!(error = %e, "pipeline failed");
                 return Err(e);
             }
         }

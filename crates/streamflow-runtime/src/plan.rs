@@ -165,7 +165,13 @@ fn plan_with(
                     .collect()
             };
         let result = match inputs {
-            None => None,
+            None => {
+                // An input failed: check what does not depend on its schema.
+                if let Err(e) = check_without_input(node) {
+                    d.extend(e);
+                }
+                None
+            }
             Some(inputs) => match plan_node(
                 &graph,
                 components,
@@ -192,6 +198,33 @@ fn plan_with(
     }
     let nodes = planned.into_iter().flatten().collect();
     Ok(PhysicalPlan { graph, nodes })
+}
+
+/// The checks of a node whose input schema is unknown (an input failed to
+/// plan): its type, and a sink's settings.
+fn check_without_input(node: &Node) -> Result<(), Diagnostics> {
+    match node.role {
+        Role::Source => Ok(()),
+        Role::Stage => streamflow_operators::find_stage(&node.kind)
+            .map(drop)
+            .ok_or_else(|| {
+                let kinds = streamflow_operators::stage_kinds();
+                unknown_type(node, &kinds.iter().map(|k| k.name).collect::<Vec<_>>())
+            }),
+        Role::Sink => {
+            let kinds = streamflow_connectors::sink_kinds();
+            let kind = streamflow_connectors::find_sink(&node.kind).ok_or_else(|| {
+                unknown_type(node, &kinds.iter().map(|k| k.name).collect::<Vec<_>>())
+            })?;
+            let ctx = SinkContext {
+                name: &node.name,
+                path: &node.settings_path,
+                settings: &node.settings,
+                input: Arc::new(arrow::datatypes::Schema::empty()),
+            };
+            (kind.plan)(&ctx).map(drop)
+        }
+    }
 }
 
 fn unknown_type(node: &Node, known: &[&str]) -> Diagnostics {

@@ -629,12 +629,17 @@ fn scaffold_fires_and_forgets_and_worker_pool_bounds_parallelism() {
     assert_eq!(called, vec![0, 1, 2], "the fired children ran");
 
     let worker = Arc::new(Scripted::new("worker").delay(Duration::from_millis(30)));
-    let c = registry(&[("worker", Arc::clone(&worker))]);
+    // One processor under three names: a name is used once per scope (Flume).
+    let c = registry(&[
+        ("w1", Arc::clone(&worker)),
+        ("w2", Arc::clone(&worker)),
+        ("w3", Arc::clone(&worker)),
+    ]);
     let (rows, _) = run_stage(
         &c,
         8,
         "",
-        "    unit: record\n    concurrency: 8\n    node: {type: worker-pool, workers: 2, children: [{ref: worker}, {ref: worker}, {ref: worker}]}",
+        "    unit: record\n    concurrency: 8\n    node: {type: worker-pool, workers: 2, children: [{ref: w1}, {ref: w2}, {ref: w3}]}",
     );
     assert_eq!(rows.len(), 8);
     assert_eq!(worker.called_ids().len(), 24);
@@ -676,13 +681,17 @@ fn registered_trees_are_referenced_like_processors() {
         "bump",
         serde_json::json!({"type": "sql", "map": {"v": "v + 5"}}),
     );
+    c.schema(
+        "double",
+        serde_json::json!({"type": "sql", "map": {"v": "v * 2"}}),
+    );
     let (rows, _) = run_stage(
         &c,
         2,
         "",
-        "    node: {type: sequence, children: [{ref: bump}, {ref: bump}]}",
+        "    node: {type: sequence, children: [{ref: bump}, {ref: double}]}",
     );
-    assert_eq!(rows[&1]["v"], 20);
+    assert_eq!(rows[&1]["v"], 30);
     assert!(c.remove_schema("bump"));
     assert!(c.get_schema("bump").is_none());
 }
@@ -712,8 +721,8 @@ fn validation_reports_every_rule_with_its_path() {
             - {type: retry}
         - {type: retry, attempts: -1, backoff: soon, child: {type: noop}}
         - {type: timeout, duration: 5 parsecs, child: {type: noop}}
-        - {type: circuit-breaker, failure_threshold: 0, child: {type: noop}}
-        - {type: rate-limit, requests_per_second: -3, burst_size: 0, child: {type: noop}}
+        - {type: circuit-breaker, failure_threshold: -1, child: {type: noop}}
+        - {type: rate-limit, requests_per_second: -3, burst_size: -1, child: {type: noop}}
         - {type: worker-pool, workers: -2, children: [{type: noop}]}
         - {type: sequence, children: []}
         - {ref: a}
@@ -742,15 +751,15 @@ fn validation_reports_every_rule_with_its_path() {
         format!(
             "{n}[9](fallback).children: fallback requires exactly 2 children (primary, fallback); got 1"
         ),
-        format!("{n}[10](retry).attempts: must be a positive integer (got -1)"),
-        format!("{n}[10](retry).backoff: invalid duration 'soon'"),
+        format!("{n}[10](retry).attempts: attempts must be positive (got -1)"),
+        format!("{n}[10](retry).backoff: invalid backoff duration 'soon'"),
         format!("{n}[11](timeout).duration: invalid duration '5 parsecs'"),
-        format!("{n}[12](circuit-breaker).failure_threshold: must be a positive integer (got 0)"),
+        format!("{n}[12](circuit-breaker).failure_threshold: failure_threshold must be positive (got -1)"),
         format!("{n}[13](rate-limit).requests_per_second: must be a positive number (got -3)"),
-        format!("{n}[13](rate-limit).burst_size: must be a positive integer (got 0)"),
-        format!("{n}[14](worker-pool).workers: must be a positive integer (got -2)"),
+        format!("{n}[13](rate-limit).burst_size: burst_size must be positive (got -1)"),
+        format!("{n}[14](worker-pool).workers: workers must be positive (got -2)"),
         format!("{n}[15](sequence).children: sequence requires at least one child (children)"),
-        "stages[0].processors.b.child.ref: reference cycle: a -> b -> a".to_string(),
+        "stages[0].processors.b.child.ref: circular reference detected: 'a' creates a cycle (a -> b -> a)".to_string(),
         format!(
             "{n}[19](retry).atempts: a retry node takes no 'atempts' (did you mean 'attempts'?)"
         ),
@@ -1002,14 +1011,14 @@ fn the_rate_limit_example_passes_every_record_and_logs_lifecycle_events() {
             "validate",
             &flow.to_string_lossy(),
             "--set",
-            "stages.limited.node.burst_size=0",
+            "stages.limited.node.burst_size=-1",
         ])
         .output()
         .expect("runs");
     assert!(!bad.status.success());
     let text = common::stderr(&bad) + &common::stdout(&bad);
     assert!(
-        text.contains("stages[0].node.burst_size: must be a positive integer (got 0)"),
+        text.contains("stages[0].node.burst_size: burst_size must be positive (got -1)"),
         "{text}"
     );
     assert!(text.contains("validation_failed"), "{text}");

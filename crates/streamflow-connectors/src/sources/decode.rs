@@ -117,6 +117,7 @@ impl LineDecoder {
             None => self.json.insert(
                 arrow::json::ReaderBuilder::new(Arc::clone(&self.schema))
                     .with_batch_size(FAST_ROWS)
+                    .with_coerce_primitive(true)
                     .build_decoder()?,
             ),
         };
@@ -140,7 +141,8 @@ impl LineDecoder {
     /// # Errors
     /// When the good lines cannot be assembled into a batch.
     pub fn decode(&mut self, chunk: &[u8], file: &str, first_line: u64) -> Result<SourceBatch> {
-        let lines = memchr::memchr_iter(b'\n', chunk).count() + 1;
+        let lines =
+            memchr::memchr_iter(b'\n', chunk).count() + usize::from(!chunk.ends_with(b"\n"));
         if let Ok(data) = self.decode_fast(chunk, lines) {
             return Ok(SourceBatch {
                 data,
@@ -152,18 +154,25 @@ impl LineDecoder {
         for (line_no, line) in (first_line..).zip(chunk.split_inclusive(|b| *b == b'\n')) {
             let text = trim_line(line);
             if !text.is_empty() {
+                // A line the fast path takes is good; arrow-json judges the rest.
+                if let Some(Some(tape)) = &mut self.tape
+                    && tape.accepts(line)
+                {
+                    good.extend_from_slice(line);
+                    continue;
+                }
                 match self.decode_all(line, 1) {
                     Ok(_) => good.extend_from_slice(line),
                     Err(e) => dead_letters.push(DeadLetter {
                         file: Some(file.to_string()),
                         line: Some(line_no),
                         payload: Some(String::from_utf8_lossy(text).into_owned()),
-                        error: clean_error(&e),
+                        error: at_line(&clean_error(&e), line_no),
                     }),
                 }
             }
         }
-        let data = self.decode_all(&good, lines).map_err(|e| Error::Decode {
+        let data = self.decode_fast(&good, lines).map_err(|e| Error::Decode {
             location: format!("{file}:{first_line}"),
             message: clean_error(&e),
         })?;
@@ -178,6 +187,7 @@ impl LineDecoder {
             TextFormat::Jsonl => {
                 let mut decoder = arrow::json::ReaderBuilder::new(Arc::clone(&self.schema))
                     .with_batch_size(max_rows.max(1))
+                    .with_coerce_primitive(true)
                     .build_decoder()?;
                 let used = decoder.decode(bytes)?;
                 if used < bytes.len() {
@@ -188,10 +198,12 @@ impl LineDecoder {
                 decoder.flush()
             }
             TextFormat::Csv => {
+                // Room for one record more than there are lines, to notice
+                // a line holding two (a bare carriage return ends a record).
                 let mut decoder = arrow::csv::ReaderBuilder::new(Arc::clone(&self.schema))
                     .with_header(false)
                     .with_delimiter(self.delimiter)
-                    .with_batch_size(max_rows.max(1))
+                    .with_batch_size(max_rows.max(1) + 1)
                     .build_decoder();
                 let mut rest = bytes;
                 while !rest.is_empty() {
@@ -202,7 +214,14 @@ impl LineDecoder {
                     rest = &rest[used..];
                 }
                 let _ = decoder.decode(&[])?;
-                decoder.flush()
+                let batch = decoder.flush()?;
+                if !rest.is_empty() || batch.as_ref().is_some_and(|b| b.num_rows() > max_rows) {
+                    return Err(ArrowError::CsvError(
+                        "a line holds more than one record (a carriage return inside a line?)"
+                            .into(),
+                    ));
+                }
+                Ok(batch)
             }
         }
     }
@@ -214,6 +233,24 @@ fn trim_line(line: &[u8]) -> &[u8] {
         end -= 1;
     }
     &line[..end]
+}
+
+/// Arrow's messages about a line decoded alone number it 1: give the
+/// line's number in the file instead.
+fn at_line(message: &str, line: u64) -> String {
+    let mut out = String::with_capacity(message.len() + 8);
+    let mut rest = message;
+    while let Some(i) = rest.find("line ") {
+        let (head, tail) = rest.split_at(i + "line ".len());
+        out.push_str(head);
+        let digits = tail.bytes().take_while(u8::is_ascii_digit).count();
+        if digits > 0 {
+            out.push_str(&line.to_string());
+        }
+        rest = &tail[digits..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Arrow's messages carry a "Json error: " style prefix; keep the substance.
@@ -435,6 +472,120 @@ mod tests {
         assert_eq!(lines, vec![11, 13]);
         assert_eq!(out.dead_letters[0].payload.as_deref(), Some("{\"a\":"));
         assert_eq!(a.null_count(), 0);
+    }
+
+    #[test]
+    fn csv_dead_letters_name_the_line_in_the_file() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+        ]));
+        let mut d = LineDecoder::new(schema, TextFormat::Csv, b',');
+        let out = d.decode(b"1,x\n2\nz,y\n4,w\n", "in.csv", 2).expect("decodes");
+        assert_eq!(out.data.expect("rows").num_rows(), 2);
+        let got: Vec<(Option<u64>, &str)> = out
+            .dead_letters
+            .iter()
+            .map(|d| (d.line, d.error.as_str()))
+            .collect();
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0].0, Some(3));
+        assert!(got[0].1.contains("line 3"), "{}", got[0].1);
+        assert_eq!(got[1].0, Some(4));
+        assert!(got[1].1.contains("line 4"), "{}", got[1].1);
+    }
+
+    #[test]
+    fn numbers_in_a_string_column_are_read_as_text() {
+        let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, true)]));
+        let mut d = LineDecoder::new(schema, TextFormat::Jsonl, b',');
+        let out = d
+            .decode(b"{\"s\": \"a\"}\n{\"s\": 10}\n{\"s\": true}\n", "in", 1)
+            .expect("decodes");
+        assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
+        let data = out.data.expect("rows");
+        let s = data.column(0).as_any().downcast_ref::<arrow::array::StringArray>().expect("utf8");
+        assert_eq!(s.iter().collect::<Vec<_>>(), vec![Some("a"), Some("10"), Some("true")]);
+    }
+
+    /// Lines of JSON-ish or CSV-ish bytes, with random damage.
+    fn damaged_lines(json: bool) -> impl proptest::strategy::Strategy<Value = Vec<Vec<u8>>> {
+        use proptest::prelude::*;
+        let good = if json {
+            prop_oneof![
+                (any::<i64>(), "[a-z\\\\\"]{0,6}").prop_map(|(a, b)| format!(
+                    "{{\"a\": {a}, \"b\": {}, \"o\": {{\"x\": 1.5}}}}",
+                    serde_json::to_string(&b).expect("str")
+                )),
+                Just("{\"a\": null, \"o\": null}".to_string()),
+                Just("{\"a\": \"7\", \"b\": 3}".to_string()),
+            ]
+            .boxed()
+        } else {
+            (any::<i64>(), "[a-z]{0,6}")
+                .prop_map(|(a, b)| format!("{a},{b}"))
+                .boxed()
+        };
+        let line = (good, any::<u8>(), any::<prop::sample::Index>(), 0u8..4).prop_map(
+            |(text, byte, at, damage)| {
+                let mut bytes = text.into_bytes();
+                let i = at.index(bytes.len().max(1)).min(bytes.len());
+                match damage {
+                    0 => bytes.truncate(i),
+                    1 if byte != b'\n' => bytes.insert(i, byte),
+                    _ => {}
+                }
+                bytes
+            },
+        );
+        proptest::collection::vec(line, 1..30)
+    }
+
+    fn nested_schema() -> SchemaRef {
+        let inner = arrow::datatypes::Fields::from(vec![Field::new("x", DataType::Float64, true)]);
+        Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+            Field::new("o", DataType::Struct(inner), true),
+        ]))
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes, every non-blank line is a row or a dead letter.
+        #[test]
+        fn every_line_is_a_row_or_a_dead_letter(
+            lines in damaged_lines(true),
+            csv in damaged_lines(false),
+        ) {
+            for (format, lines, schema) in [
+                (TextFormat::Jsonl, lines, nested_schema()),
+                (
+                    TextFormat::Csv,
+                    csv,
+                    Arc::new(Schema::new(vec![
+                        Field::new("a", DataType::Int64, true),
+                        Field::new("b", DataType::Utf8, true),
+                    ])),
+                ),
+            ] {
+                let mut chunk = lines.join(&b'\n');
+                chunk.push(b'\n');
+                let expected = chunk
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !trim_line(l).is_empty())
+                    .count();
+                let mut d = LineDecoder::new(schema, format, b',');
+                let out = d.decode(&chunk, "fuzz", 1).expect("decodes");
+                let rows = out.data.map_or(0, |b| b.num_rows());
+                proptest::prop_assert!(
+                    rows + out.dead_letters.len() == expected,
+                    "{} rows + {} dead letters for {} lines",
+                    rows,
+                    out.dead_letters.len(),
+                    expected
+                );
+            }
+        }
     }
 
     #[test]

@@ -164,28 +164,104 @@ pub(crate) fn declared_schema(
     d.into_result(Schema::new(fields))
 }
 
+/// Bytes of a text file sampled for inference at most.
+const INFER_BYTES: usize = 64 << 20;
+
+/// The schema of `file` from its first `infer_rows` lines. Lines that do
+/// not parse, or whose types cannot be merged with the majority's (an
+/// object where most lines have a number), are left out of the inference
+/// (the reader sends them to the dlq); a column seen with numbers and
+/// strings becomes a string column.
 fn infer(file: &Path, format: FileFormat, config: &FileSourceConfig) -> Result<Schema, String> {
     let open =
         || std::fs::File::open(file).map_err(|e| format!("cannot open '{}': {e}", file.display()));
     let what =
         |e: &dyn std::fmt::Display| format!("cannot infer the schema of '{}': {e}", file.display());
-    match format {
-        FileFormat::Jsonl => {
-            let reader = std::io::BufReader::new(open()?);
-            arrow::json::reader::infer_json_schema(reader, Some(config.infer_rows))
-                .map(|(s, _)| s)
-                .map_err(|e| what(&e))
+    let sample = || -> Result<Vec<u8>, String> {
+        use std::io::{BufRead, Read};
+        let mut reader = std::io::BufReader::new(open()?).take(INFER_BYTES as u64);
+        let mut bytes = Vec::new();
+        let lines = config.infer_rows + usize::from(format == FileFormat::Csv && config.header);
+        for _ in 0..lines {
+            if reader.read_until(b'\n', &mut bytes).map_err(|e| what(&e))? == 0 {
+                break;
+            }
         }
-        FileFormat::Csv => arrow::csv::reader::Format::default()
-            .with_header(config.header)
-            .with_delimiter(config.delimiter as u8)
-            .infer_schema(open()?, Some(config.infer_rows))
-            .map(|(s, _)| s)
-            .map_err(|e| what(&e)),
+        Ok(bytes)
+    };
+    match format {
+        FileFormat::Jsonl => infer_json(&sample()?).map_err(|e| what(&e)),
+        FileFormat::Csv => infer_csv(&sample()?, config).map_err(|e| what(&e)),
         FileFormat::Parquet => ParquetRecordBatchReaderBuilder::try_new(open()?)
             .map(|b| b.schema().as_ref().clone())
             .map_err(|e| what(&e)),
     }
+}
+
+/// JSON lines' schema from the lines that parse as objects.
+fn infer_json(sample: &[u8]) -> Result<Schema, String> {
+    use arrow::json::reader::infer_json_schema_from_iterator;
+    let values: Vec<Value> = sample
+        .split(|b| *b == b'\n')
+        .filter_map(|line| serde_json::from_slice::<Value>(line).ok())
+        .filter(Value::is_object)
+        .collect();
+    if values.is_empty() {
+        return Err("no line of the sample is a JSON object".into());
+    }
+    let all = |vs: &[&Value]| infer_json_schema_from_iterator(vs.iter().map(|v| Ok(*v)));
+    let refs: Vec<&Value> = values.iter().collect();
+    if let Ok(schema) = all(&refs) {
+        return Ok(schema);
+    }
+    // Some values clash (an object where others have a number). Lines of
+    // one shape (the schema of the line alone) infer alike: take the shapes
+    // commonest first, keeping each that agrees with those kept (lines of
+    // the others go to the dlq when read).
+    let mut shapes: Vec<(String, &Value, usize)> = Vec::new();
+    for v in refs {
+        let shape = all(&[v]).map(|s| s.to_string()).unwrap_or_default();
+        match shapes.iter_mut().find(|(s, ..)| *s == shape) {
+            Some((_, _, n)) => *n += 1,
+            None => shapes.push((shape, v, 1)),
+        }
+    }
+    shapes.sort_by_key(|(_, _, n)| std::cmp::Reverse(*n));
+    let mut kept: Vec<&Value> = Vec::new();
+    for (_, v, _) in shapes {
+        kept.push(v);
+        if all(&kept).is_err() {
+            kept.pop();
+        }
+    }
+    all(&kept).map_err(|e| e.to_string())
+}
+
+/// CSV's schema from the header and the rows that have its field count.
+fn infer_csv(sample: &[u8], config: &FileSourceConfig) -> Result<Schema, String> {
+    let format = || {
+        arrow::csv::reader::Format::default()
+            .with_header(config.header)
+            .with_delimiter(config.delimiter as u8)
+    };
+    let infer = |bytes: &[u8]| format().infer_schema(bytes, None).map(|(s, _)| s);
+    if let Ok(schema) = infer(sample) {
+        return Ok(schema);
+    }
+    let mut lines = sample.split_inclusive(|b| *b == b'\n');
+    let mut kept: Vec<u8> = Vec::new();
+    if config.header {
+        kept.extend_from_slice(lines.next().unwrap_or_default());
+    }
+    let base = kept.len();
+    for line in lines {
+        let mut one = kept[..base].to_vec();
+        one.extend_from_slice(line);
+        if infer(&one).is_ok() {
+            kept.extend_from_slice(line);
+        }
+    }
+    infer(&kept).map_err(|e| e.to_string())
 }
 
 /// Replaces the integer fields at `paths` with millisecond timestamps.

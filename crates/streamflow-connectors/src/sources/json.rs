@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBufferBuilder, LargeStringBuilder, PrimitiveArray, RecordBatch,
+    ArrayBuilder, ArrayRef, BooleanBufferBuilder, LargeStringBuilder, PrimitiveArray, RecordBatch,
     RecordBatchOptions, StringBuilder, StructArray,
 };
 use arrow::buffer::{NullBuffer, ScalarBuffer};
@@ -87,6 +87,14 @@ impl TapeDecoder {
         )
         .map(Some)
         .map_err(|e| Unsupported(e.to_string()))
+    }
+
+    /// Whether `line` decodes on the fast path (then arrow-json decodes it
+    /// the same); nothing is kept.
+    pub(crate) fn accepts(&mut self, line: &[u8]) -> bool {
+        let ok = self.append_lines(line).is_ok();
+        self.root.clear();
+        ok
     }
 
     fn append_lines(&mut self, chunk: &[u8]) -> Step<()> {
@@ -223,8 +231,9 @@ impl Column {
                 values.truncate(0);
                 nulls.clear();
             }
-            Self::Utf8(b) => drop(b.finish()),
-            Self::LargeUtf8(b) => drop(b.finish()),
+            Self::Utf8(b) if !b.is_empty() => drop(b.finish()),
+            Self::LargeUtf8(b) if !b.is_empty() => drop(b.finish()),
+            Self::Utf8(_) | Self::LargeUtf8(_) => {}
             Self::Struct(c) => c.clear(),
         }
     }
@@ -487,6 +496,7 @@ mod tests {
     fn arrow_json(schema: SchemaRef, chunk: &[u8]) -> Result<Option<RecordBatch>, ArrowError> {
         let mut d = arrow::json::ReaderBuilder::new(schema)
             .with_batch_size(1 << 16)
+            .with_coerce_primitive(true)
             .build_decoder()?;
         d.decode(chunk)?;
         d.flush()
@@ -609,6 +619,10 @@ mod tests {
             "[1]",
             "{\"a\": 1",
             "{\"small\": 3000000000}",
+            "{\"a\": 1}(",
+            "{\"a\": 1}x",
+            "{\"a\": 1} {\"a\": 2}",
+            "{\"a\": 1}}",
         ] {
             assert!(tape.decode(line.as_bytes()).is_err(), "{line}");
         }

@@ -121,6 +121,7 @@ pub(crate) fn plan(ctx: &StageContext<'_>) -> Result<Arc<dyn StageFactory>, Diag
             None
         }
     };
+    builder.check_unused();
     for (path, message) in builder.errors() {
         d.push(path, message);
     }

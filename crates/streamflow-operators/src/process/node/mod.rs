@@ -52,8 +52,15 @@ pub(crate) struct Builder<'a> {
     definitions: &'a Map<String, Value>,
     definitions_path: String,
     errors: Vec<(String, String)>,
-    /// Definitions being expanded, outermost first (cycle detection).
+    /// Definitions being expanded, outermost first (to name a cycle).
     stack: Vec<String>,
+    /// References met so far in this scope: a reference met again is a
+    /// cycle (Flume's rule). Nodes run one after another or together share
+    /// the scope; exclusive branches (fallback and contest children, filter
+    /// then/else, switch routes) each start from a copy of it.
+    seen: Vec<String>,
+    /// Definitions expanded by a reference (the others are checked alone).
+    expanded: std::collections::HashSet<String>,
 }
 
 /// One node's declaration while it is built: its settings, its path in
@@ -103,6 +110,8 @@ impl<'a> Builder<'a> {
             definitions_path,
             errors: Vec::new(),
             stack: Vec::new(),
+            seen: Vec::new(),
+            expanded: std::collections::HashSet::new(),
         }
     }
 
@@ -131,6 +140,37 @@ impl<'a> Builder<'a> {
             },
             Some(input),
         )
+    }
+
+    /// Checks the structure of the definitions no reference expanded (a
+    /// definition is validated whether or not it is used).
+    pub(crate) fn check_unused(&mut self) {
+        let mut unused: Vec<&String> = self
+            .definitions
+            .keys()
+            .filter(|k| !self.expanded.contains(*k))
+            .collect();
+        unused.sort();
+        for name in unused {
+            let Some(def) = self.definitions.get(name) else {
+                continue;
+            };
+            let path = format!("{}.{name}", self.definitions_path);
+            self.seen = vec![name.clone()];
+            self.stack = vec![name.clone()];
+            self.node(
+                def,
+                At {
+                    path: &path,
+                    parent: None,
+                    root: true,
+                    name: Some(name),
+                },
+                None,
+            );
+        }
+        self.seen.clear();
+        self.stack.clear();
     }
 
     /// Builds one node; `input` is `None` when an earlier part failed and
@@ -246,16 +286,24 @@ impl<'a> Builder<'a> {
                 format!("schemas.{target}"),
             ),
         };
+        if self.seen.iter().any(|s| s == target) {
+            let path = match self.stack.iter().position(|s| s == target) {
+                Some(i) => {
+                    let mut cycle = self.stack[i..].to_vec();
+                    cycle.push(target.to_string());
+                    format!(" ({})", cycle.join(" -> "))
+                }
+                None => String::new(),
+            };
+            self.err(
+                format!("{}.ref", at.path),
+                format!("circular reference detected: '{target}' creates a cycle{path}"),
+            );
+            return None;
+        }
+        self.seen.push(target.to_string());
         if let Some(def) = def {
-            if let Some(i) = self.stack.iter().position(|s| s == target) {
-                let mut cycle = self.stack[i..].to_vec();
-                cycle.push(target.to_string());
-                self.err(
-                    format!("{}.ref", at.path),
-                    format!("reference cycle: {}", cycle.join(" -> ")),
-                );
-                return None;
-            }
+            self.expanded.insert(target.to_string());
             self.stack.push(target.to_string());
             let node = self.node(
                 &def,
@@ -367,6 +415,15 @@ impl<'a> Builder<'a> {
         }))
     }
 
+    /// Builds an exclusive branch: references it meets are not seen by its
+    /// siblings or by what follows.
+    fn branch<T>(&mut self, build: impl FnOnce(&mut Self) -> T) -> T {
+        let saved = self.seen.clone();
+        let built = build(self);
+        self.seen = saved;
+        built
+    }
+
     /// `children` built as a sequence node below the node's label.
     fn sequence_of(&mut self, d: &Decl<'_>) -> Option<Arc<Node>> {
         let label = d.label;
@@ -406,9 +463,16 @@ impl<'a> Builder<'a> {
         let mut built = Vec::new();
         let mut ok = true;
         let mut current = input.cloned();
+        // Only one of a fallback's or a contest's children is the result.
+        let exclusive = matches!(ty, "fallback" | "contest");
         for (i, c) in list.iter().enumerate() {
             let path = format!("{here}.children[{i}]");
-            let node = self.node(c, At::below(&path, label), current.as_ref());
+            let at = At::below(&path, label);
+            let node = if exclusive {
+                self.branch(|b| b.node(c, at, current.as_ref()))
+            } else {
+                self.node(c, at, current.as_ref())
+            };
             if chained {
                 current = node.as_ref().map(|n| Arc::clone(&n.schema));
             }
@@ -448,20 +512,33 @@ impl<'a> Builder<'a> {
         match d.obj.get(key).map(duration_value).transpose() {
             Ok(v) => Some(v.or(default)),
             Err(e) => {
+                let e = if key == "duration" {
+                    e
+                } else {
+                    e.replacen("invalid duration", &format!("invalid {key} duration"), 1)
+                };
                 self.err(format!("{}.{key}", d.here), e);
                 None
             }
         }
     }
 
-    /// A positive integer setting.
+    /// A positive integer setting; 0, like leaving it out, means the
+    /// default (Flume's rule).
     fn count(&mut self, d: &Decl<'_>, key: &str, default: usize) -> Option<usize> {
-        match d.obj.get(key).map(positive_count).transpose() {
-            Ok(v) => Some(v.unwrap_or(default)),
-            Err(e) => {
-                self.err(format!("{}.{key}", d.here), e);
-                None
-            }
+        match d.obj.get(key) {
+            None => Some(default),
+            Some(v) => match v.as_i64() {
+                Some(0) => Some(default),
+                Some(n) if n > 0 => Some(n as usize),
+                _ => {
+                    self.err(
+                        format!("{}.{key}", d.here),
+                        format!("{key} must be positive (got {v})"),
+                    );
+                    None
+                }
+            },
         }
     }
 

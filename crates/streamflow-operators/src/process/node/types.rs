@@ -166,7 +166,9 @@ impl Builder<'_> {
             "filter" => {
                 let predicate = self.predicate(d, "predicate", input);
                 let then = match obj.get("then") {
-                    Some(t) => self.node(t, At::below(&format!("{here}.then"), label), input),
+                    Some(t) => self.branch(|b| {
+                        b.node(t, At::below(&format!("{here}.then"), label), input)
+                    }),
                     None => {
                         self.err(format!("{here}.then"), "filter requires then");
                         None
@@ -174,7 +176,9 @@ impl Builder<'_> {
                 };
                 let otherwise = obj
                     .get("else")
-                    .map(|e| self.node(e, At::below(&format!("{here}.else"), label), input));
+                    .map(|e| {
+                        self.branch(|b| b.node(e, At::below(&format!("{here}.else"), label), input))
+                    });
                 let (then, input) = (then?, input?);
                 let outs = match &otherwise {
                     Some(e) => vec![
@@ -213,7 +217,7 @@ impl Builder<'_> {
                     Some(Value::Object(m)) if !m.is_empty() => {
                         for (key, v) in m {
                             let path = format!("{here}.routes.{key}");
-                            match self.node(v, At::below(&path, label), input) {
+                            match self.branch(|b| b.node(v, At::below(&path, label), input)) {
                                 Some(n) => {
                                     outs.push((path, same(&n)));
                                     routes.insert(key.clone(), n);
@@ -233,7 +237,7 @@ impl Builder<'_> {
                 let default = match obj.get("default") {
                     Some(v) => {
                         let path = format!("{here}.default");
-                        let n = self.node(v, At::below(&path, label), input);
+                        let n = self.branch(|b| b.node(v, At::below(&path, label), input));
                         if let Some(n) = &n {
                             outs.push((path, same(n)));
                         }
