@@ -32,12 +32,14 @@ pub enum TextFormat {
 const FAST_ROWS: usize = 1 << 22;
 
 /// The parser of JSON lines' fast path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 pub enum JsonParser {
     /// simd-json onto Arrow columns, arrow-json for chunks it does not take.
     #[default]
+    #[serde(rename = "simd-json")]
     Simd,
     /// Arrow's JSON reader only.
+    #[serde(rename = "arrow-json")]
     Arrow,
 }
 

@@ -33,7 +33,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Source, SourceBatch, SourceOffset};
 
-use super::decode::{ByteInput, LineDecoder, TextFormat, TextReader};
+use super::decode::{ByteInput, JsonParser, LineDecoder, TextFormat, TextReader};
 use crate::registry::{SourceContext, SourceFactory};
 
 /// File formats.
@@ -76,6 +76,10 @@ pub struct FileSourceConfig {
     /// With several instances: text files larger than this are read in
     /// ranges of this size, dealt to the instances in turn (default 16MB).
     pub split_size: Option<streamflow_dsl::ByteSize>,
+    /// JSON lines: the parser, `simd-json` (default) or `arrow-json`;
+    /// both decode alike.
+    #[serde(default)]
+    pub json_parser: JsonParser,
 }
 
 fn default_infer_rows() -> usize {
@@ -346,7 +350,8 @@ impl SourceFactory for FileSourceFactory {
                     TextFormat::Jsonl
                 },
                 self.config.delimiter as u8,
-            ),
+            )
+            .with_parser(self.config.json_parser),
             schema: Arc::clone(&self.schema),
             header: self.config.header,
             batch_size: self.config.batch_size,

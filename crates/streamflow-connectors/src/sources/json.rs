@@ -100,7 +100,11 @@ impl TapeDecoder {
     fn append_lines(&mut self, chunk: &[u8]) -> Step<()> {
         let mut tape = self.tape.take().unwrap_or_else(simd_json::tape::Tape::null);
         let mut outcome = Ok(());
-        for line in chunk.split(|b| *b == b'\n') {
+        let mut start = 0;
+        while start < chunk.len() {
+            let end = memchr::memchr(b'\n', &chunk[start..]).map_or(chunk.len(), |i| start + i);
+            let line = &chunk[start..end];
+            start = end + 1;
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -377,6 +381,8 @@ impl Validity {
 /// The columns of an object (a struct column, or a whole line).
 struct StructColumn {
     fields: Fields,
+    /// The fields' names (compared with every key of every object).
+    names: Vec<Vec<u8>>,
     children: Vec<Column>,
     /// For each child, the row it last received a value in (`rows + 1`
     /// while the current row is being filled).
@@ -393,6 +399,7 @@ impl StructColumn {
             .collect::<Option<Vec<_>>>()?;
         Some(Self {
             fields: fields.clone(),
+            names: fields.iter().map(|f| f.name().as_bytes().to_vec()).collect(),
             filled: vec![0; children.len()],
             children,
             nulls: Validity::default(),
@@ -401,7 +408,8 @@ impl StructColumn {
     }
 
     fn position(&self, key: &str) -> Option<usize> {
-        self.fields.iter().position(|f| f.name() == key)
+        let key = key.as_bytes();
+        self.names.iter().position(|n| n.as_slice() == key)
     }
 
     /// Appends the object at the start of `nodes`; returns the nodes it spans.
