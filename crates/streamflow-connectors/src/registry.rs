@@ -136,6 +136,12 @@ pub static SOURCES: &[SourceKind] = &[
         description: "JSON lines or CSV from standard input",
         plan: sources::stdin::plan,
     },
+    #[cfg(feature = "redis")]
+    SourceKind {
+        name: "redis",
+        description: "a Redis stream, through a consumer group",
+        plan: sources::redis::plan,
+    },
 ];
 
 /// Every sink type.
@@ -154,6 +160,12 @@ pub static SINKS: &[SinkKind] = &[
         name: "blackhole",
         description: "count and discard (benchmarks)",
         plan: sinks::blackhole::plan,
+    },
+    #[cfg(feature = "redis")]
+    SinkKind {
+        name: "redis",
+        description: "append to a Redis stream (exactly-once with checkpoints)",
+        plan: sinks::redis::plan,
     },
 ];
 

@@ -20,12 +20,25 @@ pub struct SourceBatch {
 /// slow downstream therefore simply stops the pulling (backpressure).
 #[async_trait]
 pub trait Source: Send {
+    /// Called once after creation, before any [`seek`](Source::seek) or
+    /// pull: `checkpointing` says whether checkpoints will be taken (broker
+    /// sources then acknowledge only on [`checkpoint_complete`](Source::checkpoint_complete),
+    /// otherwise as records are handed on).
+    ///
+    /// # Errors
+    /// When the input cannot be reached.
+    async fn open(&mut self, _checkpointing: bool) -> Result<()> {
+        Ok(())
+    }
+
     /// Produces the next batch; `Ok(None)` once the input is exhausted.
     async fn next_batch(&mut self) -> Result<Option<SourceBatch>>;
 
     /// The position to resume from after a restore (file + byte offset,
-    /// event index, broker sequence ...). Recorded at checkpoints.
-    fn offset(&self) -> SourceOffset {
+    /// event index, broker position ...), recorded by checkpoint
+    /// `checkpoint` as its barrier leaves this instance. Broker sources
+    /// remember it, to acknowledge up to it when the checkpoint completes.
+    fn offset(&mut self, _checkpoint: u64) -> SourceOffset {
         SourceOffset::None
     }
 
@@ -71,4 +84,7 @@ pub enum SourceOffset {
         /// Byte offset of the next unread record.
         byte: u64,
     },
+    /// A broker source's own position (last delivered message id, partition
+    /// offsets ...), in the form that source reads back.
+    Broker(serde_json::Value),
 }

@@ -208,6 +208,10 @@ impl Pipeline {
                             assigner: Arc::clone(t),
                         });
                         let mut source = source;
+                        source
+                            .open(acks.is_some())
+                            .await
+                            .map_err(|e| e.in_stage(&node.name))?;
                         if let Some(position) = restored
                             .as_ref()
                             .and_then(|r| r.source(&node.name, instance))

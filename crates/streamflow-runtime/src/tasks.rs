@@ -153,9 +153,9 @@ pub(crate) struct SourceTime {
 }
 
 /// Where a source instance stands: the position of its next record.
-fn position(source: &dyn Source, time: Option<&SourceTime>) -> SourcePosition {
+fn position(source: &mut dyn Source, checkpoint: u64, time: Option<&SourceTime>) -> SourcePosition {
     SourcePosition {
-        offset: source.offset(),
+        offset: source.offset(checkpoint),
         max_event_time: time.and_then(|t| t.watermarks.max_seen()),
     }
 }
@@ -178,7 +178,7 @@ pub(crate) async fn run_source(
                 while let Ok(control) = c.control.try_recv() {
                     match control {
                         SourceControl::Inject(b) => {
-                            let at = position(source.as_ref(), time.as_ref());
+                            let at = position(source.as_mut(), b.id, time.as_ref());
                             c.barrier(b, at, &mut out).await?;
                         }
                         SourceControl::Complete(id) => source.checkpoint_complete(id).await?,
@@ -236,16 +236,24 @@ pub(crate) async fn run_source(
         }
         if let Some(c) = checkpoints.as_mut() {
             c.acks.send(Ack::SourceFinished)?;
+            // Until the final checkpoint completes, so that broker sources
+            // acknowledge what it covers.
+            let mut final_id = None;
             while let Some(control) = c.control.recv().await {
                 match control {
                     SourceControl::Inject(b) => {
-                        let at = position(source.as_ref(), time.as_ref());
+                        let at = position(source.as_mut(), b.id, time.as_ref());
                         c.barrier(b, at, &mut out).await?;
                         if b.is_final {
+                            final_id = Some(b.id);
+                        }
+                    }
+                    SourceControl::Complete(id) => {
+                        source.checkpoint_complete(id).await?;
+                        if final_id.is_some_and(|f| id >= f) {
                             break;
                         }
                     }
-                    SourceControl::Complete(id) => source.checkpoint_complete(id).await?,
                 }
             }
         }

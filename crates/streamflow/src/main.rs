@@ -689,8 +689,8 @@ fn bench_decode(
         DecoderChoice::SimdJson => (JsonParser::Simd, "simd-json"),
         DecoderChoice::ArrowJson => (JsonParser::Arrow, "arrow-json"),
     };
-    let mut decoder = LineDecoder::new(std::sync::Arc::new(schema), TextFormat::Jsonl, b',')
-        .with_parser(parser);
+    let mut decoder =
+        LineDecoder::new(std::sync::Arc::new(schema), TextFormat::Jsonl, b',').with_parser(parser);
     // Chunks of whole lines as the file source cuts them (untimed).
     const CHUNK: usize = 4 << 20;
     let mut chunks = Vec::new();

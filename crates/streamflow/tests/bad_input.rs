@@ -71,8 +71,11 @@ fn a_column_seen_with_numbers_and_strings_keeps_every_row() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let input = d.join("in.jsonl");
-    std::fs::write(&input, "{\"v\": 10}\n{\"v\": \"x\"}\n{\"v\": 12}\n{\"v\": true}\n")
-        .expect("write");
+    std::fs::write(
+        &input,
+        "{\"v\": 10}\n{\"v\": \"x\"}\n{\"v\": 12}\n{\"v\": true}\n",
+    )
+    .expect("write");
     let out = run(&["run", &dlq_flow(d, &input, "")]);
     assert!(out.status.success(), "{}", stderr(&out));
     let good: Vec<String> = read_jsonl(&d.join("good.jsonl"))
@@ -145,8 +148,11 @@ fn json_with_bad_lines(lines: u64) -> (Vec<u8>, Vec<i64>, Vec<u64>) {
             None => {
                 good.push(id);
                 bytes.extend_from_slice(
-                    format!("{{\"id\": {id}, \"name\": \"n{id}\", \"score\": {}.5}}\n", id % 7)
-                        .as_bytes(),
+                    format!(
+                        "{{\"id\": {id}, \"name\": \"n{id}\", \"score\": {}.5}}\n",
+                        id % 7
+                    )
+                    .as_bytes(),
                 );
                 continue;
             }
@@ -226,7 +232,12 @@ fn a_million_csv_rows_with_one_percent_bad_lose_nothing() {
         .iter()
         .map(|r| r["id"].as_i64().expect("integer id"))
         .collect();
-    assert!(got == good, "good rows differ ({} vs {})", got.len(), good.len());
+    assert!(
+        got == good,
+        "good rows differ ({} vs {})",
+        got.len(),
+        good.len()
+    );
     let dead = bad_lines(d);
     assert_eq!(dead.iter().map(|b| b.0).collect::<Vec<_>>(), bad);
 }

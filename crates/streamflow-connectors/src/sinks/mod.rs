@@ -2,6 +2,8 @@
 
 pub mod blackhole;
 pub mod file;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod stdout;
 
 mod encode;

@@ -483,7 +483,9 @@ mod tests {
             Field::new("b", DataType::Utf8, true),
         ]));
         let mut d = LineDecoder::new(schema, TextFormat::Csv, b',');
-        let out = d.decode(b"1,x\n2\nz,y\n4,w\n", "in.csv", 2).expect("decodes");
+        let out = d
+            .decode(b"1,x\n2\nz,y\n4,w\n", "in.csv", 2)
+            .expect("decodes");
         assert_eq!(out.data.expect("rows").num_rows(), 2);
         let got: Vec<(Option<u64>, &str)> = out
             .dead_letters
@@ -506,8 +508,15 @@ mod tests {
             .expect("decodes");
         assert!(out.dead_letters.is_empty(), "{:?}", out.dead_letters);
         let data = out.data.expect("rows");
-        let s = data.column(0).as_any().downcast_ref::<arrow::array::StringArray>().expect("utf8");
-        assert_eq!(s.iter().collect::<Vec<_>>(), vec![Some("a"), Some("10"), Some("true")]);
+        let s = data
+            .column(0)
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .expect("utf8");
+        assert_eq!(
+            s.iter().collect::<Vec<_>>(),
+            vec![Some("a"), Some("10"), Some("true")]
+        );
     }
 
     /// Lines of JSON-ish or CSV-ish bytes, with random damage.

@@ -148,7 +148,7 @@ impl Source for GeneratorSource {
         }))
     }
 
-    fn offset(&self) -> SourceOffset {
+    fn offset(&mut self, _checkpoint: u64) -> SourceOffset {
         self.cursor.offset()
     }
 

@@ -17,9 +17,9 @@ use arrow::array::{
 };
 use arrow::buffer::{NullBuffer, ScalarBuffer};
 use arrow::datatypes::{
-    ArrowPrimitiveType, DataType, Fields, Float64Type, Int32Type, Int64Type,
-    SchemaRef, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
-    TimestampNanosecondType, TimestampSecondType,
+    ArrowPrimitiveType, DataType, Fields, Float64Type, Int32Type, Int64Type, SchemaRef, TimeUnit,
+    TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+    TimestampSecondType,
 };
 use arrow::error::ArrowError;
 use simd_json::{Node, StaticNode};
@@ -159,7 +159,9 @@ impl Column {
             DataType::Int32 => Self::Int32(Primitive::default()),
             DataType::Int64 => Self::Int64(Primitive::default()),
             DataType::Float64 => Self::Float64(Primitive::default()),
-            DataType::Timestamp(unit, tz) => Self::Timestamp(Primitive::default(), *unit, tz.clone()),
+            DataType::Timestamp(unit, tz) => {
+                Self::Timestamp(Primitive::default(), *unit, tz.clone())
+            }
             DataType::Boolean => Self::Boolean {
                 values: BooleanBufferBuilder::new(0),
                 nulls: Validity::default(),
@@ -282,7 +284,9 @@ fn timestamp<T: arrow::datatypes::ArrowTimestampType>(
     nulls: Option<NullBuffer>,
     tz: &Option<Arc<str>>,
 ) -> ArrayRef {
-    Arc::new(PrimitiveArray::<T>::new(ScalarBuffer::from(values), nulls).with_timezone_opt(tz.clone()))
+    Arc::new(
+        PrimitiveArray::<T>::new(ScalarBuffer::from(values), nulls).with_timezone_opt(tz.clone()),
+    )
 }
 
 /// An integer JSON number (floats are left to arrow-json).
@@ -399,7 +403,10 @@ impl StructColumn {
             .collect::<Option<Vec<_>>>()?;
         Some(Self {
             fields: fields.clone(),
-            names: fields.iter().map(|f| f.name().as_bytes().to_vec()).collect(),
+            names: fields
+                .iter()
+                .map(|f| f.name().as_bytes().to_vec())
+                .collect(),
             filled: vec![0; children.len()],
             children,
             nulls: Validity::default(),
@@ -519,13 +526,17 @@ mod tests {
             any::<i32>().prop_map(|v| v.to_string()),
             (-1e6f64..1e6).prop_map(|v| format!("{v:?}")),
             any::<u64>().prop_map(|v| v.to_string()),
-            "[a-z\\\\\"\u{e9}\u{1F600} ]{0,8}".prop_map(|s| serde_json::to_string(&s).expect("str")),
+            "[a-z\\\\\"\u{e9}\u{1F600} ]{0,8}"
+                .prop_map(|s| serde_json::to_string(&s).expect("str")),
             Just("\"2024-01-02T03:04:05Z\"".to_string()),
             Just("[1, 2]".to_string()),
         ];
         leaf.prop_recursive(2, 8, 4, |inner| {
             proptest::collection::vec(
-                (prop_oneof![Just("id"), Just("name"), Just("at"), Just("x")], inner),
+                (
+                    prop_oneof![Just("id"), Just("name"), Just("at"), Just("x")],
+                    inner,
+                ),
                 0..4,
             )
             .prop_map(|kvs| {
@@ -555,7 +566,11 @@ mod tests {
             prop_oneof![
                 typed(any::<i64>().prop_map(|v| format!("\"id\": {v}")).boxed()),
                 typed(text().prop_map(|v| format!("\"name\": {v}")).boxed()),
-                typed((0i64..4_000_000_000_000).prop_map(|v| format!("\"at\": {v}")).boxed()),
+                typed(
+                    (0i64..4_000_000_000_000)
+                        .prop_map(|v| format!("\"at\": {v}"))
+                        .boxed()
+                ),
                 value().prop_map(|v| format!("\"x\": {v}")),
             ],
             0..4,
@@ -564,9 +579,18 @@ mod tests {
         .boxed();
         let columns = [
             ("a", typed(int)),
-            ("small", typed(any::<i32>().prop_map(|v| v.to_string()).boxed())),
-            ("f", typed((-1e9f64..1e9).prop_map(|v| format!("{v:?}")).boxed())),
-            ("b", typed(any::<bool>().prop_map(|v| v.to_string()).boxed())),
+            (
+                "small",
+                typed(any::<i32>().prop_map(|v| v.to_string()).boxed()),
+            ),
+            (
+                "f",
+                typed((-1e9f64..1e9).prop_map(|v| format!("{v:?}")).boxed()),
+            ),
+            (
+                "b",
+                typed(any::<bool>().prop_map(|v| v.to_string()).boxed()),
+            ),
             ("s", typed(text())),
             ("big", typed(text())),
             ("o", typed(object)),
@@ -574,9 +598,16 @@ mod tests {
         ];
         let kvs: Vec<_> = columns
             .into_iter()
-            .map(|(k, v)| proptest::option::weighted(0.8, v.prop_map(move |v| format!("\"{k}\":{v}"))))
+            .map(|(k, v)| {
+                proptest::option::weighted(0.8, v.prop_map(move |v| format!("\"{k}\":{v}")))
+            })
             .collect();
-        kvs.prop_map(|kvs| format!("{{{}}}", kvs.into_iter().flatten().collect::<Vec<_>>().join(",")))
+        kvs.prop_map(|kvs| {
+            format!(
+                "{{{}}}",
+                kvs.into_iter().flatten().collect::<Vec<_>>().join(",")
+            )
+        })
     }
 
     proptest! {
@@ -607,13 +638,19 @@ mod tests {
             "/../../examples/nexmark-file/sample.jsonl"
         ))
         .expect("sample");
-        let (full, _) = arrow::json::reader::infer_json_schema(text.as_bytes(), None)
-            .expect("schema");
+        let (full, _) =
+            arrow::json::reader::infer_json_schema(text.as_bytes(), None).expect("schema");
         let full = Arc::new(full);
         let mut tape = TapeDecoder::new(Arc::clone(&full)).expect("nexmark types are supported");
-        let fast = tape.decode(text.as_bytes()).expect("fast path").expect("rows");
+        let fast = tape
+            .decode(text.as_bytes())
+            .expect("fast path")
+            .expect("rows");
         assert_eq!(fast.num_rows(), text.lines().count());
-        assert_eq!(Some(fast), arrow_json(full, text.as_bytes()).expect("arrow"));
+        assert_eq!(
+            Some(fast),
+            arrow_json(full, text.as_bytes()).expect("arrow")
+        );
     }
 
     #[test]

@@ -161,7 +161,7 @@ impl Source for NexmarkSource {
         }))
     }
 
-    fn offset(&self) -> SourceOffset {
+    fn offset(&mut self, _checkpoint: u64) -> SourceOffset {
         self.cursor.offset()
     }
 

@@ -166,19 +166,17 @@ impl Builder<'_> {
             "filter" => {
                 let predicate = self.predicate(d, "predicate", input);
                 let then = match obj.get("then") {
-                    Some(t) => self.branch(|b| {
-                        b.node(t, At::below(&format!("{here}.then"), label), input)
-                    }),
+                    Some(t) => {
+                        self.branch(|b| b.node(t, At::below(&format!("{here}.then"), label), input))
+                    }
                     None => {
                         self.err(format!("{here}.then"), "filter requires then");
                         None
                     }
                 };
-                let otherwise = obj
-                    .get("else")
-                    .map(|e| {
-                        self.branch(|b| b.node(e, At::below(&format!("{here}.else"), label), input))
-                    });
+                let otherwise = obj.get("else").map(|e| {
+                    self.branch(|b| b.node(e, At::below(&format!("{here}.else"), label), input))
+                });
                 let (then, input) = (then?, input?);
                 let outs = match &otherwise {
                     Some(e) => vec![

@@ -1,0 +1,317 @@
+//! Message formats of the broker connectors: one message's bytes become one
+//! row, and one row becomes one message.
+//!
+//! `json` (one object per message, into a declared or inferred schema),
+//! `csv` (one record per message) and `string`/`bytes` (the whole message in
+//! one column, `value`). Undecodable messages become dead letters carrying
+//! the message's position. Schema-registry formats plug in here.
+
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BinaryArray, StringArray, StringBuilder};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
+use serde::Deserialize;
+use streamflow_core::{DeadLetter, Error, Result};
+
+use crate::sources::decode::{LineDecoder, TextFormat};
+
+/// How messages are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageFormat {
+    /// One JSON object per message.
+    #[default]
+    Json,
+    /// One CSV record per message (no header).
+    Csv,
+    /// The message as UTF-8 text, in column `value`.
+    String,
+    /// The message's bytes, in column `value`.
+    Bytes,
+}
+
+/// The column holding the whole message in `string` and `bytes` formats.
+pub const VALUE: &str = "value";
+
+impl MessageFormat {
+    /// The schema of `string`/`bytes` messages; `None` for formats whose
+    /// schema is declared or inferred.
+    pub fn fixed_schema(self) -> Option<Schema> {
+        let t = match self {
+            MessageFormat::String => DataType::Utf8,
+            MessageFormat::Bytes => DataType::Binary,
+            MessageFormat::Json | MessageFormat::Csv => return None,
+        };
+        Some(Schema::new(vec![Field::new(VALUE, t, true)]))
+    }
+}
+
+/// Good rows of some messages: the batch, and for each row the index of
+/// the message it came from.
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub(crate) batch: Option<RecordBatch>,
+    pub(crate) rows: Vec<usize>,
+    pub(crate) dead_letters: Vec<DeadLetter>,
+}
+
+/// Decodes messages of one format into one schema.
+#[derive(Debug, Clone)]
+pub(crate) struct MessageDecoder {
+    format: MessageFormat,
+    schema: SchemaRef,
+    lines: Option<LineDecoder>,
+}
+
+impl MessageDecoder {
+    pub(crate) fn new(format: MessageFormat, schema: SchemaRef) -> Self {
+        let lines = match format {
+            MessageFormat::Json => Some(TextFormat::Jsonl),
+            MessageFormat::Csv => Some(TextFormat::Csv),
+            MessageFormat::String | MessageFormat::Bytes => None,
+        }
+        .map(|f| LineDecoder::new(Arc::clone(&schema), f, b','));
+        Self {
+            format,
+            schema,
+            lines,
+        }
+    }
+
+    /// Decodes `messages`; a bad one becomes a dead letter whose `file` is
+    /// `position(index)`.
+    pub(crate) fn decode(
+        &mut self,
+        messages: &[&[u8]],
+        position: impl Fn(usize) -> String,
+    ) -> Result<Decoded> {
+        let dead = |i: usize, payload: &[u8], error: String| DeadLetter {
+            file: Some(position(i)),
+            line: None,
+            payload: Some(String::from_utf8_lossy(payload).into_owned()),
+            error,
+        };
+        match self.format {
+            MessageFormat::Bytes => {
+                let array = BinaryArray::from_iter_values(messages.iter());
+                self.one_column(Arc::new(array), (0..messages.len()).collect(), Vec::new())
+            }
+            MessageFormat::String => {
+                let mut dead_letters = Vec::new();
+                let mut b = StringBuilder::new();
+                let mut rows = Vec::with_capacity(messages.len());
+                for (i, m) in messages.iter().enumerate() {
+                    match std::str::from_utf8(m) {
+                        Ok(s) => {
+                            b.append_value(s);
+                            rows.push(i);
+                        }
+                        Err(e) => dead_letters.push(dead(i, m, format!("not UTF-8: {e}"))),
+                    }
+                }
+                self.one_column(Arc::new(b.finish()), rows, dead_letters)
+            }
+            MessageFormat::Json | MessageFormat::Csv => {
+                // One line per message: newlines inside a message are JSON
+                // whitespace (raw newlines cannot be inside JSON strings).
+                let mut found = Vec::new();
+                let mut chunk = Vec::with_capacity(messages.iter().map(|m| m.len() + 1).sum());
+                let mut lines = Vec::with_capacity(messages.len());
+                for (i, m) in messages.iter().enumerate() {
+                    if m.iter().all(u8::is_ascii_whitespace) {
+                        found.push((i, dead(i, m, "empty message".into())));
+                        continue;
+                    }
+                    chunk.extend(
+                        m.iter()
+                            .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+                    );
+                    chunk.push(b'\n');
+                    lines.push(i);
+                }
+                let Some(decoder) = self.lines.as_mut() else {
+                    return Err(Error::Other("no line decoder for a text format".into()));
+                };
+                let out = decoder.decode(&chunk, "", 1)?;
+                let mut bad = vec![false; lines.len()];
+                for d in out.dead_letters {
+                    let Some(k) = d
+                        .line
+                        .and_then(|l| usize::try_from(l).ok())
+                        .and_then(|l| l.checked_sub(1))
+                    else {
+                        continue;
+                    };
+                    if let Some(&i) = lines.get(k) {
+                        bad[k] = true;
+                        found.push((i, dead(i, messages[i], d.error)));
+                    }
+                }
+                let rows = lines
+                    .iter()
+                    .zip(&bad)
+                    .filter(|(_, b)| !**b)
+                    .map(|(i, _)| *i)
+                    .collect();
+                found.sort_by_key(|(i, _)| *i);
+                Ok(Decoded {
+                    batch: out.data,
+                    rows,
+                    dead_letters: found.into_iter().map(|(_, d)| d).collect(),
+                })
+            }
+        }
+    }
+
+    fn one_column(
+        &self,
+        array: ArrayRef,
+        rows: Vec<usize>,
+        dead_letters: Vec<DeadLetter>,
+    ) -> Result<Decoded> {
+        let batch = RecordBatch::try_new(Arc::clone(&self.schema), vec![array])
+            .map_err(|e| Error::arrow("building message rows", e))?;
+        Ok(Decoded {
+            batch: (batch.num_rows() > 0).then_some(batch),
+            rows,
+            dead_letters,
+        })
+    }
+}
+
+/// Encodes rows as messages, one per row.
+#[derive(Debug, Clone)]
+pub(crate) struct MessageEncoder {
+    format: MessageFormat,
+}
+
+impl MessageEncoder {
+    /// An encoder of rows of `schema`; `string`/`bytes` need a `value`
+    /// column of that type.
+    pub(crate) fn new(format: MessageFormat, schema: &Schema) -> std::result::Result<Self, String> {
+        if let Some(fixed) = format.fixed_schema() {
+            let want = fixed.field(0).data_type();
+            match schema.field_with_name(VALUE) {
+                Ok(f) if f.data_type() == want => {}
+                _ => {
+                    return Err(format!(
+                        "format {format:?} writes column '{VALUE}' of type {want}; the input has {}",
+                        schema
+                            .fields()
+                            .iter()
+                            .map(|f| format!("{}: {}", f.name(), f.data_type()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                }
+            }
+        }
+        Ok(Self { format })
+    }
+
+    /// One message per row of `batch`.
+    pub(crate) fn encode(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+        let err = |e| Error::arrow("encoding messages", e);
+        match self.format {
+            MessageFormat::Json | MessageFormat::Csv => {
+                let mut out = Vec::new();
+                if self.format == MessageFormat::Json {
+                    let mut w = arrow::json::LineDelimitedWriter::new(&mut out);
+                    w.write(batch).map_err(err)?;
+                    w.finish().map_err(err)?;
+                } else {
+                    let mut w = arrow::csv::WriterBuilder::new()
+                        .with_header(false)
+                        .build(&mut out);
+                    w.write(batch).map_err(err)?;
+                }
+                Ok(out
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(<[u8]>::to_vec)
+                    .collect())
+            }
+            MessageFormat::String => {
+                let column = batch
+                    .column_by_name(VALUE)
+                    .and_then(|c| c.as_any().downcast_ref::<StringArray>())
+                    .ok_or_else(|| Error::Other(format!("no string column '{VALUE}'")))?;
+                // A null value is an empty message.
+                Ok(column
+                    .iter()
+                    .map(|v| v.map(|s| s.as_bytes().to_vec()).unwrap_or_default())
+                    .collect())
+            }
+            MessageFormat::Bytes => {
+                let column = batch
+                    .column_by_name(VALUE)
+                    .and_then(|c| c.as_any().downcast_ref::<BinaryArray>())
+                    .ok_or_else(|| Error::Other(format!("no binary column '{VALUE}'")))?;
+                Ok(column
+                    .iter()
+                    .map(|v| v.map(<[u8]>::to_vec).unwrap_or_default())
+                    .collect())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+
+    #[test]
+    fn json_messages_round_trip_and_bad_ones_keep_their_position() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+        ]));
+        let mut d = MessageDecoder::new(MessageFormat::Json, Arc::clone(&schema));
+        let messages: Vec<&[u8]> = vec![
+            b"{\"a\": 1,\n \"b\": \"x\"}",
+            b"{\"a\": ",
+            b"",
+            b"{\"a\": 4, \"b\": \"y\"}",
+        ];
+        let out = d.decode(&messages, |i| format!("s/{i}")).expect("decodes");
+        assert_eq!(out.rows, vec![0, 3]);
+        let files: Vec<_> = out
+            .dead_letters
+            .iter()
+            .filter_map(|d| d.file.clone())
+            .collect();
+        assert_eq!(files, vec!["s/1", "s/2"]);
+        let batch = out.batch.expect("rows");
+        let a = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("i64");
+        assert_eq!(a.values().to_vec(), vec![1, 4]);
+        let encoded = MessageEncoder::new(MessageFormat::Json, &schema)
+            .expect("encoder")
+            .encode(&batch)
+            .expect("encodes");
+        assert_eq!(encoded[0], b"{\"a\":1,\"b\":\"x\"}".to_vec());
+        let again = d
+            .decode(
+                &encoded.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+                |i| i.to_string(),
+            )
+            .expect("decodes");
+        assert_eq!(again.batch.expect("rows"), batch);
+    }
+
+    #[test]
+    fn string_messages_reject_invalid_utf8() {
+        let schema = Arc::new(MessageFormat::String.fixed_schema().expect("fixed"));
+        let mut d = MessageDecoder::new(MessageFormat::String, schema);
+        let out = d
+            .decode(&[b"ok", b"\xff"], |i| i.to_string())
+            .expect("decodes");
+        assert_eq!(out.rows, vec![0]);
+        assert_eq!(out.dead_letters.len(), 1);
+    }
+}

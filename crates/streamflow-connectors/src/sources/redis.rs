@@ -1,0 +1,524 @@
+//! `redis`: reads a Redis stream through a consumer group.
+//!
+//! Each instance is one consumer of the group (`{consumer}-{instance}`), so
+//! the group spreads the stream's entries over the instances. An entry's
+//! message is its field `field` (default `data`), decoded by `format`; rows
+//! also carry the entry id (`_id`) and the time in it (`_timestamp`).
+//!
+//! Entries are acknowledged (`XACK`) only when the checkpoint covering them
+//! completes, and a restored instance first replays its own pending entries
+//! after the checkpointed position: exactly-once with checkpoints,
+//! at-least-once without (entries are then acknowledged once handed on).
+//! `bounded: true` reads the entries present at start and ends (job mode).
+//!
+//! ```yaml
+//! - name: orders
+//!   type: redis
+//!   dlq: bad
+//!   config: {url: "redis://127.0.0.1:6379", stream: orders, group: shop, bounded: true}
+//! ```
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{ArrayRef, StringArray, TimestampMillisecondArray};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use redis::AsyncCommands;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use streamflow_core::{
+    DeadLetter, Diagnostic, Diagnostics, Error, Result, Source, SourceBatch, SourceOffset,
+};
+
+use crate::message::{MessageDecoder, MessageFormat};
+use crate::registry::{SourceContext, SourceFactory};
+
+/// Where to start a new consumer group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Start {
+    /// The first entry of the stream.
+    #[default]
+    Earliest,
+    /// Entries added from now on.
+    Latest,
+}
+
+/// How to reach a Redis server (shared by the source and the sink).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisEndpoint {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Environment variable holding the password (never printed).
+    pub password_env: Option<String>,
+}
+
+impl RedisEndpoint {
+    /// The client; the password comes from `password_env`.
+    pub(crate) fn client(&self) -> std::result::Result<redis::Client, String> {
+        let mut info: redis::ConnectionInfo = self
+            .url
+            .as_str()
+            .parse()
+            .map_err(|e| format!("invalid Redis url: {e}"))?;
+        if let Some(var) = &self.password_env {
+            let password =
+                std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?;
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        redis::Client::open(info).map_err(|e| format!("invalid Redis url: {e}"))
+    }
+
+    /// The server's address, for messages (no credentials).
+    pub(crate) fn address(&self) -> String {
+        self.client()
+            .map(|c| c.get_connection_info().addr().to_string())
+            .unwrap_or_else(|_| "the configured Redis server".into())
+    }
+
+    /// A connection, retried with backoff for up to about 10 s.
+    pub(crate) async fn connect(&self) -> Result<MultiplexedConnection> {
+        let client = self.client().map_err(Error::Other)?;
+        let mut wait = Duration::from_millis(100);
+        let mut tries = 0;
+        loop {
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(5),
+                client.get_multiplexed_async_connection(),
+            )
+            .await;
+            let why = match attempt {
+                Ok(Ok(c)) => return Ok(c),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".into(),
+            };
+            tries += 1;
+            if tries >= 6 {
+                return Err(Error::Other(format!(
+                    "cannot connect to Redis at {}: {why}",
+                    self.address()
+                )));
+            }
+            tracing::warn!(address = %self.address(), error = %why, "Redis unreachable, retrying");
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// A blocking connection, for planning (schema inference).
+    pub(crate) fn connect_blocking(&self) -> std::result::Result<redis::Connection, String> {
+        let client = self.client()?;
+        client
+            .get_connection_with_timeout(Duration::from_secs(5))
+            .map_err(|e| format!("cannot connect to Redis at {}: {e}", self.address()))
+    }
+}
+
+/// Settings of a `redis` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSourceConfig {
+    /// The server.
+    #[serde(flatten)]
+    pub endpoint: RedisEndpoint,
+    /// The stream key.
+    pub stream: String,
+    /// Consumer group (default `streamflow-<source name>`).
+    pub group: Option<String>,
+    /// Consumer name prefix (default the source name); instance i is `<consumer>-<i>`.
+    pub consumer: Option<String>,
+    /// Message format.
+    #[serde(default)]
+    pub format: MessageFormat,
+    /// The entry field holding the message.
+    #[serde(default = "default_field")]
+    pub field: String,
+    /// Declared schema (json, csv), column → type; json is inferred from
+    /// the stream's first entries when absent.
+    pub schema: Option<Map<String, Value>>,
+    /// Where a new group starts.
+    #[serde(default)]
+    pub start: Start,
+    /// Read the entries present at start, then end.
+    #[serde(default)]
+    pub bounded: bool,
+    /// Entries per read.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+pub(crate) fn default_field() -> String {
+    "data".into()
+}
+fn default_batch() -> usize {
+    1000
+}
+
+/// Entries sampled to infer a JSON schema.
+const INFER_ENTRIES: usize = 1000;
+
+pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Diagnostics> {
+    let config: RedisSourceConfig = ctx.config()?;
+    let fail = |k: &str, m: String| Diagnostics::from(Diagnostic::new(ctx.at(k), m));
+    if config.batch_size == 0 {
+        return Err(fail("batch_size", "must be positive".into()));
+    }
+    config.endpoint.client().map_err(|m| fail("url", m))?;
+    let values = match (config.format.fixed_schema(), &config.schema) {
+        (Some(fixed), None) => fixed,
+        (Some(_), Some(_)) => {
+            return Err(fail(
+                "schema",
+                format!("format {:?} has a fixed schema (value)", config.format),
+            ));
+        }
+        (None, Some(declared)) => super::file::declared_schema(declared, &ctx.at("schema"))?,
+        (None, None) if config.format == MessageFormat::Csv => {
+            return Err(fail("schema", "csv messages need a declared schema".into()));
+        }
+        (None, None) => infer(&config).map_err(|m| fail("stream", m))?,
+    };
+    let mut fields: Vec<Field> = values.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new("_id", DataType::Utf8, false));
+    fields.push(Field::new(
+        "_timestamp",
+        DataType::Timestamp(TimeUnit::Millisecond, None),
+        false,
+    ));
+    Ok(Arc::new(RedisSourceFactory {
+        group: config
+            .group
+            .clone()
+            .unwrap_or_else(|| format!("streamflow-{}", ctx.name)),
+        consumer: config
+            .consumer
+            .clone()
+            .unwrap_or_else(|| ctx.name.to_string()),
+        values: Arc::new(values),
+        schema: Arc::new(Schema::new(fields)),
+        config: Arc::new(config),
+    }))
+}
+
+/// The JSON schema of the stream's first entries.
+fn infer(config: &RedisSourceConfig) -> std::result::Result<Schema, String> {
+    let mut conn = config.endpoint.connect_blocking()?;
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(&config.stream)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(INFER_ENTRIES)
+        .query(&mut conn)
+        .map_err(|e| format!("reading stream '{}': {e}", config.stream))?;
+    let mut sample = Vec::new();
+    for entry in &reply.ids {
+        if let Some(bytes) = field_bytes(entry, &config.field) {
+            sample.extend(bytes.iter().map(|&b| if b == b'\n' { b' ' } else { b }));
+            sample.push(b'\n');
+        }
+    }
+    if sample.is_empty() {
+        return Err(format!(
+            "stream '{}' has no entries with field '{}' to infer a schema from; declare `schema`",
+            config.stream, config.field
+        ));
+    }
+    super::file::infer_json(&sample)
+}
+
+/// The bytes of `field` of an entry.
+pub(crate) fn field_bytes<'a>(entry: &'a StreamId, field: &str) -> Option<&'a [u8]> {
+    match entry.map.get(field)? {
+        redis::Value::BulkString(b) => Some(b),
+        redis::Value::SimpleString(s) => Some(s.as_bytes()),
+        _ => None,
+    }
+}
+
+struct RedisSourceFactory {
+    config: Arc<RedisSourceConfig>,
+    group: String,
+    consumer: String,
+    values: SchemaRef,
+    schema: SchemaRef,
+}
+
+impl SourceFactory for RedisSourceFactory {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn bounded(&self) -> bool {
+        self.config.bounded
+    }
+
+    fn create(&self, instance: usize, _parallelism: usize) -> Result<Box<dyn Source>> {
+        Ok(Box::new(RedisSource {
+            config: Arc::clone(&self.config),
+            group: self.group.clone(),
+            consumer: format!("{}-{instance}", self.consumer),
+            decoder: MessageDecoder::new(self.config.format, Arc::clone(&self.values)),
+            schema: Arc::clone(&self.schema),
+            conn: None,
+            checkpointing: false,
+            replay_after: Some("0-0".into()),
+            acked_through: None,
+            last: None,
+            end: None,
+            unacked: VecDeque::new(),
+            barriers: VecDeque::new(),
+        }))
+    }
+}
+
+/// A stream entry id, `ms-seq`, comparable.
+fn id_key(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+struct RedisSource {
+    config: Arc<RedisSourceConfig>,
+    group: String,
+    consumer: String,
+    decoder: MessageDecoder,
+    schema: SchemaRef,
+    conn: Option<MultiplexedConnection>,
+    checkpointing: bool,
+    /// While replaying this consumer's pending entries: the id after which
+    /// to continue (`None` once they are all replayed).
+    replay_after: Option<String>,
+    /// Pending entries up to this id were covered by the restored
+    /// checkpoint: acknowledge them, do not replay them.
+    acked_through: Option<String>,
+    /// The last entry handed on.
+    last: Option<String>,
+    /// Bounded: the stream's last entry at start (`None`: not yet known).
+    end: Option<Option<String>>,
+    /// Entries handed on and not yet acknowledged, in order.
+    unacked: VecDeque<String>,
+    /// Checkpoints taken and not yet complete, with the last entry each covers.
+    barriers: VecDeque<(u64, Option<String>)>,
+}
+
+impl RedisSource {
+    fn err(&self, what: &str, e: redis::RedisError) -> Error {
+        Error::Other(format!("{what} stream '{}': {e}", self.config.stream))
+    }
+
+    async fn connection(&mut self) -> Result<MultiplexedConnection> {
+        if let Some(c) = &self.conn {
+            return Ok(c.clone());
+        }
+        let mut conn = self.config.endpoint.connect().await?;
+        let start = match self.config.start {
+            Start::Earliest => "0",
+            Start::Latest => "$",
+        };
+        let created: redis::RedisResult<()> = conn
+            .xgroup_create_mkstream(&self.config.stream, &self.group, start)
+            .await;
+        if let Err(e) = created
+            && e.code() != Some("BUSYGROUP")
+        {
+            return Err(self.err("creating the group of", e));
+        }
+        self.conn = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn ack(&mut self, ids: &[String]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.connection().await?;
+        let _: i64 = conn
+            .xack(&self.config.stream, &self.group, ids)
+            .await
+            .map_err(|e| self.err("acknowledging entries of", e))?;
+        Ok(())
+    }
+
+    /// Reads entries after `id` (`>`: new ones) for this consumer.
+    async fn read(&mut self, id: &str, block: Option<usize>) -> Result<Vec<StreamId>> {
+        let mut conn = self.connection().await?;
+        let mut options = StreamReadOptions::default()
+            .group(&self.group, &self.consumer)
+            .count(self.config.batch_size);
+        if let Some(ms) = block {
+            options = options.block(ms);
+        }
+        let reply: Option<StreamReadReply> = conn
+            .xread_options(&[&self.config.stream], &[id], &options)
+            .await
+            .map_err(|e| self.err("reading", e))?;
+        Ok(reply
+            .and_then(|r| r.keys.into_iter().next())
+            .map(|k| k.ids)
+            .unwrap_or_default())
+    }
+
+    /// The next entries to hand on: pending ones first, then new ones.
+    async fn next_entries(&mut self) -> Result<Option<Vec<StreamId>>> {
+        while let Some(after) = self.replay_after.clone() {
+            let entries = self.read(&after, None).await?;
+            let Some(last) = entries.last() else {
+                self.replay_after = None;
+                break;
+            };
+            self.replay_after = Some(last.id.clone());
+            // Covered by the restored checkpoint: acknowledge, skip.
+            let through = self.acked_through.as_deref().map(id_key);
+            let (done, fresh): (Vec<StreamId>, Vec<StreamId>) = entries
+                .into_iter()
+                .partition(|e| through.is_some_and(|t| id_key(&e.id) <= t));
+            self.ack(&done.iter().map(|e| e.id.clone()).collect::<Vec<_>>())
+                .await?;
+            if !fresh.is_empty() {
+                return Ok(Some(fresh));
+            }
+        }
+        if self.config.bounded {
+            let end = match &self.end {
+                Some(end) => end.clone(),
+                None => {
+                    let mut conn = self.connection().await?;
+                    let last: redis::streams::StreamRangeReply = conn
+                        .xrevrange_count(&self.config.stream, "+", "-", 1)
+                        .await
+                        .map_err(|e| self.err("reading", e))?;
+                    let end = last.ids.first().map(|e| e.id.clone());
+                    self.end = Some(end.clone());
+                    end
+                }
+            };
+            let Some(end) = end else {
+                return Ok(None);
+            };
+            let mut entries = self.read(">", None).await?;
+            // Entries added after the start are left for a later run.
+            entries.retain(|e| id_key(&e.id) <= id_key(&end));
+            return Ok((!entries.is_empty()).then_some(entries));
+        }
+        Ok(Some(self.read(">", Some(100)).await?))
+    }
+
+    fn rows(&self, data: RecordBatch, entries: &[StreamId], rows: &[usize]) -> Result<RecordBatch> {
+        let ids = StringArray::from_iter_values(rows.iter().map(|&i| entries[i].id.as_str()));
+        let times = TimestampMillisecondArray::from_iter_values(
+            rows.iter().map(|&i| id_key(&entries[i].id).0 as i64),
+        );
+        let mut columns: Vec<ArrayRef> = data.columns().to_vec();
+        columns.push(Arc::new(ids));
+        columns.push(Arc::new(times));
+        RecordBatch::try_new(Arc::clone(&self.schema), columns)
+            .map_err(|e| Error::arrow("adding the entry ids", e))
+    }
+}
+
+#[async_trait]
+impl Source for RedisSource {
+    async fn open(&mut self, checkpointing: bool) -> Result<()> {
+        self.checkpointing = checkpointing;
+        self.connection().await.map(drop)
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
+        if !self.checkpointing {
+            let handed_on: Vec<String> = self.unacked.drain(..).collect();
+            self.ack(&handed_on).await?;
+        }
+        let Some(entries) = self.next_entries().await? else {
+            return Ok(None);
+        };
+        let Some(last) = entries.last() else {
+            return Ok(Some(SourceBatch::default()));
+        };
+        self.last = Some(last.id.clone());
+        self.unacked.extend(entries.iter().map(|e| e.id.clone()));
+        let field = self.config.field.clone();
+        let mut messages = Vec::with_capacity(entries.len());
+        let mut kept = Vec::with_capacity(entries.len());
+        let mut dead_letters = Vec::new();
+        for (i, e) in entries.iter().enumerate() {
+            match field_bytes(e, &field) {
+                Some(m) => {
+                    messages.push(m);
+                    kept.push(i);
+                }
+                None => dead_letters.push(DeadLetter {
+                    file: Some(format!("{}/{}", self.config.stream, e.id)),
+                    line: None,
+                    payload: None,
+                    error: format!("entry has no field '{field}'"),
+                }),
+            }
+        }
+        let stream = self.config.stream.clone();
+        let decoded = self
+            .decoder
+            .decode(&messages, |i| format!("{stream}/{}", entries[kept[i]].id))?;
+        dead_letters.extend(decoded.dead_letters);
+        // In entry order (the file column holds `stream/id`).
+        dead_letters.sort_by_key(|d| {
+            d.file
+                .as_deref()
+                .and_then(|f| f.rsplit_once('/'))
+                .map(|(_, id)| id_key(id))
+        });
+        let rows: Vec<usize> = decoded.rows.iter().map(|&i| kept[i]).collect();
+        let data = match decoded.batch {
+            Some(b) => Some(self.rows(b, &entries, &rows)?),
+            None => None,
+        };
+        Ok(Some(SourceBatch { data, dead_letters }))
+    }
+
+    fn offset(&mut self, checkpoint: u64) -> SourceOffset {
+        self.barriers.push_back((checkpoint, self.last.clone()));
+        SourceOffset::Broker(serde_json::json!({ "last": self.last }))
+    }
+
+    async fn seek(&mut self, offset: &SourceOffset) -> Result<()> {
+        match offset {
+            SourceOffset::None => Ok(()),
+            SourceOffset::Broker(v) => {
+                let last = v.get("last").and_then(Value::as_str).map(str::to_string);
+                self.acked_through = last.clone();
+                self.last = last;
+                Ok(())
+            }
+            other => Err(Error::Other(format!(
+                "a redis source cannot resume from {other:?}"
+            ))),
+        }
+    }
+
+    async fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<()> {
+        let mut covered = None;
+        while self
+            .barriers
+            .front()
+            .is_some_and(|(id, _)| *id <= checkpoint)
+        {
+            covered = self.barriers.pop_front().map(|(_, last)| last);
+        }
+        let Some(Some(through)) = covered else {
+            return Ok(());
+        };
+        let through = id_key(&through);
+        let mut ids = Vec::new();
+        while self.unacked.front().is_some_and(|id| id_key(id) <= through) {
+            ids.extend(self.unacked.pop_front());
+        }
+        self.ack(&ids).await
+    }
+}

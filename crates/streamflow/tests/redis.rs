@@ -1,0 +1,231 @@
+//! The `redis` source and sink against the local Redis server
+//! (127.0.0.1:6379): round trip, dead letters with their entry ids, and
+//! exactly-once through SIGKILLs with checkpoints.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{read_jsonl, run, stderr, streamflow, write};
+
+const URL: &str = "redis://127.0.0.1:6379";
+
+fn redis() -> redis::Connection {
+    redis::Client::open(URL)
+        .expect("client")
+        .get_connection()
+        .expect("the local Redis server is running")
+}
+
+/// A stream name no other test run uses.
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("sf-test-{name}-{}-{nanos}", std::process::id())
+}
+
+/// Appends `messages` to `stream` in field `data`.
+fn fill(stream: &str, messages: impl Iterator<Item = String>) {
+    let mut conn = redis();
+    let mut pipe = redis::pipe();
+    for m in messages {
+        pipe.cmd("XADD")
+            .arg(stream)
+            .arg("*")
+            .arg("data")
+            .arg(m)
+            .ignore();
+    }
+    let _: () = pipe.query(&mut conn).expect("XADD");
+}
+
+/// The `data` field of every entry of `stream`, parsed as JSON.
+fn entries(stream: &str) -> Vec<serde_json::Value> {
+    let mut conn = redis();
+    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+        .arg(stream)
+        .arg("-")
+        .arg("+")
+        .query(&mut conn)
+        .expect("XRANGE");
+    reply
+        .ids
+        .iter()
+        .map(|e| {
+            let data: String = e.get("data").expect("field data");
+            serde_json::from_str(&data).expect("JSON message")
+        })
+        .collect()
+}
+
+fn ids(rows: &[serde_json::Value]) -> Vec<i64> {
+    rows.iter().map(|r| r["id"].as_i64().expect("id")).collect()
+}
+
+#[test]
+fn a_stream_round_trips_and_bad_entries_reach_the_dlq_with_their_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let (input, output) = (unique("in"), unique("out"));
+    fill(
+        &input,
+        (0..1000).map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\"}}")),
+    );
+    fill(&input, ["{\"id\": oops".to_string()].into_iter());
+    let mut conn = redis();
+    let bad_id: String = redis::cmd("XADD")
+        .arg(&input)
+        .arg("*")
+        .arg("other")
+        .arg("x")
+        .query(&mut conn)
+        .expect("XADD");
+    fill(
+        &input,
+        (1000..1010).map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\"}}")),
+    );
+    let flow = write(
+        d,
+        "copy.yaml",
+        &format!(
+            "name: copy\nmode: job\nsources:\n  - name: in\n    type: redis\n    dlq: bad\n    config: {{url: '{URL}', stream: {input}, bounded: true, batch_size: 64}}\nsinks:\n  - {{name: out, type: redis, input: in, config: {{url: '{URL}', stream: {output}}}}}\n  - {{name: bad, type: file, config: {{path: '{}'}}}}\n",
+            d.join("bad.jsonl").display()
+        ),
+    );
+    let out = run(&["run", &flow]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let copied = entries(&output);
+    assert_eq!(ids(&copied), (0..1010).collect::<Vec<_>>());
+    assert!(
+        copied
+            .iter()
+            .all(|r| r["_id"].is_string() && r["name"].is_string())
+    );
+    let bad = read_jsonl(&d.join("bad.jsonl"));
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert!(
+        bad[0]["file"]
+            .as_str()
+            .is_some_and(|f| f.starts_with(&format!("{input}/")))
+    );
+    assert_eq!(bad[1]["file"], format!("{input}/{bad_id}"));
+    assert!(
+        bad[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no field 'data'"))
+    );
+
+    // And back out of Redis into a file.
+    let back = write(
+        d,
+        "back.yaml",
+        &format!(
+            "name: back\nmode: job\nsources:\n  - {{name: s, type: redis, config: {{url: '{URL}', stream: {output}, bounded: true}}}}\nsinks:\n  - {{name: f, type: file, input: s, config: {{path: '{}'}}}}\n",
+            d.join("back.jsonl").display()
+        ),
+    );
+    let out = run(&["run", &back]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        ids(&read_jsonl(&d.join("back.jsonl"))),
+        (0..1010).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_server_that_is_down_is_named_in_the_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = write(
+        dir.path(),
+        "flow.yaml",
+        "name: t\nmode: job\nsources:\n  - {name: s, type: redis, config: {url: 'redis://127.0.0.1:1', stream: x, bounded: true, schema: {id: int64}}}\nsinks:\n  - {name: o, type: blackhole, input: s}\n",
+    );
+    let out = run(&["run", &flow]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot connect to Redis at 127.0.0.1:1"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Runs `flow` to the end, killing it with SIGKILL after each of `kills`
+/// (restarting each time); returns how many runs resumed from a checkpoint.
+fn run_with_kills(flow: &str, kills: &[Duration]) -> usize {
+    let mut resumed = 0;
+    for wait in kills {
+        let mut child = streamflow()
+            .args(["run", flow, "--quiet"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(*wait);
+        let finished = child.try_wait().expect("wait").is_some();
+        if !finished {
+            child.kill().expect("SIGKILL");
+        }
+        let out = child.wait_with_output().expect("reap");
+        if stderr(&out).contains("resuming from checkpoint") {
+            resumed += 1;
+        }
+        if finished {
+            assert!(out.status.success(), "{}", stderr(&out));
+            return resumed;
+        }
+    }
+    let last = streamflow()
+        .args(["run", flow, "--quiet"])
+        .output()
+        .expect("run");
+    assert!(last.status.success(), "{}", stderr(&last));
+    resumed + usize::from(stderr(&last).contains("resuming from checkpoint"))
+}
+
+fn checkpointed_copy(d: &Path, input: &str, output: &str) -> String {
+    write(
+        d,
+        "flow.yaml",
+        &format!(
+            "name: eo\nmode: job\ncheckpoint: {{interval: 50ms, storage: '{}'}}\nsources:\n  - {{name: in, type: redis, config: {{url: '{URL}', stream: {input}, bounded: true, batch_size: 50}}}}\nstages:\n  - {{name: keep, type: select, input: in, select: {{id: id, name: name}}}}\nsinks:\n  - {{name: out, type: redis, input: keep, config: {{url: '{URL}', stream: {output}}}}}\n",
+            d.join("state").display()
+        ),
+    )
+}
+
+#[test]
+fn sigkills_leave_exactly_the_rows_of_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (input, output) = (unique("eo-in"), unique("eo-out"));
+    let n = 60_000;
+    fill(
+        &input,
+        (0..n).map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\"}}")),
+    );
+    let flow = checkpointed_copy(dir.path(), &input, &output);
+    let kills: Vec<Duration> = [300, 450, 350, 600, 500]
+        .iter()
+        .map(|ms| Duration::from_millis(*ms))
+        .collect();
+    let resumed = run_with_kills(&flow, &kills);
+    assert!(resumed > 0, "a restart resumed from a checkpoint");
+    let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
+    for id in ids(&entries(&output)) {
+        *counts.entry(id).or_default() += 1;
+    }
+    let missing = (0..n).filter(|i| !counts.contains_key(i)).count();
+    let doubled = counts.values().filter(|c| **c > 1).count();
+    assert_eq!((missing, doubled), (0, 0), "every row exactly once");
+    assert_eq!(counts.len(), n as usize);
+    // The group acknowledged everything: nothing is left pending.
+    let mut conn = redis();
+    let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
+        .arg(&input)
+        .arg("streamflow-in")
+        .query(&mut conn)
+        .expect("XPENDING");
+    assert_eq!(pending.count(), 0);
+}
