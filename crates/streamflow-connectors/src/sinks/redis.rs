@@ -2,10 +2,12 @@
 //! the encoded row in field `field` (default `data`).
 //!
 //! With checkpoints, rows are staged in a list per instance and moved into
-//! the stream when their checkpoint completes, by one Lua script that also
-//! records the checkpoint in a ledger key, atomically: a checkpoint replayed
-//! after a crash finds itself in the ledger and appends nothing
-//! (exactly-once). Without checkpoints rows are appended as they come.
+//! the stream when their checkpoint completes, by a Lua script that moves a
+//! slice of them and records progress atomically (the moved rows leave the
+//! list; the last slice records the checkpoint in a ledger key): a
+//! checkpoint replayed after a crash goes on where it stopped, or finds
+//! itself in the ledger and appends nothing (exactly-once). Without
+//! checkpoints rows are appended as they come.
 //!
 //! ```yaml
 //! - {name: out, type: redis, input: totals, config: {url: "redis://127.0.0.1:6379", stream: totals, max_len: 100000}}
@@ -49,27 +51,37 @@ pub struct RedisSinkConfig {
 /// Rows per `RPUSH`/pipeline.
 const ROWS_PER_CALL: usize = 1000;
 
-/// Moves a staged list into the stream unless the ledger holds the
-/// checkpoint already. KEYS: staged list, ledger, stream; ARGV: checkpoint,
-/// field, max_len ('' for none).
+/// Moves up to ARGV[4] rows of a staged list into the stream, unless the
+/// ledger holds the checkpoint already; records the checkpoint in the
+/// ledger once the list is empty. Each call is atomic, so a crash between
+/// calls leaves the rest staged and the next call goes on from there.
+/// KEYS: staged list, ledger, stream; ARGV: checkpoint, field, max_len
+/// ('' for none), rows per call. Returns the rows moved, -1 when done.
 const COMMIT: &str = r"
 local done = tonumber(redis.call('GET', KEYS[2]) or '-1')
 if done >= tonumber(ARGV[1]) then
   redis.call('DEL', KEYS[1])
   return -1
 end
-local rows = redis.call('LRANGE', KEYS[1], 0, -1)
-for _, row in ipairs(rows) do
-  if ARGV[3] ~= '' then
-    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', ARGV[2], row)
-  else
-    redis.call('XADD', KEYS[3], '*', ARGV[2], row)
+local rows = redis.call('LPOP', KEYS[1], ARGV[4])
+if rows then
+  for _, row in ipairs(rows) do
+    if ARGV[3] ~= '' then
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', ARGV[2], row)
+    else
+      redis.call('XADD', KEYS[3], '*', ARGV[2], row)
+    end
   end
 end
-redis.call('SET', KEYS[2], ARGV[1])
-redis.call('DEL', KEYS[1])
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('SET', KEYS[2], ARGV[1])
+  return -1
+end
 return #rows
 ";
+
+/// Rows moved per commit call (a call blocks the server while it runs).
+const ROWS_PER_COMMIT: usize = 10_000;
 
 /// Renames the pending list to the checkpoint's staged list, if any rows
 /// are pending. KEYS: pending, staged.
@@ -153,25 +165,27 @@ impl RedisSink {
 
     async fn publish(&mut self, checkpoint: u64) -> Result<()> {
         let mut conn = self.connection().await?;
-        let max_len = self
-            .config
-            .max_len
-            .map(|n| n.to_string())
-            .unwrap_or_default();
-        let moved: i64 = self
-            .commit
-            .key(self.staged(checkpoint))
-            .key(&self.ledger)
-            .key(&self.config.stream)
-            .arg(checkpoint)
-            .arg(&self.config.field)
-            .arg(max_len)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| self.err("committing a checkpoint", e))?;
-        if moved < 0 {
-            tracing::info!(checkpoint, stream = %self.config.stream, "checkpoint already in the stream: skipped");
+        let max_len = self.config.max_len.map(|n| n.to_string()).unwrap_or_default();
+        let mut moved_total = 0i64;
+        loop {
+            let moved: i64 = self
+                .commit
+                .key(self.staged(checkpoint))
+                .key(&self.ledger)
+                .key(&self.config.stream)
+                .arg(checkpoint)
+                .arg(&self.config.field)
+                .arg(&max_len)
+                .arg(ROWS_PER_COMMIT)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| self.err("committing a checkpoint", e))?;
+            if moved < 0 {
+                break;
+            }
+            moved_total += moved;
         }
+        tracing::debug!(checkpoint, rows = moved_total, stream = %self.config.stream, "checkpoint appended");
         Ok(())
     }
 }

@@ -28,7 +28,6 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use redis::AsyncCommands;
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use streamflow_core::{
@@ -210,7 +209,7 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
 /// The JSON schema of the stream's first entries.
 fn infer(config: &RedisSourceConfig) -> std::result::Result<Schema, String> {
     let mut conn = config.endpoint.connect_blocking()?;
-    let reply: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+    let reply: redis::Value = redis::cmd("XRANGE")
         .arg(&config.stream)
         .arg("-")
         .arg("+")
@@ -219,8 +218,8 @@ fn infer(config: &RedisSourceConfig) -> std::result::Result<Schema, String> {
         .query(&mut conn)
         .map_err(|e| format!("reading stream '{}': {e}", config.stream))?;
     let mut sample = Vec::new();
-    for entry in &reply.ids {
-        if let Some(bytes) = field_bytes(entry, &config.field) {
+    for entry in entries_of(reply, &config.field) {
+        if let Some(bytes) = entry.message {
             sample.extend(bytes.iter().map(|&b| if b == b'\n' { b' ' } else { b }));
             sample.push(b'\n');
         }
@@ -234,13 +233,65 @@ fn infer(config: &RedisSourceConfig) -> std::result::Result<Schema, String> {
     super::file::infer_json(&sample)
 }
 
-/// The bytes of `field` of an entry.
-pub(crate) fn field_bytes<'a>(entry: &'a StreamId, field: &str) -> Option<&'a [u8]> {
-    match entry.map.get(field)? {
+/// A stream entry: its id and the message in the configured field.
+#[derive(Debug)]
+pub(crate) struct Entry {
+    pub(crate) id: String,
+    /// `None`: the entry has no such field (or was deleted).
+    pub(crate) message: Option<Vec<u8>>,
+}
+
+fn text(v: redis::Value) -> Option<Vec<u8>> {
+    match v {
         redis::Value::BulkString(b) => Some(b),
-        redis::Value::SimpleString(s) => Some(s.as_bytes()),
+        redis::Value::SimpleString(s) => Some(s.into_bytes()),
         _ => None,
     }
+}
+
+/// The entries of an `XRANGE` reply (or of one stream of `XREADGROUP`),
+/// taking each entry's `field` out of the reply without copying it.
+pub(crate) fn entries_of(reply: redis::Value, field: &str) -> Vec<Entry> {
+    let redis::Value::Array(items) = reply else {
+        return Vec::new();
+    };
+    items
+        .into_iter()
+        .filter_map(|item| {
+            let redis::Value::Array(pair) = item else {
+                return None;
+            };
+            let mut pair = pair.into_iter();
+            let id = String::from_utf8(text(pair.next()?)?).ok()?;
+            let mut message = None;
+            let fields: Vec<redis::Value> = match pair.next() {
+                Some(redis::Value::Array(f)) => f,
+                Some(redis::Value::Map(m)) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
+                _ => Vec::new(),
+            };
+            let mut fields = fields.into_iter();
+            while let (Some(k), Some(v)) = (fields.next(), fields.next()) {
+                if text(k).is_some_and(|k| k == field.as_bytes()) {
+                    message = text(v);
+                    break;
+                }
+            }
+            Some(Entry { id, message })
+        })
+        .collect()
+}
+
+/// The entries of the one stream an `XREADGROUP` reply holds.
+fn read_reply(reply: redis::Value, field: &str) -> Vec<Entry> {
+    let stream = match reply {
+        redis::Value::Array(streams) => streams.into_iter().next().and_then(|s| match s {
+            redis::Value::Array(kv) => kv.into_iter().nth(1),
+            _ => None,
+        }),
+        redis::Value::Map(streams) => streams.into_iter().next().map(|(_, v)| v),
+        _ => None,
+    };
+    stream.map(|s| entries_of(s, field)).unwrap_or_default()
 }
 
 struct RedisSourceFactory {
@@ -348,26 +399,27 @@ impl RedisSource {
     }
 
     /// Reads entries after `id` (`>`: new ones) for this consumer.
-    async fn read(&mut self, id: &str, block: Option<usize>) -> Result<Vec<StreamId>> {
+    async fn read(&mut self, id: &str, block: Option<usize>) -> Result<Vec<Entry>> {
         let mut conn = self.connection().await?;
-        let mut options = StreamReadOptions::default()
-            .group(&self.group, &self.consumer)
-            .count(self.config.batch_size);
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP")
+            .arg(&self.group)
+            .arg(&self.consumer)
+            .arg("COUNT")
+            .arg(self.config.batch_size);
         if let Some(ms) = block {
-            options = options.block(ms);
+            cmd.arg("BLOCK").arg(ms);
         }
-        let reply: Option<StreamReadReply> = conn
-            .xread_options(&[&self.config.stream], &[id], &options)
+        cmd.arg("STREAMS").arg(&self.config.stream).arg(id);
+        let reply: redis::Value = cmd
+            .query_async(&mut conn)
             .await
             .map_err(|e| self.err("reading", e))?;
-        Ok(reply
-            .and_then(|r| r.keys.into_iter().next())
-            .map(|k| k.ids)
-            .unwrap_or_default())
+        Ok(read_reply(reply, &self.config.field))
     }
 
     /// The next entries to hand on: pending ones first, then new ones.
-    async fn next_entries(&mut self) -> Result<Option<Vec<StreamId>>> {
+    async fn next_entries(&mut self) -> Result<Option<Vec<Entry>>> {
         while let Some(after) = self.replay_after.clone() {
             let entries = self.read(&after, None).await?;
             let Some(last) = entries.last() else {
@@ -377,7 +429,7 @@ impl RedisSource {
             self.replay_after = Some(last.id.clone());
             // Covered by the restored checkpoint: acknowledge, skip.
             let through = self.acked_through.as_deref().map(id_key);
-            let (done, fresh): (Vec<StreamId>, Vec<StreamId>) = entries
+            let (done, fresh): (Vec<Entry>, Vec<Entry>) = entries
                 .into_iter()
                 .partition(|e| through.is_some_and(|t| id_key(&e.id) <= t));
             self.ack(&done.iter().map(|e| e.id.clone()).collect::<Vec<_>>())
@@ -391,11 +443,11 @@ impl RedisSource {
                 Some(end) => end.clone(),
                 None => {
                     let mut conn = self.connection().await?;
-                    let last: redis::streams::StreamRangeReply = conn
+                    let last: redis::Value = conn
                         .xrevrange_count(&self.config.stream, "+", "-", 1)
                         .await
                         .map_err(|e| self.err("reading", e))?;
-                    let end = last.ids.first().map(|e| e.id.clone());
+                    let end = entries_of(last, "").into_iter().next().map(|e| e.id);
                     self.end = Some(end.clone());
                     end
                 }
@@ -411,7 +463,7 @@ impl RedisSource {
         Ok(Some(self.read(">", Some(100)).await?))
     }
 
-    fn rows(&self, data: RecordBatch, entries: &[StreamId], rows: &[usize]) -> Result<RecordBatch> {
+    fn rows(&self, data: RecordBatch, entries: &[Entry], rows: &[usize]) -> Result<RecordBatch> {
         let ids = StringArray::from_iter_values(rows.iter().map(|&i| entries[i].id.as_str()));
         let times = TimestampMillisecondArray::from_iter_values(
             rows.iter().map(|&i| id_key(&entries[i].id).0 as i64),
@@ -449,7 +501,7 @@ impl Source for RedisSource {
         let mut kept = Vec::with_capacity(entries.len());
         let mut dead_letters = Vec::new();
         for (i, e) in entries.iter().enumerate() {
-            match field_bytes(e, &field) {
+            match e.message.as_deref() {
                 Some(m) => {
                     messages.push(m);
                     kept.push(i);
