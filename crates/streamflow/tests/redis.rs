@@ -229,3 +229,40 @@ fn sigkills_leave_exactly_the_rows_of_an_uninterrupted_run() {
         .expect("XPENDING");
     assert_eq!(pending.count(), 0);
 }
+
+#[test]
+fn the_redis_examples_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let stream = unique("example");
+    let root = common::root();
+    let produce = root.join("examples/redis/produce.yaml");
+    let consume = root.join("examples/redis/consume.yaml");
+    let out = run(&[
+        "run",
+        &produce.to_string_lossy(),
+        "--set",
+        "sources.orders.config.count=5000",
+        "--set",
+        &format!("sinks.out.config.stream={stream}"),
+        "--set",
+        &format!("checkpoint.storage={}", d.join("state").display()),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let totals = d.join("totals");
+    let out = run(&[
+        "run",
+        &consume.to_string_lossy(),
+        "--set",
+        &format!("sources.orders.config.stream={stream}"),
+        "--set",
+        &format!("sinks.totals.config.path={}", totals.display()),
+        "--set",
+        &format!("sinks.bad.config.path={}", d.join("bad.jsonl").display()),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = read_jsonl(&totals);
+    // Every order is counted once across the windows.
+    let counted: i64 = rows.iter().map(|r| r["orders"].as_i64().expect("count")).sum();
+    assert_eq!(counted, 5000);
+}
