@@ -161,6 +161,12 @@ pub static SINKS: &[SinkKind] = &[
         description: "count and discard (benchmarks)",
         plan: sinks::blackhole::plan,
     },
+    #[cfg(feature = "postgres")]
+    SinkKind {
+        name: "postgres",
+        description: "append or upsert into a PostgreSQL table (exactly-once with checkpoints)",
+        plan: sinks::postgres::plan,
+    },
     #[cfg(feature = "redis")]
     SinkKind {
         name: "redis",

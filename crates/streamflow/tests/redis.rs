@@ -263,6 +263,9 @@ fn the_redis_examples_run() {
     assert!(out.status.success(), "{}", stderr(&out));
     let rows = read_jsonl(&totals);
     // Every order is counted once across the windows.
-    let counted: i64 = rows.iter().map(|r| r["orders"].as_i64().expect("count")).sum();
+    let counted: i64 = rows
+        .iter()
+        .map(|r| r["orders"].as_i64().expect("count"))
+        .sum();
     assert_eq!(counted, 5000);
 }

@@ -2,6 +2,8 @@
 
 pub mod blackhole;
 pub mod file;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod stdout;

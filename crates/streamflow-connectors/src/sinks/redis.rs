@@ -165,7 +165,11 @@ impl RedisSink {
 
     async fn publish(&mut self, checkpoint: u64) -> Result<()> {
         let mut conn = self.connection().await?;
-        let max_len = self.config.max_len.map(|n| n.to_string()).unwrap_or_default();
+        let max_len = self
+            .config
+            .max_len
+            .map(|n| n.to_string())
+            .unwrap_or_default();
         let mut moved_total = 0i64;
         loop {
             let moved: i64 = self
