@@ -136,6 +136,12 @@ pub static SOURCES: &[SourceKind] = &[
         description: "JSON lines or CSV from standard input",
         plan: sources::stdin::plan,
     },
+    #[cfg(feature = "postgres")]
+    SourceKind {
+        name: "postgres",
+        description: "a PostgreSQL table or query, then its new rows by an incremental column",
+        plan: sources::postgres::plan,
+    },
     #[cfg(feature = "redis")]
     SourceKind {
         name: "redis",

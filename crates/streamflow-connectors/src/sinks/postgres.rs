@@ -163,7 +163,7 @@ fn sql_type(t: &Type) -> &'static str {
 }
 
 /// A quoted identifier (`a.b` → `"a"."b"`).
-fn ident(name: &str) -> String {
+pub(crate) fn ident(name: &str) -> String {
     name.split('.')
         .map(|p| format!("\"{}\"", p.replace('"', "\"\"")))
         .collect::<Vec<_>>()

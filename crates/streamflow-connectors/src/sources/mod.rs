@@ -3,6 +3,8 @@
 pub mod file;
 pub mod generator;
 pub mod nexmark;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod stdin;

@@ -1,0 +1,475 @@
+//! `postgres`: reads a table or query, then (with `incremental_column`)
+//! the rows added since, by a column that only grows.
+//!
+//! The schema comes from the query's own description. Rows are read in
+//! order of `incremental_column`, `batch_size` at a time; the last value
+//! read is the source's position in checkpoints, so a restart goes on after
+//! it. Once caught up the source polls every `poll`, or ends when `bounded`.
+//! Without an incremental column the query is read once (a snapshot). A
+//! query is read by one instance; the others end at once.
+//!
+//! ```yaml
+//! - name: orders
+//!   type: postgres
+//!   config: {url: "postgres://postgres@127.0.0.1/shop", table: orders, incremental_column: id, poll: 1s}
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Date32Builder, Float32Builder, Float64Builder, Int32Builder,
+    Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::Value;
+use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Source, SourceBatch, SourceOffset};
+use streamflow_dsl::HumanDuration;
+use tokio_postgres::Client;
+use tokio_postgres::types::Type;
+
+use crate::registry::{SourceContext, SourceFactory};
+use crate::sinks::postgres::connect;
+
+/// Settings of a `postgres` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSourceConfig {
+    /// `postgres://user@host:port/db`.
+    pub url: String,
+    /// Environment variable holding the password (never printed).
+    pub password_env: Option<String>,
+    /// A query (`SELECT …`); or `table`.
+    pub query: Option<String>,
+    /// A table to read whole; or `query`.
+    pub table: Option<String>,
+    /// A column whose values only grow (an id, an insertion time): rows
+    /// are read in its order and new rows after the last one read.
+    pub incremental_column: Option<String>,
+    /// How often to look for new rows once caught up.
+    pub poll: Option<HumanDuration>,
+    /// End once caught up (job mode).
+    #[serde(default)]
+    pub bounded: bool,
+    /// Rows per query.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+}
+
+fn default_batch() -> usize {
+    10_000
+}
+
+pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Diagnostics> {
+    let config: PostgresSourceConfig = ctx.config()?;
+    let fail = |k: &str, m: String| Diagnostics::from(Diagnostic::new(ctx.at(k), m));
+    let query = match (&config.query, &config.table) {
+        (Some(q), None) => q.trim().trim_end_matches(';').to_string(),
+        (None, Some(t)) => format!("SELECT * FROM {}", crate::sinks::postgres::ident(t)),
+        _ => return Err(fail("query", "set one of query or table".into())),
+    };
+    if config.batch_size == 0 {
+        return Err(fail("batch_size", "must be positive".into()));
+    }
+    let bounded = config.bounded || config.incremental_column.is_none();
+    let columns = describe(&config, &query).map_err(|m| fail("query", m))?;
+    let mut fields = Vec::new();
+    let mut d = Diagnostics::new();
+    for (name, t) in &columns {
+        match arrow_type(t) {
+            Some(a) => fields.push(Field::new(name, a, true)),
+            None => d.push(
+                ctx.at("query"),
+                format!("column '{name}' has type {t}; cast it in the query (e.g. {name}::text or {name}::float8)"),
+            ),
+        }
+    }
+    let cursor = match &config.incremental_column {
+        None => None,
+        Some(c) => match columns.iter().position(|(n, _)| n == c) {
+            Some(i)
+                if matches!(
+                    columns[i].1,
+                    Type::INT8 | Type::INT4 | Type::INT2 | Type::TIMESTAMP | Type::TIMESTAMPTZ
+                ) =>
+            {
+                Some(i)
+            }
+            Some(_) => {
+                d.push(
+                    ctx.at("incremental_column"),
+                    format!("'{c}' must be an integer or a timestamp column"),
+                );
+                None
+            }
+            None => {
+                d.push(
+                    ctx.at("incremental_column"),
+                    format!("'{c}' is not a column of the query"),
+                );
+                None
+            }
+        },
+    };
+    d.into_result(())?;
+    Ok(Arc::new(PostgresSourceFactory {
+        schema: Arc::new(Schema::new(fields)),
+        types: columns.into_iter().map(|(_, t)| t).collect(),
+        query,
+        cursor,
+        bounded,
+        config: Arc::new(config),
+    }))
+}
+
+/// The names and types of the query's columns, asked of the server.
+fn describe(
+    config: &PostgresSourceConfig,
+    query: &str,
+) -> std::result::Result<Vec<(String, Type)>, String> {
+    let (url, password_env, query) = (
+        config.url.clone(),
+        config.password_env.clone(),
+        query.to_string(),
+    );
+    // On a thread of its own: planning may happen inside a runtime.
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let client = connect(&url, password_env.as_deref())
+                .await
+                .map_err(|e| e.to_string())?;
+            let statement = client.prepare(&query).await.map_err(|e| {
+                e.as_db_error()
+                    .map_or_else(|| e.to_string(), |d| d.message().to_string())
+            })?;
+            Ok(statement
+                .columns()
+                .iter()
+                .map(|c| (c.name().to_string(), c.type_().clone()))
+                .collect())
+        })
+    })
+    .join()
+    .map_err(|_| "describing the query failed".to_string())?
+}
+
+fn arrow_type(t: &Type) -> Option<DataType> {
+    Some(match *t {
+        Type::INT8 => DataType::Int64,
+        Type::INT4 | Type::INT2 => DataType::Int32,
+        Type::FLOAT8 => DataType::Float64,
+        Type::FLOAT4 => DataType::Float32,
+        Type::BOOL => DataType::Boolean,
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => DataType::Utf8,
+        Type::DATE => DataType::Date32,
+        Type::TIMESTAMP => DataType::Timestamp(TimeUnit::Microsecond, None),
+        Type::TIMESTAMPTZ => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        _ => return None,
+    })
+}
+
+struct PostgresSourceFactory {
+    config: Arc<PostgresSourceConfig>,
+    query: String,
+    schema: SchemaRef,
+    types: Vec<Type>,
+    /// Index of the incremental column.
+    cursor: Option<usize>,
+    bounded: bool,
+}
+
+impl SourceFactory for PostgresSourceFactory {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.schema)
+    }
+
+    fn bounded(&self) -> bool {
+        self.bounded
+    }
+
+    fn create(&self, instance: usize, _parallelism: usize) -> Result<Box<dyn Source>> {
+        Ok(Box::new(PostgresSource {
+            config: Arc::clone(&self.config),
+            query: self.query.clone(),
+            schema: Arc::clone(&self.schema),
+            types: self.types.clone(),
+            cursor: self.cursor,
+            bounded: self.bounded,
+            client: None,
+            last: None,
+            read: 0,
+            // One instance reads the query.
+            done: instance > 0,
+        }))
+    }
+}
+
+struct PostgresSource {
+    config: Arc<PostgresSourceConfig>,
+    query: String,
+    schema: SchemaRef,
+    types: Vec<Type>,
+    cursor: Option<usize>,
+    bounded: bool,
+    client: Option<Client>,
+    /// The incremental column's last value read (integer, or microseconds).
+    last: Option<i64>,
+    /// Rows read (the snapshot's position).
+    read: u64,
+    done: bool,
+}
+
+/// Microseconds since the epoch of a `TIMESTAMP`/`TIMESTAMPTZ` value.
+fn micros(t: chrono::NaiveDateTime) -> i64 {
+    t.and_utc().timestamp_micros()
+}
+
+impl PostgresSource {
+    fn err(&self, e: tokio_postgres::Error) -> Error {
+        let detail = e
+            .as_db_error()
+            .map_or_else(|| e.to_string(), |d| d.message().to_string());
+        Error::Other(format!("postgres source: {detail}"))
+    }
+
+    /// The next rows of the query.
+    async fn fetch(&mut self) -> Result<Vec<tokio_postgres::Row>> {
+        if self.client.is_none() {
+            self.client =
+                Some(connect(&self.config.url, self.config.password_env.as_deref()).await?);
+        }
+        let client = self
+            .client
+            .as_ref()
+            .ok_or_else(|| Error::Other("no connection".into()))?;
+        let n = self.config.batch_size as i64;
+        let result = match (self.cursor, self.last) {
+            (None, _) => {
+                client
+                    .query(
+                        &format!("SELECT * FROM ({}) s OFFSET $1 LIMIT $2", self.query),
+                        &[&(self.read as i64), &n],
+                    )
+                    .await
+            }
+            (Some(c), last) => {
+                let name = self.schema.field(c).name();
+                let col = crate::sinks::postgres::ident(name);
+                let is_time = matches!(self.types[c], Type::TIMESTAMP | Type::TIMESTAMPTZ);
+                match (last, is_time) {
+                    (None, _) => {
+                        client
+                            .query(
+                                &format!(
+                                    "SELECT * FROM ({}) s ORDER BY {col} LIMIT $1",
+                                    self.query
+                                ),
+                                &[&n],
+                            )
+                            .await
+                    }
+                    (Some(v), true) => {
+                        let t = chrono::DateTime::from_timestamp_micros(v).map(|t| t.naive_utc());
+                        let sql = format!(
+                            "SELECT * FROM ({}) s WHERE {col} > $1::timestamp ORDER BY {col} LIMIT $2",
+                            self.query
+                        );
+                        client.query(&sql, &[&t, &n]).await
+                    }
+                    (Some(v), _) => {
+                        let sql = format!(
+                            "SELECT * FROM ({}) s WHERE {col} > $1::int8 ORDER BY {col} LIMIT $2",
+                            self.query
+                        );
+                        client.query(&sql, &[&v, &n]).await
+                    }
+                }
+            }
+        };
+        result.map_err(|e| self.err(e))
+    }
+
+    fn to_batch(&self, rows: &[tokio_postgres::Row]) -> Result<RecordBatch> {
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.types.len());
+        let bad = |e: tokio_postgres::Error| {
+            Error::Other(format!("postgres source: reading a value: {e}"))
+        };
+        for (i, t) in self.types.iter().enumerate() {
+            let array: ArrayRef = match *t {
+                Type::INT8 => {
+                    let mut b = Int64Builder::with_capacity(rows.len());
+                    for r in rows {
+                        b.append_option(r.try_get::<_, Option<i64>>(i).map_err(bad)?);
+                    }
+                    Arc::new(b.finish())
+                }
+                Type::INT4 => {
+                    let mut b = Int32Builder::with_capacity(rows.len());
+                    for r in rows {
+                        b.append_option(r.try_get::<_, Option<i32>>(i).map_err(bad)?);
+                    }
+                    Arc::new(b.finish())
+                }
+                Type::INT2 => {
+                    let mut b = Int32Builder::with_capacity(rows.len());
+                    for r in rows {
+                        b.append_option(
+                            r.try_get::<_, Option<i16>>(i).map_err(bad)?.map(i32::from),
+                        );
+                    }
+                    Arc::new(b.finish())
+                }
+                Type::FLOAT8 => {
+                    let mut b = Float64Builder::with_capacity(rows.len());
+                    for r in rows {
+                        b.append_option(r.try_get::<_, Option<f64>>(i).map_err(bad)?);
+                    }
+                    Arc::new(b.finish())
+                }
+                Type::FLOAT4 => {
+                    let mut b = Float32Builder::with_capacity(rows.len());
+                    for r in rows {
+                        b.append_option(r.try_get::<_, Option<f32>>(i).map_err(bad)?);
+                    }
+                    Arc::new(b.finish())
+                }
+                Type::BOOL => {
+                    let mut b = BooleanBuilder::with_capacity(rows.len());
+                    for r in rows {
+                        b.append_option(r.try_get::<_, Option<bool>>(i).map_err(bad)?);
+                    }
+                    Arc::new(b.finish())
+                }
+                Type::DATE => {
+                    let mut b = Date32Builder::with_capacity(rows.len());
+                    for r in rows {
+                        let d = r.try_get::<_, Option<chrono::NaiveDate>>(i).map_err(bad)?;
+                        b.append_option(
+                            d.map(|d| (d - chrono::NaiveDate::default()).num_days() as i32),
+                        );
+                    }
+                    Arc::new(b.finish())
+                }
+                Type::TIMESTAMP => {
+                    let mut b = TimestampMicrosecondBuilder::with_capacity(rows.len());
+                    for r in rows {
+                        b.append_option(
+                            r.try_get::<_, Option<chrono::NaiveDateTime>>(i)
+                                .map_err(bad)?
+                                .map(micros),
+                        );
+                    }
+                    Arc::new(b.finish())
+                }
+                Type::TIMESTAMPTZ => {
+                    let mut b =
+                        TimestampMicrosecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
+                    for r in rows {
+                        let t = r
+                            .try_get::<_, Option<chrono::DateTime<chrono::Utc>>>(i)
+                            .map_err(bad)?;
+                        b.append_option(t.map(|t| t.timestamp_micros()));
+                    }
+                    Arc::new(b.finish())
+                }
+                _ => {
+                    let mut b = StringBuilder::new();
+                    for r in rows {
+                        b.append_option(r.try_get::<_, Option<&str>>(i).map_err(bad)?);
+                    }
+                    Arc::new(b.finish())
+                }
+            };
+            columns.push(array);
+        }
+        RecordBatch::try_new(Arc::clone(&self.schema), columns)
+            .map_err(|e| Error::arrow("building rows read from PostgreSQL", e))
+    }
+
+    /// The incremental column's value in the last row.
+    fn last_of(&self, row: &tokio_postgres::Row) -> Result<Option<i64>> {
+        let Some(c) = self.cursor else {
+            return Ok(None);
+        };
+        let bad = |e: tokio_postgres::Error| {
+            Error::Other(format!(
+                "postgres source: reading the incremental column: {e}"
+            ))
+        };
+        Ok(match self.types[c] {
+            Type::INT8 => row.try_get::<_, Option<i64>>(c).map_err(bad)?,
+            Type::INT4 => row
+                .try_get::<_, Option<i32>>(c)
+                .map_err(bad)?
+                .map(i64::from),
+            Type::INT2 => row
+                .try_get::<_, Option<i16>>(c)
+                .map_err(bad)?
+                .map(i64::from),
+            Type::TIMESTAMPTZ => row
+                .try_get::<_, Option<chrono::DateTime<chrono::Utc>>>(c)
+                .map_err(bad)?
+                .map(|t| t.timestamp_micros()),
+            _ => row
+                .try_get::<_, Option<chrono::NaiveDateTime>>(c)
+                .map_err(bad)?
+                .map(micros),
+        })
+    }
+}
+
+#[async_trait]
+impl Source for PostgresSource {
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
+        loop {
+            if self.done {
+                return Ok(None);
+            }
+            let rows = self.fetch().await?;
+            if let Some(last) = rows.last() {
+                if let Some(v) = self.last_of(last)? {
+                    self.last = Some(v);
+                }
+                self.read += rows.len() as u64;
+                let data = self.to_batch(&rows)?;
+                return Ok(Some(SourceBatch {
+                    data: Some(data),
+                    dead_letters: Vec::new(),
+                }));
+            }
+            // Caught up.
+            if self.bounded {
+                self.done = true;
+                continue;
+            }
+            let poll = self.config.poll.map_or(Duration::from_secs(1), |p| p.0);
+            tokio::time::sleep(poll).await;
+            return Ok(Some(SourceBatch::default()));
+        }
+    }
+
+    fn offset(&mut self, _checkpoint: u64) -> SourceOffset {
+        SourceOffset::Broker(serde_json::json!({ "last": self.last, "read": self.read }))
+    }
+
+    async fn seek(&mut self, offset: &SourceOffset) -> Result<()> {
+        match offset {
+            SourceOffset::None => Ok(()),
+            SourceOffset::Broker(v) => {
+                self.last = v.get("last").and_then(Value::as_i64);
+                self.read = v.get("read").and_then(Value::as_u64).unwrap_or(0);
+                Ok(())
+            }
+            other => Err(Error::Other(format!(
+                "a postgres source cannot resume from {other:?}"
+            ))),
+        }
+    }
+}
