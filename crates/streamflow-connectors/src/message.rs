@@ -31,6 +31,17 @@ pub enum MessageFormat {
     Bytes,
 }
 
+/// Where a new consumer (group) of a broker starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Start {
+    /// The first message kept.
+    #[default]
+    Earliest,
+    /// Messages added from now on.
+    Latest,
+}
+
 /// The column holding the whole message in `string` and `bytes` formats.
 pub const VALUE: &str = "value";
 

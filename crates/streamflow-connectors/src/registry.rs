@@ -136,6 +136,12 @@ pub static SOURCES: &[SourceKind] = &[
         description: "JSON lines or CSV from standard input",
         plan: sources::stdin::plan,
     },
+    #[cfg(feature = "nats")]
+    SourceKind {
+        name: "nats",
+        description: "a NATS JetStream stream, through a durable pull consumer",
+        plan: sources::nats::plan,
+    },
     #[cfg(feature = "postgres")]
     SourceKind {
         name: "postgres",
@@ -166,6 +172,12 @@ pub static SINKS: &[SinkKind] = &[
         name: "blackhole",
         description: "count and discard (benchmarks)",
         plan: sinks::blackhole::plan,
+    },
+    #[cfg(feature = "nats")]
+    SinkKind {
+        name: "nats",
+        description: "publish to NATS JetStream (de-duplicated by message id)",
+        plan: sinks::nats::plan,
     },
     #[cfg(feature = "postgres")]
     SinkKind {

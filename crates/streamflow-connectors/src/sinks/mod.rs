@@ -2,6 +2,8 @@
 
 pub mod blackhole;
 pub mod file;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]

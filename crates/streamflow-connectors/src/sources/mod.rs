@@ -2,6 +2,8 @@
 
 pub mod file;
 pub mod generator;
+#[cfg(feature = "nats")]
+pub mod nats;
 pub mod nexmark;
 #[cfg(feature = "postgres")]
 pub mod postgres;

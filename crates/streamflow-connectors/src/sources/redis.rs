@@ -34,19 +34,8 @@ use streamflow_core::{
     DeadLetter, Diagnostic, Diagnostics, Error, Result, Source, SourceBatch, SourceOffset,
 };
 
-use crate::message::{MessageDecoder, MessageFormat};
+use crate::message::{MessageDecoder, MessageFormat, Start};
 use crate::registry::{SourceContext, SourceFactory};
-
-/// Where to start a new consumer group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Start {
-    /// The first entry of the stream.
-    #[default]
-    Earliest,
-    /// Entries added from now on.
-    Latest,
-}
 
 /// How to reach a Redis server (shared by the source and the sink).
 #[derive(Debug, Clone, Deserialize)]

@@ -1,0 +1,197 @@
+//! `nats`: publishes one JetStream message per row to `subject`.
+//!
+//! Every message carries a `Nats-Msg-Id` made of the run, the instance, the
+//! checkpoint epoch and the row's number within it; the publish
+//! acknowledgements are awaited before a checkpoint completes. After a
+//! crash the rows after the restored checkpoint are published again under
+//! the same ids, and the server's de-duplication window (`duplicate_window`
+//! of the stream, 2 minutes by default) drops them: exactly-once when the
+//! replay reproduces the rows in the same order and the restart comes within
+//! the window. `create: true` creates the stream (subjects: the subject) if
+//! it is missing.
+//!
+//! ```yaml
+//! - {name: out, type: nats, input: totals, config: {url: "nats://127.0.0.1:4222", stream: TOTALS, subject: totals, create: true}}
+//! ```
+
+use std::sync::Arc;
+
+use arrow::record_batch::RecordBatch;
+use async_nats::jetstream::context::PublishAckFuture;
+use async_trait::async_trait;
+use serde::Deserialize;
+use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Sink};
+
+use crate::message::{MessageEncoder, MessageFormat};
+use crate::registry::{SinkContext, SinkFactory};
+use crate::sources::nats::NatsEndpoint;
+
+/// Settings of a `nats` sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSinkConfig {
+    /// The server.
+    #[serde(flatten)]
+    pub endpoint: NatsEndpoint,
+    /// The subject published to.
+    pub subject: String,
+    /// The stream (checked, or created with `create`).
+    pub stream: Option<String>,
+    /// Create the stream if it is missing.
+    #[serde(default)]
+    pub create: bool,
+    /// Message format.
+    #[serde(default)]
+    pub format: MessageFormat,
+}
+
+/// Publish acknowledgements awaited at once.
+const IN_FLIGHT: usize = 4096;
+
+pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagnostics> {
+    let config: NatsSinkConfig = ctx.config()?;
+    let fail = |k: &str, m: String| Diagnostics::from(Diagnostic::new(ctx.at(k), m));
+    if config.create && config.stream.is_none() {
+        return Err(fail("stream", "create needs the stream's name".into()));
+    }
+    let encoder = MessageEncoder::new(config.format, &ctx.input).map_err(|m| fail("format", m))?;
+    Ok(Arc::new(NatsSinkFactory {
+        name: ctx.name.to_string(),
+        config: Arc::new(config),
+        encoder,
+    }))
+}
+
+struct NatsSinkFactory {
+    config: Arc<NatsSinkConfig>,
+    encoder: MessageEncoder,
+    name: String,
+}
+
+impl SinkFactory for NatsSinkFactory {
+    fn create(&self, instance: usize) -> Result<Box<dyn Sink>> {
+        Ok(Box::new(NatsSink {
+            config: Arc::clone(&self.config),
+            encoder: self.encoder.clone(),
+            name: self.name.clone(),
+            instance,
+            js: None,
+            run: String::new(),
+            epoch: 0,
+            row: 0,
+            in_flight: Vec::new(),
+        }))
+    }
+}
+
+struct NatsSink {
+    config: Arc<NatsSinkConfig>,
+    encoder: MessageEncoder,
+    name: String,
+    instance: usize,
+    js: Option<async_nats::jetstream::Context>,
+    /// This run's token in message ids (kept across restores).
+    run: String,
+    /// Checkpoints taken since the run began (part of message ids).
+    epoch: u64,
+    /// Rows published in this epoch.
+    row: u64,
+    in_flight: Vec<PublishAckFuture>,
+}
+
+impl NatsSink {
+    fn err(&self, what: &str, e: impl std::fmt::Display) -> Error {
+        Error::Other(format!(
+            "nats sink (subject {}): {what}: {e}",
+            self.config.subject
+        ))
+    }
+
+    async fn settle(&mut self) -> Result<()> {
+        for ack in std::mem::take(&mut self.in_flight) {
+            ack.await.map_err(|e| self.err("publishing", e))?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Sink for NatsSink {
+    async fn open(&mut self, checkpointing: Option<Vec<serde_json::Value>>) -> Result<()> {
+        let js = self.config.endpoint.connect().await?;
+        if let Some(stream) = &self.config.stream {
+            let found = js.get_stream(stream).await;
+            if found.is_err() {
+                if !self.config.create {
+                    return Err(
+                        self.err("opening the stream", format!("stream {stream} not found"))
+                    );
+                }
+                js.get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: stream.clone(),
+                    subjects: vec![self.config.subject.clone()],
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| self.err("creating the stream", e))?;
+            }
+        }
+        self.js = Some(js);
+        // A restore continues the ids of the run it restores.
+        let restored = checkpointing.iter().flatten().find_map(|s| {
+            Some((
+                s.get("run")?.as_str()?.to_string(),
+                s.get("epoch")?.as_u64()?,
+            ))
+        });
+        match restored {
+            Some((run, epoch)) => {
+                self.run = run;
+                self.epoch = epoch + 1;
+            }
+            None => {
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                self.run = format!("{}-{nanos:x}", self.name);
+                self.epoch = 0;
+            }
+        }
+        self.row = 0;
+        Ok(())
+    }
+
+    async fn write(&mut self, batch: RecordBatch) -> Result<()> {
+        let messages = self.encoder.encode(&batch)?;
+        let Some(js) = self.js.clone() else {
+            return Err(self.err("publishing", "not connected"));
+        };
+        for m in messages {
+            let mut headers = async_nats::HeaderMap::new();
+            let id = format!("{}:{}:{}:{}", self.run, self.instance, self.epoch, self.row);
+            headers.insert("Nats-Msg-Id", id.as_str());
+            self.row += 1;
+            let ack = js
+                .publish_with_headers(self.config.subject.clone(), headers, m.into())
+                .await
+                .map_err(|e| self.err("publishing", e))?;
+            self.in_flight.push(ack);
+            if self.in_flight.len() >= IN_FLIGHT {
+                self.settle().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn pre_commit(&mut self, _checkpoint: u64) -> Result<Vec<serde_json::Value>> {
+        self.settle().await?;
+        let staged = serde_json::json!({ "run": self.run, "epoch": self.epoch });
+        self.epoch += 1;
+        self.row = 0;
+        Ok(vec![staged])
+    }
+
+    async fn finish(&mut self) -> Result<()> {
+        self.settle().await
+    }
+}

@@ -1,0 +1,205 @@
+//! The `nats` source and sink against the local NATS server with JetStream
+//! (127.0.0.1:4222): round trip through a stream, dead letters with their
+//! stream sequence, and exactly-once through SIGKILLs with checkpoints.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::{read_jsonl, run, stderr, streamflow, write};
+
+const URL: &str = "nats://127.0.0.1:4222";
+
+/// A stream name no other run uses.
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("SF_{name}_{}_{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+fn ids(rows: &[serde_json::Value]) -> Vec<i64> {
+    rows.iter().map(|r| r["id"].as_i64().expect("id")).collect()
+}
+
+/// Copies stream `stream` to the JSON-lines file `out` (a bounded read).
+fn read_back(d: &std::path::Path, stream: &str, name: &str) -> Vec<serde_json::Value> {
+    let out = d.join(format!("{name}.jsonl"));
+    let flow = write(
+        d,
+        &format!("{name}.yaml"),
+        &format!(
+            "name: back\nmode: job\nsources:\n  - name: s\n    type: nats\n    dlq: bad\n    config: {{url: '{URL}', stream: {stream}, consumer: {name}, bounded: true, schema: {{id: int64, name: string}}}}\nsinks:\n  - {{name: f, type: file, input: s, config: {{path: '{}'}}}}\n  - {{name: bad, type: file, config: {{path: '{}'}}}}\n",
+            out.display(),
+            d.join(format!("{name}-bad.jsonl")).display()
+        ),
+    );
+    let run = run(&["run", &flow]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    read_jsonl(&out)
+}
+
+#[test]
+fn rows_round_trip_through_a_stream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let stream = unique("RT");
+    let flow = write(
+        d,
+        "produce.yaml",
+        &format!(
+            "name: p\nmode: job\nsources:\n  - {{name: g, type: generator, config: {{count: 3000, columns: {{id: i, name: \"concat('n', i)\"}}}}}}\nsinks:\n  - {{name: out, type: nats, input: g, config: {{url: '{URL}', stream: {stream}, subject: {stream}.rows, create: true}}}}\n"
+        ),
+    );
+    let out = run(&["run", &flow]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = read_back(d, &stream, "reader");
+    assert_eq!(ids(&rows), (0..3000).collect::<Vec<_>>());
+    assert!(
+        rows.iter()
+            .all(|r| r["_subject"] == format!("{stream}.rows"))
+    );
+    assert_eq!(rows[0]["_sequence"], 1);
+}
+
+#[test]
+fn sigkills_leave_exactly_the_rows_of_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let stream = unique("EO");
+    let flow = write(
+        d,
+        "flow.yaml",
+        &format!(
+            "name: eo\nmode: job\ncheckpoint: {{interval: 30ms, storage: '{}'}}\nsources:\n  - {{name: g, type: generator, config: {{count: 30000, batch_size: 20, rate: 30000, columns: {{id: i, name: \"concat('n', i)\"}}}}}}\nsinks:\n  - {{name: out, type: nats, input: g, config: {{url: '{URL}', stream: {stream}, subject: {stream}.rows, create: true}}}}\n",
+            d.join("state").display()
+        ),
+    );
+    let mut resumed = 0;
+    for wait in [250u64, 400, 300] {
+        let mut child = streamflow()
+            .args(["run", &flow, "--quiet"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(wait));
+        let finished = child.try_wait().expect("wait").is_some();
+        if !finished {
+            child.kill().expect("SIGKILL");
+        }
+        let out = child.wait_with_output().expect("reap");
+        resumed += usize::from(stderr(&out).contains("resuming from checkpoint"));
+        if finished {
+            break;
+        }
+    }
+    let last = streamflow()
+        .args(["run", &flow, "--quiet"])
+        .output()
+        .expect("run");
+    assert!(last.status.success(), "{}", stderr(&last));
+    resumed += usize::from(stderr(&last).contains("resuming from checkpoint"));
+    assert!(resumed > 0, "a restart resumed from a checkpoint");
+    let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
+    for id in ids(&read_back(d, &stream, "check")) {
+        *counts.entry(id).or_default() += 1;
+    }
+    let missing = (0..30_000).filter(|i| !counts.contains_key(i)).count();
+    let doubled = counts.values().filter(|c| **c > 1).count();
+    assert_eq!((missing, doubled), (0, 0), "every row exactly once");
+}
+
+#[test]
+fn a_source_killed_at_random_moments_resumes_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let stream = unique("SRC");
+    let fill = write(
+        d,
+        "fill.yaml",
+        &format!(
+            "name: f\nmode: job\nsources:\n  - {{name: g, type: generator, config: {{count: 20000, columns: {{id: i, name: \"concat('n', i)\"}}}}}}\nsinks:\n  - {{name: out, type: nats, input: g, config: {{url: '{URL}', stream: {stream}, subject: {stream}.rows, create: true}}}}\n"
+        ),
+    );
+    assert!(run(&["run", &fill]).status.success());
+    let out = d.join("out");
+    let flow = write(
+        d,
+        "copy.yaml",
+        &format!(
+            "name: c\nmode: job\ncheckpoint: {{interval: 30ms, storage: '{}'}}\nsources:\n  - {{name: s, type: nats, config: {{url: '{URL}', stream: {stream}, bounded: true, batch_size: 20, schema: {{id: int64, name: string}}}}}}\nsinks:\n  - {{name: f, type: file, input: s, config: {{path: '{}'}}}}\n",
+            d.join("state").display(),
+            out.display()
+        ),
+    );
+    let mut resumed = 0;
+    for wait in [300u64, 450, 350] {
+        let mut child = streamflow()
+            .args(["run", &flow, "--quiet"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(Duration::from_millis(wait));
+        let finished = child.try_wait().expect("wait").is_some();
+        if !finished {
+            child.kill().expect("SIGKILL");
+        }
+        let o = child.wait_with_output().expect("reap");
+        resumed += usize::from(stderr(&o).contains("resuming from checkpoint"));
+        if finished {
+            break;
+        }
+    }
+    let last = streamflow()
+        .args(["run", &flow, "--quiet"])
+        .output()
+        .expect("run");
+    assert!(last.status.success(), "{}", stderr(&last));
+    resumed += usize::from(stderr(&last).contains("resuming from checkpoint"));
+    assert!(resumed > 0);
+    let mut got = ids(&read_jsonl(&out));
+    got.sort_unstable();
+    assert_eq!(got, (0..20_000).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_server_that_is_down_is_named_in_the_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = write(
+        dir.path(),
+        "flow.yaml",
+        "name: t\nmode: job\nsources:\n  - {name: g, type: generator, config: {count: 1, columns: {id: i}}}\nsinks:\n  - {name: n, type: nats, input: g, config: {url: 'nats://127.0.0.1:1', subject: x}}\n",
+    );
+    let out = run(&["run", &flow]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot connect to NATS at nats://127.0.0.1:1"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn malformed_messages_reach_the_dlq_with_their_sequence() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let stream = unique("BAD");
+    // Raw text messages: two good JSON objects around a broken one.
+    let flow = write(
+        d,
+        "produce.yaml",
+        &format!(
+            "name: p\nmode: job\nsources:\n  - {{name: g, type: generator, config: {{count: 3, columns: {{value: \"CASE WHEN i = 1 THEN '{{\\\"id\\\": oops' ELSE concat('{{\\\"id\\\": ', i, ', \\\"name\\\": \\\"x\\\"}}') END\"}}}}}}\nsinks:\n  - {{name: out, type: nats, input: g, config: {{url: '{URL}', stream: {stream}, subject: {stream}.raw, create: true, format: string}}}}\n"
+        ),
+    );
+    let out = run(&["run", &flow]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = read_back(d, &stream, "reader");
+    assert_eq!(ids(&rows), vec![0, 2]);
+    let bad = read_jsonl(&d.join("reader-bad.jsonl"));
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert_eq!(bad[0]["file"], format!("{stream}/2"));
+    assert_eq!(bad[0]["payload"], "{\"id\": oops");
+}
