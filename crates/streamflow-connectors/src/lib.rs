@@ -1,6 +1,8 @@
 //! StreamFlow sources and sinks, one module per system, and the registry
 //! mapping flow-file `type:` names to them ([`registry`]).
 
+#[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
+mod backoff;
 pub mod message;
 pub mod registry;
 pub mod sinks;

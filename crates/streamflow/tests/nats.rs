@@ -5,9 +5,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use common::{read_jsonl, run, stderr, streamflow, write};
+use common::{read_jsonl, run, stderr, write};
 
 const URL: &str = "nats://127.0.0.1:4222";
 
@@ -77,30 +76,7 @@ fn sigkills_leave_exactly_the_rows_of_an_uninterrupted_run() {
             d.join("state").display()
         ),
     );
-    let mut resumed = 0;
-    for wait in [250u64, 400, 300] {
-        let mut child = streamflow()
-            .args(["run", &flow, "--quiet"])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        std::thread::sleep(Duration::from_millis(wait));
-        let finished = child.try_wait().expect("wait").is_some();
-        if !finished {
-            child.kill().expect("SIGKILL");
-        }
-        let out = child.wait_with_output().expect("reap");
-        resumed += usize::from(stderr(&out).contains("resuming from checkpoint"));
-        if finished {
-            break;
-        }
-    }
-    let last = streamflow()
-        .args(["run", &flow, "--quiet"])
-        .output()
-        .expect("run");
-    assert!(last.status.success(), "{}", stderr(&last));
-    resumed += usize::from(stderr(&last).contains("resuming from checkpoint"));
+    let resumed = common::run_with_kills(&flow, &[250, 400, 300]);
     assert!(resumed > 0, "a restart resumed from a checkpoint");
     let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
     for id in ids(&read_back(d, &stream, "check")) {
@@ -134,30 +110,7 @@ fn a_source_killed_at_random_moments_resumes_exactly() {
             out.display()
         ),
     );
-    let mut resumed = 0;
-    for wait in [300u64, 450, 350] {
-        let mut child = streamflow()
-            .args(["run", &flow, "--quiet"])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        std::thread::sleep(Duration::from_millis(wait));
-        let finished = child.try_wait().expect("wait").is_some();
-        if !finished {
-            child.kill().expect("SIGKILL");
-        }
-        let o = child.wait_with_output().expect("reap");
-        resumed += usize::from(stderr(&o).contains("resuming from checkpoint"));
-        if finished {
-            break;
-        }
-    }
-    let last = streamflow()
-        .args(["run", &flow, "--quiet"])
-        .output()
-        .expect("run");
-    assert!(last.status.success(), "{}", stderr(&last));
-    resumed += usize::from(stderr(&last).contains("resuming from checkpoint"));
+    let resumed = common::run_with_kills(&flow, &[300, 450, 350]);
     assert!(resumed > 0);
     let mut got = ids(&read_jsonl(&out));
     got.sort_unstable();

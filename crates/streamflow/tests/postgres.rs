@@ -5,9 +5,8 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use common::{read_jsonl, run, stderr, streamflow, write};
+use common::{read_jsonl, run, stderr, write};
 
 const URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
@@ -150,30 +149,7 @@ fn sigkills_leave_exactly_the_rows_of_an_uninterrupted_run() {
             d.join("state").display()
         ),
     );
-    let mut resumed = 0;
-    for wait in [250u64, 400, 300, 500] {
-        let mut child = streamflow()
-            .args(["run", &flow, "--quiet"])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        std::thread::sleep(Duration::from_millis(wait));
-        let finished = child.try_wait().expect("wait").is_some();
-        if !finished {
-            child.kill().expect("SIGKILL");
-        }
-        let out = child.wait_with_output().expect("reap");
-        resumed += usize::from(stderr(&out).contains("resuming from checkpoint"));
-        if finished {
-            break;
-        }
-    }
-    let last = streamflow()
-        .args(["run", &flow, "--quiet"])
-        .output()
-        .expect("run");
-    assert!(last.status.success(), "{}", stderr(&last));
-    resumed += usize::from(stderr(&last).contains("resuming from checkpoint"));
+    let resumed = common::run_with_kills(&flow, &[250, 400, 300, 500]);
     assert!(resumed > 0, "a restart resumed from a checkpoint");
     assert_eq!(
         psql(&format!(

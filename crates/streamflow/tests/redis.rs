@@ -6,9 +6,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Duration;
 
-use common::{read_jsonl, run, stderr, streamflow, write};
+use common::{read_jsonl, run, stderr, write};
 
 const URL: &str = "redis://127.0.0.1:6379";
 
@@ -153,38 +152,6 @@ fn a_server_that_is_down_is_named_in_the_error() {
     );
 }
 
-/// Runs `flow` to the end, killing it with SIGKILL after each of `kills`
-/// (restarting each time); returns how many runs resumed from a checkpoint.
-fn run_with_kills(flow: &str, kills: &[Duration]) -> usize {
-    let mut resumed = 0;
-    for wait in kills {
-        let mut child = streamflow()
-            .args(["run", flow, "--quiet"])
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        std::thread::sleep(*wait);
-        let finished = child.try_wait().expect("wait").is_some();
-        if !finished {
-            child.kill().expect("SIGKILL");
-        }
-        let out = child.wait_with_output().expect("reap");
-        if stderr(&out).contains("resuming from checkpoint") {
-            resumed += 1;
-        }
-        if finished {
-            assert!(out.status.success(), "{}", stderr(&out));
-            return resumed;
-        }
-    }
-    let last = streamflow()
-        .args(["run", flow, "--quiet"])
-        .output()
-        .expect("run");
-    assert!(last.status.success(), "{}", stderr(&last));
-    resumed + usize::from(stderr(&last).contains("resuming from checkpoint"))
-}
-
 fn checkpointed_copy(d: &Path, input: &str, output: &str) -> String {
     write(
         d,
@@ -206,11 +173,7 @@ fn sigkills_leave_exactly_the_rows_of_an_uninterrupted_run() {
         (0..n).map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\"}}")),
     );
     let flow = checkpointed_copy(dir.path(), &input, &output);
-    let kills: Vec<Duration> = [300, 450, 350, 600, 500]
-        .iter()
-        .map(|ms| Duration::from_millis(*ms))
-        .collect();
-    let resumed = run_with_kills(&flow, &kills);
+    let resumed = common::run_with_kills(&flow, &[300, 450, 350, 600, 500]);
     assert!(resumed > 0, "a restart resumed from a checkpoint");
     let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
     for id in ids(&entries(&output)) {

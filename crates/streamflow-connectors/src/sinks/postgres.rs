@@ -474,31 +474,15 @@ pub(crate) async fn connect(url: &str, password_env: Option<&str>) -> Result<Cli
         })
         .collect::<Vec<_>>()
         .join(",");
-    let mut wait = std::time::Duration::from_millis(100);
-    let mut tries = 0;
-    loop {
-        match config.connect(NoTls).await {
-            Ok((client, connection)) => {
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::warn!(error = %e, "postgres connection closed");
-                    }
-                });
-                return Ok(client);
-            }
-            Err(e) => {
-                tries += 1;
-                if tries >= 6 {
-                    return Err(Error::Other(format!(
-                        "cannot connect to PostgreSQL at {address}: {e}"
-                    )));
-                }
-                tracing::warn!(address = %address, error = %e, "PostgreSQL unreachable, retrying");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(std::time::Duration::from_secs(2));
-            }
+    let (client, connection) =
+        crate::backoff::connect_with_backoff("PostgreSQL", &address, || config.connect(NoTls))
+            .await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "postgres connection closed");
         }
-    }
+    });
+    Ok(client)
 }
 
 /// One column's values, read row by row for `COPY`.

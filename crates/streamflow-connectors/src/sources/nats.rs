@@ -52,41 +52,24 @@ impl NatsEndpoint {
             std::env::var(var)
                 .map_err(|_| Error::Other(format!("environment variable {var} is not set")))
         };
-        let mut wait = Duration::from_millis(100);
-        for attempt in 1.. {
+        let user = match (&self.user, &self.password_env) {
+            (Some(user), Some(var)) => Some((user.clone(), env(var)?)),
+            _ => None,
+        };
+        let token = self.token_env.as_deref().map(env).transpose()?;
+        let client = crate::backoff::connect_with_backoff("NATS", &self.url, || {
             let mut options =
                 async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
-            if let (Some(user), Some(var)) = (&self.user, &self.password_env) {
-                options = options.user_and_password(user.clone(), env(var)?);
+            if let Some((user, password)) = user.clone() {
+                options = options.user_and_password(user, password);
             }
-            if let Some(var) = &self.token_env {
-                options = options.token(env(var)?);
+            if let Some(token) = token.clone() {
+                options = options.token(token);
             }
-            match tokio::time::timeout(Duration::from_secs(5), options.connect(self.url.as_str()))
-                .await
-            {
-                Ok(Ok(client)) => return Ok(async_nats::jetstream::new(client)),
-                Ok(Err(e)) if attempt < 6 => {
-                    tracing::warn!(url = %self.url, error = %e, "NATS unreachable, retrying");
-                }
-                Ok(Err(e)) => {
-                    return Err(Error::Other(format!(
-                        "cannot connect to NATS at {}: {e}",
-                        self.url
-                    )));
-                }
-                Err(_) if attempt < 6 => {}
-                Err(_) => {
-                    return Err(Error::Other(format!(
-                        "cannot connect to NATS at {}: timed out",
-                        self.url
-                    )));
-                }
-            }
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(2));
-        }
-        Err(Error::Other("unreachable".into()))
+            options.connect(self.url.as_str())
+        })
+        .await?;
+        Ok(async_nats::jetstream::new(client))
     }
 }
 

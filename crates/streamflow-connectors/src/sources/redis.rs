@@ -74,30 +74,10 @@ impl RedisEndpoint {
     /// A connection, retried with backoff for up to about 10 s.
     pub(crate) async fn connect(&self) -> Result<MultiplexedConnection> {
         let client = self.client().map_err(Error::Other)?;
-        let mut wait = Duration::from_millis(100);
-        let mut tries = 0;
-        loop {
-            let attempt = tokio::time::timeout(
-                Duration::from_secs(5),
-                client.get_multiplexed_async_connection(),
-            )
-            .await;
-            let why = match attempt {
-                Ok(Ok(c)) => return Ok(c),
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "timed out".into(),
-            };
-            tries += 1;
-            if tries >= 6 {
-                return Err(Error::Other(format!(
-                    "cannot connect to Redis at {}: {why}",
-                    self.address()
-                )));
-            }
-            tracing::warn!(address = %self.address(), error = %why, "Redis unreachable, retrying");
-            tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(2));
-        }
+        crate::backoff::connect_with_backoff("Redis", &self.address(), || {
+            client.get_multiplexed_async_connection()
+        })
+        .await
     }
 
     /// A blocking connection, for planning (schema inference).

@@ -81,3 +81,35 @@ pub fn lines_of(reader: impl std::io::Read + Send + 'static) -> std::sync::mpsc:
     });
     rx
 }
+
+/// Runs `flow` to the end, killing it with SIGKILL after each of
+/// `kills_ms` milliseconds (restarting each time) unless it finished;
+/// returns how many of the runs resumed from a checkpoint.
+pub fn run_with_kills(flow: &str, kills_ms: &[u64]) -> usize {
+    let resumed = |o: &Output| usize::from(stderr(o).contains("resuming from checkpoint"));
+    let mut count = 0;
+    for wait in kills_ms {
+        let mut child = streamflow()
+            .args(["run", flow, "--quiet"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        std::thread::sleep(std::time::Duration::from_millis(*wait));
+        let finished = child.try_wait().expect("wait").is_some();
+        if !finished {
+            child.kill().expect("SIGKILL");
+        }
+        let out = child.wait_with_output().expect("reap");
+        count += resumed(&out);
+        if finished {
+            assert!(out.status.success(), "{}", stderr(&out));
+            return count;
+        }
+    }
+    let last = streamflow()
+        .args(["run", flow, "--quiet"])
+        .output()
+        .expect("run");
+    assert!(last.status.success(), "{}", stderr(&last));
+    count + resumed(&last)
+}
