@@ -156,3 +156,79 @@ fn malformed_messages_reach_the_dlq_with_their_sequence() {
     assert_eq!(bad[0]["file"], format!("{stream}/2"));
     assert_eq!(bad[0]["payload"], "{\"id\": oops");
 }
+
+#[test]
+fn nexmark_bids_through_nats_into_postgres_upserts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let stream = unique("BIDS");
+    let table = stream.to_lowercase();
+    let root = common::root();
+    let produce = run(&[
+        "run",
+        &root
+            .join("examples/nats/bids_to_nats.yaml")
+            .to_string_lossy(),
+        "--set",
+        "sources.bids.config.events=20000",
+        "--set",
+        &format!("sinks.out.config.stream={stream}"),
+        "--set",
+        &format!("sinks.out.config.subject={stream}.bids"),
+        "--set",
+        &format!("checkpoint.storage={}", d.join("p").display()),
+    ]);
+    assert!(produce.status.success(), "{}", stderr(&produce));
+    let published: i64 = stderr(&produce)
+        .lines()
+        .find(|l| l.starts_with("bids "))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|n| n.parse().ok())
+        .expect("records out of the source");
+    let consume = run(&[
+        "run",
+        &root
+            .join("examples/nats/bids_windows_to_postgres.yaml")
+            .to_string_lossy(),
+        "--set",
+        &format!("sources.bids.config.stream={stream}"),
+        "--set",
+        &format!("sinks.table.config.table={table}"),
+        "--set",
+        &format!("sinks.bad.config.path={}", d.join("bad.jsonl").display()),
+        "--set",
+        &format!("checkpoint.storage={}", d.join("c").display()),
+    ]);
+    assert!(consume.status.success(), "{}", stderr(&consume));
+    let summary = stderr(&consume);
+    let window: Vec<&str> = summary
+        .lines()
+        .find(|l| l.starts_with("per_auction"))
+        .expect("summary")
+        .split_whitespace()
+        .collect();
+    let (taken, late): (i64, i64) = (
+        window[3].parse().expect("in"),
+        window[6].parse().expect("late"),
+    );
+    assert_eq!(taken, published, "every published bid was read");
+    let out = std::process::Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-At",
+            "-c",
+        ])
+        .arg(format!("SELECT sum(bids) FROM {table}"))
+        .output()
+        .expect("psql");
+    let counted: i64 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("sum");
+    assert_eq!(counted, taken - late);
+}
