@@ -61,6 +61,21 @@ fn rows_round_trip_through_a_stream() {
             .all(|r| r["_subject"] == format!("{stream}.rows"))
     );
     assert_eq!(rows[0]["_sequence"], 1);
+    // Without a declared schema, it is inferred from the first messages.
+    let inferred = write(
+        d,
+        "inferred.yaml",
+        &format!(
+            "name: i\nmode: job\nsources:\n  - {{name: s, type: nats, config: {{url: '{URL}', stream: {stream}, consumer: inferred, bounded: true}}}}\nsinks:\n  - {{name: o, type: blackhole, input: s}}\n"
+        ),
+    );
+    let out = run(&["validate", &inferred]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = common::stdout(&out) + &stderr(&out);
+    assert!(
+        text.contains("id: Int64") && text.contains("name: Utf8"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -89,7 +89,8 @@ pub struct NatsSourceConfig {
     /// Message format.
     #[serde(default)]
     pub format: MessageFormat,
-    /// Declared schema (json, csv), column → type.
+    /// Declared schema (json, csv), column → type; json is inferred from
+    /// the stream's first 200 messages when absent.
     pub schema: Option<Map<String, Value>>,
     /// Where a new consumer starts.
     #[serde(default)]
@@ -121,12 +122,10 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
             ));
         }
         (None, Some(declared)) => super::file::declared_schema(declared, &ctx.at("schema"))?,
-        (None, None) => {
-            return Err(fail(
-                "schema",
-                "declare the schema of json and csv messages".into(),
-            ));
+        (None, None) if config.format == MessageFormat::Csv => {
+            return Err(fail("schema", "csv messages need a declared schema".into()));
         }
+        (None, None) => infer(&config).map_err(|m| fail("stream", m))?,
     };
     let mut fields: Vec<Field> = values.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new("_subject", DataType::Utf8, false));
@@ -145,6 +144,54 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
         schema: Arc::new(Schema::new(fields)),
         config: Arc::new(config),
     }))
+}
+
+/// Messages sampled to infer a JSON schema.
+const INFER_MESSAGES: u64 = 200;
+
+/// The JSON schema of the stream's first messages.
+fn infer(config: &NatsSourceConfig) -> std::result::Result<Schema, String> {
+    let (endpoint, name) = (config.endpoint.clone(), config.stream.clone());
+    // On a thread of its own: planning may happen inside a runtime.
+    let sample = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let js = endpoint.connect().await.map_err(|e| e.to_string())?;
+            let mut stream = js
+                .get_stream(&name)
+                .await
+                .map_err(|e| format!("opening stream {name}: {e}"))?;
+            let state = stream
+                .info()
+                .await
+                .map_err(|e| e.to_string())?
+                .state
+                .clone();
+            let mut sample = Vec::new();
+            let last = state
+                .last_sequence
+                .min(state.first_sequence + INFER_MESSAGES - 1);
+            for seq in state.first_sequence..=last {
+                if let Ok(m) = stream.get_raw_message(seq).await {
+                    sample.extend(m.payload.iter().map(|&b| if b == b'\n' { b' ' } else { b }));
+                    sample.push(b'\n');
+                }
+            }
+            Ok::<_, String>(sample)
+        })
+    })
+    .join()
+    .map_err(|_| "sampling the stream failed".to_string())??;
+    if sample.is_empty() {
+        return Err(format!(
+            "stream '{}' has no messages to infer a schema from; declare `schema`",
+            config.stream
+        ));
+    }
+    super::file::infer_json(&sample)
 }
 
 struct NatsSourceFactory {
