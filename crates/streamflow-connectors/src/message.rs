@@ -58,6 +58,34 @@ impl MessageFormat {
     }
 }
 
+/// The schema of a source's messages: fixed for `string`/`bytes`, else
+/// declared (`declared`, at path `at`), else inferred (`json` only).
+///
+/// # Errors
+/// A schema declared for a fixed format, a bad declaration, `csv` without
+/// one, or what `infer` reports.
+pub(crate) fn value_schema(
+    format: MessageFormat,
+    declared: Option<&serde_json::Map<String, serde_json::Value>>,
+    at: &str,
+    infer: impl FnOnce() -> std::result::Result<Schema, streamflow_core::Diagnostics>,
+) -> std::result::Result<Schema, streamflow_core::Diagnostics> {
+    let fail = |m: String| {
+        streamflow_core::Diagnostics::from(streamflow_core::Diagnostic::new(at.to_string(), m))
+    };
+    match (format.fixed_schema(), declared) {
+        (Some(fixed), None) => Ok(fixed),
+        (Some(_), Some(_)) => Err(fail(format!(
+            "format {format:?} has a fixed schema (column {VALUE})"
+        ))),
+        (None, Some(declared)) => crate::sources::file::declared_schema(declared, at),
+        (None, None) if format == MessageFormat::Csv => {
+            Err(fail("csv messages need a declared schema".into()))
+        }
+        (None, None) => infer(),
+    }
+}
+
 /// Good rows of some messages: the batch, and for each row the index of
 /// the message it came from.
 #[derive(Debug)]

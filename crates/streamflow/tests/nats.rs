@@ -134,18 +134,9 @@ fn a_source_killed_at_random_moments_resumes_exactly() {
 
 #[test]
 fn a_server_that_is_down_is_named_in_the_error() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let flow = write(
-        dir.path(),
-        "flow.yaml",
+    common::assert_run_fails_with(
         "name: t\nmode: job\nsources:\n  - {name: g, type: generator, config: {count: 1, columns: {id: i}}}\nsinks:\n  - {name: n, type: nats, input: g, config: {url: 'nats://127.0.0.1:1', subject: x}}\n",
-    );
-    let out = run(&["run", &flow]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("cannot connect to NATS at nats://127.0.0.1:1"),
-        "{}",
-        stderr(&out)
+        "cannot connect to NATS at nats://127.0.0.1:1",
     );
 }
 

@@ -161,18 +161,9 @@ fn sigkills_leave_exactly_the_rows_of_an_uninterrupted_run() {
 
 #[test]
 fn a_server_that_is_down_is_named_in_the_error() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let flow = write(
-        dir.path(),
-        "flow.yaml",
+    common::assert_run_fails_with(
         "name: t\nmode: job\nsources:\n  - {name: g, type: generator, config: {count: 1, columns: {id: i}}}\nsinks:\n  - {name: pg, type: postgres, input: g, config: {url: 'postgres://postgres@127.0.0.1:1/test', table: x}}\n",
-    );
-    let out = run(&["run", &flow]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("cannot connect to PostgreSQL at 127.0.0.1:1"),
-        "{}",
-        stderr(&out)
+        "cannot connect to PostgreSQL at 127.0.0.1:1",
     );
 }
 

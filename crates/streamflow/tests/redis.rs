@@ -137,18 +137,9 @@ fn a_stream_round_trips_and_bad_entries_reach_the_dlq_with_their_id() {
 
 #[test]
 fn a_server_that_is_down_is_named_in_the_error() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let flow = write(
-        dir.path(),
-        "flow.yaml",
+    common::assert_run_fails_with(
         "name: t\nmode: job\nsources:\n  - {name: s, type: redis, config: {url: 'redis://127.0.0.1:1', stream: x, bounded: true, schema: {id: int64}}}\nsinks:\n  - {name: o, type: blackhole, input: s}\n",
-    );
-    let out = run(&["run", &flow]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("cannot connect to Redis at 127.0.0.1:1"),
-        "{}",
-        stderr(&out)
+        "cannot connect to Redis at 127.0.0.1:1",
     );
 }
 

@@ -139,20 +139,12 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
         return Err(fail("batch_size", "must be positive".into()));
     }
     config.endpoint.client().map_err(|m| fail("url", m))?;
-    let values = match (config.format.fixed_schema(), &config.schema) {
-        (Some(fixed), None) => fixed,
-        (Some(_), Some(_)) => {
-            return Err(fail(
-                "schema",
-                format!("format {:?} has a fixed schema (value)", config.format),
-            ));
-        }
-        (None, Some(declared)) => super::file::declared_schema(declared, &ctx.at("schema"))?,
-        (None, None) if config.format == MessageFormat::Csv => {
-            return Err(fail("schema", "csv messages need a declared schema".into()));
-        }
-        (None, None) => infer(&config).map_err(|m| fail("stream", m))?,
-    };
+    let values = crate::message::value_schema(
+        config.format,
+        config.schema.as_ref(),
+        &ctx.at("schema"),
+        || infer(&config).map_err(|m| fail("stream", m)),
+    )?;
     let mut fields: Vec<Field> = values.fields().iter().map(|f| f.as_ref().clone()).collect();
     fields.push(Field::new("_id", DataType::Utf8, false));
     fields.push(Field::new(

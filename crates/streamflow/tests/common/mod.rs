@@ -113,3 +113,16 @@ pub fn run_with_kills(flow: &str, kills_ms: &[u64]) -> usize {
     assert!(last.status.success(), "{}", stderr(&last));
     count + resumed(&last)
 }
+
+/// Runs the flow `yaml`; it must fail, saying `expected`.
+pub fn assert_run_fails_with(yaml: &str, expected: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = write(dir.path(), "flow.yaml", yaml);
+    let out = run(&["run", &flow]);
+    assert!(!out.status.success(), "the run succeeded");
+    assert!(
+        stderr(&out).contains(expected),
+        "missing `{expected}` in:\n{}",
+        stderr(&out)
+    );
+}
