@@ -46,6 +46,20 @@ pub struct NatsEndpoint {
 }
 
 impl NatsEndpoint {
+    /// The server's address for messages: the url without credentials.
+    pub(crate) fn address(&self) -> String {
+        match self.url.split_once("://") {
+            Some((scheme, rest)) => {
+                let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+                format!("{scheme}://{host}")
+            }
+            None => self
+                .url
+                .rsplit_once('@')
+                .map_or(self.url.clone(), |(_, h)| h.to_string()),
+        }
+    }
+
     /// A JetStream context; retried with backoff for about 10 s.
     pub(crate) async fn connect(&self) -> Result<async_nats::jetstream::Context> {
         let env = |var: &str| {
@@ -57,7 +71,7 @@ impl NatsEndpoint {
             _ => None,
         };
         let token = self.token_env.as_deref().map(env).transpose()?;
-        let client = crate::backoff::connect_with_backoff("NATS", &self.url, || {
+        let client = crate::backoff::connect_with_backoff("NATS", &self.address(), || {
             let mut options =
                 async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
             if let Some((user, password)) = user.clone() {
@@ -296,6 +310,30 @@ async fn ack(message: Option<async_nats::jetstream::Message>) -> Result<()> {
             .await
             .map_err(|e| Error::Other(format!("nats source: acknowledging: {e}"))),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_in_messages_carry_no_credentials() {
+        let at = |url: &str| {
+            NatsEndpoint {
+                url: url.into(),
+                user: None,
+                password_env: None,
+                token_env: None,
+            }
+            .address()
+        };
+        assert_eq!(
+            at("nats://alice:s3cret@10.0.0.1:4222"),
+            "nats://10.0.0.1:4222"
+        );
+        assert_eq!(at("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(at("tok@host:4222"), "host:4222");
     }
 }
 
