@@ -313,30 +313,6 @@ async fn ack(message: Option<async_nats::jetstream::Message>) -> Result<()> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn addresses_in_messages_carry_no_credentials() {
-        let at = |url: &str| {
-            NatsEndpoint {
-                url: url.into(),
-                user: None,
-                password_env: None,
-                token_env: None,
-            }
-            .address()
-        };
-        assert_eq!(
-            at("nats://alice:s3cret@10.0.0.1:4222"),
-            "nats://10.0.0.1:4222"
-        );
-        assert_eq!(at("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
-        assert_eq!(at("tok@host:4222"), "host:4222");
-    }
-}
-
 #[async_trait]
 impl Source for NatsSource {
     async fn open(&mut self, checkpointing: bool) -> Result<()> {
@@ -489,5 +465,29 @@ impl Source for NatsSource {
             }
         });
         ack(newest).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_in_messages_carry_no_credentials() {
+        let at = |url: &str| {
+            NatsEndpoint {
+                url: url.into(),
+                user: None,
+                password_env: None,
+                token_env: None,
+            }
+            .address()
+        };
+        assert_eq!(
+            at("nats://alice:s3cret@10.0.0.1:4222"),
+            "nats://10.0.0.1:4222"
+        );
+        assert_eq!(at("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(at("tok@host:4222"), "host:4222");
     }
 }
