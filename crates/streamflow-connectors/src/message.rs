@@ -86,6 +86,28 @@ pub(crate) fn value_schema(
     }
 }
 
+/// Appends `message` to `chunk` as one line: newlines inside a message
+/// are JSON whitespace (raw newlines cannot be inside JSON strings).
+fn push_line(chunk: &mut Vec<u8>, message: &[u8]) {
+    chunk.extend(
+        message
+            .iter()
+            .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
+    );
+    chunk.push(b'\n');
+}
+
+/// The JSON schema of sampled messages; `None` when there are none.
+pub(crate) fn infer_json<'a>(
+    messages: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<std::result::Result<Schema, String>> {
+    let mut sample = Vec::new();
+    for m in messages {
+        push_line(&mut sample, m);
+    }
+    (!sample.is_empty()).then(|| crate::sources::file::infer_json(&sample))
+}
+
 /// Good rows of some messages: the batch, and for each row the index of
 /// the message it came from.
 #[derive(Debug)]
@@ -152,8 +174,7 @@ impl MessageDecoder {
                 self.one_column(Arc::new(b.finish()), rows, dead_letters)
             }
             MessageFormat::Json | MessageFormat::Csv => {
-                // One line per message: newlines inside a message are JSON
-                // whitespace (raw newlines cannot be inside JSON strings).
+                // One line per message.
                 let mut found = Vec::new();
                 let mut chunk = Vec::with_capacity(messages.iter().map(|m| m.len() + 1).sum());
                 let mut lines = Vec::with_capacity(messages.len());
@@ -162,11 +183,7 @@ impl MessageDecoder {
                         found.push((i, dead(i, m, "empty message".into())));
                         continue;
                     }
-                    chunk.extend(
-                        m.iter()
-                            .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }),
-                    );
-                    chunk.push(b'\n');
+                    push_line(&mut chunk, m);
                     lines.push(i);
                 }
                 let Some(decoder) = self.lines.as_mut() else {

@@ -182,8 +182,7 @@ fn infer(config: &NatsSourceConfig) -> std::result::Result<Schema, String> {
                 .min(state.first_sequence + INFER_MESSAGES - 1);
             for seq in state.first_sequence..=last {
                 if let Ok(m) = stream.get_raw_message(seq).await {
-                    sample.extend(m.payload.iter().map(|&b| if b == b'\n' { b' ' } else { b }));
-                    sample.push(b'\n');
+                    sample.push(m.payload);
                 }
             }
             Ok::<_, String>(sample)
@@ -191,13 +190,12 @@ fn infer(config: &NatsSourceConfig) -> std::result::Result<Schema, String> {
     })
     .join()
     .map_err(|_| "sampling the stream failed".to_string())??;
-    if sample.is_empty() {
-        return Err(format!(
+    crate::message::infer_json(sample.iter().map(|m| m.as_ref())).unwrap_or_else(|| {
+        Err(format!(
             "stream '{}' has no messages to infer a schema from; declare `schema`",
             config.stream
-        ));
-    }
-    super::file::infer_json(&sample)
+        ))
+    })
 }
 
 struct NatsSourceFactory {
@@ -335,12 +333,6 @@ impl Source for NatsSource {
             && last >= end
         {
             self.done = true;
-            let handed_on = if self.checkpointing {
-                None
-            } else {
-                self.unacked.take()
-            };
-            ack(handed_on).await?;
             return Ok(None);
         }
         if self.end == Some(0) {
@@ -385,12 +377,6 @@ impl Source for NatsSource {
             };
             if caught_up {
                 self.done = true;
-                let handed_on = if self.checkpointing {
-                    None
-                } else {
-                    self.unacked.take()
-                };
-                ack(handed_on).await?;
                 return Ok(None);
             }
             return Ok(Some(SourceBatch::default()));

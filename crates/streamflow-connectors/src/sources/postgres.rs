@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Date32Builder, Float32Builder, Float64Builder, Int32Builder,
-    Int64Builder, StringBuilder, TimestampMicrosecondBuilder,
+    Array, ArrayRef, BooleanArray, Date32Array, Float32Array, Float64Array, Int32Array, Int64Array,
+    StringArray, TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
@@ -298,94 +298,37 @@ impl PostgresSource {
 
     fn to_batch(&self, rows: &[tokio_postgres::Row]) -> Result<RecordBatch> {
         let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.types.len());
-        let bad = |e: tokio_postgres::Error| {
-            Error::Other(format!("postgres source: reading a value: {e}"))
-        };
         for (i, t) in self.types.iter().enumerate() {
             let array: ArrayRef = match *t {
-                Type::INT8 => {
-                    let mut b = Int64Builder::with_capacity(rows.len());
-                    for r in rows {
-                        b.append_option(r.try_get::<_, Option<i64>>(i).map_err(bad)?);
-                    }
-                    Arc::new(b.finish())
-                }
-                Type::INT4 => {
-                    let mut b = Int32Builder::with_capacity(rows.len());
-                    for r in rows {
-                        b.append_option(r.try_get::<_, Option<i32>>(i).map_err(bad)?);
-                    }
-                    Arc::new(b.finish())
-                }
-                Type::INT2 => {
-                    let mut b = Int32Builder::with_capacity(rows.len());
-                    for r in rows {
-                        b.append_option(
-                            r.try_get::<_, Option<i16>>(i).map_err(bad)?.map(i32::from),
-                        );
-                    }
-                    Arc::new(b.finish())
-                }
-                Type::FLOAT8 => {
-                    let mut b = Float64Builder::with_capacity(rows.len());
-                    for r in rows {
-                        b.append_option(r.try_get::<_, Option<f64>>(i).map_err(bad)?);
-                    }
-                    Arc::new(b.finish())
-                }
-                Type::FLOAT4 => {
-                    let mut b = Float32Builder::with_capacity(rows.len());
-                    for r in rows {
-                        b.append_option(r.try_get::<_, Option<f32>>(i).map_err(bad)?);
-                    }
-                    Arc::new(b.finish())
-                }
-                Type::BOOL => {
-                    let mut b = BooleanBuilder::with_capacity(rows.len());
-                    for r in rows {
-                        b.append_option(r.try_get::<_, Option<bool>>(i).map_err(bad)?);
-                    }
-                    Arc::new(b.finish())
-                }
-                Type::DATE => {
-                    let mut b = Date32Builder::with_capacity(rows.len());
-                    for r in rows {
-                        let d = r.try_get::<_, Option<chrono::NaiveDate>>(i).map_err(bad)?;
-                        b.append_option(
-                            d.map(|d| (d - chrono::NaiveDate::default()).num_days() as i32),
-                        );
-                    }
-                    Arc::new(b.finish())
-                }
-                Type::TIMESTAMP => {
-                    let mut b = TimestampMicrosecondBuilder::with_capacity(rows.len());
-                    for r in rows {
-                        b.append_option(
-                            r.try_get::<_, Option<chrono::NaiveDateTime>>(i)
-                                .map_err(bad)?
-                                .map(micros),
-                        );
-                    }
-                    Arc::new(b.finish())
-                }
-                Type::TIMESTAMPTZ => {
-                    let mut b =
-                        TimestampMicrosecondBuilder::with_capacity(rows.len()).with_timezone("UTC");
-                    for r in rows {
-                        let t = r
-                            .try_get::<_, Option<chrono::DateTime<chrono::Utc>>>(i)
-                            .map_err(bad)?;
-                        b.append_option(t.map(|t| t.timestamp_micros()));
-                    }
-                    Arc::new(b.finish())
-                }
-                _ => {
-                    let mut b = StringBuilder::new();
-                    for r in rows {
-                        b.append_option(r.try_get::<_, Option<&str>>(i).map_err(bad)?);
-                    }
-                    Arc::new(b.finish())
-                }
+                Type::INT8 => Arc::new(Int64Array::from(column::<i64>(rows, i)?)),
+                Type::INT4 => Arc::new(Int32Array::from(column::<i32>(rows, i)?)),
+                Type::INT2 => Arc::new(Int32Array::from_iter(
+                    column::<i16>(rows, i)?
+                        .into_iter()
+                        .map(|v| v.map(i32::from)),
+                )),
+                Type::FLOAT8 => Arc::new(Float64Array::from(column::<f64>(rows, i)?)),
+                Type::FLOAT4 => Arc::new(Float32Array::from(column::<f32>(rows, i)?)),
+                Type::BOOL => Arc::new(BooleanArray::from(column::<bool>(rows, i)?)),
+                Type::DATE => Arc::new(Date32Array::from_iter(
+                    column::<chrono::NaiveDate>(rows, i)?
+                        .into_iter()
+                        .map(|d| d.map(|d| (d - chrono::NaiveDate::default()).num_days() as i32)),
+                )),
+                Type::TIMESTAMP => Arc::new(TimestampMicrosecondArray::from_iter(
+                    column::<chrono::NaiveDateTime>(rows, i)?
+                        .into_iter()
+                        .map(|t| t.map(micros)),
+                )),
+                Type::TIMESTAMPTZ => Arc::new(
+                    TimestampMicrosecondArray::from_iter(
+                        column::<chrono::DateTime<chrono::Utc>>(rows, i)?
+                            .into_iter()
+                            .map(|t| t.map(|t| t.timestamp_micros())),
+                    )
+                    .with_timezone("UTC"),
+                ),
+                _ => Arc::new(StringArray::from(column::<&str>(rows, i)?)),
             };
             columns.push(array);
         }
@@ -393,36 +336,36 @@ impl PostgresSource {
             .map_err(|e| Error::arrow("building rows read from PostgreSQL", e))
     }
 
-    /// The incremental column's value in the last row.
-    fn last_of(&self, row: &tokio_postgres::Row) -> Result<Option<i64>> {
-        let Some(c) = self.cursor else {
-            return Ok(None);
-        };
-        let bad = |e: tokio_postgres::Error| {
-            Error::Other(format!(
-                "postgres source: reading the incremental column: {e}"
-            ))
-        };
-        Ok(match self.types[c] {
-            Type::INT8 => row.try_get::<_, Option<i64>>(c).map_err(bad)?,
-            Type::INT4 => row
-                .try_get::<_, Option<i32>>(c)
-                .map_err(bad)?
-                .map(i64::from),
-            Type::INT2 => row
-                .try_get::<_, Option<i16>>(c)
-                .map_err(bad)?
-                .map(i64::from),
-            Type::TIMESTAMPTZ => row
-                .try_get::<_, Option<chrono::DateTime<chrono::Utc>>>(c)
-                .map_err(bad)?
-                .map(|t| t.timestamp_micros()),
-            _ => row
-                .try_get::<_, Option<chrono::NaiveDateTime>>(c)
-                .map_err(bad)?
-                .map(micros),
-        })
+    /// The incremental column's value in the last row of `batch` (an
+    /// integer, or microseconds for timestamps).
+    fn last_of(&self, batch: &RecordBatch) -> Option<i64> {
+        let c = self.cursor?;
+        let column = batch.column(c);
+        let last = column.len().checked_sub(1)?;
+        if column.is_null(last) {
+            return None;
+        }
+        let any = column.as_any();
+        if let Some(a) = any.downcast_ref::<Int64Array>() {
+            Some(a.value(last))
+        } else if let Some(a) = any.downcast_ref::<Int32Array>() {
+            Some(i64::from(a.value(last)))
+        } else {
+            any.downcast_ref::<TimestampMicrosecondArray>()
+                .map(|a| a.value(last))
+        }
     }
+}
+
+/// Column `i` of `rows`, as `T`.
+fn column<'r, T: tokio_postgres::types::FromSql<'r>>(
+    rows: &'r [tokio_postgres::Row],
+    i: usize,
+) -> Result<Vec<Option<T>>> {
+    rows.iter()
+        .map(|r| r.try_get::<_, Option<T>>(i))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|e| Error::Other(format!("postgres source: reading a value: {e}")))
 }
 
 #[async_trait]
@@ -433,12 +376,12 @@ impl Source for PostgresSource {
                 return Ok(None);
             }
             let rows = self.fetch().await?;
-            if let Some(last) = rows.last() {
-                if let Some(v) = self.last_of(last)? {
+            if !rows.is_empty() {
+                let data = self.to_batch(&rows)?;
+                if let Some(v) = self.last_of(&data) {
                     self.last = Some(v);
                 }
                 self.read += rows.len() as u64;
-                let data = self.to_batch(&rows)?;
                 return Ok(Some(SourceBatch {
                     data: Some(data),
                     dead_letters: Vec::new(),

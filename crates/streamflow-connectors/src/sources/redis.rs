@@ -178,20 +178,15 @@ fn infer(config: &RedisSourceConfig) -> std::result::Result<Schema, String> {
         .arg(INFER_ENTRIES)
         .query(&mut conn)
         .map_err(|e| format!("reading stream '{}': {e}", config.stream))?;
-    let mut sample = Vec::new();
-    for entry in entries_of(reply, &config.field) {
-        if let Some(bytes) = entry.message {
-            sample.extend(bytes.iter().map(|&b| if b == b'\n' { b' ' } else { b }));
-            sample.push(b'\n');
-        }
-    }
-    if sample.is_empty() {
-        return Err(format!(
-            "stream '{}' has no entries with field '{}' to infer a schema from; declare `schema`",
-            config.stream, config.field
-        ));
-    }
-    super::file::infer_json(&sample)
+    let entries = entries_of(reply, &config.field);
+    crate::message::infer_json(entries.iter().filter_map(|e| e.message.as_deref())).unwrap_or_else(
+        || {
+            Err(format!(
+                "stream '{}' has no entries with field '{}' to infer a schema from; declare `schema`",
+                config.stream, config.field
+            ))
+        },
+    )
 }
 
 /// A stream entry: its id and the message in the configured field.
