@@ -4,24 +4,9 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use common::{read_jsonl, run, stderr, write};
 
 const URL: &str = "nats://127.0.0.1:4222";
-
-/// A stream name no other run uses.
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    format!("SF_{name}_{}_{}", std::process::id(), nanos % 1_000_000_000)
-}
-
-fn ids(rows: &[serde_json::Value]) -> Vec<i64> {
-    rows.iter().map(|r| r["id"].as_i64().expect("id")).collect()
-}
 
 /// Copies stream `stream` to the JSON-lines file `out` (a bounded read).
 fn read_back(d: &std::path::Path, stream: &str, name: &str) -> Vec<serde_json::Value> {
@@ -44,7 +29,7 @@ fn read_back(d: &std::path::Path, stream: &str, name: &str) -> Vec<serde_json::V
 fn rows_round_trip_through_a_stream() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let stream = unique("RT");
+    let stream = common::unique("RT");
     let flow = write(
         d,
         "produce.yaml",
@@ -55,7 +40,7 @@ fn rows_round_trip_through_a_stream() {
     let out = run(&["run", &flow]);
     assert!(out.status.success(), "{}", stderr(&out));
     let rows = read_back(d, &stream, "reader");
-    assert_eq!(ids(&rows), (0..3000).collect::<Vec<_>>());
+    assert_eq!(common::ids(&rows), (0..3000).collect::<Vec<_>>());
     assert!(
         rows.iter()
             .all(|r| r["_subject"] == format!("{stream}.rows"))
@@ -82,7 +67,7 @@ fn rows_round_trip_through_a_stream() {
 fn sigkills_leave_exactly_the_rows_of_an_uninterrupted_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let stream = unique("EO");
+    let stream = common::unique("EO");
     let flow = write(
         d,
         "flow.yaml",
@@ -93,20 +78,14 @@ fn sigkills_leave_exactly_the_rows_of_an_uninterrupted_run() {
     );
     let resumed = common::run_with_kills(&flow, &[250, 400, 300]);
     assert!(resumed > 0, "a restart resumed from a checkpoint");
-    let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
-    for id in ids(&read_back(d, &stream, "check")) {
-        *counts.entry(id).or_default() += 1;
-    }
-    let missing = (0..30_000).filter(|i| !counts.contains_key(i)).count();
-    let doubled = counts.values().filter(|c| **c > 1).count();
-    assert_eq!((missing, doubled), (0, 0), "every row exactly once");
+    common::assert_each_once(&common::ids(&read_back(d, &stream, "check")), 30_000);
 }
 
 #[test]
 fn a_source_killed_at_random_moments_resumes_exactly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let stream = unique("SRC");
+    let stream = common::unique("SRC");
     let fill = write(
         d,
         "fill.yaml",
@@ -127,7 +106,7 @@ fn a_source_killed_at_random_moments_resumes_exactly() {
     );
     let resumed = common::run_with_kills(&flow, &[300, 450, 350]);
     assert!(resumed > 0);
-    let mut got = ids(&read_jsonl(&out));
+    let mut got = common::ids(&read_jsonl(&out));
     got.sort_unstable();
     assert_eq!(got, (0..20_000).collect::<Vec<_>>());
 }
@@ -144,7 +123,7 @@ fn a_server_that_is_down_is_named_in_the_error() {
 fn malformed_messages_reach_the_dlq_with_their_sequence() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let stream = unique("BAD");
+    let stream = common::unique("BAD");
     // Raw text messages: two good JSON objects around a broken one.
     let flow = write(
         d,
@@ -156,7 +135,7 @@ fn malformed_messages_reach_the_dlq_with_their_sequence() {
     let out = run(&["run", &flow]);
     assert!(out.status.success(), "{}", stderr(&out));
     let rows = read_back(d, &stream, "reader");
-    assert_eq!(ids(&rows), vec![0, 2]);
+    assert_eq!(common::ids(&rows), vec![0, 2]);
     let bad = read_jsonl(&d.join("reader-bad.jsonl"));
     assert_eq!(bad.len(), 1, "{bad:?}");
     assert_eq!(bad[0]["file"], format!("{stream}/2"));
@@ -167,7 +146,7 @@ fn malformed_messages_reach_the_dlq_with_their_sequence() {
 fn nexmark_bids_through_nats_into_postgres_upserts() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let stream = unique("BIDS");
+    let stream = common::unique("BIDS");
     let table = stream.to_lowercase();
     let root = common::root();
     let produce = run(&[

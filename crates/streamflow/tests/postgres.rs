@@ -37,19 +37,10 @@ fn psql(sql: &str) -> Vec<String> {
         .collect()
 }
 
-/// A table name no other run uses.
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    format!("sf_{name}_{}_{}", std::process::id(), nanos % 1_000_000_000)
-}
-
 #[test]
 fn generated_rows_are_appended_with_their_types() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let table = unique("append");
+    let table = common::unique("append");
     let flow = write(
         dir.path(),
         "flow.yaml",
@@ -75,7 +66,7 @@ fn generated_rows_are_appended_with_their_types() {
 fn window_results_are_upserted_by_key() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let table = unique("windows");
+    let table = common::unique("windows");
     let flow = write(
         d,
         "flow.yaml",
@@ -113,7 +104,7 @@ fn window_results_are_upserted_by_key() {
 #[test]
 fn a_changelog_is_applied_as_upserts_and_deletes() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let table = unique("changelog");
+    let table = common::unique("changelog");
     let flow = write(
         dir.path(),
         "flow.yaml",
@@ -139,7 +130,7 @@ fn a_changelog_is_applied_as_upserts_and_deletes() {
 fn sigkills_leave_exactly_the_rows_of_an_uninterrupted_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let table = unique("eo");
+    let table = common::unique("eo");
     // 40 000 rows at 40 000 rows/s in batches of 20: the run takes a while.
     let flow = write(
         d,
@@ -171,7 +162,7 @@ fn a_server_that_is_down_is_named_in_the_error() {
 fn a_table_is_read_incrementally_into_redis_and_a_rerun_goes_on() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let table = unique("orders");
+    let table = common::unique("orders");
     let stream = format!("{table}_stream");
     psql(&format!(
         "CREATE TABLE {table} (id BIGSERIAL PRIMARY KEY, customer TEXT, amount FLOAT8, created TIMESTAMP DEFAULT now()); INSERT INTO {table} (customer, amount) SELECT 'c' || g % 10, g / 10.0 FROM generate_series(1, 1000) g"
@@ -209,7 +200,7 @@ fn a_table_is_read_incrementally_into_redis_and_a_rerun_goes_on() {
 #[test]
 fn the_bids_per_auction_example_runs() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let table = unique("bids_per_auction");
+    let table = common::unique("bids_per_auction");
     let example = common::root().join("examples/postgres/bids_per_auction.yaml");
     let out = run(&[
         "run",

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use common::{read_jsonl, run, stderr, write};
@@ -16,15 +15,6 @@ fn redis() -> redis::Connection {
         .expect("client")
         .get_connection()
         .expect("the local Redis server is running")
-}
-
-/// A stream name no other test run uses.
-fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_nanos();
-    format!("sf-test-{name}-{}-{nanos}", std::process::id())
 }
 
 /// Appends `messages` to `stream` in field `data`.
@@ -61,15 +51,11 @@ fn entries(stream: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn ids(rows: &[serde_json::Value]) -> Vec<i64> {
-    rows.iter().map(|r| r["id"].as_i64().expect("id")).collect()
-}
-
 #[test]
 fn a_stream_round_trips_and_bad_entries_reach_the_dlq_with_their_id() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let (input, output) = (unique("in"), unique("out"));
+    let (input, output) = (common::unique("in"), common::unique("out"));
     fill(
         &input,
         (0..1000).map(|i| format!("{{\"id\": {i}, \"name\": \"n{i}\"}}")),
@@ -98,7 +84,7 @@ fn a_stream_round_trips_and_bad_entries_reach_the_dlq_with_their_id() {
     let out = run(&["run", &flow]);
     assert!(out.status.success(), "{}", stderr(&out));
     let copied = entries(&output);
-    assert_eq!(ids(&copied), (0..1010).collect::<Vec<_>>());
+    assert_eq!(common::ids(&copied), (0..1010).collect::<Vec<_>>());
     assert!(
         copied
             .iter()
@@ -130,7 +116,7 @@ fn a_stream_round_trips_and_bad_entries_reach_the_dlq_with_their_id() {
     let out = run(&["run", &back]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
-        ids(&read_jsonl(&d.join("back.jsonl"))),
+        common::ids(&read_jsonl(&d.join("back.jsonl"))),
         (0..1010).collect::<Vec<_>>()
     );
 }
@@ -157,7 +143,7 @@ fn checkpointed_copy(d: &Path, input: &str, output: &str) -> String {
 #[test]
 fn sigkills_leave_exactly_the_rows_of_an_uninterrupted_run() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (input, output) = (unique("eo-in"), unique("eo-out"));
+    let (input, output) = (common::unique("eo-in"), common::unique("eo-out"));
     let n = 60_000;
     fill(
         &input,
@@ -166,14 +152,7 @@ fn sigkills_leave_exactly_the_rows_of_an_uninterrupted_run() {
     let flow = checkpointed_copy(dir.path(), &input, &output);
     let resumed = common::run_with_kills(&flow, &[300, 450, 350, 600, 500]);
     assert!(resumed > 0, "a restart resumed from a checkpoint");
-    let mut counts: BTreeMap<i64, usize> = BTreeMap::new();
-    for id in ids(&entries(&output)) {
-        *counts.entry(id).or_default() += 1;
-    }
-    let missing = (0..n).filter(|i| !counts.contains_key(i)).count();
-    let doubled = counts.values().filter(|c| **c > 1).count();
-    assert_eq!((missing, doubled), (0, 0), "every row exactly once");
-    assert_eq!(counts.len(), n as usize);
+    common::assert_each_once(&common::ids(&entries(&output)), n);
     // The group acknowledged everything: nothing is left pending.
     let mut conn = redis();
     let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
@@ -188,7 +167,7 @@ fn sigkills_leave_exactly_the_rows_of_an_uninterrupted_run() {
 fn the_redis_examples_run() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
-    let stream = unique("example");
+    let stream = common::unique("example");
     let root = common::root();
     let produce = root.join("examples/redis/produce.yaml");
     let consume = root.join("examples/redis/consume.yaml");

@@ -126,3 +126,29 @@ pub fn assert_run_fails_with(yaml: &str, expected: &str) {
         stderr(&out)
     );
 }
+
+/// A name (stream, table, key) no other test run uses: `sf_<name>_<pid>_<time>`.
+pub fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_nanos();
+    format!("sf_{name}_{}_{}", std::process::id(), nanos % 1_000_000_000)
+}
+
+/// The `id` column of rows.
+pub fn ids(rows: &[serde_json::Value]) -> Vec<i64> {
+    rows.iter().map(|r| r["id"].as_i64().expect("id")).collect()
+}
+
+/// Every id in `0..n` occurs exactly once in `ids`, and nothing else.
+pub fn assert_each_once(ids: &[i64], n: i64) {
+    let mut counts = std::collections::BTreeMap::<i64, usize>::new();
+    for id in ids {
+        *counts.entry(*id).or_default() += 1;
+    }
+    let missing = (0..n).filter(|i| !counts.contains_key(i)).count();
+    let doubled = counts.values().filter(|c| **c > 1).count();
+    assert_eq!((missing, doubled), (0, 0), "every row exactly once");
+    assert_eq!(counts.len(), n as usize, "no other rows");
+}
