@@ -333,11 +333,10 @@ impl PostgresSink {
                 cells.push(Cell::I32(Some(instance)));
                 cells.push(Cell::I64(Some(checkpoint)));
                 cells.push(Cell::I64(Some(row)));
-                let refs: Vec<&(dyn ToSql + Sync)> =
-                    cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+                // The row's cells as they are: no vector of references per row.
                 writer
                     .as_mut()
-                    .write(&refs)
+                    .write_raw(cells.iter())
                     .await
                     .map_err(|e| copy_err(&e))?;
                 row += 1;
