@@ -1,4 +1,5 @@
-//! Connecting to an external server, with retries and backoff.
+//! Connecting to an external server, with retries and backoff, and
+//! talking to it while a flow is planned.
 
 use std::future::Future;
 use std::time::Duration;
@@ -40,4 +41,27 @@ where
         wait = (wait * 2).min(Duration::from_secs(2));
         attempt += 1;
     }
+}
+
+/// Runs `work` to completion on a thread with a runtime of its own, so that
+/// planning (which may happen inside a runtime, or outside any) can ask a
+/// server something: a query's description, a sample of messages.
+///
+/// # Errors
+/// What `work` returns, or that the thread failed.
+pub(crate) fn at_plan_time<T, F, Fut>(work: F) -> std::result::Result<T, String>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = std::result::Result<T, String>>,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?
+            .block_on(work())
+    })
+    .join()
+    .map_err(|_| "the planning thread failed".to_string())?
 }

@@ -158,38 +158,29 @@ const INFER_MESSAGES: u64 = 200;
 /// The JSON schema of the stream's first messages.
 fn infer(config: &NatsSourceConfig) -> std::result::Result<Schema, String> {
     let (endpoint, name) = (config.endpoint.clone(), config.stream.clone());
-    // On a thread of its own: planning may happen inside a runtime.
-    let sample = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())?;
-        rt.block_on(async {
-            let js = endpoint.connect().await.map_err(|e| e.to_string())?;
-            let mut stream = js
-                .get_stream(&name)
-                .await
-                .map_err(|e| format!("opening stream {name}: {e}"))?;
-            let state = stream
-                .info()
-                .await
-                .map_err(|e| e.to_string())?
-                .state
-                .clone();
-            let mut sample = Vec::new();
-            let last = state
-                .last_sequence
-                .min(state.first_sequence + INFER_MESSAGES - 1);
-            for seq in state.first_sequence..=last {
-                if let Ok(m) = stream.get_raw_message(seq).await {
-                    sample.push(m.payload);
-                }
+    let sample = crate::backoff::at_plan_time(move || async move {
+        let js = endpoint.connect().await.map_err(|e| e.to_string())?;
+        let mut stream = js
+            .get_stream(&name)
+            .await
+            .map_err(|e| format!("opening stream {name}: {e}"))?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| e.to_string())?
+            .state
+            .clone();
+        let mut sample = Vec::new();
+        let last = state
+            .last_sequence
+            .min(state.first_sequence + INFER_MESSAGES - 1);
+        for seq in state.first_sequence..=last {
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                sample.push(m.payload);
             }
-            Ok::<_, String>(sample)
-        })
-    })
-    .join()
-    .map_err(|_| "sampling the stream failed".to_string())??;
+        }
+        Ok::<_, String>(sample)
+    })?;
     crate::message::infer_json(sample.iter().map(|m| m.as_ref())).unwrap_or_else(|| {
         Err(format!(
             "stream '{}' has no messages to infer a schema from; declare `schema`",

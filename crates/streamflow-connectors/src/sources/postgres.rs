@@ -135,29 +135,20 @@ fn describe(
         config.password_env.clone(),
         query.to_string(),
     );
-    // On a thread of its own: planning may happen inside a runtime.
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
+    crate::backoff::at_plan_time(move || async move {
+        let client = connect(&url, password_env.as_deref())
+            .await
             .map_err(|e| e.to_string())?;
-        rt.block_on(async {
-            let client = connect(&url, password_env.as_deref())
-                .await
-                .map_err(|e| e.to_string())?;
-            let statement = client.prepare(&query).await.map_err(|e| {
-                e.as_db_error()
-                    .map_or_else(|| e.to_string(), |d| d.message().to_string())
-            })?;
-            Ok(statement
-                .columns()
-                .iter()
-                .map(|c| (c.name().to_string(), c.type_().clone()))
-                .collect())
-        })
+        let statement = client.prepare(&query).await.map_err(|e| {
+            e.as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_string())
+        })?;
+        Ok(statement
+            .columns()
+            .iter()
+            .map(|c| (c.name().to_string(), c.type_().clone()))
+            .collect())
     })
-    .join()
-    .map_err(|_| "describing the query failed".to_string())?
 }
 
 fn arrow_type(t: &Type) -> Option<DataType> {
