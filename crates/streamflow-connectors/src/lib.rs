@@ -2,7 +2,7 @@
 //! mapping flow-file `type:` names to them ([`registry`]).
 
 #[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
-mod backoff;
+mod server;
 pub mod message;
 pub mod registry;
 pub mod sinks;

@@ -474,7 +474,7 @@ pub(crate) async fn connect(url: &str, password_env: Option<&str>) -> Result<Cli
         .collect::<Vec<_>>()
         .join(",");
     let (client, connection) =
-        crate::backoff::connect_with_backoff("PostgreSQL", &address, || config.connect(NoTls))
+        crate::server::connect_with_backoff("PostgreSQL", &address, || config.connect(NoTls))
             .await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {

@@ -71,7 +71,7 @@ impl NatsEndpoint {
             _ => None,
         };
         let token = self.token_env.as_deref().map(env).transpose()?;
-        let client = crate::backoff::connect_with_backoff("NATS", &self.address(), || {
+        let client = crate::server::connect_with_backoff("NATS", &self.address(), || {
             let mut options =
                 async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
             if let Some((user, password)) = user.clone() {
@@ -158,7 +158,7 @@ const INFER_MESSAGES: u64 = 200;
 /// The JSON schema of the stream's first messages.
 fn infer(config: &NatsSourceConfig) -> std::result::Result<Schema, String> {
     let (endpoint, name) = (config.endpoint.clone(), config.stream.clone());
-    let sample = crate::backoff::at_plan_time(move || async move {
+    let sample = crate::server::at_plan_time(move || async move {
         let js = endpoint.connect().await.map_err(|e| e.to_string())?;
         let mut stream = js
             .get_stream(&name)

@@ -135,7 +135,7 @@ fn describe(
         config.password_env.clone(),
         query.to_string(),
     );
-    crate::backoff::at_plan_time(move || async move {
+    crate::server::at_plan_time(move || async move {
         let client = connect(&url, password_env.as_deref())
             .await
             .map_err(|e| e.to_string())?;

@@ -74,7 +74,7 @@ impl RedisEndpoint {
     /// A connection, retried with backoff for up to about 10 s.
     pub(crate) async fn connect(&self) -> Result<MultiplexedConnection> {
         let client = self.client().map_err(Error::Other)?;
-        crate::backoff::connect_with_backoff("Redis", &self.address(), || {
+        crate::server::connect_with_backoff("Redis", &self.address(), || {
             client.get_multiplexed_async_connection()
         })
         .await
