@@ -1,10 +1,15 @@
 //! StreamFlow sources and sinks, one module per system, and the registry
 //! mapping flow-file `type:` names to them ([`registry`]).
 
-#[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
-mod server;
 pub mod message;
 pub mod registry;
+#[cfg(any(
+    feature = "redis",
+    feature = "postgres",
+    feature = "nats",
+    feature = "kafka"
+))]
+mod server;
 pub mod sinks;
 pub mod sources;
 

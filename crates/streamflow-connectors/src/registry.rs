@@ -136,6 +136,12 @@ pub static SOURCES: &[SourceKind] = &[
         description: "JSON lines or CSV from standard input",
         plan: sources::stdin::plan,
     },
+    #[cfg(feature = "kafka")]
+    SourceKind {
+        name: "kafka",
+        description: "a Kafka topic, its partitions dealt to the instances",
+        plan: sources::kafka::plan,
+    },
     #[cfg(feature = "nats")]
     SourceKind {
         name: "nats",
@@ -172,6 +178,12 @@ pub static SINKS: &[SinkKind] = &[
         name: "blackhole",
         description: "count and discard (benchmarks)",
         plan: sinks::blackhole::plan,
+    },
+    #[cfg(feature = "kafka")]
+    SinkKind {
+        name: "kafka",
+        description: "produce to a Kafka topic (one transaction per checkpoint)",
+        plan: sinks::kafka::plan,
     },
     #[cfg(feature = "nats")]
     SinkKind {

@@ -133,6 +133,9 @@ impl SinkFactory for FileSinkFactory {
             schema: Arc::clone(&self.schema),
             instance,
             seq: 0,
+            run: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
             current: None,
             transactional: false,
             staged: Vec::new(),
@@ -156,6 +159,9 @@ struct FileSink {
     schema: SchemaRef,
     instance: usize,
     seq: u64,
+    /// This run's token in staged names: a restored checkpoint's staged
+    /// pieces and this run's never share a name.
+    run: u128,
     current: Option<OpenFile>,
     /// Checkpointed: finished files wait for their checkpoint to complete.
     transactional: bool,
@@ -226,7 +232,7 @@ impl FileSink {
             let mut temp = target.clone().into_os_string();
             if self.single && self.transactional {
                 // Several staged pieces of one file may wait at once.
-                temp.push(format!(".{}", self.seq));
+                temp.push(format!(".{:x}-{}", self.run, self.seq));
             }
             temp.push(".inprogress");
             let temp = PathBuf::from(temp);
@@ -414,5 +420,72 @@ impl Sink for FileSink {
             self.open()?;
         }
         self.close_current()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn sink(path: &Path) -> Box<dyn Sink> {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        let settings = serde_json::json!({ "path": path });
+        let ctx = SinkContext {
+            name: "f",
+            path: "sinks[0].config",
+            settings: settings.as_object().expect("object"),
+            input: schema,
+        };
+        plan(&ctx).expect("plan").create(0).expect("sink")
+    }
+
+    fn batch(ids: std::ops::Range<i64>) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+        RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from_iter_values(ids))])
+            .expect("batch")
+    }
+
+    /// A run restored from a checkpoint whose piece was not yet published
+    /// publishes it, then crashes mid-write; the next restore of the same
+    /// checkpoint must not mistake that run's piece for the checkpoint's.
+    #[test]
+    fn a_second_restore_of_one_checkpoint_publishes_only_its_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out.jsonl");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut first = sink(&path);
+            first.open(Some(Vec::new())).await.expect("open");
+            first.write(batch(0..3)).await.expect("write");
+            let staged = first.pre_commit(1).await.expect("pre-commit");
+            drop(first); // crashed before checkpoint 1 was published
+
+            let mut second = sink(&path);
+            second.open(Some(staged.clone())).await.expect("restore");
+            second.write(batch(100..105)).await.expect("write");
+            second.pre_commit(2).await.expect("pre-commit");
+            drop(second); // crashed before checkpoint 2 completed
+
+            let mut third = sink(&path);
+            third.open(Some(staged)).await.expect("restore again");
+            third.write(batch(3..5)).await.expect("write");
+            third.pre_commit(2).await.expect("pre-commit");
+            third.commit(2).await.expect("commit");
+            third.finish().await.expect("finish");
+        });
+        let text = std::fs::read_to_string(&path).expect("output");
+        let ids: Vec<i64> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).expect("json")["id"]
+                    .as_i64()
+                    .expect("id")
+            })
+            .collect();
+        assert_eq!(ids, vec![0, 1, 2, 3, 4]);
     }
 }

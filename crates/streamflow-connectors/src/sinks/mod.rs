@@ -2,6 +2,8 @@
 
 pub mod blackhole;
 pub mod file;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "postgres")]

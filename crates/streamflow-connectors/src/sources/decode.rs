@@ -200,6 +200,9 @@ impl LineDecoder {
                 decoder.flush()
             }
             TextFormat::Csv => {
+                // Every line must be one record: a quoted value left open
+                // would swallow the next line.
+                let records = csv_lines(bytes, self.delimiter)?;
                 // Room for one record more than there are lines, to notice
                 // a line holding two (a bare carriage return ends a record).
                 let mut decoder = arrow::csv::ReaderBuilder::new(Arc::clone(&self.schema))
@@ -217,7 +220,8 @@ impl LineDecoder {
                 }
                 let _ = decoder.decode(&[])?;
                 let batch = decoder.flush()?;
-                if !rest.is_empty() || batch.as_ref().is_some_and(|b| b.num_rows() > max_rows) {
+                let rows = batch.as_ref().map_or(0, RecordBatch::num_rows);
+                if !rest.is_empty() || rows > max_rows || rows > records {
                     return Err(ArrowError::CsvError(
                         "a line holds more than one record (a carriage return inside a line?)"
                             .into(),
@@ -225,6 +229,53 @@ impl LineDecoder {
                 }
                 Ok(batch)
             }
+        }
+    }
+}
+
+/// The number of non-blank lines in `bytes`, each checked to hold a CSV
+/// record that ends on its own line (a quoted value left open fails).
+fn csv_lines(bytes: &[u8], delimiter: u8) -> Result<usize, ArrowError> {
+    let quoted = memchr::memchr(b'"', bytes).is_some();
+    let mut reader = csv_core::ReaderBuilder::new().delimiter(delimiter).build();
+    let mut field = Vec::new();
+    let mut records = 0;
+    for line in bytes.split_inclusive(|b| *b == b'\n') {
+        if trim_line(line).is_empty() {
+            continue;
+        }
+        records += 1;
+        if quoted
+            && memchr::memchr(b'"', line).is_some()
+            && !closes_on_its_line(&mut reader, &mut field, line)
+        {
+            return Err(ArrowError::CsvError(
+                "a quoted value is not closed on its line".into(),
+            ));
+        }
+    }
+    Ok(records)
+}
+
+/// Whether the CSV reader, fed `line`, ends a record by the line's end.
+fn closes_on_its_line(reader: &mut csv_core::Reader, field: &mut Vec<u8>, line: &[u8]) -> bool {
+    use csv_core::ReadFieldResult;
+    reader.reset();
+    field.resize(line.len() + 1, 0);
+    let ended;
+    let mut rest = if line.ends_with(b"\n") {
+        line
+    } else {
+        ended = [line, b"\n"].concat();
+        &ended[..]
+    };
+    loop {
+        let (result, used, _) = reader.read_field(rest, field);
+        rest = &rest[used..];
+        match result {
+            ReadFieldResult::Field { record_end: true } | ReadFieldResult::End => return true,
+            ReadFieldResult::Field { record_end: false } => {}
+            ReadFieldResult::InputEmpty | ReadFieldResult::OutputFull => return false,
         }
     }
 }
@@ -454,7 +505,7 @@ impl<R: ByteInput> TextReader<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use arrow::array::{Array, Int64Array};
+    use arrow::array::{Array, AsArray, Int64Array};
     use arrow::datatypes::{DataType, Field, Schema};
 
     #[test]
@@ -497,6 +548,30 @@ mod tests {
         assert!(got[0].1.contains("line 3"), "{}", got[0].1);
         assert_eq!(got[1].0, Some(4));
         assert!(got[1].1.contains("line 4"), "{}", got[1].1);
+    }
+
+    #[test]
+    fn an_open_quote_does_not_swallow_the_next_line() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int64, true),
+            Field::new("b", DataType::Utf8, true),
+        ]));
+        let mut d = LineDecoder::new(schema, TextFormat::Csv, b',');
+        let out = d
+            .decode(b"1,\"x, y\"\n2,\"open\n3,z\n", "in.csv", 1)
+            .expect("decodes");
+        let batch = out.data.expect("rows");
+        let b = batch.column(1).as_string::<i32>();
+        assert_eq!((b.value(0), b.value(1)), ("x, y", "z"));
+        assert_eq!(out.dead_letters.len(), 1);
+        assert_eq!(out.dead_letters[0].line, Some(2));
+        assert!(
+            out.dead_letters[0]
+                .error
+                .contains("quoted value is not closed"),
+            "{}",
+            out.dead_letters[0].error
+        );
     }
 
     #[test]
