@@ -43,6 +43,31 @@ pub struct FlowSpec {
     pub checkpoint: Option<CheckpointSpec>,
 }
 
+impl FlowSpec {
+    /// The declaration as a JSON document in normal form: unset fields left
+    /// out, the declaration's own keys in one fixed order. The order of
+    /// user mappings is kept, since it means something (generated columns,
+    /// aggregates). Declarations that differ only in layout, syntax (YAML
+    /// or JSON) or the order of their keys give equal documents; the
+    /// document parses back to the same declaration.
+    pub fn to_document(&self) -> serde_json::Value {
+        fn drop_nulls(v: &mut serde_json::Value) {
+            match v {
+                serde_json::Value::Object(m) => {
+                    m.retain(|_, x| !x.is_null());
+                    m.values_mut().for_each(drop_nulls);
+                }
+                serde_json::Value::Array(a) => a.iter_mut().for_each(drop_nulls),
+                _ => {}
+            }
+        }
+        // A declaration is plain data: serializing it cannot fail.
+        let mut doc = serde_json::to_value(self).unwrap_or_default();
+        drop_nulls(&mut doc);
+        doc
+    }
+}
+
 /// `checkpoint: {interval: 10s, storage: <dir>, mode: aligned, retain: 3, async: true}`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -90,6 +90,7 @@ pub(crate) struct Coordinator {
     pub(crate) sinks: Vec<UnboundedSender<u64>>,
     pub(crate) acks: UnboundedReceiver<Ack>,
     pub(crate) next_id: u64,
+    pub(crate) metrics: Arc<crate::metrics::CheckpointMetrics>,
 }
 
 impl Coordinator {
@@ -239,6 +240,12 @@ impl Coordinator {
         };
         self.store.commit(&meta)?;
         crash_point(id);
+        self.metrics.record(crate::metrics::LastCheckpoint {
+            id,
+            started_ms: meta.started_ms,
+            duration_ms: meta.duration_ms,
+            bytes: meta.bytes,
+        });
         tracing::info!(
             checkpoint = id,
             duration_ms = meta.duration_ms,

@@ -284,6 +284,7 @@ impl Pipeline {
         }
         drop(acks);
         let restored_from = restored.as_ref().map(|r| r.meta.id);
+        let checkpoint_metrics = Arc::new(crate::metrics::CheckpointMetrics::default());
         if let Some((config, store, next_id, _, ack_rx)) = checkpointing {
             let coordinator = Coordinator {
                 store,
@@ -294,6 +295,7 @@ impl Pipeline {
                 sinks: sink_commits,
                 acks: ack_rx,
                 next_id,
+                metrics: Arc::clone(&checkpoint_metrics),
             };
             tasks.spawn(coordinator.run());
         }
@@ -312,6 +314,7 @@ impl Pipeline {
             .collect();
         Ok(RunHandle {
             restored_from,
+            checkpoints: checkpoint_metrics,
             tasks,
             stop: stop_tx,
             nodes,
@@ -344,6 +347,7 @@ pub struct NodeInfo {
 /// A running pipeline.
 pub struct RunHandle {
     restored_from: Option<u64>,
+    checkpoints: Arc<crate::metrics::CheckpointMetrics>,
     tasks: JoinSet<Result<()>>,
     stop: watch::Sender<bool>,
     nodes: Vec<NodeInfo>,
@@ -356,6 +360,11 @@ impl RunHandle {
     /// The checkpoint this run resumed from, if any.
     pub fn restored_from(&self) -> Option<u64> {
         self.restored_from
+    }
+
+    /// Checkpoint counters of this run.
+    pub fn checkpoints(&self) -> Arc<crate::metrics::CheckpointMetrics> {
+        Arc::clone(&self.checkpoints)
     }
 
     /// Asks the sources to stop; everything in flight is drained and flushed.

@@ -22,5 +22,5 @@ mod tasks;
 
 pub use checkpoint::RecoveryOptions;
 pub use engine::{Pipeline, RunHandle, RunSummary, StageSummary};
-pub use metrics::NodeMetrics;
+pub use metrics::{CheckpointMetrics, LastCheckpoint, NodeMetrics};
 pub use plan::{PhysicalPlan, Planned, PlannedNode, plan, validate_spec, validate_spec_with};

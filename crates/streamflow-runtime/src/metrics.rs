@@ -52,3 +52,40 @@ impl NodeMetrics {
             .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
     }
 }
+
+/// The last checkpoint a run completed, for monitoring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct LastCheckpoint {
+    /// Checkpoint id.
+    pub id: u64,
+    /// When it started, milliseconds since the epoch.
+    pub started_ms: i64,
+    /// How long it took.
+    pub duration_ms: u64,
+    /// Bytes of state written.
+    pub bytes: u64,
+}
+
+/// Checkpoint counters of a run, updated by its coordinator.
+#[derive(Debug, Default)]
+pub struct CheckpointMetrics {
+    completed: AtomicU64,
+    last: std::sync::Mutex<Option<LastCheckpoint>>,
+}
+
+impl CheckpointMetrics {
+    /// Checkpoints completed by this run.
+    pub fn completed(&self) -> u64 {
+        self.completed.load(Ordering::Relaxed)
+    }
+    /// The newest completed checkpoint.
+    pub fn last(&self) -> Option<LastCheckpoint> {
+        self.last.lock().ok().and_then(|l| *l)
+    }
+    pub(crate) fn record(&self, last: LastCheckpoint) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some(last);
+        }
+    }
+}

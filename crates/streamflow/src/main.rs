@@ -1,6 +1,8 @@
 //! The `streamflow` command line.
 #![allow(clippy::print_stdout)] // the CLI layer is where output is printed
 
+mod flows;
+
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -62,6 +64,28 @@ enum Command {
         /// Override a setting, as for `run`.
         #[arg(long = "set", value_name = "PATH=VALUE")]
         overrides: Vec<String>,
+    },
+    /// The control plane: a server that keeps versioned flows and runs them.
+    Serve {
+        /// Directory for flows, versions and checkpoints.
+        #[arg(long, default_value = ".streamflow/server")]
+        data: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: std::net::SocketAddr,
+        /// Require `Authorization: Bearer <token>` on every endpoint but /healthz.
+        #[arg(long, env = "STREAMFLOW_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Serve a non-loopback address without a token.
+        #[arg(long)]
+        insecure: bool,
+    },
+    /// Talk to a `streamflow serve` server.
+    Flows {
+        #[command(flatten)]
+        connection: flows::Connection,
+        #[command(subcommand)]
+        action: flows::FlowsAction,
     },
     /// Benchmarks.
     Bench {
@@ -189,6 +213,18 @@ fn main() -> ExitCode {
             run(&file, &overrides, workers, quiet, &recovery)
         }
         Command::Checkpoints { action } => checkpoints(action),
+        Command::Serve {
+            data,
+            listen,
+            token,
+            insecure,
+        } => serve(streamflow_server::ServeOptions {
+            data,
+            listen,
+            token,
+            insecure,
+        }),
+        Command::Flows { connection, action } => flows::run(connection, action),
         Command::Bench {
             suite:
                 BenchSuite::Nexmark {
@@ -366,6 +402,15 @@ fn run(
     if !quiet {
         print_summary(&summary);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `streamflow serve`: prints the address it listens on once ready.
+fn serve(options: streamflow_server::ServeOptions) -> anyhow::Result<ExitCode> {
+    let rt = runtime(None)?;
+    rt.block_on(streamflow_server::serve(options, |addr| {
+        eprintln!("listening on http://{addr}");
+    }))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -558,8 +603,7 @@ fn bench(
     })?;
     let mut spec = streamflow_dsl::parse_str(text, FileFormat::Yaml).map_err(|d| anyhow!("{d}"))?;
     if !overrides.is_empty() {
-        let mut doc = serde_json::to_value(&spec)?;
-        drop_nulls(&mut doc);
+        let mut doc = spec.to_document();
         for o in overrides {
             streamflow_dsl::apply_override(&mut doc, o).map_err(|e| anyhow!(e))?;
         }
@@ -618,19 +662,6 @@ fn bench(
     }
     let _ = std::fs::remove_dir_all(&state);
     outcome
-}
-
-/// Removes the unset (null) fields of a serialized declaration, so it
-/// reads back as written.
-fn drop_nulls(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(m) => {
-            m.retain(|_, x| !x.is_null());
-            m.values_mut().for_each(drop_nulls);
-        }
-        serde_json::Value::Array(a) => a.iter_mut().for_each(drop_nulls),
-        _ => {}
-    }
 }
 
 fn bench_file(

@@ -389,3 +389,54 @@ fn nexmark_bids_through_kafka_into_postgres_upserts() {
         .expect("sum");
     assert_eq!(counted, taken - late);
 }
+
+#[test]
+fn the_kafka_order_examples_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let topic = common::unique("orders");
+    let root = common::root();
+    let out = run(&[
+        "run",
+        &root.join("examples/kafka/produce.yaml").to_string_lossy(),
+        "--set",
+        "sources.orders.config.count=5000",
+        "--set",
+        &format!("sinks.out.config.brokers={}", brokers()),
+        "--set",
+        &format!("sinks.out.config.topic={topic}"),
+        "--set",
+        &format!("checkpoint.storage={}", d.join("state").display()),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Keyed by customer: each customer's orders are in one partition.
+    let mut partition_of = std::collections::BTreeMap::new();
+    for r in read_topic(&topic, "read_committed") {
+        let customer = r.value["customer"].as_str().expect("customer").to_string();
+        assert_eq!(r.key.as_deref(), Some(customer.as_str()));
+        assert_eq!(
+            *partition_of.entry(customer).or_insert(r.partition),
+            r.partition
+        );
+    }
+    assert_eq!(partition_of.len(), 1000);
+    let totals = d.join("totals");
+    let out = run(&[
+        "run",
+        &root.join("examples/kafka/consume.yaml").to_string_lossy(),
+        "--set",
+        &format!("sources.orders.config.brokers={}", brokers()),
+        "--set",
+        &format!("sources.orders.config.topic={topic}"),
+        "--set",
+        &format!("sinks.totals.config.path={}", totals.display()),
+        "--set",
+        &format!("sinks.bad.config.path={}", d.join("bad.jsonl").display()),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let counted: i64 = read_jsonl(&totals)
+        .iter()
+        .map(|r| r["orders"].as_i64().expect("count"))
+        .sum();
+    assert_eq!(counted, 5000);
+}

@@ -1,0 +1,421 @@
+//! Runs the flows of the record: starts the active version of each flow
+//! that should run, watches it to its end, and swaps versions at a
+//! checkpoint (stop, which drains and takes a final checkpoint, then start
+//! the new version from it).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use streamflow_dsl::{FileFormat, FlowSpec, Role};
+use streamflow_runtime::engine::NodeInfo;
+use streamflow_runtime::{CheckpointMetrics, LastCheckpoint, Pipeline, RecoveryOptions};
+use tokio::sync::watch;
+
+use crate::store::{Desired, FlowStore, Outcome, StoreError};
+
+/// Where a flow is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum State {
+    /// Recorded, not started.
+    Pending,
+    /// Being planned and started.
+    Deploying,
+    /// Running.
+    Running,
+    /// Its input ended and everything was written.
+    Succeeded,
+    /// It failed (see the error).
+    Failed,
+    /// Stopped on request.
+    Stopped,
+}
+
+/// Counters of one node of a running flow.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    /// Node name.
+    pub name: String,
+    /// `source`, `stage` or `sink`.
+    pub role: &'static str,
+    /// Component type.
+    pub kind: String,
+    /// Instances.
+    pub parallelism: usize,
+    /// Records received.
+    pub records_in: u64,
+    /// Records emitted.
+    pub records_out: u64,
+    /// Records sent to the dead-letter output.
+    pub dead_letters: u64,
+    /// Records too late for their windows.
+    pub late: u64,
+    /// Processing time, milliseconds.
+    pub busy_ms: u64,
+}
+
+/// What `GET /v1/flows/{name}/status` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlowStatus {
+    /// Flow name.
+    pub name: String,
+    /// Active version.
+    pub version: u64,
+    /// Where it is in its life.
+    pub state: State,
+    /// Why it failed, when FAILED.
+    pub error: Option<String>,
+    /// Why the last update was refused, if it was.
+    pub last_update_error: Option<String>,
+    /// The checkpoint the current run resumed from.
+    pub restored_from: Option<u64>,
+    /// Per node, while it runs.
+    pub nodes: Vec<NodeStatus>,
+    /// The last checkpoint of the current run.
+    pub last_checkpoint: Option<LastCheckpoint>,
+    /// Checkpoints completed by the current run.
+    pub checkpoints: u64,
+}
+
+/// A flow being run.
+struct Live {
+    version: u64,
+    state: State,
+    nodes: Vec<NodeInfo>,
+    checkpoints: Option<Arc<CheckpointMetrics>>,
+    restored_from: Option<u64>,
+    stop: Option<watch::Sender<bool>>,
+    /// Becomes true when the run has ended and its outcome is recorded.
+    ended: watch::Receiver<bool>,
+    stopping: bool,
+}
+
+/// Why a start or swap failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// From the record.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The declaration is invalid (every problem, one per line).
+    #[error("{0}")]
+    Invalid(String),
+    /// The flow could not be started.
+    #[error("{0}")]
+    Start(String),
+}
+
+/// Runs flows; one per server.
+pub struct Supervisor {
+    data: PathBuf,
+    store: Arc<FlowStore>,
+    live: Mutex<HashMap<String, Live>>,
+    refused: Mutex<HashMap<String, String>>,
+}
+
+/// Plans `spec` (which may ask servers for schemas) off the async threads.
+///
+/// # Errors
+/// Every problem of the declaration, one per line, as `validate` prints them.
+pub async fn plan(spec: FlowSpec) -> Result<Pipeline, SupervisorError> {
+    tokio::task::spawn_blocking(move || Pipeline::from_spec(&spec))
+        .await
+        .map_err(|e| SupervisorError::Start(e.to_string()))?
+        .map_err(|d| SupervisorError::Invalid(d.to_string()))
+}
+
+/// The declaration of a stored normal-form document.
+///
+/// # Errors
+/// When it no longer parses (it did when stored).
+pub fn spec_of(doc: &serde_json::Value) -> Result<FlowSpec, SupervisorError> {
+    streamflow_dsl::parse_str(&doc.to_string(), FileFormat::Json)
+        .map_err(|d| SupervisorError::Invalid(d.to_string()))
+}
+
+impl Supervisor {
+    /// A supervisor keeping checkpoints under `data/checkpoints/<flow>`.
+    pub fn new(data: PathBuf, store: Arc<FlowStore>) -> Arc<Self> {
+        Arc::new(Self {
+            data,
+            store,
+            live: Mutex::new(HashMap::new()),
+            refused: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
+        self.live
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The declaration as it runs here: named `name`, its checkpoints (if it
+    /// takes any) in the server's data directory.
+    fn prepare(&self, name: &str, mut spec: FlowSpec) -> FlowSpec {
+        spec.name = Some(name.to_string());
+        if let Some(c) = spec.checkpoint.as_mut() {
+            c.storage = Some(
+                self.data
+                    .join("checkpoints")
+                    .join(name)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+        spec
+    }
+
+    /// Starts every flow that should run (after a restart, from its newest
+    /// checkpoint). Failures are recorded on the flows.
+    pub async fn restore(self: &Arc<Self>) -> Result<(), StoreError> {
+        for record in self.store.list()? {
+            if record.desired == Desired::Running
+                && let Err(e) = self.start(&record.name, RecoveryOptions::default()).await
+            {
+                tracing::warn!(flow = %record.name, error = %e, "flow not restarted");
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the active version of `name` (resuming from its newest
+    /// checkpoint); a no-op when it runs already.
+    ///
+    /// # Errors
+    /// When it cannot be planned or started (also recorded as FAILED).
+    pub async fn start(
+        self: &Arc<Self>,
+        name: &str,
+        options: RecoveryOptions,
+    ) -> Result<(), SupervisorError> {
+        let record = self.store.get(name)?;
+        let (ended_tx, ended) = watch::channel(false);
+        {
+            let mut live = self.live();
+            if live.contains_key(name) {
+                return Ok(());
+            }
+            live.insert(
+                name.to_string(),
+                Live {
+                    version: record.active,
+                    state: State::Deploying,
+                    nodes: Vec::new(),
+                    checkpoints: None,
+                    restored_from: None,
+                    stop: None,
+                    ended,
+                    stopping: false,
+                },
+            );
+        }
+        self.store.modify(name, |r| {
+            r.desired = Desired::Running;
+            r.outcome = None;
+            Ok(())
+        })?;
+        let started = async {
+            let version = self.store.version(name, record.active)?;
+            let spec = self.prepare(name, spec_of(&version.spec)?);
+            let pipeline = plan(spec).await?;
+            pipeline
+                .start_with(&options)
+                .await
+                .map_err(|e| SupervisorError::Start(e.to_string()))
+        }
+        .await;
+        let handle = match started {
+            Ok(h) => h,
+            Err(e) => {
+                self.live().remove(name);
+                let _ = ended_tx.send(true);
+                self.record_end(
+                    name,
+                    Outcome::Failed {
+                        error: e.to_string(),
+                    },
+                );
+                return Err(e);
+            }
+        };
+        tracing::info!(flow = name, version = record.active, restored_from = ?handle.restored_from(), "flow started");
+        if let Some(l) = self.live().get_mut(name) {
+            l.state = State::Running;
+            l.nodes = handle.nodes().to_vec();
+            l.checkpoints = Some(handle.checkpoints());
+            l.restored_from = handle.restored_from();
+            l.stop = Some(handle.stopper());
+        }
+        let this = Arc::clone(self);
+        let name = name.to_string();
+        tokio::spawn(async move {
+            let result = handle.wait().await;
+            let stopping = this.live().get(&name).is_some_and(|l| l.stopping);
+            let outcome = match result {
+                Err(e) => {
+                    tracing::warn!(flow = %name, error = %e, "flow failed");
+                    Outcome::Failed {
+                        error: e.to_string(),
+                    }
+                }
+                Ok(_) if stopping => Outcome::Stopped,
+                Ok(_) => Outcome::Succeeded,
+            };
+            tracing::info!(flow = %name, outcome = ?outcome, "flow ended");
+            this.record_end(&name, outcome);
+            this.live().remove(&name);
+            let _ = ended_tx.send(true);
+        });
+        Ok(())
+    }
+
+    /// Records how a run ended; a flow that ended by itself is not
+    /// restarted with the server.
+    fn record_end(&self, name: &str, outcome: Outcome) {
+        let result = self.store.modify(name, |r| {
+            if outcome != Outcome::Stopped {
+                r.desired = Desired::Stopped;
+            }
+            r.outcome = Some(outcome);
+            Ok(())
+        });
+        if let Err(e) = result
+            && !matches!(e, StoreError::NotFound(_))
+        {
+            tracing::warn!(flow = name, error = %e, "cannot record how the flow ended");
+        }
+    }
+
+    /// Stops `name` (draining it; with checkpoints, a final checkpoint is
+    /// taken) and waits until it has ended. `keep_desired`: leave it marked
+    /// to run (a swap of versions).
+    ///
+    /// # Errors
+    /// When the record cannot be updated.
+    pub async fn stop(&self, name: &str, keep_desired: bool) -> Result<(), SupervisorError> {
+        if !keep_desired {
+            self.store.modify(name, |r| {
+                r.desired = Desired::Stopped;
+                Ok(())
+            })?;
+        }
+        let ended = {
+            let mut live = self.live();
+            match live.get_mut(name) {
+                None => None,
+                Some(l) => {
+                    l.stopping = true;
+                    if let Some(stop) = &l.stop {
+                        let _ = stop.send(true);
+                    }
+                    Some(l.ended.clone())
+                }
+            }
+        };
+        if let Some(mut ended) = ended {
+            let _ = ended.wait_for(|e| *e).await;
+        }
+        Ok(())
+    }
+
+    /// Whether `name` is being run.
+    pub fn is_live(&self, name: &str) -> bool {
+        self.live().contains_key(name)
+    }
+
+    /// Remembers (or forgets, with `None`) why the last update of `name`
+    /// was refused.
+    pub fn set_refused(&self, name: &str, why: Option<String>) {
+        let mut refused = self
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match why {
+            Some(w) => refused.insert(name.to_string(), w),
+            None => refused.remove(name),
+        };
+    }
+
+    /// The status of `name`.
+    ///
+    /// # Errors
+    /// When the flow does not exist.
+    pub fn status(&self, name: &str) -> Result<FlowStatus, SupervisorError> {
+        let record = self.store.get(name)?;
+        let last_update_error = self
+            .refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned();
+        let live = self.live();
+        let Some(l) = live.get(name) else {
+            let (state, error) = match &record.outcome {
+                None if record.desired == Desired::Running => (State::Pending, None),
+                None => (State::Stopped, None),
+                Some(Outcome::Succeeded) => (State::Succeeded, None),
+                Some(Outcome::Stopped) => (State::Stopped, None),
+                Some(Outcome::Failed { error }) => (State::Failed, Some(error.clone())),
+            };
+            return Ok(FlowStatus {
+                name: name.to_string(),
+                version: record.active,
+                state,
+                error,
+                last_update_error,
+                restored_from: None,
+                nodes: Vec::new(),
+                last_checkpoint: None,
+                checkpoints: 0,
+            });
+        };
+        Ok(FlowStatus {
+            name: name.to_string(),
+            version: l.version,
+            state: l.state,
+            error: None,
+            last_update_error,
+            restored_from: l.restored_from,
+            nodes: l
+                .nodes
+                .iter()
+                .map(|n| NodeStatus {
+                    name: n.name.clone(),
+                    role: match n.role {
+                        Role::Source => "source",
+                        Role::Stage => "stage",
+                        Role::Sink => "sink",
+                    },
+                    kind: n.kind.clone(),
+                    parallelism: n.parallelism,
+                    records_in: n.metrics.records_in(),
+                    records_out: n.metrics.records_out(),
+                    dead_letters: n.metrics.dead_letters(),
+                    late: n.metrics.late(),
+                    busy_ms: n.metrics.busy().as_millis() as u64,
+                })
+                .collect(),
+            last_checkpoint: l.checkpoints.as_ref().and_then(|c| c.last()),
+            checkpoints: l.checkpoints.as_ref().map_or(0, |c| c.completed()),
+        })
+    }
+
+    /// The current state of `name` (for listings).
+    pub fn state(&self, name: &str) -> State {
+        self.status(name).map_or(State::Pending, |s| s.state)
+    }
+
+    /// Deletes `name`: stops it, then removes its record and checkpoints.
+    ///
+    /// # Errors
+    /// When it does not exist or cannot be removed.
+    pub async fn delete(&self, name: &str) -> Result<(), SupervisorError> {
+        self.stop(name, false).await?;
+        self.store.delete(name)?;
+        self.set_refused(name, None);
+        let _ = tokio::fs::remove_dir_all(self.data.join("checkpoints").join(name)).await;
+        Ok(())
+    }
+}
