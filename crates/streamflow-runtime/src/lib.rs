@@ -18,6 +18,7 @@ pub mod exchange;
 pub mod input;
 pub mod metrics;
 pub mod plan;
+pub mod resources;
 mod tasks;
 
 pub use checkpoint::RecoveryOptions;

@@ -30,6 +30,8 @@ pub struct Api {
     pub supervisor: Arc<Supervisor>,
     /// Required bearer token, if any.
     pub token: Option<Arc<str>>,
+    /// Renders `/metrics`.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// An error answer: a status and `{error, errors?}`.
@@ -104,6 +106,8 @@ pub fn router(api: Api) -> Router {
         .route("/v1/flows/{name}/stop", post(stop))
         .route("/v1/flows/{name}/start", post(start))
         .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/v1/events", get(events))
         .route_layer(axum::middleware::from_fn_with_state(
             api.clone(),
             authenticate,
@@ -136,6 +140,26 @@ async fn authenticate(AxumState(api): AxumState<Api>, request: Request, next: Ne
 
 async fn ready() -> &'static str {
     "ready"
+}
+
+async fn metrics(AxumState(api): AxumState<Api>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        api.metrics.render(&api.supervisor),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    flow: Option<String>,
+}
+
+async fn events(AxumState(api): AxumState<Api>, Query(q): Query<EventsQuery>) -> Response {
+    axum::Json(api.supervisor.events(q.flow.as_deref())).into_response()
 }
 
 /// The declaration in a request body: YAML with `Content-Type:
@@ -190,7 +214,8 @@ async fn create(AxumState(api): AxumState<Api>, headers: HeaderMap, body: Bytes)
     };
     validate(&spec).await?;
     let version = api.store.create(&name, spec.to_document())?;
-    tracing::info!(flow = %name, version = 1, "flow submitted");
+    api.supervisor
+        .event(&name, "submitted", Some("version 1".into()));
     if let Err(e) = api
         .supervisor
         .start(&name, RecoveryOptions::default())
@@ -241,7 +266,10 @@ async fn update(
     }
     if let Err(e) = validate(&spec).await {
         // The running version goes on; the status says why the update was refused.
-        api.supervisor.set_refused(&name, Some(e.errors.join("\n")));
+        let why = e.errors.join("\n");
+        api.supervisor
+            .event(&name, "update_refused", Some(why.clone()));
+        api.supervisor.set_refused(&name, Some(why));
         return Err(e);
     }
     let (version, created) = api
@@ -256,7 +284,11 @@ async fn update(
         })?;
     api.supervisor.set_refused(&name, None);
     if created {
-        tracing::info!(flow = %name, version = version.version, "flow updated");
+        api.supervisor.event(
+            &name,
+            "updated",
+            Some(format!("version {}", version.version)),
+        );
         swap(&api, &name, previous.active, q.allow_state_drop).await?;
     }
     let mut view = version_view(&name, &version, version.version);
@@ -290,6 +322,8 @@ async fn swap(
                 r.active = previous;
                 Ok(())
             })?;
+            api.supervisor
+                .event(name, "update_refused", Some(why.clone()));
             api.supervisor.set_refused(name, Some(why.clone()));
             if let Err(again) = api.supervisor.start(name, RecoveryOptions::default()).await {
                 tracing::warn!(flow = name, error = %again, "the previous version did not restart");
@@ -394,7 +428,11 @@ async fn rollback(
         r.active = version;
         Ok(())
     })?;
-    tracing::info!(flow = %name, from = previous, to = version, "flow rolled back");
+    api.supervisor.event(
+        &name,
+        "rolled_back",
+        Some(format!("from version {previous} to {version}")),
+    );
     if previous != version {
         swap(&api, &name, previous, q.allow_state_drop).await?;
     }
@@ -404,7 +442,6 @@ async fn rollback(
 async fn stop(AxumState(api): AxumState<Api>, Path(name): Path<String>) -> Answer {
     api.store.get(&name)?;
     api.supervisor.stop(&name, false).await?;
-    tracing::info!(flow = %name, "flow stopped");
     status(AxumState(api), Path(name)).await
 }
 
@@ -418,7 +455,7 @@ async fn start(AxumState(api): AxumState<Api>, Path(name): Path<String>) -> Answ
 async fn delete(AxumState(api): AxumState<Api>, Path(name): Path<String>) -> Answer {
     api.store.get(&name)?;
     api.supervisor.delete(&name).await?;
-    tracing::info!(flow = %name, "flow deleted");
+    api.supervisor.event(&name, "deleted", None);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -3,6 +3,7 @@
 //! ([`supervisor`]), and answers the flow API over HTTP ([`api`]).
 
 pub mod api;
+pub mod metrics;
 pub mod store;
 pub mod supervisor;
 
@@ -75,6 +76,7 @@ pub async fn serve(
         store: Arc::clone(&store),
         supervisor: Arc::clone(&supervisor),
         token: options.token.map(Arc::from),
+        metrics: Arc::new(metrics::Metrics::new()),
     });
     tracing::info!(%addr, data = %options.data.display(), "serving");
     ready(addr);

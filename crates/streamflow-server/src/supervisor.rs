@@ -3,7 +3,7 @@
 //! checkpoint (stop, which drains and takes a final checkpoint, then start
 //! the new version from it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -79,6 +79,23 @@ pub struct FlowStatus {
     pub checkpoints: u64,
 }
 
+/// A lifecycle event of a flow.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Milliseconds since the epoch.
+    pub time_ms: u64,
+    /// The flow.
+    pub flow: String,
+    /// `submitted`, `started`, `updated`, `update_refused`, `rolled_back`,
+    /// `stopped`, `succeeded`, `failed`, `deleted`.
+    pub event: &'static str,
+    /// Version, error or reason, when there is one.
+    pub detail: Option<String>,
+}
+
+/// Events kept for `GET /v1/events`.
+const EVENTS_KEPT: usize = 1000;
+
 /// A flow being run.
 struct Live {
     version: u64,
@@ -112,6 +129,7 @@ pub struct Supervisor {
     store: Arc<FlowStore>,
     live: Mutex<HashMap<String, Live>>,
     refused: Mutex<HashMap<String, String>>,
+    events: Mutex<VecDeque<Event>>,
 }
 
 /// Plans `spec` (which may ask servers for schemas) off the async threads.
@@ -142,7 +160,57 @@ impl Supervisor {
             store,
             live: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashMap::new()),
+            events: Mutex::new(VecDeque::new()),
         })
+    }
+
+    /// Records a lifecycle event: logged (as a structured `tracing` event)
+    /// and kept for [`events`](Self::events).
+    pub fn event(&self, flow: &str, event: &'static str, detail: Option<String>) {
+        tracing::info!(
+            flow,
+            event,
+            detail = detail.as_deref().unwrap_or(""),
+            "flow event"
+        );
+        let mut events = self
+            .events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if events.len() == EVENTS_KEPT {
+            events.pop_front();
+        }
+        events.push_back(Event {
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            flow: flow.to_string(),
+            event,
+            detail,
+        });
+    }
+
+    /// The recent events, oldest first; only `flow`'s when given.
+    pub fn events(&self, flow: Option<&str>) -> Vec<Event> {
+        self.events
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .filter(|e| flow.is_none_or(|f| e.flow == f))
+            .cloned()
+            .collect()
+    }
+
+    /// The status of every flow.
+    pub fn statuses(&self) -> Vec<FlowStatus> {
+        self.store
+            .list()
+            .map(|all| {
+                all.iter()
+                    .filter_map(|r| self.status(&r.name).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn live(&self) -> std::sync::MutexGuard<'_, HashMap<String, Live>> {
@@ -231,6 +299,7 @@ impl Supervisor {
             Err(e) => {
                 self.live().remove(name);
                 let _ = ended_tx.send(true);
+                self.event(name, "failed", Some(e.to_string()));
                 self.record_end(
                     name,
                     Outcome::Failed {
@@ -240,7 +309,14 @@ impl Supervisor {
                 return Err(e);
             }
         };
-        tracing::info!(flow = name, version = record.active, restored_from = ?handle.restored_from(), "flow started");
+        self.event(
+            name,
+            "started",
+            Some(match handle.restored_from() {
+                Some(c) => format!("version {} from checkpoint {c}", record.active),
+                None => format!("version {}", record.active),
+            }),
+        );
         if let Some(l) = self.live().get_mut(name) {
             l.state = State::Running;
             l.nodes = handle.nodes().to_vec();
@@ -263,7 +339,11 @@ impl Supervisor {
                 Ok(_) if stopping => Outcome::Stopped,
                 Ok(_) => Outcome::Succeeded,
             };
-            tracing::info!(flow = %name, outcome = ?outcome, "flow ended");
+            match &outcome {
+                Outcome::Succeeded => this.event(&name, "succeeded", None),
+                Outcome::Stopped => this.event(&name, "stopped", None),
+                Outcome::Failed { error } => this.event(&name, "failed", Some(error.clone())),
+            }
             this.record_end(&name, outcome);
             this.live().remove(&name);
             let _ = ended_tx.send(true);

@@ -124,22 +124,9 @@ impl BenchResult {
     }
 }
 
-/// CPU time (user + system, all threads) this process has used, in seconds
-/// (Linux: `/proc/self/stat`, in clock ticks of 1/100 s).
-pub fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name (which may contain spaces) start at state.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
+pub use streamflow_runtime::resources::cpu_seconds;
 
 /// Peak resident set size of this process (`VmHWM`), in MiB.
 pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    streamflow_runtime::resources::peak_rss_bytes().map(|b| b as f64 / (1024.0 * 1024.0))
 }
