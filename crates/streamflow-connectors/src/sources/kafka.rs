@@ -26,8 +26,8 @@ use arrow::array::{ArrayRef, Int32Array, Int64Array, StringBuilder, TimestampMil
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use futures::FutureExt;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::BorrowedMessage;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
@@ -229,10 +229,10 @@ fn infer(config: &KafkaSourceConfig, group: &str) -> std::result::Result<Schema,
         consumer.assign(&tpl).map_err(|e| e.to_string())?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while sample.len() < INFER_MESSAGES {
-            match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Ok(Ok(m)) => sample.push(m.payload().unwrap_or_default().to_vec()),
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => break,
+            match next_message(&consumer, Some(deadline)).await {
+                Some(Ok(m)) => sample.push(m.payload().unwrap_or_default().to_vec()),
+                Some(Err(e)) => return Err(e.to_string()),
+                None => break,
             }
         }
         Ok::<_, String>(sample)
@@ -259,7 +259,28 @@ impl ClientContext for Events {
 
 impl ConsumerContext for Events {}
 
-type KafkaConsumer = StreamConsumer<Events>;
+type KafkaConsumer = BaseConsumer<Events>;
+
+/// Between polls of an empty queue.
+const IDLE_POLL: Duration = Duration::from_millis(2);
+
+/// The next message (or event) librdkafka has fetched; when there is none,
+/// polled for until `deadline` (none: do not wait). Polling a queue is
+/// cheaper per message than awaiting a stream per message.
+async fn next_message(
+    consumer: &KafkaConsumer,
+    deadline: Option<tokio::time::Instant>,
+) -> Option<rdkafka::error::KafkaResult<BorrowedMessage<'_>>> {
+    loop {
+        if let Some(item) = consumer.poll(Duration::ZERO) {
+            return Some(item);
+        }
+        match deadline {
+            Some(d) if tokio::time::Instant::now() < d => tokio::time::sleep(IDLE_POLL).await,
+            _ => return None,
+        }
+    }
+}
 
 /// A consumer of `group` that never commits by itself; `eof`: reports
 /// reaching the end of a partition.
@@ -270,6 +291,9 @@ fn consumer_config(endpoint: &KafkaEndpoint, group: &str, eof: bool) -> Result<C
         ("enable.auto.offset.store", "false"),
         ("enable.partition.eof", if eof { "true" } else { "false" }),
         ("isolation.level", "read_committed"),
+        // librdkafka pauses fetching for this long once 100 000 messages
+        // wait locally (1 s by default): a fast reader would then idle.
+        ("fetch.queue.backoff.ms", "10"),
     ])
 }
 
@@ -483,13 +507,13 @@ impl Source for KafkaSource {
                     self.done = true;
                     return Ok(None);
                 }
-                match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                    Ok(item) => item,
-                    Err(_) => break,
+                match next_message(&consumer, Some(deadline)).await {
+                    Some(item) => item,
+                    None => break,
                 }
             } else {
                 // Then what has already arrived, without waiting.
-                match consumer.recv().now_or_never() {
+                match next_message(&consumer, None).await {
                     Some(item) => item,
                     None => break,
                 }
