@@ -64,6 +64,11 @@ enum Command {
         /// Restore even when stateful nodes were removed or changed type, dropping their state.
         #[arg(long)]
         allow_state_drop: bool,
+        /// Reload the file when it changes: an invalid version is reported
+        /// and the running one goes on; a valid one takes over at a final
+        /// checkpoint of the running one (state kept by node name and type).
+        #[arg(long)]
+        watch: bool,
     },
     /// List or inspect the checkpoints of a flow.
     Checkpoints {
@@ -225,13 +230,18 @@ fn main() -> ExitCode {
             fresh,
             from_checkpoint,
             allow_state_drop,
+            watch,
         } => {
             let recovery = RecoveryOptions {
                 fresh,
                 from_checkpoint,
                 allow_state_drop,
             };
-            run(&file, &overrides, workers, quiet, &recovery)
+            if watch {
+                run_watching(&file, &overrides, workers, &recovery)
+            } else {
+                run(&file, &overrides, workers, quiet, &recovery)
+            }
         }
         Command::Checkpoints { action } => checkpoints(action),
         Command::Serve {
@@ -424,6 +434,86 @@ fn run(
         print_summary(&summary);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The modification time of `file`, if it can be read.
+fn modified(file: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(file).and_then(|m| m.modified()).ok()
+}
+
+/// `streamflow run --watch`: runs the flow, and on each change of the file
+/// validates the new version; an invalid one is reported and the running
+/// one goes on, a valid one replaces it at a final checkpoint.
+fn run_watching(
+    file: &Path,
+    overrides: &[String],
+    workers: Option<usize>,
+    recovery: &RecoveryOptions,
+) -> anyhow::Result<ExitCode> {
+    let mut pipeline = match Pipeline::from_file(file, overrides) {
+        Ok(p) => p,
+        Err(d) => {
+            print_diagnostics(&d);
+            return Ok(ExitCode::from(2));
+        }
+    };
+    if pipeline.plan().graph.checkpoint.is_none() {
+        eprintln!(
+            "warning: the flow takes no checkpoints: each reload starts it from the beginning"
+        );
+    }
+    let rt = runtime(workers)?;
+    rt.block_on(async {
+        let mut options = recovery.clone();
+        let mut seen = modified(file);
+        loop {
+            let handle = pipeline.start_with(&options).await.map_err(|e| anyhow!(e))?;
+            if let Some(id) = handle.restored_from() {
+                eprintln!("resuming from checkpoint {id}");
+            }
+            // Later versions continue from this run's checkpoints.
+            options = RecoveryOptions {
+                allow_state_drop: recovery.allow_state_drop,
+                ..RecoveryOptions::default()
+            };
+            let stop = handle.stopper();
+            let mut running = tokio::spawn(handle.wait());
+            let mut poll = tokio::time::interval(Duration::from_millis(300));
+            let next = loop {
+                tokio::select! {
+                    ended = &mut running => {
+                        let summary = ended.map_err(|e| anyhow!(e))?.map_err(|e| anyhow!(e))?;
+                        print_summary(&summary);
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    _ = tokio::signal::ctrl_c() => {
+                        let _ = stop.send(true);
+                    }
+                    _ = poll.tick() => {
+                        let now = modified(file);
+                        if now == seen {
+                            continue;
+                        }
+                        seen = now;
+                        match Pipeline::from_file(file, overrides) {
+                            Ok(p) => break p,
+                            Err(d) => {
+                                eprintln!("{}: not reloaded, the running version goes on:", file.display());
+                                print_diagnostics(&d);
+                            }
+                        }
+                    }
+                }
+            };
+            let _ = stop.send(true);
+            running
+                .await
+                .map_err(|e| anyhow!(e))?
+                .map_err(|e| anyhow!(e))?;
+            eprintln!("{}: reloaded", file.display());
+            pipeline = next;
+        }
+    })
 }
 
 /// `streamflow serve`: prints the address it listens on once ready.

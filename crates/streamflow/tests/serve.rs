@@ -630,3 +630,76 @@ fn metrics_and_events_show_a_running_flow() {
         "{logged:?}"
     );
 }
+
+/// `streamflow run --watch`: an invalid edit is reported and the running
+/// version goes on; a valid one takes over at a checkpoint, losing and
+/// repeating nothing.
+#[test]
+fn run_watch_reloads_the_file_when_it_changes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let flow = |filter: &str, tag: u64| {
+        format!(
+            "name: watched\ncheckpoint: {{interval: 100ms, storage: '{}'}}\nsources:\n  - {{name: g, type: generator, config: {{count: 100000000, rate: 4000, batch_size: 40, columns: {{id: i}}}}}}\nstages:\n  - {{name: keep, type: filter, input: g, where: '{filter}'}}\n  - {{name: tag, type: map, input: keep, map: {{v: '{tag}'}}}}\nsinks:\n  - {{name: rows, type: file, input: tag, config: {{path: '{}'}}}}\n",
+            d.join("state").display(),
+            d.join("rows.jsonl").display()
+        )
+    };
+    let file = common::write(d, "watched.yaml", &flow("id % 2 = 0", 1));
+    let mut child = common::streamflow()
+        .args(["run", "--watch", &file])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let lines = common::lines_of(child.stderr.take().expect("stderr"));
+    let rows = || common::read_jsonl(&d.join("rows.jsonl"));
+    let wait_for = |what: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !what() {
+            assert!(Instant::now() < deadline, "timed out");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_for(&|| d.join("rows.jsonl").exists() && rows().len() > 200);
+    std::thread::sleep(Duration::from_millis(20));
+    common::write(d, "watched.yaml", &flow("nope > 1", 2));
+    let said = |needle: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let line = lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no `{needle}` on stderr"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    };
+    said("not reloaded");
+    let before = rows().len();
+    wait_for(&|| rows().len() > before + 100);
+    common::write(d, "watched.yaml", &flow("id % 3 = 0", 2));
+    said("reloaded");
+    wait_for(&|| rows().iter().filter(|r| r["v"] == 2).count() > 100);
+    let stopped = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(stopped.success());
+    assert!(child.wait().expect("wait").success());
+    let seen: Vec<(i64, i64)> = rows()
+        .iter()
+        .map(|r| (r["id"].as_i64().expect("id"), r["v"].as_i64().expect("v")))
+        .collect();
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+        "ids ascend once, versions in turn"
+    );
+    let passes = |v: i64, id: i64| if v == 1 { id % 2 == 0 } else { id % 3 == 0 };
+    assert!(seen.iter().all(|(id, v)| passes(*v, *id)));
+    for w in seen.windows(2) {
+        let ((a, va), (b, vb)) = (w[0], w[1]);
+        for id in a + 1..b {
+            assert!(!(passes(va, id) && passes(vb, id)), "id {id} lost");
+        }
+    }
+}
