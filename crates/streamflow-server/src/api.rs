@@ -9,14 +9,14 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State as AxumState};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use streamflow_dsl::{FileFormat, FlowSpec};
 use streamflow_runtime::RecoveryOptions;
 
 use crate::store::{FlowStore, FlowVersion, StoreError};
-use crate::supervisor::{Supervisor, SupervisorError, plan};
+use crate::supervisor::{FlowStatus, State, Supervisor, SupervisorError, plan};
 
 /// Largest request body accepted (413 beyond).
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -94,20 +94,52 @@ impl From<SupervisorError> for ApiError {
 
 type Answer = Result<Response, ApiError>;
 
+/// The OpenAPI document's frame; the paths come from the routes.
+#[derive(utoipa::OpenApi)]
+#[openapi(info(
+    title = "StreamFlow control plane",
+    description = "Versioned flows: submit, update (hot reload), roll back, observe."
+))]
+struct ApiDoc;
+
+/// The routes and the OpenAPI document describing exactly them (both are
+/// built from one list of handlers).
+fn routes() -> (Router<Api>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(create, list))
+        .routes(routes!(read, update, delete))
+        .routes(routes!(status))
+        .routes(routes!(versions))
+        .routes(routes!(diff))
+        .routes(routes!(rollback))
+        .routes(routes!(stop))
+        .routes(routes!(start))
+        .routes(routes!(events))
+        .routes(routes!(metrics))
+        .routes(routes!(ready))
+        .split_for_parts()
+}
+
+/// The OpenAPI 3 document of the API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().1
+}
+
 /// The routes, with authentication when a token is set.
 pub fn router(api: Api) -> Router {
-    let flows = Router::new()
-        .route("/v1/flows", post(create).get(list))
-        .route("/v1/flows/{name}", get(read).put(update).delete(delete))
-        .route("/v1/flows/{name}/status", get(status))
-        .route("/v1/flows/{name}/versions", get(versions))
-        .route("/v1/flows/{name}/diff", get(diff))
-        .route("/v1/flows/{name}/rollback/{version}", post(rollback))
-        .route("/v1/flows/{name}/stop", post(stop))
-        .route("/v1/flows/{name}/start", post(start))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .route("/v1/events", get(events))
+    let (flows, doc) = routes();
+    let doc = Arc::new(doc);
+    let flows = flows
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = Arc::clone(&doc);
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             api.clone(),
             authenticate,
@@ -138,10 +170,12 @@ async fn authenticate(AxumState(api): AxumState<Api>, request: Request, next: Ne
     next.run(request).await
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, description = "the store is open and the flows restored")))]
 async fn ready() -> &'static str {
     "ready"
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(AxumState(api): AxumState<Api>) -> Response {
     (
         [(
@@ -158,6 +192,7 @@ struct EventsQuery {
     flow: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/events", tag = "flows", params(("flow" = Option<String>, Query, description = "only this flow's events")), responses((status = 200, body = Vec<crate::supervisor::Event>)))]
 async fn events(AxumState(api): AxumState<Api>, Query(q): Query<EventsQuery>) -> Response {
     axum::Json(api.supervisor.events(q.flow.as_deref())).into_response()
 }
@@ -184,27 +219,80 @@ async fn validate(spec: &FlowSpec) -> Result<(), ApiError> {
     plan(spec.clone()).await.map(|_| ()).map_err(ApiError::from)
 }
 
-#[derive(Serialize)]
-struct VersionView<'a> {
-    name: &'a str,
+/// A version of a flow, as every read and write returns it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FlowView {
+    /// Flow name.
+    name: String,
+    /// This version.
     version: u64,
+    /// Whether it is the active version.
     active: bool,
-    fingerprint: &'a str,
+    /// SHA-256 of the normal-form declaration.
+    fingerprint: String,
+    /// When it was made, milliseconds since the epoch.
     created_ms: u64,
-    spec: &'a serde_json::Value,
+    /// The declaration in normal form.
+    #[schema(value_type = Object)]
+    spec: serde_json::Value,
+    /// The flow's state now.
+    state: State,
+    /// Writes: whether a new version was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<bool>,
 }
 
-fn version_view(name: &str, v: &FlowVersion, active: u64) -> serde_json::Value {
-    json!(VersionView {
-        name,
-        version: v.version,
-        active: v.version == active,
-        fingerprint: &v.fingerprint,
-        created_ms: v.created_ms,
-        spec: &v.spec,
-    })
+impl FlowView {
+    fn new(api: &Api, name: &str, v: FlowVersion, active: u64, created: Option<bool>) -> Self {
+        Self {
+            name: name.to_string(),
+            version: v.version,
+            active: v.version == active,
+            fingerprint: v.fingerprint,
+            created_ms: v.created_ms,
+            spec: v.spec,
+            state: api.supervisor.state(name),
+            created,
+        }
+    }
 }
 
+/// A flow in the listing.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct FlowListItem {
+    /// Flow name.
+    name: String,
+    /// Active version.
+    version: u64,
+    /// Newest version.
+    latest: u64,
+    /// State now.
+    state: State,
+}
+
+/// A version in a flow's history.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct VersionItem {
+    /// Version.
+    version: u64,
+    /// Whether it is active.
+    active: bool,
+    /// SHA-256 of its normal-form declaration.
+    fingerprint: String,
+    /// When it was made, milliseconds since the epoch.
+    created_ms: u64,
+}
+
+/// An error answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    error: String,
+    /// Every problem of an invalid declaration, with its path.
+    errors: Option<Vec<String>>,
+}
+
+#[utoipa::path(post, path = "/v1/flows", tag = "flows", request_body(content = Object, description = "a flow declaration (JSON, or YAML with Content-Type application/yaml)"), responses((status = 201, body = FlowView), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, description = "body over 1 MiB")))]
 async fn create(AxumState(api): AxumState<Api>, headers: HeaderMap, body: Bytes) -> Answer {
     let spec = parse_body(&headers, &body)?;
     let Some(name) = spec.name.clone().filter(|n| !n.is_empty()) else {
@@ -223,8 +311,7 @@ async fn create(AxumState(api): AxumState<Api>, headers: HeaderMap, body: Bytes)
     {
         tracing::warn!(flow = %name, error = %e, "flow did not start");
     }
-    let mut view = version_view(&name, &version, 1);
-    view["state"] = json!(api.supervisor.state(&name));
+    let view = FlowView::new(&api, &name, version, 1, None);
     Ok((StatusCode::CREATED, axum::Json(view)).into_response())
 }
 
@@ -235,6 +322,7 @@ struct UpdateQuery {
     allow_state_drop: bool,
 }
 
+#[utoipa::path(put, path = "/v1/flows/{name}", tag = "flows", params(("name" = String, Path), ("If-Match" = Option<u64>, Header, description = "the active version read (compare-and-swap)"), ("expected_version" = Option<u64>, Query), ("allow_state_drop" = Option<bool>, Query)), request_body(content = Object), responses((status = 200, body = FlowView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn update(
     AxumState(api): AxumState<Api>,
     Path(name): Path<String>,
@@ -291,9 +379,8 @@ async fn update(
         );
         swap(&api, &name, previous.active, q.allow_state_drop).await?;
     }
-    let mut view = version_view(&name, &version, version.version);
-    view["created"] = json!(created);
-    view["state"] = json!(api.supervisor.state(&name));
+    let active = version.version;
+    let view = FlowView::new(&api, &name, version, active, Some(created));
     Ok(axum::Json(view).into_response())
 }
 
@@ -341,6 +428,7 @@ struct ReadQuery {
     version: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/v1/flows/{name}", tag = "flows", params(("name" = String, Path), ("version" = Option<u64>, Query)), responses((status = 200, body = FlowView), (status = 404, body = ErrorBody)))]
 async fn read(
     AxumState(api): AxumState<Api>,
     Path(name): Path<String>,
@@ -350,41 +438,38 @@ async fn read(
     let version = api
         .store
         .version(&name, q.version.unwrap_or(record.active))?;
-    let mut view = version_view(&name, &version, record.active);
-    view["state"] = json!(api.supervisor.state(&name));
+    let view = FlowView::new(&api, &name, version, record.active, None);
     Ok(axum::Json(view).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/flows", tag = "flows", responses((status = 200, body = Vec<FlowListItem>)))]
 async fn list(AxumState(api): AxumState<Api>) -> Answer {
-    let flows: Vec<serde_json::Value> = api
+    let flows: Vec<FlowListItem> = api
         .store
         .list()?
         .into_iter()
-        .map(|r| {
-            json!({
-                "name": r.name,
-                "version": r.active,
-                "latest": r.latest,
-                "state": api.supervisor.state(&r.name),
-            })
+        .map(|r| FlowListItem {
+            state: api.supervisor.state(&r.name),
+            name: r.name,
+            version: r.active,
+            latest: r.latest,
         })
         .collect();
     Ok(axum::Json(flows).into_response())
 }
 
+#[utoipa::path(get, path = "/v1/flows/{name}/versions", tag = "flows", params(("name" = String, Path)), responses((status = 200, body = Vec<VersionItem>), (status = 404, body = ErrorBody)))]
 async fn versions(AxumState(api): AxumState<Api>, Path(name): Path<String>) -> Answer {
     let record = api.store.get(&name)?;
-    let all: Vec<serde_json::Value> = api
+    let all: Vec<VersionItem> = api
         .store
         .versions(&name)?
-        .iter()
-        .map(|v| {
-            json!({
-                "version": v.version,
-                "active": v.version == record.active,
-                "fingerprint": v.fingerprint,
-                "created_ms": v.created_ms,
-            })
+        .into_iter()
+        .map(|v| VersionItem {
+            active: v.version == record.active,
+            version: v.version,
+            fingerprint: v.fingerprint,
+            created_ms: v.created_ms,
         })
         .collect();
     Ok(axum::Json(all).into_response())
@@ -396,6 +481,7 @@ struct DiffQuery {
     to: u64,
 }
 
+#[utoipa::path(get, path = "/v1/flows/{name}/diff", tag = "flows", params(("name" = String, Path), ("from" = u64, Query), ("to" = u64, Query)), responses((status = 200, description = "unified diff", content_type = "text/plain"), (status = 404, body = ErrorBody)))]
 async fn diff(
     AxumState(api): AxumState<Api>,
     Path(name): Path<String>,
@@ -417,6 +503,7 @@ struct SwapQuery {
     allow_state_drop: bool,
 }
 
+#[utoipa::path(post, path = "/v1/flows/{name}/rollback/{version}", tag = "flows", params(("name" = String, Path), ("version" = u64, Path), ("allow_state_drop" = Option<bool>, Query)), responses((status = 200, body = FlowStatus), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
 async fn rollback(
     AxumState(api): AxumState<Api>,
     Path((name, version)): Path<(String, u64)>,
@@ -439,12 +526,14 @@ async fn rollback(
     status(AxumState(api), Path(name)).await
 }
 
+#[utoipa::path(post, path = "/v1/flows/{name}/stop", tag = "flows", params(("name" = String, Path)), responses((status = 200, body = FlowStatus), (status = 404, body = ErrorBody)))]
 async fn stop(AxumState(api): AxumState<Api>, Path(name): Path<String>) -> Answer {
     api.store.get(&name)?;
     api.supervisor.stop(&name, false).await?;
     status(AxumState(api), Path(name)).await
 }
 
+#[utoipa::path(post, path = "/v1/flows/{name}/start", tag = "flows", params(("name" = String, Path)), responses((status = 200, body = FlowStatus), (status = 404, body = ErrorBody)))]
 async fn start(AxumState(api): AxumState<Api>, Path(name): Path<String>) -> Answer {
     api.supervisor
         .start(&name, RecoveryOptions::default())
@@ -452,6 +541,7 @@ async fn start(AxumState(api): AxumState<Api>, Path(name): Path<String>) -> Answ
     status(AxumState(api), Path(name)).await
 }
 
+#[utoipa::path(delete, path = "/v1/flows/{name}", tag = "flows", params(("name" = String, Path)), responses((status = 204), (status = 404, body = ErrorBody)))]
 async fn delete(AxumState(api): AxumState<Api>, Path(name): Path<String>) -> Answer {
     api.store.get(&name)?;
     api.supervisor.delete(&name).await?;
@@ -459,6 +549,7 @@ async fn delete(AxumState(api): AxumState<Api>, Path(name): Path<String>) -> Ans
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(get, path = "/v1/flows/{name}/status", tag = "flows", params(("name" = String, Path)), responses((status = 200, body = FlowStatus), (status = 404, body = ErrorBody)))]
 async fn status(AxumState(api): AxumState<Api>, Path(name): Path<String>) -> Answer {
     let status = api.supervisor.status(&name)?;
     Ok(axum::Json(status).into_response())

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::store::{Desired, FlowStore, Outcome, StoreError};
 
 /// Where a flow is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum State {
     /// Recorded, not started.
@@ -34,7 +34,7 @@ pub enum State {
 }
 
 /// Counters of one node of a running flow.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct NodeStatus {
     /// Node name.
     pub name: String,
@@ -57,7 +57,7 @@ pub struct NodeStatus {
 }
 
 /// What `GET /v1/flows/{name}/status` reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct FlowStatus {
     /// Flow name.
     pub name: String,
@@ -73,14 +73,15 @@ pub struct FlowStatus {
     pub restored_from: Option<u64>,
     /// Per node, while it runs.
     pub nodes: Vec<NodeStatus>,
-    /// The last checkpoint of the current run.
+    /// The last checkpoint of the current run (id, started_ms, duration_ms, bytes).
+    #[schema(value_type = Option<Object>)]
     pub last_checkpoint: Option<LastCheckpoint>,
     /// Checkpoints completed by the current run.
     pub checkpoints: u64,
 }
 
 /// A lifecycle event of a flow.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Event {
     /// Milliseconds since the epoch.
     pub time_ms: u64,
