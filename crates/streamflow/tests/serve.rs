@@ -418,6 +418,33 @@ fn a_token_is_required_when_set_and_bodies_are_limited() {
     );
 }
 
+/// Rows `(id, version)` written across version switches: ids ascend with
+/// none repeated, versions follow each other, each row passes its
+/// version's filter (`passes(version, id)`), and no id that both
+/// neighbouring versions keep is missing between two rows.
+fn assert_versions_switch_cleanly(seen: &[(i64, u64)], passes: impl Fn(u64, i64) -> bool) {
+    assert!(
+        seen.windows(2).all(|w| w[0].0 < w[1].0),
+        "ids ascend, none repeated"
+    );
+    assert!(
+        seen.windows(2).all(|w| w[0].1 <= w[1].1),
+        "versions follow each other"
+    );
+    for (id, v) in seen {
+        assert!(passes(*v, *id), "id {id} written by version {v}");
+    }
+    for w in seen.windows(2) {
+        let ((a, va), (b, vb)) = (w[0], w[1]);
+        for id in a + 1..b {
+            assert!(
+                !(passes(va, id) && passes(vb, id)),
+                "id {id} lost between versions {va} and {vb}"
+            );
+        }
+    }
+}
+
 /// The reload test's flow: ids at one per millisecond of event time; rows
 /// passing `filter` (tagged `v` from version 2 on) to one exactly-once file,
 /// and counts per 100 ms window of all ids to another.
@@ -511,29 +538,9 @@ fn hot_reloads_lose_and_repeat_nothing_and_keep_window_state() {
         .iter()
         .map(|r| (r["id"].as_i64().expect("id"), version(r)))
         .collect();
-    assert!(
-        seen.windows(2).all(|w| w[0].0 < w[1].0),
-        "ids ascend, none repeated"
-    );
-    assert!(
-        seen.windows(2).all(|w| w[0].1 <= w[1].1),
-        "versions follow each other"
-    );
+    assert_versions_switch_cleanly(&seen, passes);
     let versions: std::collections::BTreeSet<u64> = seen.iter().map(|(_, v)| *v).collect();
     assert_eq!(versions.into_iter().collect::<Vec<_>>(), vec![1, 2, 3]);
-    for (id, v) in &seen {
-        assert!(passes(*v, *id), "id {id} written by version {v}");
-    }
-    for w in seen.windows(2) {
-        let ((a, va), (b, vb)) = (w[0], w[1]);
-        // Between two written ids, nothing either version keeps was skipped.
-        for id in a + 1..b {
-            assert!(
-                !(passes(va, id) && passes(vb, id)),
-                "id {id} lost between versions {va} and {vb}"
-            );
-        }
-    }
     // Windows: every 100 ms window counted all of its 100 ids, across swaps.
     let windows = common::read_jsonl(&d.join("windows.jsonl"));
     assert!(windows.len() >= 10, "{} windows", windows.len());
@@ -686,22 +693,14 @@ fn run_watch_reloads_the_file_when_it_changes() {
         .expect("kill");
     assert!(stopped.success());
     assert!(child.wait().expect("wait").success());
-    let seen: Vec<(i64, i64)> = rows()
+    let seen: Vec<(i64, u64)> = rows()
         .iter()
-        .map(|r| (r["id"].as_i64().expect("id"), r["v"].as_i64().expect("v")))
+        .map(|r| (r["id"].as_i64().expect("id"), r["v"].as_u64().expect("v")))
         .collect();
-    assert!(
-        seen.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
-        "ids ascend once, versions in turn"
+    assert_versions_switch_cleanly(
+        &seen,
+        |v, id| if v == 1 { id % 2 == 0 } else { id % 3 == 0 },
     );
-    let passes = |v: i64, id: i64| if v == 1 { id % 2 == 0 } else { id % 3 == 0 };
-    assert!(seen.iter().all(|(id, v)| passes(*v, *id)));
-    for w in seen.windows(2) {
-        let ((a, va), (b, vb)) = (w[0], w[1]);
-        for id in a + 1..b {
-            assert!(!(passes(va, id) && passes(vb, id)), "id {id} lost");
-        }
-    }
 }
 
 /// `/openapi.json` documents exactly the routes served: every documented
