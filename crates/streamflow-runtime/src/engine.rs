@@ -344,6 +344,23 @@ pub struct NodeInfo {
     pub metrics: Arc<NodeMetrics>,
 }
 
+impl NodeInfo {
+    /// Its counters now.
+    pub fn summary(&self) -> StageSummary {
+        StageSummary {
+            name: self.name.clone(),
+            role: self.role,
+            kind: self.kind.clone(),
+            parallelism: self.parallelism,
+            records_in: self.metrics.records_in(),
+            records_out: self.metrics.records_out(),
+            dead_letters: self.metrics.dead_letters(),
+            late: self.metrics.late(),
+            busy: self.metrics.busy(),
+        }
+    }
+}
+
 /// A running pipeline.
 pub struct RunHandle {
     restored_from: Option<u64>,
@@ -423,21 +440,7 @@ impl RunHandle {
         let summary = RunSummary {
             elapsed: self.started.elapsed(),
             mode: self.mode,
-            stages: self
-                .nodes
-                .iter()
-                .map(|n| StageSummary {
-                    name: n.name.clone(),
-                    role: n.role,
-                    kind: n.kind.clone(),
-                    parallelism: n.parallelism,
-                    records_in: n.metrics.records_in(),
-                    records_out: n.metrics.records_out(),
-                    dead_letters: n.metrics.dead_letters(),
-                    late: n.metrics.late(),
-                    busy: n.metrics.busy(),
-                })
-                .collect(),
+            stages: self.nodes.iter().map(NodeInfo::summary).collect(),
         };
         tracing::info!(
             elapsed_ms = summary.elapsed.as_millis() as u64,

@@ -462,20 +462,23 @@ impl Supervisor {
             nodes: l
                 .nodes
                 .iter()
-                .map(|n| NodeStatus {
-                    name: n.name.clone(),
-                    role: match n.role {
-                        Role::Source => "source",
-                        Role::Stage => "stage",
-                        Role::Sink => "sink",
-                    },
-                    kind: n.kind.clone(),
-                    parallelism: n.parallelism,
-                    records_in: n.metrics.records_in(),
-                    records_out: n.metrics.records_out(),
-                    dead_letters: n.metrics.dead_letters(),
-                    late: n.metrics.late(),
-                    busy_ms: n.metrics.busy().as_millis() as u64,
+                .map(|n| {
+                    let s = n.summary();
+                    NodeStatus {
+                        name: s.name,
+                        role: match s.role {
+                            Role::Source => "source",
+                            Role::Stage => "stage",
+                            Role::Sink => "sink",
+                        },
+                        kind: s.kind,
+                        parallelism: s.parallelism,
+                        records_in: s.records_in,
+                        records_out: s.records_out,
+                        dead_letters: s.dead_letters,
+                        late: s.late,
+                        busy_ms: s.busy.as_millis() as u64,
+                    }
                 })
                 .collect(),
             last_checkpoint: l.checkpoints.as_ref().and_then(|c| c.last()),
