@@ -33,6 +33,15 @@ impl Role {
             Role::Sink => "sinks",
         }
     }
+
+    /// `source`, `stage` or `sink`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Source => "source",
+            Role::Stage => "stage",
+            Role::Sink => "sink",
+        }
+    }
 }
 
 /// One source, stage or sink after structural validation.
@@ -95,6 +104,8 @@ pub struct CheckpointConfig {
     pub retain: usize,
     /// Whether operators continue while their state is written.
     pub asynchronous: bool,
+    /// Longest a checkpoint may take before the run fails.
+    pub timeout: std::time::Duration,
 }
 
 impl CheckpointConfig {
@@ -107,6 +118,10 @@ impl CheckpointConfig {
         let interval = spec.interval.unwrap_or(std::time::Duration::from_secs(10));
         if interval.is_zero() {
             d.push("checkpoint.interval", "must be greater than 0");
+        }
+        let timeout = spec.timeout.unwrap_or(std::time::Duration::from_secs(600));
+        if timeout.is_zero() {
+            d.push("checkpoint.timeout", "must be greater than 0");
         }
         let retain = spec.retain.unwrap_or(3);
         if retain < 1 {
@@ -125,6 +140,7 @@ impl CheckpointConfig {
             storage,
             retain: retain.max(1) as usize,
             asynchronous: spec.asynchronous.unwrap_or(true),
+            timeout,
         })
     }
 }

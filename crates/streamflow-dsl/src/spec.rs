@@ -68,7 +68,7 @@ impl FlowSpec {
     }
 }
 
-/// `checkpoint: {interval: 10s, storage: <dir>, mode: aligned, retain: 3, async: true}`.
+/// `checkpoint: {interval: 10s, storage: <dir>, mode: aligned, retain: 3, async: true, timeout: 10m}`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointSpec {
@@ -87,6 +87,10 @@ pub struct CheckpointSpec {
     /// it is written; `false`: they wait until it is stored.
     #[serde(rename = "async")]
     pub asynchronous: Option<bool>,
+    /// A checkpoint not complete this long after it started fails the run,
+    /// which then restarts from the previous one (default 10 min).
+    #[serde(default, with = "opt_duration")]
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// How barriers are handled at operators with several inputs.
@@ -206,7 +210,11 @@ mod opt_duration {
 
     pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
         match d {
-            Some(d) => s.serialize_str(&format!("{}ms", d.as_millis())),
+            // Whole milliseconds when exact, else microseconds (the finest unit read).
+            Some(d) if d.subsec_nanos() % 1_000_000 == 0 => {
+                s.serialize_str(&format!("{}ms", d.as_millis()))
+            }
+            Some(d) => s.serialize_str(&format!("{}us", d.as_micros())),
             None => s.serialize_none(),
         }
     }
@@ -261,4 +269,27 @@ pub struct SinkSpec {
     pub parallelism: Option<i64>,
     /// Queue on the edge into this sink.
     pub queue: Option<QueueSpec>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any duration a flow file can state survives the normal form.
+        #[test]
+        fn durations_survive_the_normal_form(micros in 0u64..10_000_000_000) {
+            let spec = FlowSpec {
+                checkpoint: Some(CheckpointSpec {
+                    interval: Some(std::time::Duration::from_micros(micros)),
+                    ..CheckpointSpec::default()
+                }),
+                ..FlowSpec::default()
+            };
+            let doc = spec.to_document();
+            let back: FlowSpec = serde_json::from_value(doc.clone()).expect("parses back");
+            prop_assert_eq!(back, spec, "{}", doc);
+        }
+    }
 }

@@ -17,6 +17,8 @@ use streamflow_state::{
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::oneshot;
 
+use crate::tasks::sleep_until;
+
 /// What an instance reports to the coordinator.
 pub(crate) enum Ack {
     /// A source emitted barrier `id` at `position`.
@@ -94,8 +96,21 @@ pub(crate) struct Coordinator {
 }
 
 impl Coordinator {
-    /// Runs until the final checkpoint is complete (or every instance is gone).
-    pub(crate) async fn run(mut self) -> Result<()> {
+    /// Runs until the final checkpoint is complete (or every instance is
+    /// gone). A checkpoint that cannot be written, or is not complete within
+    /// the configured timeout, fails the run (which then restarts from the
+    /// last complete one); it is counted and reported as failed.
+    pub(crate) async fn run(self) -> Result<()> {
+        let metrics = Arc::clone(&self.metrics);
+        let result = self.coordinate().await;
+        if let Err(e) = &result {
+            metrics.record_failure();
+            tracing::warn!(target: "streamflow::checkpoint", event = "checkpoint_failed", error = %e, "checkpoint failed");
+        }
+        result
+    }
+
+    async fn coordinate(mut self) -> Result<()> {
         let mut tick = tokio::time::interval_at(
             tokio::time::Instant::now() + self.config.interval,
             self.config.interval,
@@ -105,7 +120,17 @@ impl Coordinator {
         let mut finished = 0;
         let mut final_id = None;
         loop {
+            let oldest = in_flight.iter().next().map(|(id, f)| (*id, f.started));
+            let deadline = oldest
+                .map(|(_, started)| tokio::time::Instant::from_std(started) + self.config.timeout);
             tokio::select! {
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    let id = oldest.map_or(0, |(id, _)| id);
+                    return Err(Error::Other(format!(
+                        "checkpoint {id} was not complete after {:?} (checkpoint.timeout)",
+                        self.config.timeout
+                    )));
+                }
                 _ = tick.tick(), if final_id.is_none() && in_flight.is_empty() => {
                     let id = self.trigger(false, &mut in_flight);
                     tracing::debug!(checkpoint = id, "checkpoint triggered");
@@ -247,6 +272,8 @@ impl Coordinator {
             bytes: meta.bytes,
         });
         tracing::info!(
+            target: "streamflow::checkpoint",
+            event = "checkpoint_completed",
             checkpoint = id,
             duration_ms = meta.duration_ms,
             bytes = meta.bytes,

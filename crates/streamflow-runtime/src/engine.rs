@@ -11,11 +11,12 @@ use streamflow_state::CheckpointStore;
 use tokio::sync::mpsc::{Receiver, Sender, channel, unbounded_channel};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::checkpoint::{self, AckSender, Coordinator, RecoveryOptions};
 use crate::exchange::{Exchange, Partitioning};
 use crate::input::{InputChannel, InputSet};
-use crate::metrics::NodeMetrics;
+use crate::metrics::{EdgeKind, InputQueues, NodeMetrics};
 use crate::plan::{PhysicalPlan, Planned, validate_spec_with};
 use crate::tasks::{
     OperatorCheckpoints, Outputs, SinkCheckpoints, SourceCheckpoints, SourceTime, run_operator,
@@ -129,9 +130,15 @@ impl Pipeline {
             .iter()
             .map(|node| (0..node.parallelism).map(|_| None).collect())
             .collect();
+        let mut queues: Vec<Vec<InputQueues>> = graph.nodes.iter().map(|_| Vec::new()).collect();
         for (c, consumer) in graph.nodes.iter().enumerate() {
             for (logical, &p) in consumer.inputs.iter().enumerate() {
                 let producer = &graph.nodes[p];
+                let mut watched = InputQueues {
+                    from: producer.name.clone(),
+                    kind: EdgeKind::Data,
+                    queues: Vec::new(),
+                };
                 let key_by = plan.nodes[c]
                     .key_by
                     .get(logical)
@@ -140,6 +147,7 @@ impl Pipeline {
                 for (i, producer_edges) in edges[p].iter_mut().enumerate() {
                     let (senders, receivers) =
                         channels(consumer.parallelism, consumer.queue_capacity);
+                    watched.queues.extend(senders.iter().map(Sender::downgrade));
                     for (j, rx) in receivers.into_iter().enumerate() {
                         inputs[c][j].push(InputChannel {
                             receiver: rx,
@@ -155,14 +163,25 @@ impl Pipeline {
                     };
                     producer_edges.push(Exchange::new(senders, partitioning));
                 }
+                queues[c].push(watched);
             }
             let side_inputs = consumer.dead_letter_inputs.iter().map(|&p| (p, true));
             let side_inputs = side_inputs.chain(consumer.late_inputs.iter().map(|&p| (p, false)));
             for (p, is_dlq) in side_inputs {
                 let slots = if is_dlq { &mut dlqs[p] } else { &mut lates[p] };
+                let mut watched = InputQueues {
+                    from: graph.nodes[p].name.clone(),
+                    kind: if is_dlq {
+                        EdgeKind::DeadLetters
+                    } else {
+                        EdgeKind::Late
+                    },
+                    queues: Vec::new(),
+                };
                 for slot in slots.iter_mut() {
                     let (senders, receivers) =
                         channels(consumer.parallelism, consumer.queue_capacity);
+                    watched.queues.extend(senders.iter().map(Sender::downgrade));
                     for (j, rx) in receivers.into_iter().enumerate() {
                         inputs[c][j].push(InputChannel {
                             receiver: rx,
@@ -171,11 +190,15 @@ impl Pipeline {
                     }
                     *slot = Some(Exchange::new(senders, Partitioning::RoundRobin));
                 }
+                queues[c].push(watched);
             }
         }
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        // Everything the run logs names its flow (the server's event log
+        // attributes events by it).
+        let span = tracing::info_span!("flow", flow = %graph.name);
         let mut expected = Some(0u64);
         for (id, node) in graph.nodes.iter().enumerate() {
             let node_inputs = std::mem::take(&mut inputs[id]);
@@ -233,13 +256,10 @@ impl Pipeline {
                                 acks: acks.clone(),
                             }
                         });
-                        tasks.spawn(run_source(
-                            source,
-                            outputs,
-                            stop_rx.clone(),
-                            time,
-                            checkpoints,
-                        ));
+                        tasks.spawn(
+                            run_source(source, outputs, stop_rx.clone(), time, checkpoints)
+                                .instrument(span.clone()),
+                        );
                     }
                     Planned::Stage(f) => {
                         let checkpoints = acks.as_ref().map(|acks| OperatorCheckpoints {
@@ -249,12 +269,10 @@ impl Pipeline {
                                 .and_then(|r| r.operators.remove(&(node.name.clone(), instance))),
                             acks: acks.clone(),
                         });
-                        tasks.spawn(run_operator(
-                            f.create(),
-                            InputSet::new(chans),
-                            outputs,
-                            checkpoints,
-                        ));
+                        tasks.spawn(
+                            run_operator(f.create(), InputSet::new(chans), outputs, checkpoints)
+                                .instrument(span.clone()),
+                        );
                     }
                     Planned::Sink(f) => {
                         let sink = f.create(instance).map_err(|e| e.in_stage(&node.name))?;
@@ -271,13 +289,16 @@ impl Pipeline {
                                 acks: acks.clone(),
                             }
                         });
-                        tasks.spawn(run_sink(
-                            sink,
-                            InputSet::new(chans),
-                            node.name.clone(),
-                            Arc::clone(&metrics[id]),
-                            checkpoints,
-                        ));
+                        tasks.spawn(
+                            run_sink(
+                                sink,
+                                InputSet::new(chans),
+                                node.name.clone(),
+                                Arc::clone(&metrics[id]),
+                                checkpoints,
+                            )
+                            .instrument(span.clone()),
+                        );
                     }
                 }
             }
@@ -297,19 +318,21 @@ impl Pipeline {
                 next_id,
                 metrics: Arc::clone(&checkpoint_metrics),
             };
-            tasks.spawn(coordinator.run());
+            tasks.spawn(coordinator.run().instrument(span.clone()));
         }
         tracing::info!(pipeline = %graph.name, mode = ?graph.mode, tasks = tasks.len(), "pipeline started");
         let nodes = graph
             .nodes
             .iter()
             .zip(&metrics)
-            .map(|(n, m)| NodeInfo {
+            .zip(queues)
+            .map(|((n, m), inputs)| NodeInfo {
                 name: n.name.clone(),
                 role: n.role,
                 kind: n.kind.clone(),
                 parallelism: n.parallelism,
                 metrics: Arc::clone(m),
+                inputs,
             })
             .collect();
         Ok(RunHandle {
@@ -342,6 +365,8 @@ pub struct NodeInfo {
     pub parallelism: usize,
     /// Live counters.
     pub metrics: Arc<NodeMetrics>,
+    /// Its input edges' queues, in input order (side inputs last).
+    pub inputs: Vec<InputQueues>,
 }
 
 impl NodeInfo {
@@ -354,9 +379,23 @@ impl NodeInfo {
             parallelism: self.parallelism,
             records_in: self.metrics.records_in(),
             records_out: self.metrics.records_out(),
+            batches_in: self.metrics.batches_in(),
+            batches_out: self.metrics.batches_out(),
+            bytes_in: self.metrics.bytes_in(),
+            bytes_out: self.metrics.bytes_out(),
             dead_letters: self.metrics.dead_letters(),
             late: self.metrics.late(),
             busy: self.metrics.busy(),
+            watermark: self.metrics.watermark(),
+            inputs: self
+                .inputs
+                .iter()
+                .map(|q| InputFill {
+                    from: q.from.clone(),
+                    kind: q.kind,
+                    fill_ratio: q.fill_ratio(),
+                })
+                .collect(),
         }
     }
 }
@@ -465,12 +504,35 @@ pub struct StageSummary {
     pub records_in: u64,
     /// Records emitted.
     pub records_out: u64,
+    /// Batches received.
+    pub batches_in: u64,
+    /// Batches emitted.
+    pub batches_out: u64,
+    /// Arrow memory of the batches received (see [`NodeMetrics::bytes_in`]).
+    pub bytes_in: u64,
+    /// Arrow memory of the batches emitted.
+    pub bytes_out: u64,
     /// Records sent to the dead-letter output.
     pub dead_letters: u64,
     /// Records too late for their windows.
     pub late: u64,
     /// Processing time summed over instances.
     pub busy: Duration,
+    /// Event-time watermark in milliseconds (see [`NodeMetrics::watermark`]).
+    pub watermark: Option<i64>,
+    /// How full each input edge's queues are.
+    pub inputs: Vec<InputFill>,
+}
+
+/// How full one input edge's queues are at a moment.
+#[derive(Debug, Clone)]
+pub struct InputFill {
+    /// The producing node.
+    pub from: String,
+    /// What the edge carries.
+    pub kind: EdgeKind,
+    /// Queued over capacity, 0 to 1.
+    pub fill_ratio: f64,
 }
 
 /// What a finished run did.

@@ -22,6 +22,6 @@ pub mod resources;
 mod tasks;
 
 pub use checkpoint::RecoveryOptions;
-pub use engine::{Pipeline, RunHandle, RunSummary, StageSummary};
-pub use metrics::{CheckpointMetrics, LastCheckpoint, NodeMetrics};
+pub use engine::{InputFill, Pipeline, RunHandle, RunSummary, StageSummary};
+pub use metrics::{CheckpointMetrics, EdgeKind, InputQueues, LastCheckpoint, NodeMetrics};
 pub use plan::{PhysicalPlan, Planned, PlannedNode, plan, validate_spec, validate_spec_with};

@@ -228,11 +228,7 @@ fn check_without_input(node: &Node) -> Result<(), Diagnostics> {
 }
 
 fn unknown_type(node: &Node, known: &[&str]) -> Diagnostics {
-    let what = match node.role {
-        Role::Source => "source",
-        Role::Stage => "stage",
-        Role::Sink => "sink",
-    };
+    let what = node.role.as_str();
     let hint = match streamflow_dsl::suggest(&node.kind, known) {
         Some(s) => format!(" (did you mean '{s}'?)"),
         None => format!(" (known: {})", known.join(", ")),

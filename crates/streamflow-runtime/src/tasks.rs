@@ -31,7 +31,7 @@ pub(crate) struct Outputs {
 
 impl Outputs {
     async fn emit(&mut self, batch: RecordBatch) -> Result<()> {
-        self.metrics.add_out(batch.num_rows());
+        self.metrics.add_out(&batch);
         if let Some((last, rest)) = self.edges.split_last_mut() {
             for edge in rest {
                 edge.send(batch.clone()).await?;
@@ -44,6 +44,9 @@ impl Outputs {
     /// Sends a control message on every edge, the dead-letter edge included
     /// (so that barriers and end of stream reach `dlq` sinks too).
     async fn broadcast(&mut self, message: Message) -> Result<()> {
+        if let Message::Watermark(w) = message {
+            self.metrics.set_watermark(w.0);
+        }
         for edge in self
             .edges
             .iter_mut()
@@ -264,7 +267,7 @@ pub(crate) async fn run_source(
 }
 
 /// Sleeps until `at`; never returns for `None`.
-async fn sleep_until(at: Option<tokio::time::Instant>) {
+pub(crate) async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
@@ -312,7 +315,7 @@ pub(crate) async fn run_operator(
             };
             match event {
                 InputEvent::Data { input, batch } => {
-                    metrics.add_in(batch.num_rows());
+                    metrics.add_in(&batch);
                     let started = Instant::now();
                     op.process_batch(input, batch, &mut buffer).await?;
                     metrics.add_busy(started.elapsed());
@@ -410,12 +413,13 @@ pub(crate) async fn run_sink(
             };
             match event {
                 InputEvent::Data { batch, .. } => {
-                    metrics.add_in(batch.num_rows());
+                    metrics.add_in(&batch);
                     let started = Instant::now();
                     sink.write(batch).await?;
                     metrics.add_busy(started.elapsed());
                 }
-                InputEvent::Watermark(_) | InputEvent::Idle | InputEvent::InputEnded(_) => {}
+                InputEvent::Watermark(w) => metrics.set_watermark(w.0),
+                InputEvent::Idle | InputEvent::InputEnded(_) => {}
                 InputEvent::Barrier(b) => {
                     let pending = sink.pre_commit(b.id).await?;
                     if let Some(c) = &checkpoints {

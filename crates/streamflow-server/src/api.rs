@@ -30,8 +30,6 @@ pub struct Api {
     pub supervisor: Arc<Supervisor>,
     /// Required bearer token, if any.
     pub token: Option<Arc<str>>,
-    /// Renders `/metrics`.
-    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// An error answer: a status and `{error, errors?}`.
@@ -178,11 +176,8 @@ async fn ready() -> &'static str {
 #[utoipa::path(get, path = "/metrics", tag = "health", responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 async fn metrics(AxumState(api): AxumState<Api>) -> Response {
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        api.metrics.render(&api.supervisor),
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::render(&api.supervisor.metrics()),
     )
         .into_response()
 }
@@ -192,7 +187,7 @@ struct EventsQuery {
     flow: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/events", tag = "flows", params(("flow" = Option<String>, Query, description = "only this flow's events")), responses((status = 200, body = Vec<crate::supervisor::Event>)))]
+#[utoipa::path(get, path = "/v1/events", tag = "flows", params(("flow" = Option<String>, Query, description = "only this flow's events")), responses((status = 200, body = Vec<crate::events::Event>)))]
 async fn events(AxumState(api): AxumState<Api>, Query(q): Query<EventsQuery>) -> Response {
     axum::Json(api.supervisor.events(q.flow.as_deref())).into_response()
 }

@@ -3,6 +3,7 @@
 //! ([`supervisor`]), and answers the flow API over HTTP ([`api`]).
 
 pub mod api;
+pub mod events;
 pub mod metrics;
 pub mod store;
 pub mod supervisor;
@@ -22,6 +23,10 @@ pub struct ServeOptions {
     pub token: Option<String>,
     /// Allow a non-loopback address without a token.
     pub insecure: bool,
+    /// Where lifecycle events are kept (install its
+    /// [`layer`](events::EventLog::layer) to have events raised inside
+    /// flows, such as checkpoints, recorded too).
+    pub events: events::EventLog,
 }
 
 /// Why the server could not run.
@@ -60,7 +65,8 @@ pub async fn serve(
         return Err(ServeError::Exposed(options.listen));
     }
     let store = Arc::new(store::FlowStore::open(&options.data)?);
-    let supervisor = supervisor::Supervisor::new(options.data.clone(), Arc::clone(&store));
+    let supervisor =
+        supervisor::Supervisor::new(options.data.clone(), Arc::clone(&store), options.events);
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| ServeError::Listen {
@@ -76,7 +82,6 @@ pub async fn serve(
         store: Arc::clone(&store),
         supervisor: Arc::clone(&supervisor),
         token: options.token.map(Arc::from),
-        metrics: Arc::new(metrics::Metrics::new()),
     });
     tracing::info!(%addr, data = %options.data.display(), "serving");
     ready(addr);

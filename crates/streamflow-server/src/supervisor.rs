@@ -3,16 +3,18 @@
 //! checkpoint (stop, which drains and takes a final checkpoint, then start
 //! the new version from it).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
-use streamflow_dsl::{FileFormat, FlowSpec, Role};
+use streamflow_dsl::{FileFormat, FlowSpec};
 use streamflow_runtime::engine::NodeInfo;
 use streamflow_runtime::{CheckpointMetrics, LastCheckpoint, Pipeline, RecoveryOptions};
 use tokio::sync::watch;
 
+use crate::events::{Event, EventLog, SUPERVISOR_TARGET};
+use crate::metrics::{CheckpointTotals, FlowMetrics};
 use crate::store::{Desired, FlowStore, Outcome, StoreError};
 
 /// Where a flow is in its life.
@@ -54,6 +56,68 @@ pub struct NodeStatus {
     pub late: u64,
     /// Processing time, milliseconds.
     pub busy_ms: u64,
+    /// Batches received.
+    pub batches_in: u64,
+    /// Batches emitted.
+    pub batches_out: u64,
+    /// Arrow memory of the batches received, bytes.
+    pub bytes_in: u64,
+    /// Arrow memory of the batches emitted, bytes.
+    pub bytes_out: u64,
+    /// Event time (ms since the epoch) up to which its output is complete
+    /// (sinks: their input), once there is one.
+    pub watermark_ms: Option<i64>,
+    /// How far that watermark is behind the wall clock, milliseconds.
+    pub watermark_lag_ms: Option<i64>,
+    /// How full each input edge's queues are (near 1: this node holds its
+    /// producers back).
+    pub inputs: Vec<InputStatus>,
+}
+
+/// The queues of one input edge of a node.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct InputStatus {
+    /// The producing node.
+    pub from: String,
+    /// `data`, `dlq` or `late`.
+    pub edge: &'static str,
+    /// Queued over capacity, 0 to 1.
+    pub fill_ratio: f64,
+}
+
+impl NodeStatus {
+    /// A node's counters now.
+    pub fn of(node: &NodeInfo) -> NodeStatus {
+        let s = node.summary();
+        NodeStatus {
+            role: s.role.as_str(),
+            kind: s.kind,
+            parallelism: s.parallelism,
+            records_in: s.records_in,
+            records_out: s.records_out,
+            dead_letters: s.dead_letters,
+            late: s.late,
+            busy_ms: s.busy.as_millis() as u64,
+            batches_in: s.batches_in,
+            batches_out: s.batches_out,
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+            watermark_ms: s.watermark,
+            watermark_lag_ms: s
+                .watermark
+                .map(|w| streamflow_core::processing_time_ms().saturating_sub(w)),
+            inputs: s
+                .inputs
+                .into_iter()
+                .map(|i| InputStatus {
+                    from: i.from,
+                    edge: i.kind.as_str(),
+                    fill_ratio: i.fill_ratio,
+                })
+                .collect(),
+            name: s.name,
+        }
+    }
 }
 
 /// What `GET /v1/flows/{name}/status` reports.
@@ -78,24 +142,9 @@ pub struct FlowStatus {
     pub last_checkpoint: Option<LastCheckpoint>,
     /// Checkpoints completed by the current run.
     pub checkpoints: u64,
+    /// Checkpoints of this flow that failed since the server started.
+    pub checkpoints_failed: u64,
 }
-
-/// A lifecycle event of a flow.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct Event {
-    /// Milliseconds since the epoch.
-    pub time_ms: u64,
-    /// The flow.
-    pub flow: String,
-    /// `submitted`, `started`, `updated`, `update_refused`, `rolled_back`,
-    /// `stopped`, `succeeded`, `failed`, `deleted`.
-    pub event: &'static str,
-    /// Version, error or reason, when there is one.
-    pub detail: Option<String>,
-}
-
-/// Events kept for `GET /v1/events`.
-const EVENTS_KEPT: usize = 1000;
 
 /// A flow being run.
 struct Live {
@@ -130,7 +179,9 @@ pub struct Supervisor {
     store: Arc<FlowStore>,
     live: Mutex<HashMap<String, Live>>,
     refused: Mutex<HashMap<String, String>>,
-    events: Mutex<VecDeque<Event>>,
+    /// Checkpoint counts of runs that have ended, per flow.
+    totals: Mutex<HashMap<String, CheckpointTotals>>,
+    events: EventLog,
 }
 
 /// Plans `spec` (which may ask servers for schemas) off the async threads.
@@ -155,13 +206,14 @@ pub fn spec_of(doc: &serde_json::Value) -> Result<FlowSpec, SupervisorError> {
 
 impl Supervisor {
     /// A supervisor keeping checkpoints under `data/checkpoints/<flow>`.
-    pub fn new(data: PathBuf, store: Arc<FlowStore>) -> Arc<Self> {
+    pub fn new(data: PathBuf, store: Arc<FlowStore>, events: EventLog) -> Arc<Self> {
         Arc::new(Self {
             data,
             store,
             live: Mutex::new(HashMap::new()),
             refused: Mutex::new(HashMap::new()),
-            events: Mutex::new(VecDeque::new()),
+            totals: Mutex::new(HashMap::new()),
+            events,
         })
     }
 
@@ -169,37 +221,18 @@ impl Supervisor {
     /// and kept for [`events`](Self::events).
     pub fn event(&self, flow: &str, event: &'static str, detail: Option<String>) {
         tracing::info!(
+            target: SUPERVISOR_TARGET,
             flow,
             event,
             detail = detail.as_deref().unwrap_or(""),
             "flow event"
         );
-        let mut events = self
-            .events
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if events.len() == EVENTS_KEPT {
-            events.pop_front();
-        }
-        events.push_back(Event {
-            time_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-            flow: flow.to_string(),
-            event,
-            detail,
-        });
+        self.events.record(flow, event, detail);
     }
 
     /// The recent events, oldest first; only `flow`'s when given.
     pub fn events(&self, flow: Option<&str>) -> Vec<Event> {
-        self.events
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .filter(|e| flow.is_none_or(|f| e.flow == f))
-            .cloned()
-            .collect()
+        self.events.recent(flow)
     }
 
     /// The status of every flow.
@@ -346,7 +379,11 @@ impl Supervisor {
                 Outcome::Failed { error } => this.event(&name, "failed", Some(error.clone())),
             }
             this.record_end(&name, outcome);
-            this.live().remove(&name);
+            if let Some(c) = this.live().remove(&name).and_then(|l| l.checkpoints) {
+                let mut totals = this.totals.lock().unwrap_or_else(PoisonError::into_inner);
+                let t = totals.entry(name.clone()).or_default();
+                *t = t.plus(&c);
+            }
             let _ = ended_tx.send(true);
         });
         Ok(())
@@ -450,6 +487,7 @@ impl Supervisor {
                 nodes: Vec::new(),
                 last_checkpoint: None,
                 checkpoints: 0,
+                checkpoints_failed: self.totals(name, None).failed,
             });
         };
         Ok(FlowStatus {
@@ -459,31 +497,44 @@ impl Supervisor {
             error: None,
             last_update_error,
             restored_from: l.restored_from,
-            nodes: l
-                .nodes
-                .iter()
-                .map(|n| {
-                    let s = n.summary();
-                    NodeStatus {
-                        name: s.name,
-                        role: match s.role {
-                            Role::Source => "source",
-                            Role::Stage => "stage",
-                            Role::Sink => "sink",
-                        },
-                        kind: s.kind,
-                        parallelism: s.parallelism,
-                        records_in: s.records_in,
-                        records_out: s.records_out,
-                        dead_letters: s.dead_letters,
-                        late: s.late,
-                        busy_ms: s.busy.as_millis() as u64,
-                    }
-                })
-                .collect(),
+            nodes: l.nodes.iter().map(NodeStatus::of).collect(),
             last_checkpoint: l.checkpoints.as_ref().and_then(|c| c.last()),
             checkpoints: l.checkpoints.as_ref().map_or(0, |c| c.completed()),
+            checkpoints_failed: self.totals(name, l.checkpoints.as_deref()).failed,
         })
+    }
+
+    /// Checkpoints of `name`'s earlier runs in this process, plus `run`'s.
+    fn totals(&self, name: &str, run: Option<&CheckpointMetrics>) -> CheckpointTotals {
+        let earlier = self
+            .totals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(name)
+            .copied()
+            .unwrap_or_default();
+        run.map_or(earlier, |r| earlier.plus(r))
+    }
+
+    /// Every flow's live counters, for `/metrics`.
+    pub fn metrics(&self) -> Vec<FlowMetrics> {
+        let records = self.store.list().unwrap_or_default();
+        let live = self.live();
+        records
+            .iter()
+            .map(|r| {
+                let l = live.get(&r.name);
+                FlowMetrics {
+                    name: r.name.clone(),
+                    version: Some(l.map_or(r.active, |l| l.version)),
+                    running: l
+                        .is_some_and(|l| matches!(l.state, State::Running | State::Deploying)),
+                    nodes: l.map(|l| l.nodes.clone()).unwrap_or_default(),
+                    checkpoints: l.and_then(|l| l.checkpoints.clone()),
+                    earlier: self.totals(&r.name, None),
+                }
+            })
+            .collect()
     }
 
     /// The current state of `name` (for listings).
@@ -499,6 +550,10 @@ impl Supervisor {
         self.stop(name, false).await?;
         self.store.delete(name)?;
         self.set_refused(name, None);
+        self.totals
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
         let _ = tokio::fs::remove_dir_all(self.data.join("checkpoints").join(name)).await;
         Ok(())
     }

@@ -14,7 +14,11 @@ use streamflow::bench::{BenchResult, DATA_FILES, QUERIES, cpu_seconds, query_tex
 use streamflow::{Diagnostics, FlowSpec, Mode, Pipeline, PipelineBuilder, RunHandle, RunSummary};
 use streamflow_dsl::{FileFormat, Role};
 use streamflow_runtime::RecoveryOptions;
+use streamflow_server::metrics::{CurrentRun, FlowMetrics};
 use streamflow_state::CheckpointStore;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 #[derive(Parser)]
 #[command(
@@ -69,6 +73,10 @@ enum Command {
         /// checkpoint of the running one (state kept by node name and type).
         #[arg(long)]
         watch: bool,
+        /// Serve the run's metrics in Prometheus text format on
+        /// `http://ADDR/metrics` (as `serve` does for its flows).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<std::net::SocketAddr>,
     },
     /// List or inspect the checkpoints of a flow.
     Checkpoints {
@@ -207,19 +215,30 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The server's lifecycle events are info; a pipeline run stays quiet.
     let default_level = if matches!(cli.command, Command::Serve { .. }) {
-        "warn,streamflow_server=info"
+        "warn,streamflow_server=info,streamflow::flow=info"
     } else {
         "warn"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("STREAMFLOW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
-    }
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match cli.log_format {
+        LogFormat::Text => logs.with_filter(filter).boxed(),
+        LogFormat::Json => logs.json().with_filter(filter).boxed(),
+    };
+    // The server keeps the events raised inside its flows (checkpoints,
+    // circuit breakers) whatever the log level.
+    let events = streamflow_server::events::EventLog::default();
+    let recorded = matches!(cli.command, Command::Serve { .. }).then(|| {
+        events.layer().with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("streamflow", tracing::Level::INFO),
+        )
+    });
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(recorded)
+        .init();
     let outcome = match cli.command {
         Command::Validate { file, overrides } => return validate(&file, &overrides),
         Command::Run {
@@ -231,6 +250,7 @@ fn main() -> ExitCode {
             from_checkpoint,
             allow_state_drop,
             watch,
+            metrics,
         } => {
             let recovery = RecoveryOptions {
                 fresh,
@@ -238,9 +258,9 @@ fn main() -> ExitCode {
                 allow_state_drop,
             };
             if watch {
-                run_watching(&file, &overrides, workers, &recovery)
+                run_watching(&file, &overrides, workers, &recovery, metrics)
             } else {
-                run(&file, &overrides, workers, quiet, &recovery)
+                run(&file, &overrides, workers, quiet, &recovery, metrics)
             }
         }
         Command::Checkpoints { action } => checkpoints(action),
@@ -254,6 +274,7 @@ fn main() -> ExitCode {
             listen,
             token,
             insecure,
+            events,
         }),
         Command::Flows { connection, action } => flows::run(connection, action),
         Command::Bench {
@@ -358,11 +379,7 @@ fn validate(file: &Path, overrides: &[String]) -> ExitCode {
                 }
             );
             for (node, planned) in g.nodes.iter().zip(&plan.nodes) {
-                let role = match node.role {
-                    Role::Source => "source",
-                    Role::Stage => "stage",
-                    Role::Sink => "sink",
-                };
+                let role = node.role.as_str();
                 let time = match (&planned.event_time, node.role) {
                     (Some(c), _) => format!(", event time {c}"),
                     (None, Role::Sink) => String::new(),
@@ -402,6 +419,7 @@ fn run(
     workers: Option<usize>,
     quiet: bool,
     recovery: &RecoveryOptions,
+    metrics: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
     let pipeline = match Pipeline::from_file(file, overrides) {
         Ok(p) => p,
@@ -417,6 +435,7 @@ fn run(
             .start_with(recovery)
             .await
             .map_err(|e| anyhow!(e))?;
+        report_metrics(metrics, None, &pipeline, &handle).await?;
         if let Some(id) = handle.restored_from() {
             eprintln!("resuming from checkpoint {id}");
         }
@@ -436,6 +455,28 @@ fn run(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `run --metrics ADDR`: reports `handle`'s metrics from now on, on the
+/// endpoint already `exposed` (a reloaded version) or on a new one, which
+/// says where it listens.
+async fn report_metrics(
+    addr: Option<std::net::SocketAddr>,
+    exposed: Option<CurrentRun>,
+    pipeline: &Pipeline,
+    handle: &RunHandle,
+) -> anyhow::Result<Option<CurrentRun>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let flow = FlowMetrics::of_run(&pipeline.plan().graph.name, handle);
+    if let Some(current) = exposed {
+        current.set(flow);
+        return Ok(Some(current));
+    }
+    let current = CurrentRun::default();
+    current.set(flow);
+    let bound = streamflow_server::metrics::expose(addr, current.clone()).await?;
+    eprintln!("metrics on http://{bound}/metrics");
+    Ok(Some(current))
+}
+
 /// The modification time of `file`, if it can be read.
 fn modified(file: &Path) -> Option<std::time::SystemTime> {
     std::fs::metadata(file).and_then(|m| m.modified()).ok()
@@ -449,6 +490,7 @@ fn run_watching(
     overrides: &[String],
     workers: Option<usize>,
     recovery: &RecoveryOptions,
+    metrics: Option<std::net::SocketAddr>,
 ) -> anyhow::Result<ExitCode> {
     let mut pipeline = match Pipeline::from_file(file, overrides) {
         Ok(p) => p,
@@ -464,10 +506,12 @@ fn run_watching(
     }
     let rt = runtime(workers)?;
     rt.block_on(async {
+        let mut exposed = None;
         let mut options = recovery.clone();
         let mut seen = modified(file);
         loop {
             let handle = pipeline.start_with(&options).await.map_err(|e| anyhow!(e))?;
+            exposed = report_metrics(metrics, exposed, &pipeline, &handle).await?;
             if let Some(id) = handle.restored_from() {
                 eprintln!("resuming from checkpoint {id}");
             }

@@ -577,9 +577,24 @@ fn metrics_and_events_show_a_running_flow() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     let server = Server::start(&d.join("data"), &["--log-format", "json"]);
-    let flow = streaming_flow("metered", &d.join("metered.jsonl"), "id >= 0");
+    let mut flow = streaming_flow("metered", &d.join("metered.jsonl"), "id >= 0");
+    flow["sources"][0]["config"]["columns"]["t"] = json!("to_timestamp_millis(1700000000000 + i)");
+    flow["sources"][0]["event_time"] = json!({"column": "t"});
     assert_eq!(server.call("POST", "/v1/flows", Some(&flow), &[]).0, 201);
-    server.wait_status("metered", |s| s["checkpoints"].as_u64().unwrap_or(0) >= 1);
+    let status = server.wait_status("metered", |s| s["checkpoints"].as_u64().unwrap_or(0) >= 1);
+    let node = |name: &str| {
+        status["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no node {name} in {status}"))
+    };
+    // Event time 1700000000000 + id: the source's watermark trails its ids.
+    let watermark = node("g")["watermark_ms"].as_i64().expect("watermark");
+    assert!(watermark >= 1_700_000_000_000, "{status}");
+    assert!(node("g")["watermark_lag_ms"].as_i64().expect("lag") > 0);
+    assert_eq!(node("keep")["inputs"][0]["from"], "g", "{status}");
+    assert!(node("out")["bytes_in"].as_u64().expect("bytes") > 0);
     let scrape = || {
         let (code, text) = server.call("GET", "/metrics", None, &[]);
         assert_eq!(code, 200);
@@ -600,12 +615,26 @@ fn metrics_and_events_show_a_running_flow() {
     );
     assert!(sample(&second, "streamflow_records_in_total", "out") > 0.0);
     assert!(
+        sample(&second, "streamflow_batches_out_total", "g")
+            > sample(&first, "streamflow_batches_out_total", "g")
+    );
+    assert!(sample(&second, "streamflow_bytes_in_total", "out") > 0.0);
+    assert!(sample(&second, "streamflow_watermark_lag_seconds", "g") > 0.0);
+    let fill = sample(&second, "streamflow_input_queue_fill_ratio", "keep");
+    assert!((0.0..=1.0).contains(&fill), "queue fill {fill}");
+    let flow_sample = |metric: &str| {
         second
             .samples
             .iter()
-            .any(|s| s.metric == "streamflow_checkpoints_completed_total"),
-        "checkpoint counters"
-    );
+            .find(|s| s.metric == metric && s.labels.get("flow") == Some("metered"))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) => v,
+                _ => f64::NAN,
+            })
+            .unwrap_or_else(|| panic!("no {metric}"))
+    };
+    assert!(flow_sample("streamflow_checkpoints_completed_total") >= 1.0);
+    assert_eq!(flow_sample("streamflow_checkpoints_failed_total"), 0.0);
     assert!(
         second
             .samples
@@ -620,7 +649,22 @@ fn metrics_and_events_show_a_running_flow() {
         .iter()
         .filter_map(|e| e["event"].as_str())
         .collect();
-    assert_eq!(kinds, vec!["submitted", "started"], "{events}");
+    assert_eq!(kinds[..2], ["submitted", "started"], "{events}");
+    // Events raised inside the running flow are kept with the flow's.
+    assert!(
+        kinds.contains(&"checkpoint_completed"),
+        "checkpoint events: {events}"
+    );
+    // A deleted flow's series leave /metrics.
+    assert_eq!(server.call("DELETE", "/v1/flows/metered", None, &[]).0, 204);
+    let after_delete = scrape();
+    assert!(
+        after_delete
+            .samples
+            .iter()
+            .all(|s| s.labels.get("flow") != Some("metered")),
+        "stale series of a deleted flow"
+    );
     // The same events, as JSON log lines.
     let logged: Vec<Value> = server
         .log
@@ -742,4 +786,101 @@ fn the_openapi_document_matches_the_routes_served() {
     assert!(operations >= 13, "{operations} operations documented");
     assert!(paths.contains_key("/v1/flows/{name}/rollback/{version}"));
     assert!(paths["/v1/flows/{name}"].get("delete").is_some());
+}
+
+/// A checkpoint not complete within `checkpoint.timeout` fails the flow,
+/// and says so in its status, its events and `/metrics`.
+#[test]
+fn a_checkpoint_past_its_timeout_fails_the_flow_and_is_reported() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let server = Server::start(&d.join("data"), &[]);
+    let mut flow = streaming_flow("hasty", &d.join("hasty.jsonl"), "id >= 0");
+    // Barriers go in between the generator's batches, 50 ms apart: no
+    // checkpoint can complete within a microsecond.
+    flow["checkpoint"]["timeout"] = json!("1us");
+    assert_eq!(server.call("POST", "/v1/flows", Some(&flow), &[]).0, 201);
+    let status = server.wait_status("hasty", |s| s["state"] == "FAILED");
+    let error = status["error"].as_str().expect("error");
+    assert!(error.contains("checkpoint.timeout"), "{error}");
+    assert_eq!(status["checkpoints_failed"], 1, "{status}");
+    let (_, events) = server.call("GET", "/v1/events?flow=hasty", None, &[]);
+    let kinds: Vec<&str> = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    assert!(kinds.contains(&"checkpoint_failed"), "{events}");
+    assert_eq!(kinds.last(), Some(&"failed"), "{events}");
+    let (_, text) = server.call("GET", "/metrics", None, &[]);
+    let scrape = prometheus_parse::Scrape::parse(
+        text.as_str()
+            .expect("text")
+            .lines()
+            .map(|l| Ok(l.to_string())),
+    )
+    .expect("Prometheus text format");
+    let failed = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == "streamflow_checkpoints_failed_total")
+        .map(|s| s.value.clone());
+    assert!(
+        matches!(failed, Some(prometheus_parse::Value::Counter(v)) if v == 1.0),
+        "{failed:?}"
+    );
+}
+
+/// `streamflow run --metrics ADDR` serves the same series for one run.
+#[test]
+fn run_serves_its_metrics_when_asked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let mut flow = streaming_flow("solo", &d.join("solo.jsonl"), "id >= 0");
+    flow["checkpoint"]["storage"] = json!(d.join("state"));
+    let file = common::write(d, "solo.json", &flow.to_string());
+    let mut child = common::streamflow()
+        .args(["run", &file, "--quiet", "--metrics", "127.0.0.1:0"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn run");
+    let lines = common::lines_of(child.stderr.take().expect("stderr"));
+    let url = lines
+        .recv_timeout(Duration::from_secs(60))
+        .ok()
+        .and_then(|l| l.strip_prefix("metrics on ").map(|u| u.trim().to_string()))
+        .expect("run says where its metrics are");
+    let scrape = || {
+        let text = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(async { reqwest::get(&url).await?.error_for_status()?.text().await })
+            .expect("GET /metrics");
+        prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+            .expect("Prometheus text format")
+    };
+    let first = scrape();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let second = loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = scrape();
+        if sample(&now, "streamflow_records_out_total", "g")
+            > sample(&first, "streamflow_records_out_total", "g")
+        {
+            break now;
+        }
+        assert!(Instant::now() < deadline, "records out never moved");
+    };
+    assert!(
+        second
+            .samples
+            .iter()
+            .any(|s| s.metric == "streamflow_records_in_total"
+                && s.labels.get("flow") == Some("solo")),
+        "series carry the flow's name"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -554,6 +554,8 @@ pub(crate) fn limiter(per_second: f64, burst: u32) -> Option<Arc<DefaultDirectRa
 /// open (failing fast until the recovery timeout), half-open (one trial
 /// call; its success closes, its failure re-opens).
 pub(crate) struct Breaker {
+    /// The breaker node's label, for its events.
+    node: Arc<str>,
     threshold: usize,
     recovery: Duration,
     state: Mutex<BreakerState>,
@@ -572,8 +574,9 @@ enum BreakerState {
 }
 
 impl Breaker {
-    pub(crate) fn new(threshold: usize, recovery: Duration) -> Self {
+    pub(crate) fn new(node: &str, threshold: usize, recovery: Duration) -> Self {
         Self {
+            node: node.into(),
             threshold,
             recovery,
             state: Mutex::new(BreakerState::Closed { failures: 0 }),
@@ -591,7 +594,7 @@ impl Breaker {
             BreakerState::Closed { .. } => Some(false),
             BreakerState::Open { since } if since.elapsed() >= self.recovery => {
                 *s = BreakerState::HalfOpen;
-                tracing::info!(target: "streamflow::process", event = "circuit_half_open");
+                tracing::info!(target: "streamflow::process", event = "circuit_half_open", node = %self.node);
                 Some(true)
             }
             BreakerState::Open { .. } | BreakerState::HalfOpen => None,
@@ -618,7 +621,10 @@ impl Breaker {
             (state, false, _) => state,
         };
         if matches!(next, BreakerState::Open { .. }) && !matches!(*s, BreakerState::Open { .. }) {
-            tracing::warn!(target: "streamflow::process", event = "circuit_opened");
+            tracing::warn!(target: "streamflow::process", event = "circuit_opened", node = %self.node);
+        }
+        if matches!(*s, BreakerState::HalfOpen) && matches!(next, BreakerState::Closed { .. }) {
+            tracing::info!(target: "streamflow::process", event = "circuit_closed", node = %self.node);
         }
         *s = next;
     }

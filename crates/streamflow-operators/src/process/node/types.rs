@@ -274,7 +274,7 @@ impl Builder<'_> {
                 let threshold = self.count(d, "failure_threshold", 5);
                 let recovery = self.duration(d, "recovery_timeout", Some(Duration::from_secs(60)));
                 let child = self.child(d)?;
-                let breaker = Breaker::new(threshold?, recovery.flatten()?);
+                let breaker = Breaker::new(label, threshold?, recovery.flatten()?);
                 node(same(&child), Kind::CircuitBreaker { child, breaker })
             }
             "rate-limit" => {
