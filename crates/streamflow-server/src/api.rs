@@ -30,6 +30,8 @@ pub struct Api {
     pub supervisor: Arc<Supervisor>,
     /// Required bearer token, if any.
     pub token: Option<Arc<str>>,
+    /// The schema registry.
+    pub registry: Arc<streamflow_registry::Registry>,
 }
 
 /// An error answer: a status and `{error, errors?}`.
@@ -142,11 +144,30 @@ pub fn router(api: Api) -> Router {
             api.clone(),
             authenticate,
         ));
+    let schemas = streamflow_registry::api::router(Arc::clone(&api.registry)).route_layer(
+        axum::middleware::from_fn_with_state(api.clone(), authenticate),
+    );
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .merge(flows)
+        .merge(schemas)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(api)
+}
+
+/// The token in an `Authorization` header: `Bearer <token>`, or — for
+/// schema registry clients configured with `user:password` — `Basic` with
+/// the token as the password.
+fn presented_token(header: &str) -> Option<String> {
+    if let Some(token) = header.strip_prefix("Bearer ") {
+        return Some(token.to_string());
+    }
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(header.strip_prefix("Basic ")?)
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    Some(text.split_once(':')?.1.to_string())
 }
 
 /// With a token set, requires `Authorization: Bearer <token>` (compared in
@@ -158,8 +179,8 @@ async fn authenticate(AxumState(api): AxumState<Api>, request: Request, next: Ne
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+            .and_then(presented_token)
+            .unwrap_or_default();
         if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
             return ApiError::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required")
                 .into_response();

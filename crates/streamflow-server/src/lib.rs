@@ -1,6 +1,7 @@
 //! StreamFlow's control plane, `streamflow serve`: one server process that
 //! keeps versioned flows in an embedded store ([`store`]), runs them
-//! ([`supervisor`]), and answers the flow API over HTTP ([`api`]).
+//! ([`supervisor`]), answers the flow API over HTTP ([`api`]) and serves
+//! the schema registry (`streamflow-registry`) from the same store.
 
 pub mod api;
 pub mod events;
@@ -40,6 +41,9 @@ pub enum ServeError {
     /// The store could not be opened.
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// The schema registry's tables could not be read.
+    #[error("schema registry: {0}")]
+    Registry(#[from] streamflow_registry::RegistryError),
     /// The address could not be bound, or serving failed.
     #[error("listening on {addr}: {source}")]
     Listen {
@@ -65,6 +69,7 @@ pub async fn serve(
         return Err(ServeError::Exposed(options.listen));
     }
     let store = Arc::new(store::FlowStore::open(&options.data)?);
+    let registry = Arc::new(streamflow_registry::Registry::open(store.database())?);
     let supervisor =
         supervisor::Supervisor::new(options.data.clone(), Arc::clone(&store), options.events);
     let listener = tokio::net::TcpListener::bind(options.listen)
@@ -82,6 +87,7 @@ pub async fn serve(
         store: Arc::clone(&store),
         supervisor: Arc::clone(&supervisor),
         token: options.token.map(Arc::from),
+        registry,
     });
     tracing::info!(%addr, data = %options.data.display(), "serving");
     ready(addr);

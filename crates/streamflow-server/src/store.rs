@@ -3,6 +3,7 @@
 //! change one transaction.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -111,9 +112,9 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The record, in `<data>/flows.redb`.
+/// The record, in `<data>/flows.redb` (which the schema registry shares).
 pub struct FlowStore {
-    db: Database,
+    db: Arc<Database>,
 }
 
 impl FlowStore {
@@ -124,7 +125,12 @@ impl FlowStore {
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(db)?;
         let db = Database::create(dir.join("flows.redb")).map_err(db)?;
-        Ok(Self { db })
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// The database, for other parts of the server to keep their tables in.
+    pub fn database(&self) -> Arc<Database> {
+        Arc::clone(&self.db)
     }
 
     /// Every flow, by name.

@@ -17,13 +17,13 @@ pub struct Connection {
         default_value = "http://127.0.0.1:7070",
         global = true
     )]
-    server: String,
+    pub(crate) server: String,
     /// Bearer token.
     #[arg(long, env = "STREAMFLOW_TOKEN", hide_env_values = true, global = true)]
-    token: Option<String>,
+    pub(crate) token: Option<String>,
     /// Print the server's JSON answer instead of a table.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 /// What to do with the server's flows.
@@ -117,7 +117,7 @@ pub fn run(connection: Connection, action: FlowsAction) -> anyhow::Result<ExitCo
 }
 
 /// An answer: the status and the body (JSON, or text as a JSON string).
-async fn call(
+pub(crate) async fn call(
     connection: &Connection,
     method: reqwest::Method,
     path: &str,
@@ -218,20 +218,7 @@ async fn execute(c: Connection, action: FlowsAction) -> anyhow::Result<ExitCode>
         }
     };
     if !status.is_success() {
-        let message = answer
-            .get("error")
-            .and_then(Value::as_str)
-            .map_or_else(|| answer.to_string(), str::to_string);
-        eprintln!("error: {message} ({status})");
-        for line in answer
-            .get("errors")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-        {
-            eprintln!("  {line}");
-        }
+        report_failure(status, &answer);
         return Ok(ExitCode::FAILURE);
     }
     if c.json {
@@ -242,7 +229,27 @@ async fn execute(c: Connection, action: FlowsAction) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-fn text(v: &Value, key: &str) -> String {
+/// Prints a failed answer: its message (`error` of the flow API,
+/// `message` of the registry API) and any listed problems.
+pub(crate) fn report_failure(status: reqwest::StatusCode, answer: &Value) {
+    let message = answer
+        .get("error")
+        .or_else(|| answer.get("message"))
+        .and_then(Value::as_str)
+        .map_or_else(|| answer.to_string(), str::to_string);
+    eprintln!("error: {message} ({status})");
+    for line in answer
+        .get("errors")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
+        eprintln!("  {line}");
+    }
+}
+
+pub(crate) fn text(v: &Value, key: &str) -> String {
     match v.get(key) {
         None | Some(Value::Null) => "-".into(),
         Some(Value::String(s)) => s.clone(),

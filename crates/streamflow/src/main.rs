@@ -2,6 +2,7 @@
 #![allow(clippy::print_stdout)] // the CLI layer is where output is printed
 
 mod flows;
+mod schemas;
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -112,6 +113,14 @@ enum Command {
         connection: flows::Connection,
         #[command(subcommand)]
         action: flows::FlowsAction,
+    },
+    /// Talk to a schema registry: `streamflow serve`'s, or any speaking the
+    /// Confluent Schema Registry API (`--server URL`).
+    Schemas {
+        #[command(flatten)]
+        connection: flows::Connection,
+        #[command(subcommand)]
+        action: schemas::SchemasAction,
     },
     /// Benchmarks.
     Bench {
@@ -277,6 +286,7 @@ fn main() -> ExitCode {
             events,
         }),
         Command::Flows { connection, action } => flows::run(connection, action),
+        Command::Schemas { connection, action } => schemas::run(connection, action),
         Command::Bench {
             suite:
                 BenchSuite::Nexmark {
