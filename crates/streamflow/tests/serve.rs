@@ -5,129 +5,13 @@
 
 mod common;
 
+use common::server::Server;
+
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-
-/// A running `streamflow serve`, killed when dropped.
-struct Server {
-    child: Child,
-    url: String,
-    /// Everything the server printed on stderr so far.
-    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Server {
-    fn start(data: &Path, extra: &[&str]) -> Self {
-        let mut child = common::streamflow()
-            .args([
-                "serve",
-                "--data",
-                &data.to_string_lossy(),
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn serve");
-        let lines = common::lines_of(child.stderr.take().expect("stderr"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let url = loop {
-            let line = lines
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .expect("the server says where it listens");
-            if let Some(url) = line.strip_prefix("listening on ") {
-                break url.trim().to_string();
-            }
-        };
-        // Keep draining stderr so the server never blocks on it.
-        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let kept = std::sync::Arc::clone(&log);
-        std::thread::spawn(move || {
-            while let Ok(line) = lines.recv() {
-                kept.lock().expect("log").push(line);
-            }
-        });
-        Self { child, url, log }
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// One request; the status and the JSON (or text) answer.
-    fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-        headers: &[(&str, &str)],
-    ) -> (u16, Value) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-            let mut request = reqwest::Client::new().request(method, format!("{}{path}", self.url));
-            for (k, v) in headers {
-                request = request.header(*k, *v);
-            }
-            match body {
-                // Text goes as YAML.
-                Some(Value::String(text)) => {
-                    request = request
-                        .header("Content-Type", "application/yaml")
-                        .body(text.clone());
-                }
-                Some(b) => request = request.json(b),
-                None => {}
-            }
-            let response = request.send().await.expect("request");
-            let status = response.status().as_u16();
-            let text = response.text().await.expect("body");
-            (
-                status,
-                serde_json::from_str(&text).unwrap_or(Value::String(text)),
-            )
-        })
-    }
-
-    /// `streamflow flows <args> --json` against this server.
-    fn cli(&self, args: &[&str]) -> std::process::Output {
-        common::streamflow()
-            .arg("flows")
-            .args(args)
-            .args(["--server", &self.url])
-            .output()
-            .expect("flows")
-    }
-
-    /// Waits until `name`'s status satisfies `done`; returns it.
-    fn wait_status(&self, name: &str, done: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let (code, status) = self.call("GET", &format!("/v1/flows/{name}/status"), None, &[]);
-            assert_eq!(code, 200, "{status}");
-            if done(&status) {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "timed out; last status {status}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// A streaming flow: a slow generator into an exactly-once file, checkpointed.
 fn streaming_flow(name: &str, out: &Path, filter: &str) -> Value {
