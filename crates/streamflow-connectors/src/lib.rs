@@ -3,12 +3,7 @@
 
 pub mod message;
 pub mod registry;
-#[cfg(any(
-    feature = "redis",
-    feature = "postgres",
-    feature = "nats",
-    feature = "kafka"
-))]
+pub mod schema_registry;
 mod server;
 pub mod sinks;
 pub mod sources;

@@ -82,6 +82,11 @@ pub async fn serve(
         addr: options.listen,
         source,
     })?;
+    // Flows that name no schema registry use this server's.
+    streamflow_connectors::schema_registry::set_default(
+        format!("http://{addr}"),
+        options.token.clone(),
+    );
     supervisor.restore().await?;
     let app = api::router(api::Api {
         store: Arc::clone(&store),

@@ -9,6 +9,8 @@ use clap::Subcommand;
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use streamflow_connectors::schema_registry::segment;
+
 use crate::flows::{Connection, call, report_failure, text};
 
 /// What to do with the registry's schemas.
@@ -103,18 +105,6 @@ fn request_of(file: &Path, given: Option<&str>) -> anyhow::Result<Value> {
     let schema =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     Ok(json!({"schema": schema, "schemaType": format_of(file, given)?}))
-}
-
-/// A path segment, percent-encoded.
-fn segment(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 async fn execute(c: Connection, action: SchemasAction) -> anyhow::Result<ExitCode> {

@@ -9,24 +9,9 @@ use std::process::Command;
 use common::server::Server;
 use serde_json::{Value, json};
 
-/// The Python with confluent-kafka that `.ci/run` installs.
-fn python() -> String {
-    let path = std::env::var("STREAMFLOW_PYTHON").unwrap_or_else(|_| {
-        format!(
-            "{}/.cache/streamflow/pyenv/bin/python",
-            std::env::var("HOME").unwrap_or_default()
-        )
-    });
-    assert!(
-        std::path::Path::new(&path).exists(),
-        "{path} is missing: .ci/run installs it (a venv with confluent-kafka[avro,schemaregistry])"
-    );
-    path
-}
-
 fn client_script(args: &[&str]) -> Value {
     let script = common::root().join("crates/streamflow/tests/python/registry_client.py");
-    let out = Command::new(python())
+    let out = Command::new(common::python())
         .arg(script)
         .args(args)
         .output()

@@ -49,6 +49,12 @@ pub struct KafkaSinkConfig {
     /// Message format.
     #[serde(default)]
     pub format: MessageFormat,
+    /// `avro`: `{subject}` the rows' schema is registered under (default
+    /// `<topic>-value`).
+    pub schema: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Schema registry of `avro` (default: `STREAMFLOW_REGISTRY`, or the
+    /// server the flow runs in).
+    pub registry: Option<String>,
     /// Column whose value (as text) is each record's key.
     pub key: Option<String>,
     /// Prefix of the transactional ids (default `streamflow-<topic>-<sink name>`).
@@ -83,7 +89,14 @@ pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagno
             )
         })?),
     };
-    let encoder = MessageEncoder::new(config.format, &ctx.input).map_err(|m| fail("format", m))?;
+    let encoder = MessageEncoder::new(&crate::message::EncoderSource {
+        format: config.format,
+        input: &ctx.input,
+        declared: config.schema.as_ref(),
+        registry: config.registry.as_deref(),
+        default_subject: format!("{}-value", config.topic),
+    })
+    .map_err(|m| fail("format", m))?;
     Ok(Arc::new(KafkaSinkFactory {
         transactional_id: config
             .transactional_id
@@ -355,7 +368,7 @@ impl Sink for KafkaSink {
 
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         self.delivery_failure()?;
-        let messages = self.encoder.encode(&batch)?;
+        let messages = self.encoder.encode(&batch).await?;
         let keys = match self.key {
             None => None,
             Some(i) => {

@@ -43,6 +43,12 @@ pub struct NatsSinkConfig {
     /// Message format.
     #[serde(default)]
     pub format: MessageFormat,
+    /// `avro`: `{subject}` the rows' schema is registered under (default
+    /// `<topic>-value`).
+    pub schema: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Schema registry of `avro` (default: `STREAMFLOW_REGISTRY`, or the
+    /// server the flow runs in).
+    pub registry: Option<String>,
 }
 
 /// Publish acknowledgements awaited at once.
@@ -54,7 +60,14 @@ pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagno
     if config.create && config.stream.is_none() {
         return Err(fail("stream", "create needs the stream's name".into()));
     }
-    let encoder = MessageEncoder::new(config.format, &ctx.input).map_err(|m| fail("format", m))?;
+    let encoder = MessageEncoder::new(&crate::message::EncoderSource {
+        format: config.format,
+        input: &ctx.input,
+        declared: config.schema.as_ref(),
+        registry: config.registry.as_deref(),
+        default_subject: format!("{}-value", config.subject),
+    })
+    .map_err(|m| fail("format", m))?;
     Ok(Arc::new(NatsSinkFactory {
         name: ctx.name.to_string(),
         config: Arc::new(config),
@@ -162,7 +175,7 @@ impl Sink for NatsSink {
     }
 
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        let messages = self.encoder.encode(&batch)?;
+        let messages = self.encoder.encode(&batch).await?;
         let Some(js) = self.js.clone() else {
             return Err(self.err("publishing", "not connected"));
         };

@@ -38,6 +38,12 @@ pub struct RedisSinkConfig {
     /// Message format.
     #[serde(default)]
     pub format: MessageFormat,
+    /// `avro`: `{subject}` the rows' schema is registered under (default
+    /// `<topic>-value`).
+    pub schema: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Schema registry of `avro` (default: `STREAMFLOW_REGISTRY`, or the
+    /// server the flow runs in).
+    pub registry: Option<String>,
     /// The entry field holding the message.
     #[serde(default = "default_field")]
     pub field: String,
@@ -96,7 +102,14 @@ pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagno
     let config: RedisSinkConfig = ctx.config()?;
     let fail = |k: &str, m: String| Diagnostics::from(Diagnostic::new(ctx.at(k), m));
     config.endpoint.client().map_err(|m| fail("url", m))?;
-    let encoder = MessageEncoder::new(config.format, &ctx.input).map_err(|m| fail("format", m))?;
+    let encoder = MessageEncoder::new(&crate::message::EncoderSource {
+        format: config.format,
+        input: &ctx.input,
+        declared: config.schema.as_ref(),
+        registry: config.registry.as_deref(),
+        default_subject: format!("{}-value", config.stream),
+    })
+    .map_err(|m| fail("format", m))?;
     Ok(Arc::new(RedisSinkFactory {
         state: config
             .state_key
@@ -232,7 +245,7 @@ impl Sink for RedisSink {
     }
 
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
-        let messages = self.encoder.encode(&batch)?;
+        let messages = self.encoder.encode(&batch).await?;
         let mut conn = self.connection().await?;
         for chunk in messages.chunks(ROWS_PER_CALL) {
             if self.checkpointing {

@@ -137,6 +137,9 @@ pub struct KafkaSourceConfig {
     /// Declared schema (json, csv), column → type; json is inferred from
     /// the topic's first 200 messages when absent.
     pub schema: Option<Map<String, Value>>,
+    /// Schema registry of `avro` messages (default: `STREAMFLOW_REGISTRY`,
+    /// or the server the flow runs in).
+    pub registry: Option<String>,
     /// Where a partition without a committed offset starts.
     #[serde(default)]
     pub start: Start,
@@ -166,12 +169,21 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
         .clone()
         .unwrap_or_else(|| format!("streamflow-{}", ctx.name));
     let values = crate::message::value_schema(
-        config.format,
-        config.schema.as_ref(),
-        &ctx.at("schema"),
+        &crate::message::ValueSource {
+            format: config.format,
+            declared: config.schema.as_ref(),
+            registry: config.registry.as_deref(),
+            default_subject: format!("{}-value", config.topic),
+            at: ctx.at("schema"),
+        },
         || infer(&config, &group).map_err(|m| fail("topic", m)),
     )?;
-    let mut fields: Vec<Field> = values.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = values
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     fields.push(Field::new("_key", DataType::Utf8, true));
     fields.push(Field::new("_partition", DataType::Int32, false));
     fields.push(Field::new("_offset", DataType::Int64, false));
@@ -182,7 +194,7 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
     ));
     Ok(Arc::new(KafkaSourceFactory {
         group,
-        values: Arc::new(values),
+        values,
         schema: Arc::new(Schema::new(fields)),
         config: Arc::new(config),
     }))
@@ -300,7 +312,7 @@ fn consumer_config(endpoint: &KafkaEndpoint, group: &str, eof: bool) -> Result<C
 struct KafkaSourceFactory {
     config: Arc<KafkaSourceConfig>,
     group: String,
-    values: SchemaRef,
+    values: crate::message::Values,
     schema: SchemaRef,
 }
 
@@ -317,7 +329,7 @@ impl SourceFactory for KafkaSourceFactory {
         Ok(Box::new(KafkaSource {
             config: Arc::clone(&self.config),
             group: self.group.clone(),
-            decoder: MessageDecoder::new(self.config.format, Arc::clone(&self.values)),
+            decoder: MessageDecoder::new(self.config.format, &self.values),
             schema: Arc::clone(&self.schema),
             instance,
             parallelism: parallelism.max(1),
@@ -532,13 +544,16 @@ impl Source for KafkaSource {
             .iter()
             .map(|m| m.payload().unwrap_or_default())
             .collect();
-        let decoded = self.decoder.decode(&payloads, |i| {
-            format!(
-                "{topic}/{}/{}",
-                messages[i].partition(),
-                messages[i].offset()
-            )
-        })?;
+        let decoded = self
+            .decoder
+            .decode(&payloads, |i| {
+                format!(
+                    "{topic}/{}/{}",
+                    messages[i].partition(),
+                    messages[i].offset()
+                )
+            })
+            .await?;
         let data = match decoded.batch {
             None => None,
             Some(values) => {

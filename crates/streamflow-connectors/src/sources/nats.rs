@@ -106,6 +106,9 @@ pub struct NatsSourceConfig {
     /// Declared schema (json, csv), column → type; json is inferred from
     /// the stream's first 200 messages when absent.
     pub schema: Option<Map<String, Value>>,
+    /// Schema registry of `avro` messages (default: `STREAMFLOW_REGISTRY`,
+    /// or the server the flow runs in).
+    pub registry: Option<String>,
     /// Where a new consumer starts.
     #[serde(default)]
     pub start: Start,
@@ -128,12 +131,21 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
         return Err(fail("batch_size", "must be positive".into()));
     }
     let values = crate::message::value_schema(
-        config.format,
-        config.schema.as_ref(),
-        &ctx.at("schema"),
+        &crate::message::ValueSource {
+            format: config.format,
+            declared: config.schema.as_ref(),
+            registry: config.registry.as_deref(),
+            default_subject: format!("{}-value", config.stream),
+            at: ctx.at("schema"),
+        },
         || infer(&config).map_err(|m| fail("stream", m)),
     )?;
-    let mut fields: Vec<Field> = values.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = values
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     fields.push(Field::new("_subject", DataType::Utf8, false));
     fields.push(Field::new("_sequence", DataType::Int64, false));
     fields.push(Field::new(
@@ -146,7 +158,7 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
             .consumer
             .clone()
             .unwrap_or_else(|| format!("streamflow-{}", ctx.name)),
-        values: Arc::new(values),
+        values,
         schema: Arc::new(Schema::new(fields)),
         config: Arc::new(config),
     }))
@@ -192,7 +204,7 @@ fn infer(config: &NatsSourceConfig) -> std::result::Result<Schema, String> {
 struct NatsSourceFactory {
     config: Arc<NatsSourceConfig>,
     consumer: String,
-    values: SchemaRef,
+    values: crate::message::Values,
     schema: SchemaRef,
 }
 
@@ -209,7 +221,7 @@ impl SourceFactory for NatsSourceFactory {
         Ok(Box::new(NatsSource {
             config: Arc::clone(&self.config),
             name: self.consumer.clone(),
-            decoder: MessageDecoder::new(self.config.format, Arc::clone(&self.values)),
+            decoder: MessageDecoder::new(self.config.format, &self.values),
             schema: Arc::clone(&self.schema),
             consumer: None,
             checkpointing: false,
@@ -377,7 +389,8 @@ impl Source for NatsSource {
         let payloads: Vec<&[u8]> = messages.iter().map(|(.., m)| m.payload.as_ref()).collect();
         let decoded = self
             .decoder
-            .decode(&payloads, |i| format!("{stream}/{}", messages[i].0))?;
+            .decode(&payloads, |i| format!("{stream}/{}", messages[i].0))
+            .await?;
         let data = match decoded.batch {
             None => None,
             Some(values) => {

@@ -111,6 +111,9 @@ pub struct RedisSourceConfig {
     /// Declared schema (json, csv), column → type; json is inferred from
     /// the stream's first entries when absent.
     pub schema: Option<Map<String, Value>>,
+    /// Schema registry of `avro` messages (default: `STREAMFLOW_REGISTRY`,
+    /// or the server the flow runs in).
+    pub registry: Option<String>,
     /// Where a new group starts.
     #[serde(default)]
     pub start: Start,
@@ -140,12 +143,21 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
     }
     config.endpoint.client().map_err(|m| fail("url", m))?;
     let values = crate::message::value_schema(
-        config.format,
-        config.schema.as_ref(),
-        &ctx.at("schema"),
+        &crate::message::ValueSource {
+            format: config.format,
+            declared: config.schema.as_ref(),
+            registry: config.registry.as_deref(),
+            default_subject: format!("{}-value", config.stream),
+            at: ctx.at("schema"),
+        },
         || infer(&config).map_err(|m| fail("stream", m)),
     )?;
-    let mut fields: Vec<Field> = values.fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = values
+        .schema
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     fields.push(Field::new("_id", DataType::Utf8, false));
     fields.push(Field::new(
         "_timestamp",
@@ -161,7 +173,7 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
             .consumer
             .clone()
             .unwrap_or_else(|| ctx.name.to_string()),
-        values: Arc::new(values),
+        values,
         schema: Arc::new(Schema::new(fields)),
         config: Arc::new(config),
     }))
@@ -254,7 +266,7 @@ struct RedisSourceFactory {
     config: Arc<RedisSourceConfig>,
     group: String,
     consumer: String,
-    values: SchemaRef,
+    values: crate::message::Values,
     schema: SchemaRef,
 }
 
@@ -272,7 +284,7 @@ impl SourceFactory for RedisSourceFactory {
             config: Arc::clone(&self.config),
             group: self.group.clone(),
             consumer: format!("{}-{instance}", self.consumer),
-            decoder: MessageDecoder::new(self.config.format, Arc::clone(&self.values)),
+            decoder: MessageDecoder::new(self.config.format, &self.values),
             schema: Arc::clone(&self.schema),
             conn: None,
             checkpointing: false,
@@ -473,7 +485,8 @@ impl Source for RedisSource {
         let stream = self.config.stream.clone();
         let decoded = self
             .decoder
-            .decode(&messages, |i| format!("{stream}/{}", entries[kept[i]].id))?;
+            .decode(&messages, |i| format!("{stream}/{}", entries[kept[i]].id))
+            .await?;
         dead_letters.extend(decoded.dead_letters);
         // In entry order (the file column holds `stream/id`).
         dead_letters.sort_by_key(|d| {

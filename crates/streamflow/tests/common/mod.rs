@@ -154,3 +154,18 @@ pub fn assert_each_once(ids: &[i64], n: i64) {
     assert_eq!((missing, doubled), (0, 0), "every row exactly once");
     assert_eq!(counts.len(), n as usize, "no other rows");
 }
+
+/// The Python with confluent-kafka that `.ci/run` installs.
+pub fn python() -> String {
+    let path = std::env::var("STREAMFLOW_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/streamflow/pyenv/bin/python",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "{path} is missing: .ci/run installs it (a venv with confluent-kafka[avro,schemaregistry])"
+    );
+    path
+}

@@ -2,9 +2,12 @@
 //! row, and one row becomes one message.
 //!
 //! `json` (one object per message, into a declared or inferred schema),
-//! `csv` (one record per message) and `string`/`bytes` (the whole message in
-//! one column, `value`). Undecodable messages become dead letters carrying
-//! the message's position. Schema-registry formats plug in here.
+//! `csv` (one record per message), `string`/`bytes` (the whole message in
+//! one column, `value`) and `avro` (the Confluent wire format, against a
+//! schema registry: [`avro`]). Undecodable messages become dead letters
+//! carrying the message's position.
+
+pub mod avro;
 
 use std::sync::Arc;
 
@@ -29,6 +32,8 @@ pub enum MessageFormat {
     String,
     /// The message's bytes, in column `value`.
     Bytes,
+    /// Avro in the Confluent wire format, read as a registry subject's schema.
+    Avro,
 }
 
 /// Where a new consumer (group) of a broker starts.
@@ -52,37 +57,101 @@ impl MessageFormat {
         let t = match self {
             MessageFormat::String => DataType::Utf8,
             MessageFormat::Bytes => DataType::Binary,
-            MessageFormat::Json | MessageFormat::Csv => return None,
+            MessageFormat::Json | MessageFormat::Csv | MessageFormat::Avro => return None,
         };
         Some(Schema::new(vec![Field::new(VALUE, t, true)]))
     }
 }
 
-/// The schema of a source's messages: fixed for `string`/`bytes`, else
-/// declared (`declared`, at path `at`), else inferred (`json` only).
+/// What a source's messages decode into: the columns, and for `avro` the
+/// schema read from the registry.
+#[derive(Debug, Clone)]
+pub struct Values {
+    /// The message columns.
+    pub schema: SchemaRef,
+    /// The reader schema of `avro` messages.
+    pub avro: Option<Arc<avro::AvroPlan>>,
+}
+
+/// Where a source's message schema comes from.
+pub(crate) struct ValueSource<'a> {
+    /// The format.
+    pub(crate) format: MessageFormat,
+    /// `schema:` as declared: columns (json, csv) or `{subject, version}` (avro).
+    pub(crate) declared: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    /// `registry:` (avro).
+    pub(crate) registry: Option<&'a str>,
+    /// The subject read when `avro` names none (`<topic>-value`).
+    pub(crate) default_subject: String,
+    /// The path of `schema` in the flow file.
+    pub(crate) at: String,
+}
+
+/// The schema of a source's messages: fixed for `string`/`bytes`, the
+/// registry subject's for `avro`, else declared, else inferred (`json` only).
 ///
 /// # Errors
 /// A schema declared for a fixed format, a bad declaration, `csv` without
-/// one, or what `infer` reports.
+/// one, an unusable registry subject, or what `infer` reports.
 pub(crate) fn value_schema(
-    format: MessageFormat,
-    declared: Option<&serde_json::Map<String, serde_json::Value>>,
-    at: &str,
+    source: &ValueSource<'_>,
     infer: impl FnOnce() -> std::result::Result<Schema, streamflow_core::Diagnostics>,
-) -> std::result::Result<Schema, streamflow_core::Diagnostics> {
+) -> std::result::Result<Values, streamflow_core::Diagnostics> {
+    let (format, declared, at) = (source.format, source.declared, source.at.as_str());
     let fail = |m: String| {
         streamflow_core::Diagnostics::from(streamflow_core::Diagnostic::new(at.to_string(), m))
     };
+    let plain = |schema: Schema| Values {
+        schema: Arc::new(schema),
+        avro: None,
+    };
+    if format == MessageFormat::Avro {
+        let (subject, version) = match declared {
+            None => (source.default_subject.clone(), None),
+            Some(d) => {
+                if let Some(k) = d
+                    .keys()
+                    .find(|k| !["subject", "version"].contains(&k.as_str()))
+                {
+                    return Err(fail(format!(
+                        "an avro schema is {{subject, version}} of a registry subject (got '{k}')"
+                    )));
+                }
+                let subject = match d.get("subject") {
+                    None => source.default_subject.clone(),
+                    Some(s) => s
+                        .as_str()
+                        .ok_or_else(|| fail("subject must be a string".into()))?
+                        .to_string(),
+                };
+                let version = match d.get("version") {
+                    None => None,
+                    Some(v) => Some(
+                        v.as_u64()
+                            .and_then(|v| u32::try_from(v).ok())
+                            .filter(|v| *v > 0)
+                            .ok_or_else(|| fail("version must be a positive integer".into()))?,
+                    ),
+                };
+                (subject, version)
+            }
+        };
+        let plan = avro::AvroPlan::plan(source.registry, &subject, version).map_err(fail)?;
+        return Ok(Values {
+            schema: Arc::new(plan.schema()),
+            avro: Some(Arc::new(plan)),
+        });
+    }
     match (format.fixed_schema(), declared) {
-        (Some(fixed), None) => Ok(fixed),
+        (Some(fixed), None) => Ok(plain(fixed)),
         (Some(_), Some(_)) => Err(fail(format!(
             "format {format:?} has a fixed schema (column {VALUE})"
         ))),
-        (None, Some(declared)) => crate::sources::file::declared_schema(declared, at),
+        (None, Some(declared)) => crate::sources::file::declared_schema(declared, at).map(plain),
         (None, None) if format == MessageFormat::Csv => {
             Err(fail("csv messages need a declared schema".into()))
         }
-        (None, None) => infer(),
+        (None, None) => infer().map(plain),
     }
 }
 
@@ -118,31 +187,34 @@ pub(crate) struct Decoded {
 }
 
 /// Decodes messages of one format into one schema.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct MessageDecoder {
     format: MessageFormat,
     schema: SchemaRef,
     lines: Option<LineDecoder>,
+    avro: Option<avro::AvroDecoder>,
 }
 
 impl MessageDecoder {
-    pub(crate) fn new(format: MessageFormat, schema: SchemaRef) -> Self {
+    pub(crate) fn new(format: MessageFormat, values: &Values) -> Self {
+        let schema = Arc::clone(&values.schema);
         let lines = match format {
             MessageFormat::Json => Some(TextFormat::Jsonl),
             MessageFormat::Csv => Some(TextFormat::Csv),
-            MessageFormat::String | MessageFormat::Bytes => None,
+            MessageFormat::String | MessageFormat::Bytes | MessageFormat::Avro => None,
         }
         .map(|f| LineDecoder::new(Arc::clone(&schema), f, b','));
         Self {
             format,
             schema,
             lines,
+            avro: values.avro.clone().map(avro::AvroDecoder::new),
         }
     }
 
     /// Decodes `messages`; a bad one becomes a dead letter whose `file` is
     /// `position(index)`.
-    pub(crate) fn decode(
+    pub(crate) async fn decode(
         &mut self,
         messages: &[&[u8]],
         position: impl Fn(usize) -> String,
@@ -154,6 +226,12 @@ impl MessageDecoder {
             error,
         };
         match self.format {
+            MessageFormat::Avro => {
+                let Some(avro) = self.avro.as_mut() else {
+                    return Err(Error::Other("avro messages without a reader schema".into()));
+                };
+                avro.decode(messages, dead).await
+            }
             MessageFormat::Bytes => {
                 let array = BinaryArray::from_iter_values(messages.iter());
                 self.one_column(Arc::new(array), (0..messages.len()).collect(), Vec::new())
@@ -240,12 +318,50 @@ impl MessageDecoder {
 #[derive(Debug, Clone)]
 pub(crate) struct MessageEncoder {
     format: MessageFormat,
+    avro: Option<avro::AvroEncoder>,
+}
+
+/// What a sink's messages are written as.
+pub(crate) struct EncoderSource<'a> {
+    /// The format.
+    pub(crate) format: MessageFormat,
+    /// The rows written.
+    pub(crate) input: &'a Schema,
+    /// `schema: {subject}` (avro).
+    pub(crate) declared: Option<&'a serde_json::Map<String, serde_json::Value>>,
+    /// `registry:` (avro).
+    pub(crate) registry: Option<&'a str>,
+    /// The subject written when `avro` names none (`<topic>-value`).
+    pub(crate) default_subject: String,
 }
 
 impl MessageEncoder {
     /// An encoder of rows of `schema`; `string`/`bytes` need a `value`
-    /// column of that type.
-    pub(crate) fn new(format: MessageFormat, schema: &Schema) -> std::result::Result<Self, String> {
+    /// column of that type; `avro` checks its schema against the registry.
+    pub(crate) fn new(target: &EncoderSource<'_>) -> std::result::Result<Self, String> {
+        let (format, schema) = (target.format, target.input);
+        if format == MessageFormat::Avro {
+            let subject = match target.declared {
+                None => target.default_subject.clone(),
+                Some(d) => match (
+                    d.get("subject").and_then(serde_json::Value::as_str),
+                    d.len(),
+                ) {
+                    (Some(s), 1) => s.to_string(),
+                    _ => return Err("an avro sink's schema is {subject: NAME}".into()),
+                },
+            };
+            let plan = avro::AvroSinkPlan::plan(target.registry, &subject, schema)?;
+            return Ok(Self {
+                format,
+                avro: Some(avro::AvroEncoder::new(Arc::new(plan))),
+            });
+        }
+        if target.declared.is_some() {
+            return Err(format!(
+                "format {format:?} takes no schema (it is the input's)"
+            ));
+        }
         if let Some(fixed) = format.fixed_schema() {
             let want = fixed.field(0).data_type();
             match schema.field_with_name(VALUE) {
@@ -263,13 +379,17 @@ impl MessageEncoder {
                 }
             }
         }
-        Ok(Self { format })
+        Ok(Self { format, avro: None })
     }
 
     /// One message per row of `batch`.
-    pub(crate) fn encode(&self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
+    pub(crate) async fn encode(&mut self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         let err = |e| Error::arrow("encoding messages", e);
         match self.format {
+            MessageFormat::Avro => match self.avro.as_mut() {
+                Some(avro) => avro.encode(batch).await,
+                None => Err(Error::Other("avro rows without a schema".into())),
+            },
             MessageFormat::Json | MessageFormat::Csv => {
                 let mut out = Vec::new();
                 if self.format == MessageFormat::Json {
@@ -318,20 +438,31 @@ mod tests {
     use super::*;
     use arrow::array::Int64Array;
 
+    fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
     #[test]
     fn json_messages_round_trip_and_bad_ones_keep_their_position() {
         let schema = Arc::new(Schema::new(vec![
             Field::new("a", DataType::Int64, true),
             Field::new("b", DataType::Utf8, true),
         ]));
-        let mut d = MessageDecoder::new(MessageFormat::Json, Arc::clone(&schema));
+        let values = Values {
+            schema: Arc::clone(&schema),
+            avro: None,
+        };
+        let mut d = MessageDecoder::new(MessageFormat::Json, &values);
         let messages: Vec<&[u8]> = vec![
             b"{\"a\": 1,\n \"b\": \"x\"}",
             b"{\"a\": ",
             b"",
             b"{\"a\": 4, \"b\": \"y\"}",
         ];
-        let out = d.decode(&messages, |i| format!("s/{i}")).expect("decodes");
+        let out = block_on(d.decode(&messages, |i| format!("s/{i}"))).expect("decodes");
         assert_eq!(out.rows, vec![0, 3]);
         let files: Vec<_> = out
             .dead_letters
@@ -346,27 +477,29 @@ mod tests {
             .downcast_ref::<Int64Array>()
             .expect("i64");
         assert_eq!(a.values().to_vec(), vec![1, 4]);
-        let encoded = MessageEncoder::new(MessageFormat::Json, &schema)
-            .expect("encoder")
-            .encode(&batch)
-            .expect("encodes");
+        let mut encoder = MessageEncoder::new(&EncoderSource {
+            format: MessageFormat::Json,
+            input: &schema,
+            declared: None,
+            registry: None,
+            default_subject: String::new(),
+        })
+        .expect("encoder");
+        let encoded = block_on(encoder.encode(&batch)).expect("encodes");
         assert_eq!(encoded[0], b"{\"a\":1,\"b\":\"x\"}".to_vec());
-        let again = d
-            .decode(
-                &encoded.iter().map(Vec::as_slice).collect::<Vec<_>>(),
-                |i| i.to_string(),
-            )
-            .expect("decodes");
+        let encoded: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
+        let again = block_on(d.decode(&encoded, |i| i.to_string())).expect("decodes");
         assert_eq!(again.batch.expect("rows"), batch);
     }
 
     #[test]
     fn string_messages_reject_invalid_utf8() {
-        let schema = Arc::new(MessageFormat::String.fixed_schema().expect("fixed"));
-        let mut d = MessageDecoder::new(MessageFormat::String, schema);
-        let out = d
-            .decode(&[b"ok", b"\xff"], |i| i.to_string())
-            .expect("decodes");
+        let values = Values {
+            schema: Arc::new(MessageFormat::String.fixed_schema().expect("fixed")),
+            avro: None,
+        };
+        let mut d = MessageDecoder::new(MessageFormat::String, &values);
+        let out = block_on(d.decode(&[b"ok", b"\xff"], |i| i.to_string())).expect("decodes");
         assert_eq!(out.rows, vec![0]);
         assert_eq!(out.dead_letters.len(), 1);
     }

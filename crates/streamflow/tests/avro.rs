@@ -1,0 +1,140 @@
+//! Avro end to end: a third-party producer (confluent-kafka-python's
+//! `AvroSerializer`) writes bids to Kafka, registering its schema in
+//! `streamflow serve`'s registry and evolving it mid-stream; a flow reads
+//! them in the Confluent wire format, windows them and writes Avro that
+//! confluent-kafka-python's `AvroDeserializer` reads back.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Command;
+
+use common::server::Server;
+use serde_json::Value;
+
+fn brokers() -> String {
+    std::env::var("STREAMFLOW_KAFKA_BROKERS").unwrap_or_else(|_| "127.0.0.1:19092".into())
+}
+
+/// Runs `avro_kafka.py args…`; its stdout lines.
+fn python(args: &[&str]) -> Vec<String> {
+    let script = common::root().join("crates/streamflow/tests/python/avro_kafka.py");
+    let out = Command::new(common::python())
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "avro_kafka.py {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn avro_from_a_third_party_producer_through_a_window_and_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let server = Server::start(&d.join("data"), &[]);
+    let (input, output) = (common::unique("avro-bids"), common::unique("avro-volume"));
+    let (n1, n2) = (600, 400);
+    python(&[
+        "produce",
+        &server.url,
+        &brokers(),
+        &input,
+        &n1.to_string(),
+        &n2.to_string(),
+    ]);
+    // The producer registered v1 then v2 (a field with a default) under <topic>-value.
+    let (_, versions) = server.call(
+        "GET",
+        &format!("/subjects/{input}-value/versions"),
+        None,
+        &[],
+    );
+    assert_eq!(versions, serde_json::json!([1, 2]));
+
+    // The flow reads version 1 (the consumer's schema) and so takes v2's
+    // records too, without `channel`.
+    let flow = format!(
+        r#"name: avro-window
+mode: job
+sources:
+  - name: bids
+    type: kafka
+    dlq: bad
+    config: {{brokers: "{brokers}", topic: {input}, format: avro, registry: "{url}", schema: {{version: 1}}, bounded: true}}
+    event_time: {{column: date_time}}
+stages:
+  - name: volume
+    type: window
+    input: bids
+    key_by: [auction]
+    window: {{kind: tumbling, size: 1s}}
+    aggregates: {{bids: "count(*)", volume: "sum(price)"}}
+  - name: plain
+    type: select
+    input: volume
+    select: {{auction: auction, bids: bids, volume: volume, window_start: "CAST(window_start AS BIGINT)"}}
+sinks:
+  - name: out
+    type: kafka
+    input: plain
+    config: {{brokers: "{brokers}", topic: {output}, format: avro, registry: "{url}", create: true}}
+  - {{name: bad, type: file, config: {{path: "{bad}"}}}}
+"#,
+        brokers = brokers(),
+        url = server.url,
+        bad = d.join("bad.jsonl").display(),
+    );
+    let file = common::write(d, "avro.yaml", &flow);
+    let out = common::run(&["run", &file]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+
+    // Two messages no reader can take, each with its reason.
+    let bad = common::read_jsonl(&d.join("bad.jsonl"));
+    let reasons: Vec<&str> = bad.iter().filter_map(|r| r["error"].as_str()).collect();
+    assert_eq!(reasons.len(), 2, "{bad:?}");
+    assert!(
+        reasons.iter().any(|r| r.contains("wire format")),
+        "{reasons:?}"
+    );
+    assert!(reasons.iter().any(|r| r.contains("999")), "{reasons:?}");
+
+    // Read back by Confluent's deserializer: the windows of all 1000 bids.
+    let rows: Vec<Value> = python(&["consume", &server.url, &brokers(), &output])
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("a JSON row"))
+        .collect();
+    let mut expected: BTreeMap<(i64, i64), (i64, i64)> = BTreeMap::new();
+    for i in 0..(n1 + n2) as i64 {
+        let t = 1_700_000_000_000 + i * 10;
+        let e = expected
+            .entry((i % 10, t - t.rem_euclid(1000)))
+            .or_default();
+        e.0 += 1;
+        e.1 += 100 + i;
+    }
+    let got: BTreeMap<(i64, i64), (i64, i64)> = rows
+        .iter()
+        .map(|r| {
+            let n = |k: &str| r[k].as_i64().unwrap_or_else(|| panic!("{k} in {r}"));
+            ((n("auction"), n("window_start")), (n("bids"), n("volume")))
+        })
+        .collect();
+    assert_eq!(got, expected);
+    // The sink registered its schema under <output>-value.
+    let (code, _) = server.call(
+        "GET",
+        &format!("/subjects/{output}-value/versions/1"),
+        None,
+        &[],
+    );
+    assert_eq!(code, 200);
+}

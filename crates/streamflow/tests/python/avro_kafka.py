@@ -1,0 +1,69 @@
+"""Third-party Avro producer and consumer for the end-to-end test, with
+confluent-kafka-python's own AvroSerializer / AvroDeserializer:
+
+    avro_kafka.py produce REGISTRY BROKERS TOPIC N1 N2
+        N1 bids with schema v1, then N2 with v2 (adds `channel` with a
+        default), then two messages no reader can take: plain bytes, and
+        the wire format with a schema id the registry does not have.
+    avro_kafka.py consume REGISTRY BROKERS TOPIC
+        every record of TOPIC, deserialized, one JSON object per line.
+"""
+
+import json
+import sys
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+mode, registry, brokers, topic = sys.argv[1:5]
+client = SchemaRegistryClient({"url": registry})
+
+FIELDS = [
+    {"name": "auction", "type": "long"},
+    {"name": "bidder", "type": "long"},
+    {"name": "price", "type": "long"},
+    {"name": "date_time", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+]
+
+
+def schema(fields):
+    return json.dumps({"type": "record", "name": "Bid", "namespace": "nexmark", "fields": fields})
+
+
+if mode == "produce":
+    n1, n2 = int(sys.argv[5]), int(sys.argv[6])
+    v1 = AvroSerializer(client, schema(FIELDS))
+    v2 = AvroSerializer(client, schema(FIELDS + [{"name": "channel", "type": "string", "default": "web"}]))
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    producer = Producer({"bootstrap.servers": brokers})
+    base = 1_700_000_000_000
+    for i in range(n1 + n2):
+        bid = {"auction": i % 10, "bidder": i, "price": 100 + i, "date_time": base + i * 10}
+        if i < n1:
+            value = v1(bid, ctx)
+        else:
+            value = v2(dict(bid, channel="app"), ctx)
+        producer.produce(topic, value=value, key=str(i))
+    producer.produce(topic, value=b"not avro at all")
+    producer.produce(topic, value=b"\x00\x00\x00\x03\xe7" + b"\x02")
+    assert producer.flush(30) == 0
+    print(json.dumps({"produced": n1 + n2 + 2}))
+elif mode == "consume":
+    deserializer = AvroDeserializer(client)
+    consumer = Consumer({"bootstrap.servers": brokers, "group.id": "avro-check",
+                         "auto.offset.reset": "earliest", "enable.partition.eof": True,
+                         "isolation.level": "read_committed"})
+    partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+    ended = set()
+    while len(ended) < len(partitions):
+        m = consumer.poll(10)
+        assert m is not None, "no message within 10 s"
+        if m.error():
+            ended.add(m.partition())
+            continue
+        row = deserializer(m.value(), SerializationContext(topic, MessageField.VALUE))
+        print(json.dumps(row, default=str))
+    consumer.close()
