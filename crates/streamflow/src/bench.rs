@@ -2,6 +2,8 @@
 //! (and the enrichment example), run on a blackhole sink with the generator
 //! included in the measurement; any flow over its files (`bench file`).
 
+pub mod avro;
+
 use std::time::Duration;
 
 use serde::Serialize;

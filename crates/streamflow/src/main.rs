@@ -206,6 +206,20 @@ enum BenchSuite {
         #[arg(long)]
         json: bool,
     },
+    /// Nexmark bids in the Confluent Avro wire format decoded by StreamFlow's
+    /// reader (into Arrow) or by apache-avro (into Values); the messages are
+    /// made first, untimed.
+    Avro {
+        /// Bids.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+        /// The decoder.
+        #[arg(long, value_enum, default_value_t = streamflow::bench::avro::AvroDecoderChoice::Streamflow)]
+        decoder: streamflow::bench::avro::AvroDecoderChoice,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// JSON-lines file → filter → blackhole (the file is written first, untimed).
     Jsonl {
         /// Bids in the file.
@@ -323,6 +337,14 @@ fn main() -> ExitCode {
                     json,
                 },
         } => bench_decode(&file, decoder, &columns, json),
+        Command::Bench {
+            suite:
+                BenchSuite::Avro {
+                    events,
+                    decoder,
+                    json,
+                },
+        } => bench_avro(events, decoder, json),
         Command::Bench {
             suite:
                 BenchSuite::Jsonl {
@@ -934,6 +956,27 @@ fn bench_decode(
             "{name}: {rows} lines ({bad} bad), {mb:.0} MiB in {seconds:.3}s = {:.2} M lines/s, {:.0} MiB/s",
             rows as f64 / seconds / 1e6,
             mb / seconds
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_avro(
+    events: u64,
+    decoder: streamflow::bench::avro::AvroDecoderChoice,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let r = streamflow::bench::avro::run(events, decoder)?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "{:?}: {} bids ({:.0} MiB) in {:.3}s, {:.2} M records per CPU second",
+            r.decoder,
+            r.records,
+            r.bytes as f64 / (1 << 20) as f64,
+            r.seconds,
+            r.records_per_cpu_sec.unwrap_or(f64::NAN) / 1e6
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -25,7 +25,8 @@ use crate::schema_registry::{RegistryClient, default_url};
 /// A source's Avro reading, as planned.
 #[derive(Debug)]
 pub struct AvroPlan {
-    client: RegistryClient,
+    /// Where writer ids met later are looked up (none: only the reader's id is known).
+    client: Option<RegistryClient>,
     /// The reader schema's registry id.
     reader_id: u32,
     /// The reader schema.
@@ -63,9 +64,25 @@ impl AvroPlan {
         let decoder = build(&fetched.schema, &writers, 1)
             .map_err(|e| format!("subject '{subject}': not a schema rows can be read with: {e}"))?;
         Ok(AvroPlan {
-            client,
+            client: Some(client),
             reader_id: fetched.id,
             reader: fetched.schema,
+            arrow: decoder.schema(),
+        })
+    }
+
+    /// Reads with `schema`, known by id `id`, and no registry: messages
+    /// written with any other schema id are dead letters.
+    ///
+    /// # Errors
+    /// A schema rows cannot be read with.
+    pub fn with_schema(id: u32, schema: &str) -> std::result::Result<AvroPlan, String> {
+        let writers = BTreeMap::from([(id, schema.to_string())]);
+        let decoder = build(schema, &writers, 1)?;
+        Ok(AvroPlan {
+            client: None,
+            reader_id: id,
+            reader: schema.to_string(),
             arrow: decoder.schema(),
         })
     }
@@ -150,11 +167,16 @@ impl AvroDecoder {
         new.sort_unstable();
         new.dedup();
         for id in new {
-            let fetched = self.plan.client.schema(id).await.map_err(Error::Other)?;
+            let Some(client) = self.plan.client.as_ref() else {
+                self.refused
+                    .insert(id, format!("schema id {id} is not known (no registry)"));
+                continue;
+            };
+            let fetched = client.schema(id).await.map_err(Error::Other)?;
             let why = match fetched {
                 None => Some(format!(
                     "schema id {id} is not in the registry at {}",
-                    self.plan.client.url()
+                    client.url()
                 )),
                 Some(f) if f.schema_type != "AVRO" => Some(format!(
                     "schema id {id} is a {} schema, not AVRO",
@@ -287,6 +309,42 @@ impl AvroDecoder {
                 Err(e) => return Ok(Err(e.to_string())),
             }
         }
+    }
+}
+
+/// Reads Avro messages in the Confluent wire format into Arrow rows, as
+/// `format: avro` sources do.
+#[derive(Debug)]
+pub struct AvroReader {
+    decoder: AvroDecoder,
+}
+
+impl AvroReader {
+    /// A reader of rows of `plan`'s schema.
+    pub fn new(plan: Arc<AvroPlan>) -> Self {
+        Self {
+            decoder: AvroDecoder::new(plan),
+        }
+    }
+
+    /// The rows of `messages`, and the messages that are not rows (with why).
+    ///
+    /// # Errors
+    /// The registry cannot be reached.
+    pub async fn read(
+        &mut self,
+        messages: &[&[u8]],
+    ) -> Result<(Option<RecordBatch>, Vec<DeadLetter>)> {
+        let out = self
+            .decoder
+            .decode(messages, |i, payload, error| DeadLetter {
+                file: Some(format!("message {i}")),
+                line: None,
+                payload: Some(String::from_utf8_lossy(payload).into_owned()),
+                error,
+            })
+            .await?;
+        Ok((out.batch, out.dead_letters))
     }
 }
 

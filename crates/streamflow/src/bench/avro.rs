@@ -1,0 +1,131 @@
+//! `streamflow bench avro`: decoding Nexmark bids in the Confluent Avro wire
+//! format — StreamFlow's reader (straight into Arrow columns, as `format:
+//! avro` sources do) against `apache-avro` decoding the same messages into
+//! its `Value`s. The messages are made first (untimed) from the Nexmark
+//! generator's bids, every field included.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, anyhow};
+use serde::Serialize;
+use streamflow_connectors::message::avro::{AvroPlan, AvroReader};
+use streamflow_connectors::sources::nexmark::{NexmarkConfig, NexmarkGenerator, NexmarkTable};
+
+/// The schema id the messages carry.
+const ID: u32 = 1;
+/// Messages per read, as a source hands them over.
+const CHUNK: usize = 8192;
+
+/// Which decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AvroDecoderChoice {
+    /// StreamFlow's reader: arrow-avro into Arrow columns.
+    Streamflow,
+    /// apache-avro's `GenericDatumReader` into `Value`s, one message at a time.
+    ApacheAvro,
+}
+
+/// What one run measured.
+#[derive(Debug, Serialize)]
+pub struct AvroBench {
+    /// The decoder.
+    pub decoder: AvroDecoderChoice,
+    /// Messages decoded.
+    pub records: u64,
+    /// Their bytes, framing included.
+    pub bytes: u64,
+    /// Wall-clock seconds of the decoding.
+    pub seconds: f64,
+    /// CPU seconds of the decoding.
+    pub cpu_seconds: Option<f64>,
+    /// Records per CPU second.
+    pub records_per_cpu_sec: Option<f64>,
+}
+
+/// Makes `events` bids as Confluent-framed messages and their schema.
+fn messages(events: u64) -> anyhow::Result<(String, Vec<Vec<u8>>)> {
+    let generator = NexmarkGenerator::new(NexmarkConfig {
+        events: Some(events),
+        table: NexmarkTable::Bid,
+        ..NexmarkConfig::default()
+    });
+    let schema = generator.schema();
+    let avro = arrow_avro::schema::AvroSchema::try_from(schema.as_ref())
+        .map_err(|e| anyhow!("the bid schema in Avro: {e}"))?;
+    let mut encoder = arrow_avro::writer::WriterBuilder::new(schema.as_ref().clone())
+        .with_fingerprint_strategy(arrow_avro::schema::FingerprintStrategy::Id(ID))
+        .build_encoder::<arrow_avro::writer::format::AvroSoeFormat>()
+        .map_err(|e| anyhow!("the encoder: {e}"))?;
+    let mut out = Vec::with_capacity(events as usize);
+    let mut at = 0;
+    while at < events {
+        let end = (at + CHUNK as u64).min(events);
+        let batch = generator
+            .generate(at..end)
+            .map_err(|e| anyhow!("generating bids: {e}"))?;
+        encoder
+            .encode(&batch)
+            .map_err(|e| anyhow!("encoding bids: {e}"))?;
+        out.extend(encoder.flush().iter().map(|row| row.to_vec()));
+        at = end;
+    }
+    Ok((avro.json_string, out))
+}
+
+/// Decodes `events` bids with `decoder`.
+///
+/// # Errors
+/// A message that does not decode (none should).
+pub fn run(events: u64, decoder: AvroDecoderChoice) -> anyhow::Result<AvroBench> {
+    let (schema, messages) = messages(events)?;
+    let bytes: u64 = messages.iter().map(|m| m.len() as u64).sum();
+    let cpu_before = super::cpu_seconds();
+    let started = Instant::now();
+    let records = match decoder {
+        AvroDecoderChoice::Streamflow => {
+            let plan = AvroPlan::with_schema(ID, &schema).map_err(|e| anyhow!(e))?;
+            let mut reader = AvroReader::new(Arc::new(plan));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .context("runtime")?;
+            let mut rows = 0u64;
+            for chunk in messages.chunks(CHUNK) {
+                let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+                let (batch, dead) = rt.block_on(reader.read(&refs)).map_err(|e| anyhow!(e))?;
+                if let Some(d) = dead.first() {
+                    return Err(anyhow!("a message did not decode: {}", d.error));
+                }
+                rows += batch.map_or(0, |b| b.num_rows() as u64);
+            }
+            rows
+        }
+        AvroDecoderChoice::ApacheAvro => {
+            let parsed = apache_avro::Schema::parse_str(&schema).context("the bid schema")?;
+            let reader = apache_avro::reader::datum::GenericDatumReader::builder(&parsed)
+                .build()
+                .context("the datum reader")?;
+            let mut rows = 0u64;
+            for m in &messages {
+                let mut body = &m[5..];
+                let value = reader
+                    .read_value(&mut body)
+                    .context("a message did not decode")?;
+                std::hint::black_box(value);
+                rows += 1;
+            }
+            rows
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let cpu = super::cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
+    Ok(AvroBench {
+        decoder,
+        records,
+        bytes,
+        seconds,
+        cpu_seconds: cpu,
+        records_per_cpu_sec: cpu.map(|c| records as f64 / c.max(1e-9)),
+    })
+}
