@@ -161,3 +161,96 @@ fn the_avro_bench_decodes_every_bid_with_both_decoders() {
     assert!(ours > 2000, "{ours}");
     assert_eq!(ours, records("apache-avro"));
 }
+
+/// JSON Schema in the Confluent wire format: a third-party producer's
+/// `JSONSerializer` records read as the subject's schema, summed per
+/// customer, written framed with a registered JSON Schema that
+/// `JSONDeserializer` validates and reads back.
+#[test]
+fn json_schema_records_from_a_third_party_producer_and_back() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let server = Server::start(&d.join("data"), &[]);
+    let (input, output) = (common::unique("json-orders"), common::unique("json-totals"));
+    let n = 700;
+    python(&[
+        "produce-json",
+        &server.url,
+        &brokers(),
+        &input,
+        &n.to_string(),
+    ]);
+    let flow = format!(
+        r#"name: json-registry
+mode: job
+sources:
+  - name: orders
+    type: kafka
+    dlq: bad
+    config: {{brokers: "{brokers}", topic: {input}, format: json, registry: "{url}", schema: {{subject: {input}-value}}, bounded: true}}
+stages:
+  - name: per_customer
+    type: aggregate
+    input: orders
+    key_by: [customer]
+    aggregates: {{orders: "count(*)", total: "sum(amount)"}}
+sinks:
+  - name: out
+    type: kafka
+    input: per_customer
+    config: {{brokers: "{brokers}", topic: {output}, format: json, registry: "{url}", schema: {{subject: {output}-value}}, create: true}}
+  - {{name: bad, type: file, config: {{path: "{bad}"}}}}
+"#,
+        brokers = brokers(),
+        url = server.url,
+        bad = d.join("bad.jsonl").display(),
+    );
+    let file = common::write(d, "json.yaml", &flow);
+    let out = common::run(&["run", &file]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let bad = common::read_jsonl(&d.join("bad.jsonl"));
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert!(
+        bad[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("wire format"),
+        "{bad:?}"
+    );
+
+    let rows: Vec<Value> = python(&["consume-json", &server.url, &brokers(), &output])
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("a JSON row"))
+        .collect();
+    // The aggregate's changelog: the last row per customer holds its totals.
+    let mut last: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+    for r in &rows {
+        let c = r["customer"].as_str().expect("customer").to_string();
+        last.insert(
+            c,
+            (
+                r["orders"].as_i64().expect("orders"),
+                r["total"].as_f64().expect("total"),
+            ),
+        );
+    }
+    let mut expected: BTreeMap<String, (i64, f64)> = BTreeMap::new();
+    for i in 0..n {
+        let e = expected.entry(format!("c{}", i % 7)).or_default();
+        e.0 += 1;
+        e.1 += f64::from(i) / 4.0;
+    }
+    assert_eq!(last.len(), expected.len());
+    for (c, (orders, total)) in &expected {
+        let (o, t) = last[c];
+        assert_eq!(o, *orders, "{c}");
+        assert!((t - total).abs() < 1e-6, "{c}: {t} vs {total}");
+    }
+    let (_, schema) = server.call(
+        "GET",
+        &format!("/subjects/{output}-value/versions/latest"),
+        None,
+        &[],
+    );
+    assert_eq!(schema["schemaType"], "JSON", "{schema}");
+}

@@ -8,6 +8,7 @@
 //! carrying the message's position.
 
 pub mod avro;
+pub mod json_schema;
 
 use std::sync::Arc;
 
@@ -71,6 +72,8 @@ pub struct Values {
     pub schema: SchemaRef,
     /// The reader schema of `avro` messages.
     pub avro: Option<Arc<avro::AvroPlan>>,
+    /// The registry subject of `json` messages in the Confluent wire format.
+    pub json: Option<Arc<json_schema::JsonSchemaPlan>>,
 }
 
 /// Where a source's message schema comes from.
@@ -104,7 +107,24 @@ pub(crate) fn value_schema(
     let plain = |schema: Schema| Values {
         schema: Arc::new(schema),
         avro: None,
+        json: None,
     };
+    // `json` with `schema: {subject, version?}` (not a column declaration):
+    // registry-framed JSON read as that subject's JSON Schema.
+    if format == MessageFormat::Json
+        && let Some(d) = declared
+        && let Some((subject, version)) = registry_subject(d)
+        && crate::sources::file::declared_schema(d, at).is_err()
+    {
+        let subject = subject.unwrap_or_else(|| source.default_subject.clone());
+        let plan =
+            json_schema::JsonSchemaPlan::plan(source.registry, &subject, version).map_err(fail)?;
+        return Ok(Values {
+            schema: Arc::new(plan.schema()),
+            avro: None,
+            json: Some(Arc::new(plan)),
+        });
+    }
     if format == MessageFormat::Avro {
         let (subject, version) = match declared {
             None => (source.default_subject.clone(), None),
@@ -140,6 +160,7 @@ pub(crate) fn value_schema(
         return Ok(Values {
             schema: Arc::new(plan.schema()),
             avro: Some(Arc::new(plan)),
+            json: None,
         });
     }
     match (format.fixed_schema(), declared) {
@@ -153,6 +174,28 @@ pub(crate) fn value_schema(
         }
         (None, None) => infer().map(plain),
     }
+}
+
+/// `{subject?, version?}`: the subject (when named) and version of a
+/// registry reference; `None` for other maps.
+fn registry_subject(
+    d: &serde_json::Map<String, serde_json::Value>,
+) -> Option<(Option<String>, Option<u32>)> {
+    if d.is_empty()
+        || d.keys()
+            .any(|k| !["subject", "version"].contains(&k.as_str()))
+    {
+        return None;
+    }
+    let subject = match d.get("subject") {
+        None => None,
+        Some(s) => Some(s.as_str()?.to_string()),
+    };
+    let version = match d.get("version") {
+        None => None,
+        Some(v) => Some(u32::try_from(v.as_u64()?).ok().filter(|v| *v > 0)?),
+    };
+    Some((subject, version))
 }
 
 /// Appends `message` to `chunk` as one line: newlines inside a message
@@ -193,6 +236,7 @@ pub(crate) struct MessageDecoder {
     schema: SchemaRef,
     lines: Option<LineDecoder>,
     avro: Option<avro::AvroDecoder>,
+    json: Option<Arc<json_schema::JsonSchemaPlan>>,
 }
 
 impl MessageDecoder {
@@ -209,6 +253,7 @@ impl MessageDecoder {
             schema,
             lines,
             avro: values.avro.clone().map(avro::AvroDecoder::new),
+            json: values.json.clone(),
         }
     }
 
@@ -257,6 +302,17 @@ impl MessageDecoder {
                 let mut chunk = Vec::with_capacity(messages.iter().map(|m| m.len() + 1).sum());
                 let mut lines = Vec::with_capacity(messages.len());
                 for (i, m) in messages.iter().enumerate() {
+                    // Registry-framed JSON: the document follows the framing.
+                    let m: &[u8] = match &self.json {
+                        None => m,
+                        Some(plan) => match plan.check_framing(m).await? {
+                            Ok(at) => &m[at..],
+                            Err(why) => {
+                                found.push((i, dead(i, m, why)));
+                                continue;
+                            }
+                        },
+                    };
                     if m.iter().all(u8::is_ascii_whitespace) {
                         found.push((i, dead(i, m, "empty message".into())));
                         continue;
@@ -319,6 +375,8 @@ impl MessageDecoder {
 pub(crate) struct MessageEncoder {
     format: MessageFormat,
     avro: Option<avro::AvroEncoder>,
+    /// Registry-framed JSON: the plan, and the prefix once registered.
+    json: Option<(Arc<json_schema::JsonSinkPlan>, Option<[u8; 5]>)>,
 }
 
 /// What a sink's messages are written as.
@@ -355,12 +413,26 @@ impl MessageEncoder {
             return Ok(Self {
                 format,
                 avro: Some(avro::AvroEncoder::new(Arc::new(plan))),
+                json: None,
             });
         }
-        if target.declared.is_some() {
-            return Err(format!(
-                "format {format:?} takes no schema (it is the input's)"
-            ));
+        if let Some(d) = target.declared {
+            let registered = (format == MessageFormat::Json)
+                .then(|| registry_subject(d))
+                .flatten()
+                .filter(|(_, version)| version.is_none());
+            let Some((subject, _)) = registered else {
+                return Err(format!(
+                    "format {format:?} takes no schema (json: {{subject}} to register its JSON Schema)"
+                ));
+            };
+            let subject = subject.unwrap_or_else(|| target.default_subject.clone());
+            let plan = json_schema::JsonSinkPlan::plan(target.registry, &subject, schema)?;
+            return Ok(Self {
+                format,
+                avro: None,
+                json: Some((Arc::new(plan), None)),
+            });
         }
         if let Some(fixed) = format.fixed_schema() {
             let want = fixed.field(0).data_type();
@@ -379,7 +451,11 @@ impl MessageEncoder {
                 }
             }
         }
-        Ok(Self { format, avro: None })
+        Ok(Self {
+            format,
+            avro: None,
+            json: None,
+        })
     }
 
     /// One message per row of `batch`.
@@ -402,10 +478,19 @@ impl MessageEncoder {
                         .build(&mut out);
                     w.write(batch).map_err(err)?;
                 }
+                let prefix: &[u8] = match self.json.as_mut() {
+                    None => &[],
+                    Some((plan, prefix)) => {
+                        if prefix.is_none() {
+                            *prefix = Some(plan.prefix().await?);
+                        }
+                        prefix.as_ref().map_or(&[], |p| p.as_slice())
+                    }
+                };
                 Ok(out
                     .split(|b| *b == b'\n')
                     .filter(|l| !l.is_empty())
-                    .map(<[u8]>::to_vec)
+                    .map(|l| [prefix, l].concat())
                     .collect())
             }
             MessageFormat::String => {
@@ -454,6 +539,7 @@ mod tests {
         let values = Values {
             schema: Arc::clone(&schema),
             avro: None,
+            json: None,
         };
         let mut d = MessageDecoder::new(MessageFormat::Json, &values);
         let messages: Vec<&[u8]> = vec![
@@ -497,6 +583,7 @@ mod tests {
         let values = Values {
             schema: Arc::new(MessageFormat::String.fixed_schema().expect("fixed")),
             avro: None,
+            json: None,
         };
         let mut d = MessageDecoder::new(MessageFormat::String, &values);
         let out = block_on(d.decode(&[b"ok", b"\xff"], |i| i.to_string())).expect("decodes");

@@ -7,6 +7,11 @@ confluent-kafka-python's own AvroSerializer / AvroDeserializer:
         the wire format with a schema id the registry does not have.
     avro_kafka.py consume REGISTRY BROKERS TOPIC
         every record of TOPIC, deserialized, one JSON object per line.
+    avro_kafka.py produce-json REGISTRY BROKERS TOPIC N
+        N orders with JSONSerializer (a JSON Schema), then one message that
+        is plain JSON without the framing.
+    avro_kafka.py consume-json REGISTRY BROKERS TOPIC
+        as `consume`, with JSONDeserializer (validating each record).
 """
 
 import json
@@ -15,6 +20,7 @@ import sys
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.schema_registry.json_schema import JSONDeserializer, JSONSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 mode, registry, brokers, topic = sys.argv[1:5]
@@ -50,8 +56,25 @@ if mode == "produce":
     producer.produce(topic, value=b"\x00\x00\x00\x03\xe7" + b"\x02")
     assert producer.flush(30) == 0
     print(json.dumps({"produced": n1 + n2 + 2}))
-elif mode == "consume":
-    deserializer = AvroDeserializer(client)
+elif mode == "produce-json":
+    n = int(sys.argv[5])
+    order = {"type": "object", "title": "Order",
+             "properties": {"id": {"type": "integer"}, "customer": {"type": "string"},
+                            "amount": {"type": "number"}},
+             "required": ["id", "customer", "amount"]}
+    serializer = JSONSerializer(json.dumps(order), client)
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    producer = Producer({"bootstrap.servers": brokers})
+    for i in range(n):
+        producer.produce(topic, value=serializer({"id": i, "customer": f"c{i % 7}", "amount": i / 4}, ctx))
+    producer.produce(topic, value=json.dumps({"id": -1, "customer": "unframed", "amount": 0}).encode())
+    assert producer.flush(30) == 0
+    print(json.dumps({"produced": n + 1}))
+elif mode in ("consume", "consume-json"):
+    if mode == "consume":
+        deserializer = AvroDeserializer(client)
+    else:
+        deserializer = JSONDeserializer(None, schema_registry_client=client)
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": "avro-check",
                          "auto.offset.reset": "earliest", "enable.partition.eof": True,
                          "isolation.level": "read_committed"})
