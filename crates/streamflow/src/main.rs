@@ -186,6 +186,9 @@ enum BenchSuite {
         /// Worker threads.
         #[arg(long, default_value_t = 1)]
         cores: usize,
+        /// Replace every sink by a blackhole (time the rest alone).
+        #[arg(long)]
+        blackhole: bool,
         /// Print one JSON object.
         #[arg(long)]
         json: bool,
@@ -325,9 +328,10 @@ fn main() -> ExitCode {
                     flow,
                     overrides,
                     cores,
+                    blackhole,
                     json,
                 },
-        } => bench_file(&flow, &overrides, cores, json),
+        } => bench_file(&flow, &overrides, cores, blackhole, json),
         Command::Bench {
             suite:
                 BenchSuite::Decode {
@@ -820,10 +824,7 @@ fn bench(
             }
         }
     }
-    for sink in &mut spec.sinks {
-        sink.kind = Some("blackhole".into());
-        sink.config.clear();
-    }
+    blackhole_sinks(&mut spec);
     if let Some(interval) = checkpoint_interval {
         let interval = streamflow_dsl::parse_duration(interval).map_err(|e| anyhow!(e))?;
         spec.checkpoint = Some(streamflow_dsl::CheckpointSpec {
@@ -855,6 +856,7 @@ fn bench_file(
     flow: &Path,
     overrides: &[String],
     cores: usize,
+    blackhole: bool,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut spec = match streamflow_dsl::load_file(flow, overrides) {
@@ -865,11 +867,22 @@ fn bench_file(
         }
     };
     spec.mode = Mode::Job;
+    if blackhole {
+        blackhole_sinks(&mut spec);
+    }
     let name = spec
         .name
         .clone()
         .unwrap_or_else(|| flow.display().to_string());
     measure(&name, &spec, cores, json, None)
+}
+
+/// Makes every sink of `spec` a blackhole.
+fn blackhole_sinks(spec: &mut FlowSpec) {
+    for sink in &mut spec.sinks {
+        sink.kind = Some("blackhole".into());
+        sink.config.clear();
+    }
 }
 
 /// The JSON parser `bench decode` measures.
