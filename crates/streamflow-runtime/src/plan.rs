@@ -321,10 +321,11 @@ fn plan_node(
             }
             let key_by = compile_keys(node, inputs.first(), &mut d);
             d.into_result(())?;
+            let settings = registered_validate_schema(node)?;
             let ctx = StageContext {
                 name: &node.name,
                 path: &node.settings_path,
-                settings: &node.settings,
+                settings: settings.as_ref().unwrap_or(&node.settings),
                 inputs,
                 key_by: &node.key_by,
                 event_time: input_event_time,
@@ -382,6 +383,57 @@ fn plan_node(
 
 /// The late-record schema shared by the stages naming `sink` as their
 /// `late` output (their input's, unless the stage says otherwise).
+/// A `validate` stage whose `schema` is a registry subject (`{subject,
+/// version?, registry?}`, its `subject` not a type name): its settings with
+/// the subject's columns declared instead, each with its type and
+/// nullability. `None` for every other stage.
+fn registered_validate_schema(
+    node: &Node,
+) -> Result<Option<serde_json::Map<String, serde_json::Value>>, Diagnostics> {
+    use serde_json::{Value, json};
+    let Some(Value::Object(schema)) = node.settings.get("schema") else {
+        return Ok(None);
+    };
+    let subject = match schema.get("subject") {
+        Some(Value::String(s)) if streamflow_expr::parse_data_type(s).is_err() => s.clone(),
+        _ => return Ok(None),
+    };
+    if node.kind != "validate"
+        || schema
+            .keys()
+            .any(|k| !["subject", "version", "registry"].contains(&k.as_str()))
+    {
+        return Ok(None);
+    }
+    let at = format!("{}.schema", node.settings_path);
+    let fail = |m: String| Diagnostics::from(streamflow_core::Diagnostic::new(at.clone(), m));
+    let version = match schema.get("version") {
+        None => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|v| u32::try_from(v).ok())
+                .filter(|v| *v > 0)
+                .ok_or_else(|| fail("version must be a positive integer".into()))?,
+        ),
+    };
+    let registry = schema.get("registry").and_then(Value::as_str);
+    let columns = streamflow_connectors::message::subject_columns(registry, &subject, version)
+        .map_err(fail)?;
+    let declared: serde_json::Map<String, Value> = columns
+        .fields()
+        .iter()
+        .map(|f| {
+            (
+                f.name().clone(),
+                json!({"type": f.data_type().to_string(), "nullable": f.is_nullable()}),
+            )
+        })
+        .collect();
+    let mut settings = node.settings.clone();
+    settings.insert("schema".into(), Value::Object(declared));
+    Ok(Some(settings))
+}
+
 fn late_schema(
     graph: &FlowGraph,
     sink: &Node,

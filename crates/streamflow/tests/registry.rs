@@ -315,3 +315,71 @@ fn flow_pipe_schema_api_and_the_schemas_cli() {
     );
     assert_eq!(server.call("GET", "/subjects", None, &[]).1, json!([]));
 }
+
+/// A `validate` stage checks rows against a registered schema: the
+/// subject's columns, types and required fields, resolved when the flow is
+/// planned.
+#[test]
+fn validate_checks_rows_against_a_registered_schema() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let server = Server::start(&d.join("data"), &[]);
+    let orders = json!({"type": "object",
+        "properties": {"id": {"type": "integer"}, "customer": {"type": "string"}},
+        "required": ["id", "customer"]});
+    let body = json!({"schema": orders.to_string(), "schemaType": "JSON"});
+    assert_eq!(
+        server
+            .call("POST", "/subjects/orders-value/versions", Some(&body), &[])
+            .0,
+        200
+    );
+    let flow = format!(
+        r#"name: checked
+mode: job
+sources:
+  - name: g
+    type: generator
+    config: {{count: 100, columns: {{id: i, customer: "CASE WHEN i % 5 = 0 THEN NULL ELSE concat('c', i) END"}}}}
+stages:
+  - name: typed
+    type: validate
+    input: g
+    dlq: bad
+    schema: {{subject: orders-value, registry: "{url}"}}
+sinks:
+  - {{name: out, type: file, input: typed, config: {{path: "{out}"}}}}
+  - {{name: bad, type: file, config: {{path: "{bad}"}}}}
+"#,
+        url = server.url,
+        out = d.join("out.jsonl").display(),
+        bad = d.join("bad.jsonl").display(),
+    );
+    let file = common::write(d, "checked.yaml", &flow);
+    let out = common::run(&["run", &file]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(common::read_jsonl(&d.join("out.jsonl")).len(), 80);
+    let bad = common::read_jsonl(&d.join("bad.jsonl"));
+    assert_eq!(bad.len(), 20);
+    assert!(
+        bad[0]["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("customer"),
+        "{bad:?}"
+    );
+    // A subject that does not exist is a validation error with its path.
+    let missing = flow.replace("subject: orders-value", "subject: nope-value");
+    let file = common::write(d, "missing.yaml", &missing);
+    let out = common::run(&["validate", &file]);
+    assert!(!out.status.success());
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        common::stderr(&out)
+    );
+    assert!(
+        said.contains("stages[0].schema") && said.contains("nope-value"),
+        "{said}"
+    );
+}

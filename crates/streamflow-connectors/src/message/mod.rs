@@ -176,6 +176,37 @@ pub(crate) fn value_schema(
     }
 }
 
+/// The columns a registry subject's schema (Avro or JSON Schema) gives
+/// rows, as `avro` and registry `json` sources read them.
+///
+/// # Errors
+/// No registry, the subject or version missing, a Protobuf schema, or a
+/// schema without a column form.
+pub fn subject_columns(
+    registry: Option<&str>,
+    subject: &str,
+    version: Option<u32>,
+) -> std::result::Result<Schema, String> {
+    let url = registry
+        .map(str::to_string)
+        .or_else(crate::schema_registry::default_url)
+        .ok_or("a registry subject needs a schema registry: set `registry: URL` (or STREAMFLOW_REGISTRY)")?;
+    let client = crate::schema_registry::RegistryClient::new(&url);
+    let (c, s) = (client.clone(), subject.to_string());
+    let fetched = crate::server::at_plan_time(move || async move { c.version(&s, version).await })?;
+    match fetched.schema_type.as_str() {
+        "AVRO" => Ok(avro::AvroPlan::with_schema(fetched.id, &fetched.schema)?.schema()),
+        "JSON" => {
+            let schema: serde_json::Value = serde_json::from_str(&fetched.schema)
+                .map_err(|e| format!("subject '{subject}': not JSON: {e}"))?;
+            json_schema::columns_of(&schema).map_err(|e| format!("subject '{subject}': {e}"))
+        }
+        other => Err(format!(
+            "subject '{subject}' holds a {other} schema; columns come from AVRO and JSON schemas"
+        )),
+    }
+}
+
 /// `{subject?, version?}`: the subject (when named) and version of a
 /// registry reference; `None` for other maps.
 fn registry_subject(
