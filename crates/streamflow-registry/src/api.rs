@@ -162,6 +162,19 @@ fn version_body(v: &SubjectVersion) -> Value {
     body
 }
 
+/// `schema` in the form `?format=` asks for (`serialized`: Protobuf as a
+/// base64 descriptor).
+fn in_format(
+    r: &Registry,
+    mut schema: crate::StoredSchema,
+    q: &HashMap<String, String>,
+) -> Result<crate::StoredSchema, Failure> {
+    if q.get("format").is_some_and(|f| f == "serialized") {
+        schema.schema = r.serialized(&schema)?;
+    }
+    Ok(schema)
+}
+
 /// The format named in a request (Avro when none is).
 fn schema_type(name: Option<&str>) -> Result<SchemaType, Failure> {
     match name {
@@ -213,11 +226,9 @@ async fn lookup(
     body: Bytes,
 ) -> Result<Response, Failure> {
     let request = schema_request(&body)?;
-    Ok(ok(version_body(&r.lookup(
-        &subject,
-        &request,
-        flag(&q, "deleted"),
-    )?)))
+    let mut v = r.lookup(&subject, &request, flag(&q, "deleted"))?;
+    v.schema = in_format(&r, v.schema, &q)?;
+    Ok(ok(version_body(&v)))
 }
 
 async fn version(
@@ -225,7 +236,8 @@ async fn version(
     Path((subject, version)): Path<(String, String)>,
     Query(q): Params,
 ) -> Result<Response, Failure> {
-    let v = r.version(&subject, version_ref(&version)?, flag(&q, "deleted"))?;
+    let mut v = r.version(&subject, version_ref(&version)?, flag(&q, "deleted"))?;
+    v.schema = in_format(&r, v.schema, &q)?;
     Ok(ok(version_body(&v)))
 }
 
@@ -271,8 +283,12 @@ async fn types() -> Response {
     ok(json!(SchemaType::ALL.map(SchemaType::as_str)))
 }
 
-async fn schema_by_id(State(r): Reg, Path(id): Path<String>) -> Result<Response, Failure> {
-    let schema = r.schema(schema_id(&id)?)?;
+async fn schema_by_id(
+    State(r): Reg,
+    Path(id): Path<String>,
+    Query(q): Params,
+) -> Result<Response, Failure> {
+    let schema = in_format(&r, r.schema(schema_id(&id)?)?, &q)?;
     let mut body = json!({});
     schema_fields(&mut body, &schema);
     Ok(ok(body))

@@ -474,6 +474,22 @@ impl Registry {
         Ok(previous)
     }
 
+    /// `schema` as asked with `format=serialized`: a Protobuf schema as its
+    /// base64 `FileDescriptorProto` (what Confluent's deserializers read);
+    /// other formats as registered.
+    ///
+    /// # Errors
+    /// A stored schema that no longer parses.
+    pub fn serialized(&self, schema: &StoredSchema) -> Result<String, RegistryError> {
+        if schema.schema_type != SchemaType::Protobuf {
+            return Ok(schema.schema.clone());
+        }
+        match parse_stored(&self.read().loaded, schema)? {
+            Parsed::Protobuf(c) => Ok(c.serialized()),
+            _ => Ok(schema.schema.clone()),
+        }
+    }
+
     /// Parses a registered schema (with its references), for readers of
     /// data written with it.
     ///

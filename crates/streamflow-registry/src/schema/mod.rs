@@ -4,7 +4,7 @@
 
 mod avro;
 mod json;
-mod protobuf;
+pub mod protobuf;
 
 use std::fmt;
 

@@ -50,6 +50,21 @@ impl Compiled {
     pub fn pool(&self) -> &DescriptorPool {
         &self.pool
     }
+
+    /// The schema's `FileDescriptorProto`, serialized and base64-encoded:
+    /// the `format=serialized` form Confluent's deserializers ask for.
+    pub fn serialized(&self) -> String {
+        use base64::Engine as _;
+        let bytes = self
+            .file()
+            .map(|f| {
+                let mut proto = f.file_descriptor_proto().clone();
+                proto.source_code_info = None;
+                proto.encode_to_vec()
+            })
+            .unwrap_or_default();
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
 }
 
 /// Sources by file name.
@@ -58,10 +73,26 @@ struct Sources(HashMap<String, String>);
 impl FileResolver for Sources {
     fn open_file(&self, name: &str) -> Result<File, protox::Error> {
         match self.0.get(name) {
-            Some(source) => File::from_source(name, source),
+            // `.proto` source, or a serialized descriptor.
+            Some(source) => {
+                File::from_source(name, source).or_else(|e| serialized(name, source).ok_or(e))
+            }
             None => Err(protox::Error::file_not_found(name)),
         }
     }
+}
+
+/// A schema given as a base64 `FileDescriptorProto` (what Confluent's
+/// serializers register), renamed `name`; `None` when `text` is not one.
+fn serialized(name: &str, text: &str) -> Option<File> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()?;
+    let mut proto =
+        prost_reflect::prost_types::FileDescriptorProto::decode(bytes.as_slice()).ok()?;
+    proto.name = Some(name.to_string());
+    Some(File::from_file_descriptor_proto(proto))
 }
 
 pub(super) fn parse(text: &str, references: &[Resolved]) -> Result<Compiled, String> {
@@ -224,6 +255,16 @@ mod tests {
         let b =
             compiled("syntax = \"proto3\";\n\npackage p;\n// c\nmessage M {\n  string a = 1;\n}\n");
         assert_eq!(a.normal_form(), b.normal_form());
+    }
+
+    #[test]
+    fn serialized_descriptors_are_schemas_too() {
+        let source =
+            compiled("syntax = \"proto3\"; package p; message M { string a = 1; int64 b = 2; }");
+        let from_descriptor =
+            parse(&source.serialized(), &[]).expect("a base64 descriptor compiles");
+        assert_eq!(from_descriptor.normal_form(), source.normal_form());
+        assert!(can_read(&source, &from_descriptor).is_empty());
     }
 
     #[test]

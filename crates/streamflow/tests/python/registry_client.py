@@ -127,4 +127,34 @@ assert payload[0] == 0, payload[:5]
 wire_id = int.from_bytes(payload[1:5], "big")
 assert AvroDeserializer(client())(payload, ctx) == {"auction": 7, "price": 1200}
 
-print(json.dumps({"ids": [id1, id2, id3], "json": json_id, "protobuf": proto_id, "wire_id": wire_id}))
+# The Protobuf serde: it registers the message's file as a base64
+# FileDescriptorProto and reads writer schemas back `format=serialized`.
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # noqa: E402
+from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer, ProtobufSerializer  # noqa: E402
+
+fdp = descriptor_pb2.FileDescriptorProto(name="shop/order.proto", package="shop", syntax="proto3")
+order = fdp.message_type.add(name="Order")
+F = descriptor_pb2.FieldDescriptorProto
+order.field.add(name="id", number=1, type=F.TYPE_INT64, label=F.LABEL_OPTIONAL)
+order.field.add(name="customer", number=2, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+pool = descriptor_pool.DescriptorPool()
+pool.Add(fdp)
+Order = message_factory.GetMessageClass(pool.FindMessageTypeByName("shop.Order"))
+orders_ctx = SerializationContext("orders-pb", MessageField.VALUE)
+pb = ProtobufSerializer(Order, client(), {"use.deprecated.format": False})(Order(id=7, customer="c7"), orders_ctx)
+assert pb[0] == 0
+pb_id = int.from_bytes(pb[1:5], "big")
+assert client().get_schema(pb_id).schema_type == "PROTOBUF"
+back = ProtobufDeserializer(Order, {"use.deprecated.format": False}, client())(pb, orders_ctx)
+assert (back.id, back.customer) == (7, "c7"), back
+# The registered descriptor compiles to the same message: an evolved one
+# with a new field is compatible, a retyped one is not.
+order.field.add(name="amount", number=3, type=F.TYPE_DOUBLE, label=F.LABEL_OPTIONAL)
+import base64  # noqa: E402
+evolved = Schema(base64.standard_b64encode(fdp.SerializeToString()).decode(), "PROTOBUF")
+assert client().test_compatibility("orders-pb-value", evolved) is True
+order.field[0].type = F.TYPE_STRING
+retyped = Schema(base64.standard_b64encode(fdp.SerializeToString()).decode(), "PROTOBUF")
+assert client().test_compatibility("orders-pb-value", retyped) is False
+
+print(json.dumps({"ids": [id1, id2, id3], "json": json_id, "protobuf": proto_id, "wire_id": wire_id, "protobuf_wire_id": pb_id}))
