@@ -310,3 +310,91 @@ fn the_avro_examples_run() {
     assert_eq!(counted, 18_400);
     assert!(!d.join("bad.jsonl").exists() || common::read_jsonl(&d.join("bad.jsonl")).is_empty());
 }
+
+/// Protobuf in the Confluent wire format: a third-party producer's
+/// `ProtobufSerializer` records (scalars, an enum, a Timestamp) read as the
+/// subject's first message type, straight off the wire into columns.
+#[test]
+fn protobuf_records_from_a_third_party_producer() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path();
+    let server = Server::start(&d.join("data"), &[]);
+    let input = common::unique("pb-orders");
+    let n = 500;
+    python(&[
+        "produce-protobuf",
+        &server.url,
+        &brokers(),
+        &input,
+        &n.to_string(),
+    ]);
+    let flow = format!(
+        r#"name: protobuf-orders
+mode: job
+sources:
+  - name: orders
+    type: kafka
+    dlq: bad
+    config: {{brokers: "{brokers}", topic: {input}, format: protobuf, registry: "{url}", bounded: true}}
+sinks:
+  - {{name: out, type: file, input: orders, config: {{path: "{out}"}}}}
+  - {{name: bad, type: file, config: {{path: "{bad}"}}}}
+"#,
+        brokers = brokers(),
+        url = server.url,
+        out = d.join("out.jsonl").display(),
+        bad = d.join("bad.jsonl").display(),
+    );
+    let file = common::write(d, "pb.yaml", &flow);
+    let out = common::run(&["run", &file]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let bad = common::read_jsonl(&d.join("bad.jsonl"));
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    let mut rows = common::read_jsonl(&d.join("out.jsonl"));
+    rows.sort_by_key(|r| r["id"].as_i64());
+    assert_eq!(rows.len(), n);
+    for (i, r) in rows.iter().enumerate() {
+        let i = i as i64;
+        assert_eq!(r["id"], i, "{r}");
+        assert_eq!(r["customer"], format!("c{}", i % 7), "{r}");
+        assert_eq!(r["amount"].as_f64(), Some(i as f64 / 4.0), "{r}");
+        assert_eq!(
+            r["status"],
+            ["NEW", "PAID", "SHIPPED"][(i % 3) as usize],
+            "{r}"
+        );
+        let ms = 1_700_000_000_000 + i * 1000 + i % 1000;
+        let at = r["at"].as_str().expect("at");
+        let (seconds, fraction) = at.split_once('.').unwrap_or((at, "0"));
+        let millis: i64 = format!("{:0<3}", fraction.trim_end_matches('Z'))[..3]
+            .parse()
+            .expect("millis");
+        assert_eq!(
+            (seconds.to_string(), millis),
+            (chrono_like(ms), ms % 1000),
+            "{at}"
+        );
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of milliseconds since the epoch (UTC).
+fn chrono_like(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}

@@ -9,6 +9,7 @@
 
 pub mod avro;
 pub mod json_schema;
+pub mod protobuf;
 
 use std::sync::Arc;
 
@@ -35,6 +36,8 @@ pub enum MessageFormat {
     Bytes,
     /// Avro in the Confluent wire format, read as a registry subject's schema.
     Avro,
+    /// Protobuf in the Confluent wire format, read as a registry subject's message.
+    Protobuf,
 }
 
 /// Where a new consumer (group) of a broker starts.
@@ -58,7 +61,12 @@ impl MessageFormat {
         let t = match self {
             MessageFormat::String => DataType::Utf8,
             MessageFormat::Bytes => DataType::Binary,
-            MessageFormat::Json | MessageFormat::Csv | MessageFormat::Avro => return None,
+            MessageFormat::Json
+            | MessageFormat::Csv
+            | MessageFormat::Avro
+            | MessageFormat::Protobuf => {
+                return None;
+            }
         };
         Some(Schema::new(vec![Field::new(VALUE, t, true)]))
     }
@@ -74,6 +82,8 @@ pub struct Values {
     pub avro: Option<Arc<avro::AvroPlan>>,
     /// The registry subject of `json` messages in the Confluent wire format.
     pub json: Option<Arc<json_schema::JsonSchemaPlan>>,
+    /// The message type of `protobuf` messages.
+    pub protobuf: Option<Arc<protobuf::ProtobufPlan>>,
 }
 
 /// Where a source's message schema comes from.
@@ -108,6 +118,7 @@ pub(crate) fn value_schema(
         schema: Arc::new(schema),
         avro: None,
         json: None,
+        protobuf: None,
     };
     // `json` with `schema: {subject, version?}` (not a column declaration):
     // registry-framed JSON read as that subject's JSON Schema.
@@ -123,6 +134,45 @@ pub(crate) fn value_schema(
             schema: Arc::new(plan.schema()),
             avro: None,
             json: Some(Arc::new(plan)),
+            protobuf: None,
+        });
+    }
+    if format == MessageFormat::Protobuf {
+        let empty = serde_json::Map::new();
+        let d = declared.unwrap_or(&empty);
+        if let Some(k) = d
+            .keys()
+            .find(|k| !["subject", "version", "message"].contains(&k.as_str()))
+        {
+            return Err(fail(format!(
+                "a protobuf schema is {{subject, version, message}} of a registry subject (got '{k}')"
+            )));
+        }
+        let mut reference = d.clone();
+        let message = reference
+            .remove("message")
+            .map(|m| {
+                m.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| fail("message must be a string".into()))
+            })
+            .transpose()?;
+        let (subject, version) = if reference.is_empty() {
+            (None, None)
+        } else {
+            registry_subject(&reference).ok_or_else(|| {
+                fail("subject must be a string and version a positive integer".into())
+            })?
+        };
+        let subject = subject.unwrap_or_else(|| source.default_subject.clone());
+        let plan =
+            protobuf::ProtobufPlan::plan(source.registry, &subject, version, message.as_deref())
+                .map_err(fail)?;
+        return Ok(Values {
+            schema: Arc::new(plan.schema()),
+            avro: None,
+            json: None,
+            protobuf: Some(Arc::new(plan)),
         });
     }
     if format == MessageFormat::Avro {
@@ -161,6 +211,7 @@ pub(crate) fn value_schema(
             schema: Arc::new(plan.schema()),
             avro: Some(Arc::new(plan)),
             json: None,
+            protobuf: None,
         });
     }
     match (format.fixed_schema(), declared) {
@@ -268,6 +319,7 @@ pub(crate) struct MessageDecoder {
     lines: Option<LineDecoder>,
     avro: Option<avro::AvroDecoder>,
     json: Option<Arc<json_schema::JsonSchemaPlan>>,
+    protobuf: Option<Arc<protobuf::ProtobufPlan>>,
 }
 
 impl MessageDecoder {
@@ -276,7 +328,10 @@ impl MessageDecoder {
         let lines = match format {
             MessageFormat::Json => Some(TextFormat::Jsonl),
             MessageFormat::Csv => Some(TextFormat::Csv),
-            MessageFormat::String | MessageFormat::Bytes | MessageFormat::Avro => None,
+            MessageFormat::String
+            | MessageFormat::Bytes
+            | MessageFormat::Avro
+            | MessageFormat::Protobuf => None,
         }
         .map(|f| LineDecoder::new(Arc::clone(&schema), f, b','));
         Self {
@@ -285,6 +340,7 @@ impl MessageDecoder {
             lines,
             avro: values.avro.clone().map(avro::AvroDecoder::new),
             json: values.json.clone(),
+            protobuf: values.protobuf.clone(),
         }
     }
 
@@ -307,6 +363,14 @@ impl MessageDecoder {
                     return Err(Error::Other("avro messages without a reader schema".into()));
                 };
                 avro.decode(messages, dead).await
+            }
+            MessageFormat::Protobuf => {
+                let Some(plan) = self.protobuf.as_ref() else {
+                    return Err(Error::Other(
+                        "protobuf messages without a message type".into(),
+                    ));
+                };
+                protobuf::decode(plan, messages, dead).await
             }
             MessageFormat::Bytes => {
                 let array = BinaryArray::from_iter_values(messages.iter());
@@ -429,6 +493,11 @@ impl MessageEncoder {
     /// column of that type; `avro` checks its schema against the registry.
     pub(crate) fn new(target: &EncoderSource<'_>) -> std::result::Result<Self, String> {
         let (format, schema) = (target.format, target.input);
+        if format == MessageFormat::Protobuf {
+            return Err(
+                "protobuf is read by sources; sinks write avro, json, csv, string or bytes".into(),
+            );
+        }
         if format == MessageFormat::Avro {
             let subject = match target.declared {
                 None => target.default_subject.clone(),
@@ -493,6 +562,9 @@ impl MessageEncoder {
     pub(crate) async fn encode(&mut self, batch: &RecordBatch) -> Result<Vec<Vec<u8>>> {
         let err = |e| Error::arrow("encoding messages", e);
         match self.format {
+            MessageFormat::Protobuf => {
+                Err(Error::Other("protobuf messages are not written".into()))
+            }
             MessageFormat::Avro => match self.avro.as_mut() {
                 Some(avro) => avro.encode(batch).await,
                 None => Err(Error::Other("avro rows without a schema".into())),
@@ -571,6 +643,7 @@ mod tests {
             schema: Arc::clone(&schema),
             avro: None,
             json: None,
+            protobuf: None,
         };
         let mut d = MessageDecoder::new(MessageFormat::Json, &values);
         let messages: Vec<&[u8]> = vec![
@@ -615,6 +688,7 @@ mod tests {
             schema: Arc::new(MessageFormat::String.fixed_schema().expect("fixed")),
             avro: None,
             json: None,
+            protobuf: None,
         };
         let mut d = MessageDecoder::new(MessageFormat::String, &values);
         let out = block_on(d.decode(&[b"ok", b"\xff"], |i| i.to_string())).expect("decodes");

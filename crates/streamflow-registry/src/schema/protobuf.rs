@@ -51,6 +51,15 @@ impl Compiled {
         &self.pool
     }
 
+    /// The message named `name` (full name), or without a name the first
+    /// message of the schema's file (Confluent's message index `[0]`).
+    pub fn message(&self, name: Option<&str>) -> Option<MessageDescriptor> {
+        match name {
+            Some(n) => self.pool.get_message_by_name(n),
+            None => self.file()?.messages().next(),
+        }
+    }
+
     /// The schema's `FileDescriptorProto`, serialized and base64-encoded:
     /// the `format=serialized` form Confluent's deserializers ask for.
     pub fn serialized(&self) -> String {

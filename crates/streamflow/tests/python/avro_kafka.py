@@ -10,6 +10,10 @@ confluent-kafka-python's own AvroSerializer / AvroDeserializer:
     avro_kafka.py produce-json REGISTRY BROKERS TOPIC N
         N orders with JSONSerializer (a JSON Schema), then one message that
         is plain JSON without the framing.
+    avro_kafka.py produce-protobuf REGISTRY BROKERS TOPIC N
+        N orders with ProtobufSerializer (int64, string, double, an enum
+        and a google.protobuf.Timestamp), then one message that is not
+        framed.
     avro_kafka.py consume-json REGISTRY BROKERS TOPIC
         as `consume`, with JSONDeserializer (validating each record).
 """
@@ -68,6 +72,39 @@ elif mode == "produce-json":
     for i in range(n):
         producer.produce(topic, value=serializer({"id": i, "customer": f"c{i % 7}", "amount": i / 4}, ctx))
     producer.produce(topic, value=json.dumps({"id": -1, "customer": "unframed", "amount": 0}).encode())
+    assert producer.flush(30) == 0
+    print(json.dumps({"produced": n + 1}))
+elif mode == "produce-protobuf":
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, timestamp_pb2
+    from confluent_kafka.schema_registry.protobuf import ProtobufSerializer
+
+    n = int(sys.argv[5])
+    F = descriptor_pb2.FieldDescriptorProto
+    fdp = descriptor_pb2.FileDescriptorProto(name="shop/order.proto", package="shop", syntax="proto3",
+                                             dependency=["google/protobuf/timestamp.proto"])
+    status = fdp.enum_type.add(name="Status")
+    for number, name in enumerate(["NEW", "PAID", "SHIPPED"]):
+        status.value.add(name=name, number=number)
+    order = fdp.message_type.add(name="Order")
+    order.field.add(name="id", number=1, type=F.TYPE_INT64, label=F.LABEL_OPTIONAL)
+    order.field.add(name="customer", number=2, type=F.TYPE_STRING, label=F.LABEL_OPTIONAL)
+    order.field.add(name="amount", number=3, type=F.TYPE_DOUBLE, label=F.LABEL_OPTIONAL)
+    order.field.add(name="status", number=4, type=F.TYPE_ENUM, type_name=".shop.Status", label=F.LABEL_OPTIONAL)
+    order.field.add(name="at", number=5, type=F.TYPE_MESSAGE, type_name=".google.protobuf.Timestamp",
+                    label=F.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(descriptor_pb2.FileDescriptorProto.FromString(timestamp_pb2.DESCRIPTOR.serialized_pb))
+    pool.Add(fdp)
+    Order = message_factory.GetMessageClass(pool.FindMessageTypeByName("shop.Order"))
+    Timestamp = message_factory.GetMessageClass(pool.FindMessageTypeByName("google.protobuf.Timestamp"))
+    serializer = ProtobufSerializer(Order, client, {"use.deprecated.format": False})
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    producer = Producer({"bootstrap.servers": brokers})
+    for i in range(n):
+        at = Timestamp(seconds=1_700_000_000 + i, nanos=(i % 1000) * 1_000_000)
+        value = serializer(Order(id=i, customer=f"c{i % 7}", amount=i / 4, status=i % 3, at=at), ctx)
+        producer.produce(topic, value=value)
+    producer.produce(topic, value=b"plain bytes")
     assert producer.flush(30) == 0
     print(json.dumps({"produced": n + 1}))
 elif mode in ("consume", "consume-json"):

@@ -1,0 +1,534 @@
+//! `protobuf` messages in the Confluent wire format (magic byte 0, 4-byte
+//! schema id, the message-index array, the Protobuf body), read as a
+//! registry subject's message type. The body is parsed straight off the
+//! wire into Arrow builders by field number: each message's fields are
+//! first located in a reusable slot table (the last occurrence wins, as
+//! Protobuf says), then appended, so a malformed message never leaves half
+//! a row behind. Columns: the message's scalar fields (int32/sint32/
+//! sfixed32 → Int32, the 64-bit ones → Int64, uint32/fixed32 → UInt32,
+//! uint64/fixed64 → UInt64, float, double, bool, string, bytes, enum →
+//! its value's name) and `google.protobuf.Timestamp` fields (→ timestamp,
+//! ms). Absent fields take Protobuf's defaults, or null for fields with
+//! presence (`optional`, timestamps). Nested messages other than
+//! timestamps, repeated fields and maps are refused when the flow is
+//! planned.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BinaryBuilder, BooleanBuilder, Float32Builder, Float64Builder, Int32Builder,
+    Int64Builder, StringBuilder, TimestampMillisecondBuilder, UInt32Builder, UInt64Builder,
+};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use prost_reflect::{Kind, MessageDescriptor};
+use streamflow_core::{DeadLetter, Error, Result};
+use streamflow_registry::{Parsed, SchemaType};
+
+use super::Decoded;
+use crate::schema_registry::{RegistryClient, default_url};
+
+/// How a column's value is read off the wire.
+#[derive(Debug, Clone)]
+enum Read {
+    Int32,
+    SInt32,
+    SFixed32,
+    Int64,
+    SInt64,
+    SFixed64,
+    UInt32,
+    Fixed32,
+    UInt64,
+    Fixed64,
+    Float,
+    Double,
+    Bool,
+    String,
+    Bytes,
+    /// Value number → name.
+    Enum(HashMap<i32, String>),
+    Timestamp,
+}
+
+#[derive(Debug, Clone)]
+struct Column {
+    read: Read,
+    /// Absent means null (else Protobuf's default).
+    presence: bool,
+}
+
+/// A source's Protobuf reading, as planned.
+#[derive(Debug)]
+pub struct ProtobufPlan {
+    client: RegistryClient,
+    reader_id: u32,
+    columns: Vec<Column>,
+    /// Field number → column.
+    by_number: HashMap<u32, usize>,
+    arrow: SchemaRef,
+}
+
+impl ProtobufPlan {
+    /// Reads message `message` (default: the file's first) of version
+    /// `version` (latest when `None`) of `subject`.
+    ///
+    /// # Errors
+    /// No registry or subject, not a Protobuf schema, or a field this
+    /// reader does not take.
+    pub fn plan(
+        registry: Option<&str>,
+        subject: &str,
+        version: Option<u32>,
+        message: Option<&str>,
+    ) -> std::result::Result<ProtobufPlan, String> {
+        let url = registry.map(str::to_string).or_else(default_url).ok_or(
+            "format protobuf needs a schema registry: set `registry: URL` (or STREAMFLOW_REGISTRY)",
+        )?;
+        let client = RegistryClient::new(&url);
+        let (c, s) = (client.clone(), subject.to_string());
+        let fetched =
+            crate::server::at_plan_time(move || async move { c.version(&s, version).await })?;
+        if fetched.schema_type != "PROTOBUF" {
+            return Err(format!(
+                "subject '{subject}' holds a {} schema, not PROTOBUF",
+                fetched.schema_type
+            ));
+        }
+        let Parsed::Protobuf(compiled) = Parsed::parse(SchemaType::Protobuf, &fetched.schema, &[])
+            .map_err(|e| format!("subject '{subject}': {e}"))?
+        else {
+            return Err(format!("subject '{subject}': not a Protobuf schema"));
+        };
+        let descriptor = compiled.message(message).ok_or_else(|| match message {
+            Some(m) => format!("subject '{subject}' has no message '{m}'"),
+            None => format!("subject '{subject}' declares no message"),
+        })?;
+        let (columns, by_number, arrow) = columns_of(&descriptor)?;
+        Ok(ProtobufPlan {
+            client,
+            reader_id: fetched.id,
+            columns,
+            by_number,
+            arrow: Arc::new(arrow),
+        })
+    }
+
+    /// The columns rows have.
+    pub fn schema(&self) -> Schema {
+        self.arrow.as_ref().clone()
+    }
+}
+
+type Columns = (Vec<Column>, HashMap<u32, usize>, Schema);
+
+fn columns_of(m: &MessageDescriptor) -> std::result::Result<Columns, String> {
+    let mut columns = Vec::new();
+    let mut by_number = HashMap::new();
+    let mut fields = Vec::new();
+    for f in m.fields() {
+        let at = || format!("{}.{}", m.full_name(), f.name());
+        if f.is_list() || f.is_map() {
+            return Err(format!(
+                "{}: repeated fields and maps are not read yet",
+                at()
+            ));
+        }
+        let (read, t) = match f.kind() {
+            Kind::Int32 => (Read::Int32, DataType::Int32),
+            Kind::Sint32 => (Read::SInt32, DataType::Int32),
+            Kind::Sfixed32 => (Read::SFixed32, DataType::Int32),
+            Kind::Int64 => (Read::Int64, DataType::Int64),
+            Kind::Sint64 => (Read::SInt64, DataType::Int64),
+            Kind::Sfixed64 => (Read::SFixed64, DataType::Int64),
+            Kind::Uint32 => (Read::UInt32, DataType::UInt32),
+            Kind::Fixed32 => (Read::Fixed32, DataType::UInt32),
+            Kind::Uint64 => (Read::UInt64, DataType::UInt64),
+            Kind::Fixed64 => (Read::Fixed64, DataType::UInt64),
+            Kind::Float => (Read::Float, DataType::Float32),
+            Kind::Double => (Read::Double, DataType::Float64),
+            Kind::Bool => (Read::Bool, DataType::Boolean),
+            Kind::String => (Read::String, DataType::Utf8),
+            Kind::Bytes => (Read::Bytes, DataType::Binary),
+            Kind::Enum(e) => (
+                Read::Enum(
+                    e.values()
+                        .map(|v| (v.number(), v.name().to_string()))
+                        .collect(),
+                ),
+                DataType::Utf8,
+            ),
+            Kind::Message(n) if n.full_name() == "google.protobuf.Timestamp" => (
+                Read::Timestamp,
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+            ),
+            Kind::Message(n) => {
+                return Err(format!(
+                    "{}: nested message {} is not read yet (timestamps are)",
+                    at(),
+                    n.full_name()
+                ));
+            }
+        };
+        let presence = f.supports_presence();
+        by_number.insert(f.number(), columns.len());
+        fields.push(Field::new(f.name(), t, presence));
+        columns.push(Column { read, presence });
+    }
+    Ok((columns, by_number, Schema::new(fields)))
+}
+
+/// Where a field's last occurrence sits in the message.
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Unset,
+    Varint(u64),
+    Fixed32(u32),
+    Fixed64(u64),
+    Bytes(usize, usize),
+}
+
+/// A varint at `at`; the value and the position after it.
+fn varint(buf: &[u8], mut at: usize) -> std::result::Result<(u64, usize), String> {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *buf.get(at).ok_or("the message ends inside a varint")?;
+        at += 1;
+        value |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Ok((value, at));
+        }
+    }
+    Err("a varint longer than 10 bytes".into())
+}
+
+fn fixed<const N: usize>(buf: &[u8], at: usize) -> std::result::Result<[u8; N], String> {
+    buf.get(at..at + N)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| "the message ends inside a fixed-width field".to_string())
+}
+
+/// Locates the fields of the message `buf[range]` in `slots`.
+fn locate(
+    buf: &[u8],
+    range: Range<usize>,
+    by_number: &HashMap<u32, usize>,
+    slots: &mut [Slot],
+) -> std::result::Result<(), String> {
+    let mut at = range.start;
+    while at < range.end {
+        let (key, next) = varint(buf, at)?;
+        at = next;
+        let number = u32::try_from(key >> 3).map_err(|_| "a field number out of range")?;
+        let slot = match key & 7 {
+            0 => {
+                let (v, next) = varint(buf, at)?;
+                at = next;
+                Slot::Varint(v)
+            }
+            1 => {
+                let v = u64::from_le_bytes(fixed::<8>(buf, at)?);
+                at += 8;
+                Slot::Fixed64(v)
+            }
+            2 => {
+                let (len, next) = varint(buf, at)?;
+                let end = usize::try_from(len)
+                    .ok()
+                    .and_then(|l| next.checked_add(l))
+                    .filter(|e| *e <= range.end)
+                    .ok_or("a length beyond the message")?;
+                at = end;
+                Slot::Bytes(next, end)
+            }
+            5 => {
+                let v = u32::from_le_bytes(fixed::<4>(buf, at)?);
+                at += 4;
+                Slot::Fixed32(v)
+            }
+            w => return Err(format!("wire type {w} (groups are not read)")),
+        };
+        if let Some(&c) = by_number.get(&number) {
+            slots[c] = slot;
+        }
+    }
+    if at != range.end {
+        return Err("the last field runs past the message".into());
+    }
+    Ok(())
+}
+
+/// The builders of one batch.
+enum Builder {
+    I32(Int32Builder),
+    I64(Int64Builder),
+    U32(UInt32Builder),
+    U64(UInt64Builder),
+    F32(Float32Builder),
+    F64(Float64Builder),
+    Bool(BooleanBuilder),
+    Str(StringBuilder),
+    Bin(BinaryBuilder),
+    Ts(TimestampMillisecondBuilder),
+}
+
+impl Builder {
+    fn for_read(read: &Read) -> Builder {
+        match read {
+            Read::Int32 | Read::SInt32 | Read::SFixed32 => Builder::I32(Int32Builder::new()),
+            Read::Int64 | Read::SInt64 | Read::SFixed64 => Builder::I64(Int64Builder::new()),
+            Read::UInt32 | Read::Fixed32 => Builder::U32(UInt32Builder::new()),
+            Read::UInt64 | Read::Fixed64 => Builder::U64(UInt64Builder::new()),
+            Read::Float => Builder::F32(Float32Builder::new()),
+            Read::Double => Builder::F64(Float64Builder::new()),
+            Read::Bool => Builder::Bool(BooleanBuilder::new()),
+            Read::String | Read::Enum(_) => Builder::Str(StringBuilder::new()),
+            Read::Bytes => Builder::Bin(BinaryBuilder::new()),
+            Read::Timestamp => Builder::Ts(TimestampMillisecondBuilder::new()),
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Builder::I32(b) => Arc::new(b.finish()),
+            Builder::I64(b) => Arc::new(b.finish()),
+            Builder::U32(b) => Arc::new(b.finish()),
+            Builder::U64(b) => Arc::new(b.finish()),
+            Builder::F32(b) => Arc::new(b.finish()),
+            Builder::F64(b) => Arc::new(b.finish()),
+            Builder::Bool(b) => Arc::new(b.finish()),
+            Builder::Str(b) => Arc::new(b.finish()),
+            Builder::Bin(b) => Arc::new(b.finish()),
+            Builder::Ts(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// Checks that `slot` can be read as `column` (so appending cannot fail).
+fn check(column: &Column, slot: Slot, buf: &[u8]) -> std::result::Result<(), String> {
+    let ok = match (&column.read, slot) {
+        (_, Slot::Unset) => true,
+        (
+            Read::Int32
+            | Read::SInt32
+            | Read::Int64
+            | Read::SInt64
+            | Read::UInt32
+            | Read::UInt64
+            | Read::Bool
+            | Read::Enum(_),
+            Slot::Varint(_),
+        ) => true,
+        (Read::SFixed32 | Read::Fixed32 | Read::Float, Slot::Fixed32(_)) => true,
+        (Read::SFixed64 | Read::Fixed64 | Read::Double, Slot::Fixed64(_)) => true,
+        (Read::String, Slot::Bytes(s, e)) => std::str::from_utf8(&buf[s..e]).is_ok(),
+        (Read::Bytes, Slot::Bytes(..)) => true,
+        (Read::Timestamp, Slot::Bytes(s, e)) => timestamp_ms(buf, s..e).is_ok(),
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err("a field's wire type does not match the schema".into())
+    }
+}
+
+/// A `google.protobuf.Timestamp` in milliseconds.
+fn timestamp_ms(buf: &[u8], range: Range<usize>) -> std::result::Result<i64, String> {
+    let mut slots = [Slot::Unset, Slot::Unset];
+    let by_number = HashMap::from([(1, 0), (2, 1)]);
+    locate(buf, range, &by_number, &mut slots)?;
+    let seconds = match slots[0] {
+        Slot::Varint(v) => v as i64,
+        _ => 0,
+    };
+    let nanos = match slots[1] {
+        Slot::Varint(v) => v as i64,
+        _ => 0,
+    };
+    Ok(seconds * 1000 + nanos / 1_000_000)
+}
+
+fn append(builder: &mut Builder, column: &Column, slot: Slot, buf: &[u8]) {
+    let unset = matches!(slot, Slot::Unset);
+    let null = unset && column.presence;
+    let varint = match slot {
+        Slot::Varint(v) => v,
+        _ => 0,
+    };
+    let f32bits = match slot {
+        Slot::Fixed32(v) => v,
+        _ => 0,
+    };
+    let f64bits = match slot {
+        Slot::Fixed64(v) => v,
+        _ => 0,
+    };
+    let bytes = match slot {
+        Slot::Bytes(s, e) => &buf[s..e],
+        _ => &[][..],
+    };
+    let zigzag = |v: u64| ((v >> 1) as i64) ^ -((v & 1) as i64);
+    match (builder, &column.read) {
+        (Builder::I32(b), r) => b.append_option((!null).then(|| match r {
+            Read::SInt32 => zigzag(varint) as i32,
+            Read::SFixed32 => f32bits as i32,
+            _ => varint as i32,
+        })),
+        (Builder::I64(b), r) => b.append_option((!null).then(|| match r {
+            Read::SInt64 => zigzag(varint),
+            Read::SFixed64 => f64bits as i64,
+            _ => varint as i64,
+        })),
+        (Builder::U32(b), r) => b.append_option((!null).then_some(match r {
+            Read::Fixed32 => f32bits,
+            _ => varint as u32,
+        })),
+        (Builder::U64(b), r) => b.append_option((!null).then_some(match r {
+            Read::Fixed64 => f64bits,
+            _ => varint,
+        })),
+        (Builder::F32(b), _) => b.append_option((!null).then(|| f32::from_bits(f32bits))),
+        (Builder::F64(b), _) => b.append_option((!null).then(|| f64::from_bits(f64bits))),
+        (Builder::Bool(b), _) => b.append_option((!null).then_some(varint != 0)),
+        (Builder::Str(b), Read::Enum(names)) => {
+            let name = names.get(&(varint as i32)).map(String::as_str);
+            match (null, name) {
+                (true, _) => b.append_null(),
+                (false, Some(n)) => b.append_value(n),
+                // An enum value this schema does not name: its number.
+                (false, None) => b.append_value((varint as i32).to_string()),
+            }
+        }
+        (Builder::Str(b), _) => match (null, std::str::from_utf8(bytes)) {
+            (false, Ok(s)) => b.append_value(s),
+            _ => b.append_null(),
+        },
+        (Builder::Bin(b), _) => match null {
+            true => b.append_null(),
+            false => b.append_value(bytes),
+        },
+        (Builder::Ts(b), _) => match slot {
+            Slot::Bytes(s, e) => b.append_option(timestamp_ms(buf, s..e).ok()),
+            _ => b.append_null(),
+        },
+    }
+}
+
+/// Where the body starts after the framing; why not, for a message not in
+/// the Confluent Protobuf wire format.
+fn body_start(m: &[u8]) -> std::result::Result<(u32, usize), String> {
+    let [0, a, b, c, d, ..] = m else {
+        return Err("not in the Confluent wire format (magic byte 0, 4-byte schema id)".into());
+    };
+    let id = u32::from_be_bytes([*a, *b, *c, *d]);
+    // The message-index array: a zigzag count, then as many indexes.
+    let (count, mut at) = varint(m, 5)?;
+    let count = (count >> 1) as i64 ^ -((count & 1) as i64);
+    for _ in 0..count.max(0) {
+        at = varint(m, at)?.1;
+    }
+    Ok((id, at))
+}
+
+/// Decodes `messages` (as [`super::MessageDecoder::decode`]).
+pub(crate) async fn decode(
+    plan: &ProtobufPlan,
+    messages: &[&[u8]],
+    dead: impl Fn(usize, &[u8], String) -> DeadLetter,
+) -> Result<Decoded> {
+    let mut builders: Vec<Builder> = plan
+        .columns
+        .iter()
+        .map(|c| Builder::for_read(&c.read))
+        .collect();
+    let mut slots = vec![Slot::Unset; plan.columns.len()];
+    let mut rows = Vec::with_capacity(messages.len());
+    let mut dead_letters = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let located = match body_start(m) {
+            Err(why) => Err(why),
+            Ok((id, start)) => {
+                let known = if id == plan.reader_id {
+                    Ok(())
+                } else {
+                    match plan.client.schema(id).await.map_err(Error::Other)? {
+                        Some(f) if f.schema_type == "PROTOBUF" => Ok(()),
+                        Some(f) => Err(format!(
+                            "schema id {id} is a {} schema, not PROTOBUF",
+                            f.schema_type
+                        )),
+                        None => Err(format!(
+                            "schema id {id} is not in the registry at {}",
+                            plan.client.url()
+                        )),
+                    }
+                };
+                slots.fill(Slot::Unset);
+                known
+                    .and_then(|()| locate(m, start..m.len(), &plan.by_number, &mut slots))
+                    .and_then(|()| {
+                        plan.columns
+                            .iter()
+                            .zip(&slots)
+                            .try_for_each(|(c, s)| check(c, *s, m))
+                    })
+            }
+        };
+        match located {
+            Ok(()) => {
+                for ((b, c), s) in builders.iter_mut().zip(&plan.columns).zip(&slots) {
+                    append(b, c, *s, m);
+                }
+                rows.push(i);
+            }
+            Err(why) => {
+                dead_letters.push(dead(i, m, format!("not a valid Protobuf record: {why}")))
+            }
+        }
+    }
+    let batch = if rows.is_empty() {
+        None
+    } else {
+        let columns = builders.iter_mut().map(Builder::finish).collect();
+        Some(
+            RecordBatch::try_new(Arc::clone(&plan.arrow), columns)
+                .map_err(|e| Error::arrow("Protobuf rows", e))?,
+        )
+    };
+    Ok(Decoded {
+        batch,
+        rows,
+        dead_letters,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varints_and_zigzag_framing() {
+        assert_eq!(varint(&[0x96, 0x01], 0), Ok((150, 2)));
+        assert!(varint(&[0x96], 0).is_err());
+        // Magic, id 7, index array [0] as the single byte 0, then the body.
+        assert_eq!(body_start(&[0, 0, 0, 0, 7, 0, 8, 1]), Ok((7, 6)));
+        // Index array of one element, 2: count 1 (zigzag 2), index 2 (zigzag 4).
+        assert_eq!(body_start(&[0, 0, 0, 0, 7, 2, 4, 8, 1]), Ok((7, 7)));
+        assert!(body_start(b"{}").is_err());
+    }
+
+    #[test]
+    fn fields_are_located_and_unknown_ones_skipped() {
+        // field 1 varint 150, field 9 (unknown) length-delimited "ab", field 2 fixed32.
+        let msg = [0x08, 0x96, 0x01, 0x4a, 0x02, b'a', b'b', 0x15, 1, 0, 0, 0];
+        let by_number = HashMap::from([(1, 0), (2, 1)]);
+        let mut slots = [Slot::Unset, Slot::Unset];
+        locate(&msg, 0..msg.len(), &by_number, &mut slots).expect("parses");
+        assert!(matches!(slots[0], Slot::Varint(150)));
+        assert!(matches!(slots[1], Slot::Fixed32(1)));
+        assert!(locate(&msg[..5], 0..5, &by_number, &mut slots).is_err());
+    }
+}
