@@ -3,6 +3,7 @@
 //! included in the measurement; any flow over its files (`bench file`).
 
 pub mod avro;
+pub mod protobuf;
 
 use std::time::Duration;
 
@@ -127,6 +128,54 @@ impl BenchResult {
 }
 
 pub use streamflow_runtime::resources::cpu_seconds;
+
+/// What one run of a decoder benchmark (`bench avro`, `bench protobuf`) measured.
+#[derive(Debug, Serialize)]
+pub struct DecodeBench {
+    /// The decoder.
+    pub decoder: &'static str,
+    /// Messages decoded.
+    pub records: u64,
+    /// Their bytes, framing included.
+    pub bytes: u64,
+    /// Wall-clock seconds of the decoding.
+    pub seconds: f64,
+    /// CPU seconds of the decoding.
+    pub cpu_seconds: Option<f64>,
+    /// Records per CPU second.
+    pub records_per_cpu_sec: Option<f64>,
+}
+
+impl DecodeBench {
+    fn new(
+        decoder: &'static str,
+        records: u64,
+        bytes: u64,
+        seconds: f64,
+        cpu: Option<f64>,
+    ) -> Self {
+        Self {
+            decoder,
+            records,
+            bytes,
+            seconds,
+            cpu_seconds: cpu,
+            records_per_cpu_sec: cpu.map(|c| records as f64 / c.max(1e-9)),
+        }
+    }
+
+    /// One line for people.
+    pub fn summary(&self) -> String {
+        format!(
+            "{}: {} records ({:.0} MiB) in {:.3}s, {:.2} M records per CPU second",
+            self.decoder,
+            self.records,
+            self.bytes as f64 / (1 << 20) as f64,
+            self.seconds,
+            self.records_per_cpu_sec.unwrap_or(f64::NAN) / 1e6
+        )
+    }
+}
 
 /// Peak resident set size of this process (`VmHWM`), in MiB.
 pub fn peak_rss_mib() -> Option<f64> {

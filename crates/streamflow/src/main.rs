@@ -223,6 +223,20 @@ enum BenchSuite {
         #[arg(long)]
         json: bool,
     },
+    /// Nexmark bids in the Confluent Protobuf wire format decoded by
+    /// StreamFlow's reader (into Arrow) or by prost-reflect (into
+    /// DynamicMessages); the messages are made first, untimed.
+    Protobuf {
+        /// Bids.
+        #[arg(long, default_value_t = 2_000_000)]
+        events: u64,
+        /// The decoder.
+        #[arg(long, value_enum, default_value_t = streamflow::bench::protobuf::ProtobufDecoderChoice::Streamflow)]
+        decoder: streamflow::bench::protobuf::ProtobufDecoderChoice,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// JSON-lines file → filter → blackhole (the file is written first, untimed).
     Jsonl {
         /// Bids in the file.
@@ -348,7 +362,15 @@ fn main() -> ExitCode {
                     decoder,
                     json,
                 },
-        } => bench_avro(events, decoder, json),
+        } => streamflow::bench::avro::run(events, decoder).and_then(|r| print_decode(&r, json)),
+        Command::Bench {
+            suite:
+                BenchSuite::Protobuf {
+                    events,
+                    decoder,
+                    json,
+                },
+        } => streamflow::bench::protobuf::run(events, decoder).and_then(|r| print_decode(&r, json)),
         Command::Bench {
             suite:
                 BenchSuite::Jsonl {
@@ -974,23 +996,12 @@ fn bench_decode(
     Ok(ExitCode::SUCCESS)
 }
 
-fn bench_avro(
-    events: u64,
-    decoder: streamflow::bench::avro::AvroDecoderChoice,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
-    let r = streamflow::bench::avro::run(events, decoder)?;
+/// Prints a decoder benchmark's result.
+fn print_decode(r: &streamflow::bench::DecodeBench, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string(&r)?);
+        println!("{}", serde_json::to_string(r)?);
     } else {
-        println!(
-            "{:?}: {} bids ({:.0} MiB) in {:.3}s, {:.2} M records per CPU second",
-            r.decoder,
-            r.records,
-            r.bytes as f64 / (1 << 20) as f64,
-            r.seconds,
-            r.records_per_cpu_sec.unwrap_or(f64::NAN) / 1e6
-        );
+        println!("{}", r.summary());
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -398,3 +398,26 @@ fn chrono_like(ms: i64) -> String {
         rem % 60
     )
 }
+
+/// `streamflow bench protobuf`: both decoders read every message of the
+/// same bids (the figures are for the notes, not asserted).
+#[test]
+fn the_protobuf_bench_decodes_every_bid_with_both_decoders() {
+    let records = |decoder: &str| {
+        let out = common::run(&[
+            "bench",
+            "protobuf",
+            "--events",
+            "3000",
+            "--decoder",
+            decoder,
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        let r: Value = serde_json::from_slice(&out.stdout).expect("json");
+        r["records"].as_u64().expect("records")
+    };
+    let ours = records("streamflow");
+    assert!(ours > 2000, "{ours}");
+    assert_eq!(ours, records("prost-reflect"));
+}

@@ -63,7 +63,8 @@ struct Column {
 /// A source's Protobuf reading, as planned.
 #[derive(Debug)]
 pub struct ProtobufPlan {
-    client: RegistryClient,
+    /// Where other schema ids are checked (none: only the reader's id is known).
+    client: Option<RegistryClient>,
     reader_id: u32,
     columns: Vec<Column>,
     /// Field number → column.
@@ -108,7 +109,7 @@ impl ProtobufPlan {
         })?;
         let (columns, by_number, arrow) = columns_of(&descriptor)?;
         Ok(ProtobufPlan {
-            client,
+            client: Some(client),
             reader_id: fetched.id,
             columns,
             by_number,
@@ -119,6 +120,49 @@ impl ProtobufPlan {
     /// The columns rows have.
     pub fn schema(&self) -> Schema {
         self.arrow.as_ref().clone()
+    }
+
+    /// Reads message `message` (default: the first) of `schema` (`.proto`
+    /// source), known by id `id`, without a registry: messages framed with
+    /// another id are dead letters.
+    ///
+    /// # Errors
+    /// A schema that does not compile, or a field this reader does not take.
+    pub fn with_schema(
+        id: u32,
+        schema: &str,
+        message: Option<&str>,
+    ) -> std::result::Result<ProtobufPlan, String> {
+        let Parsed::Protobuf(compiled) = Parsed::parse(SchemaType::Protobuf, schema, &[])? else {
+            return Err("not a Protobuf schema".into());
+        };
+        let descriptor = compiled
+            .message(message)
+            .ok_or("the schema declares no such message")?;
+        let (columns, by_number, arrow) = columns_of(&descriptor)?;
+        Ok(ProtobufPlan {
+            client: None,
+            reader_id: id,
+            columns,
+            by_number,
+            arrow: Arc::new(arrow),
+        })
+    }
+
+    /// The rows of `messages` (Confluent-framed), and the messages that are
+    /// not rows, with why.
+    ///
+    /// # Errors
+    /// The registry cannot be reached.
+    pub async fn read(&self, messages: &[&[u8]]) -> Result<(Option<RecordBatch>, Vec<DeadLetter>)> {
+        let out = decode(self, messages, |i, payload, error| DeadLetter {
+            file: Some(format!("message {i}")),
+            line: None,
+            payload: Some(String::from_utf8_lossy(payload).into_owned()),
+            error,
+        })
+        .await?;
+        Ok((out.batch, out.dead_letters))
     }
 }
 
@@ -451,10 +495,10 @@ pub(crate) async fn decode(
         let located = match body_start(m) {
             Err(why) => Err(why),
             Ok((id, start)) => {
-                let known = if id == plan.reader_id {
-                    Ok(())
-                } else {
-                    match plan.client.schema(id).await.map_err(Error::Other)? {
+                let known = match (&plan.client, id == plan.reader_id) {
+                    (_, true) => Ok(()),
+                    (None, false) => Err(format!("schema id {id} is not known (no registry)")),
+                    (Some(client), false) => match client.schema(id).await.map_err(Error::Other)? {
                         Some(f) if f.schema_type == "PROTOBUF" => Ok(()),
                         Some(f) => Err(format!(
                             "schema id {id} is a {} schema, not PROTOBUF",
@@ -462,9 +506,9 @@ pub(crate) async fn decode(
                         )),
                         None => Err(format!(
                             "schema id {id} is not in the registry at {}",
-                            plan.client.url()
+                            client.url()
                         )),
-                    }
+                    },
                 };
                 slots.fill(Slot::Unset);
                 known

@@ -27,23 +27,6 @@ pub enum AvroDecoderChoice {
     ApacheAvro,
 }
 
-/// What one run measured.
-#[derive(Debug, Serialize)]
-pub struct AvroBench {
-    /// The decoder.
-    pub decoder: AvroDecoderChoice,
-    /// Messages decoded.
-    pub records: u64,
-    /// Their bytes, framing included.
-    pub bytes: u64,
-    /// Wall-clock seconds of the decoding.
-    pub seconds: f64,
-    /// CPU seconds of the decoding.
-    pub cpu_seconds: Option<f64>,
-    /// Records per CPU second.
-    pub records_per_cpu_sec: Option<f64>,
-}
-
 /// Makes `events` bids as Confluent-framed messages and their schema.
 fn messages(events: u64) -> anyhow::Result<(String, Vec<Vec<u8>>)> {
     let generator = NexmarkGenerator::new(NexmarkConfig {
@@ -78,7 +61,7 @@ fn messages(events: u64) -> anyhow::Result<(String, Vec<Vec<u8>>)> {
 ///
 /// # Errors
 /// A message that does not decode (none should).
-pub fn run(events: u64, decoder: AvroDecoderChoice) -> anyhow::Result<AvroBench> {
+pub fn run(events: u64, decoder: AvroDecoderChoice) -> anyhow::Result<super::DecodeBench> {
     let (schema, messages) = messages(events)?;
     let bytes: u64 = messages.iter().map(|m| m.len() as u64).sum();
     let cpu_before = super::cpu_seconds();
@@ -120,12 +103,18 @@ pub fn run(events: u64, decoder: AvroDecoderChoice) -> anyhow::Result<AvroBench>
     };
     let seconds = started.elapsed().as_secs_f64();
     let cpu = super::cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
-    Ok(AvroBench {
-        decoder,
+    Ok(super::DecodeBench::new(
+        decoder_name(decoder),
         records,
         bytes,
         seconds,
-        cpu_seconds: cpu,
-        records_per_cpu_sec: cpu.map(|c| records as f64 / c.max(1e-9)),
-    })
+        cpu,
+    ))
+}
+
+fn decoder_name(d: AvroDecoderChoice) -> &'static str {
+    match d {
+        AvroDecoderChoice::Streamflow => "streamflow",
+        AvroDecoderChoice::ApacheAvro => "apache-avro",
+    }
 }
