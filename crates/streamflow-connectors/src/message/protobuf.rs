@@ -67,8 +67,8 @@ pub struct ProtobufPlan {
     client: Option<RegistryClient>,
     reader_id: u32,
     columns: Vec<Column>,
-    /// Field number → column.
-    by_number: HashMap<u32, usize>,
+    /// Field number → column (dense: field numbers are small).
+    by_number: Vec<Option<usize>>,
     arrow: SchemaRef,
 }
 
@@ -122,6 +122,10 @@ impl ProtobufPlan {
         self.arrow.as_ref().clone()
     }
 
+    fn column_of(&self, number: u32) -> Option<usize> {
+        self.by_number.get(number as usize).copied().flatten()
+    }
+
     /// Reads message `message` (default: the first) of `schema` (`.proto`
     /// source), known by id `id`, without a registry: messages framed with
     /// another id are dead letters.
@@ -166,11 +170,14 @@ impl ProtobufPlan {
     }
 }
 
-type Columns = (Vec<Column>, HashMap<u32, usize>, Schema);
+type Columns = (Vec<Column>, Vec<Option<usize>>, Schema);
+
+/// Field numbers above this are refused (the index is dense).
+const MAX_FIELD_NUMBER: u32 = 1 << 16;
 
 fn columns_of(m: &MessageDescriptor) -> std::result::Result<Columns, String> {
     let mut columns = Vec::new();
-    let mut by_number = HashMap::new();
+    let mut by_number: Vec<Option<usize>> = Vec::new();
     let mut fields = Vec::new();
     for f in m.fields() {
         let at = || format!("{}.{}", m.full_name(), f.name());
@@ -217,7 +224,17 @@ fn columns_of(m: &MessageDescriptor) -> std::result::Result<Columns, String> {
             }
         };
         let presence = f.supports_presence();
-        by_number.insert(f.number(), columns.len());
+        if f.number() > MAX_FIELD_NUMBER {
+            return Err(format!(
+                "{}: field numbers above {MAX_FIELD_NUMBER} are not read",
+                at()
+            ));
+        }
+        let n = f.number() as usize;
+        if by_number.len() <= n {
+            by_number.resize(n + 1, None);
+        }
+        by_number[n] = Some(columns.len());
         fields.push(Field::new(f.name(), t, presence));
         columns.push(Column { read, presence });
     }
@@ -258,7 +275,7 @@ fn fixed<const N: usize>(buf: &[u8], at: usize) -> std::result::Result<[u8; N], 
 fn locate(
     buf: &[u8],
     range: Range<usize>,
-    by_number: &HashMap<u32, usize>,
+    column_of: impl Fn(u32) -> Option<usize>,
     slots: &mut [Slot],
 ) -> std::result::Result<(), String> {
     let mut at = range.start;
@@ -294,7 +311,7 @@ fn locate(
             }
             w => return Err(format!("wire type {w} (groups are not read)")),
         };
-        if let Some(&c) = by_number.get(&number) {
+        if let Some(c) = column_of(number) {
             slots[c] = slot;
         }
     }
@@ -351,8 +368,13 @@ impl Builder {
 }
 
 /// Checks that `slot` can be read as `column` (so appending cannot fail).
-fn check(column: &Column, slot: Slot, buf: &[u8]) -> std::result::Result<(), String> {
-    let ok = match (&column.read, slot) {
+fn check(column: &Column, slot: &mut Slot, buf: &[u8]) -> std::result::Result<(), String> {
+    // A timestamp is read here, once: its milliseconds take its slot.
+    if let (Read::Timestamp, Slot::Bytes(s, e)) = (&column.read, *slot) {
+        *slot = Slot::Fixed64(timestamp_ms(buf, s..e)? as u64);
+        return Ok(());
+    }
+    let ok = match (&column.read, *slot) {
         (_, Slot::Unset) => true,
         (
             Read::Int32
@@ -369,7 +391,6 @@ fn check(column: &Column, slot: Slot, buf: &[u8]) -> std::result::Result<(), Str
         (Read::SFixed64 | Read::Fixed64 | Read::Double, Slot::Fixed64(_)) => true,
         (Read::String, Slot::Bytes(s, e)) => std::str::from_utf8(&buf[s..e]).is_ok(),
         (Read::Bytes, Slot::Bytes(..)) => true,
-        (Read::Timestamp, Slot::Bytes(s, e)) => timestamp_ms(buf, s..e).is_ok(),
         _ => false,
     };
     if ok {
@@ -382,8 +403,12 @@ fn check(column: &Column, slot: Slot, buf: &[u8]) -> std::result::Result<(), Str
 /// A `google.protobuf.Timestamp` in milliseconds.
 fn timestamp_ms(buf: &[u8], range: Range<usize>) -> std::result::Result<i64, String> {
     let mut slots = [Slot::Unset, Slot::Unset];
-    let by_number = HashMap::from([(1, 0), (2, 1)]);
-    locate(buf, range, &by_number, &mut slots)?;
+    locate(
+        buf,
+        range,
+        |n| (1..=2).contains(&n).then(|| n as usize - 1),
+        &mut slots,
+    )?;
     let seconds = match slots[0] {
         Slot::Varint(v) => v as i64,
         _ => 0,
@@ -455,7 +480,7 @@ fn append(builder: &mut Builder, column: &Column, slot: Slot, buf: &[u8]) {
             false => b.append_value(bytes),
         },
         (Builder::Ts(b), _) => match slot {
-            Slot::Bytes(s, e) => b.append_option(timestamp_ms(buf, s..e).ok()),
+            Slot::Fixed64(ms) => b.append_value(ms as i64),
             _ => b.append_null(),
         },
     }
@@ -512,12 +537,12 @@ pub(crate) async fn decode(
                 };
                 slots.fill(Slot::Unset);
                 known
-                    .and_then(|()| locate(m, start..m.len(), &plan.by_number, &mut slots))
+                    .and_then(|()| locate(m, start..m.len(), |n| plan.column_of(n), &mut slots))
                     .and_then(|()| {
                         plan.columns
                             .iter()
-                            .zip(&slots)
-                            .try_for_each(|(c, s)| check(c, *s, m))
+                            .zip(slots.iter_mut())
+                            .try_for_each(|(c, s)| check(c, s, m))
                     })
             }
         };
@@ -568,11 +593,11 @@ mod tests {
     fn fields_are_located_and_unknown_ones_skipped() {
         // field 1 varint 150, field 9 (unknown) length-delimited "ab", field 2 fixed32.
         let msg = [0x08, 0x96, 0x01, 0x4a, 0x02, b'a', b'b', 0x15, 1, 0, 0, 0];
-        let by_number = HashMap::from([(1, 0), (2, 1)]);
+        let column_of = |n: u32| (1..=2).contains(&n).then(|| n as usize - 1);
         let mut slots = [Slot::Unset, Slot::Unset];
-        locate(&msg, 0..msg.len(), &by_number, &mut slots).expect("parses");
+        locate(&msg, 0..msg.len(), column_of, &mut slots).expect("parses");
         assert!(matches!(slots[0], Slot::Varint(150)));
         assert!(matches!(slots[1], Slot::Fixed32(1)));
-        assert!(locate(&msg[..5], 0..5, &by_number, &mut slots).is_err());
+        assert!(locate(&msg[..5], 0..5, column_of, &mut slots).is_err());
     }
 }
