@@ -83,6 +83,70 @@ impl RegistryClient {
         }
     }
 
+    /// The client of the registry a flow names (`registry:`), else of the
+    /// default one ([`default_url`]).
+    ///
+    /// # Errors
+    /// Neither is set.
+    pub fn for_flow(registry: Option<&str>) -> Result<RegistryClient, String> {
+        let url = registry
+            .map(str::to_string)
+            .or_else(default_url)
+            .ok_or("a schema registry is needed: set `registry: URL` (or STREAMFLOW_REGISTRY)")?;
+        Ok(RegistryClient::new(&url))
+    }
+
+    /// Version `version` (latest when `None`) of `subject`, asked while a
+    /// flow is planned; it must be of `schema_type` when one is given.
+    ///
+    /// # Errors
+    /// As [`version`](Self::version), or another type of schema.
+    pub fn version_at_plan_time(
+        &self,
+        subject: &str,
+        version: Option<u32>,
+        schema_type: Option<&str>,
+    ) -> Result<Fetched, String> {
+        let (c, s) = (self.clone(), subject.to_string());
+        let fetched =
+            crate::server::at_plan_time(move || async move { c.version(&s, version).await })?;
+        match schema_type {
+            Some(t) if fetched.schema_type != t => Err(format!(
+                "subject '{subject}' holds a {} schema, not {t}",
+                fetched.schema_type
+            )),
+            _ => Ok(fetched),
+        }
+    }
+
+    /// Fails, with the registry's reasons, when `schema` could not be
+    /// registered under `subject`; asked while a flow is planned.
+    ///
+    /// # Errors
+    /// Incompatible, or the registry unreachable.
+    pub fn check_at_plan_time(
+        &self,
+        subject: &str,
+        schema_type: &str,
+        schema: &str,
+    ) -> Result<(), String> {
+        let (c, s, t, text) = (
+            self.clone(),
+            subject.to_string(),
+            schema_type.to_string(),
+            schema.to_string(),
+        );
+        let why = crate::server::at_plan_time(move || async move { c.check(&s, &t, &text).await })?;
+        if why.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the rows' {schema_type} schema may not be registered under subject '{subject}': {}",
+                why.join("; ")
+            ))
+        }
+    }
+
     /// The registry's address.
     pub fn url(&self) -> &str {
         &self.base

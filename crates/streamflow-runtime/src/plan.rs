@@ -407,14 +407,10 @@ fn registered_validate_schema(
     }
     let at = format!("{}.schema", node.settings_path);
     let fail = |m: String| Diagnostics::from(streamflow_core::Diagnostic::new(at.clone(), m));
-    let version = match schema.get("version") {
-        None => None,
-        Some(v) => Some(
-            v.as_u64()
-                .and_then(|v| u32::try_from(v).ok())
-                .filter(|v| *v > 0)
-                .ok_or_else(|| fail("version must be a positive integer".into()))?,
-        ),
+    let mut reference = schema.clone();
+    reference.remove("registry");
+    let Some((_, version)) = streamflow_connectors::message::registry_subject(&reference) else {
+        return Err(fail("version must be a positive integer".into()));
     };
     let registry = schema.get("registry").and_then(Value::as_str);
     let columns = streamflow_connectors::message::subject_columns(registry, &subject, version)

@@ -129,6 +129,40 @@ impl BenchResult {
 
 pub use streamflow_runtime::resources::cpu_seconds;
 
+/// Messages per read in the decoder benchmarks, as a broker source hands
+/// them over.
+const MESSAGES_PER_READ: usize = 8192;
+
+/// The rows of `messages`, read `MESSAGES_PER_READ` at a time by `read` (a
+/// source's reader, given a runtime to run it on).
+///
+/// # Errors
+/// The first message that is not a row.
+fn rows_read(
+    messages: &[Vec<u8>],
+    mut read: impl FnMut(
+        &tokio::runtime::Runtime,
+        &[&[u8]],
+    ) -> streamflow_core::Result<(
+        Option<arrow::record_batch::RecordBatch>,
+        Vec<streamflow_core::DeadLetter>,
+    )>,
+) -> anyhow::Result<u64> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .map_err(|e| anyhow::anyhow!("runtime: {e}"))?;
+    let mut rows = 0u64;
+    for chunk in messages.chunks(MESSAGES_PER_READ) {
+        let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
+        let (batch, dead) = read(&rt, &refs).map_err(|e| anyhow::anyhow!(e))?;
+        if let Some(d) = dead.first() {
+            return Err(anyhow::anyhow!("a message did not decode: {}", d.error));
+        }
+        rows += batch.map_or(0, |b| b.num_rows() as u64);
+    }
+    Ok(rows)
+}
+
 /// What one run of a decoder benchmark (`bench avro`, `bench protobuf`) measured.
 #[derive(Debug, Serialize)]
 pub struct DecodeBench {

@@ -20,7 +20,7 @@ use arrow_avro::schema::{AvroSchema, Fingerprint, FingerprintAlgorithm, SchemaSt
 use streamflow_core::{DeadLetter, Error, Result};
 
 use super::Decoded;
-use crate::schema_registry::{RegistryClient, default_url};
+use crate::schema_registry::RegistryClient;
 
 /// A source's Avro reading, as planned.
 #[derive(Debug)]
@@ -47,19 +47,8 @@ impl AvroPlan {
         subject: &str,
         version: Option<u32>,
     ) -> std::result::Result<AvroPlan, String> {
-        let url = registry.map(str::to_string).or_else(default_url).ok_or(
-            "format avro needs a schema registry: set `registry: URL` (or STREAMFLOW_REGISTRY)",
-        )?;
-        let client = RegistryClient::new(&url);
-        let (c, s) = (client.clone(), subject.to_string());
-        let fetched =
-            crate::server::at_plan_time(move || async move { c.version(&s, version).await })?;
-        if fetched.schema_type != "AVRO" {
-            return Err(format!(
-                "subject '{subject}' holds a {} schema, not AVRO",
-                fetched.schema_type
-            ));
-        }
+        let client = RegistryClient::for_flow(registry)?;
+        let fetched = client.version_at_plan_time(subject, version, Some("AVRO"))?;
         let writers = BTreeMap::from([(fetched.id, fetched.schema.clone())]);
         let decoder = build(&fetched.schema, &writers, 1)
             .map_err(|e| format!("subject '{subject}': not a schema rows can be read with: {e}"))?;
@@ -372,26 +361,11 @@ impl AvroSinkPlan {
         subject: &str,
         input: &Schema,
     ) -> std::result::Result<AvroSinkPlan, String> {
-        let url = registry.map(str::to_string).or_else(default_url).ok_or(
-            "format avro needs a schema registry: set `registry: URL` (or STREAMFLOW_REGISTRY)",
-        )?;
-        let client = RegistryClient::new(&url);
+        let client = RegistryClient::for_flow(registry)?;
         let plain = Schema::new(input.fields().clone());
         let avro =
             AvroSchema::try_from(&plain).map_err(|e| format!("the input has no Avro form: {e}"))?;
-        let (c, s, text) = (
-            client.clone(),
-            subject.to_string(),
-            avro.json_string.clone(),
-        );
-        let why =
-            crate::server::at_plan_time(move || async move { c.check(&s, "AVRO", &text).await })?;
-        if !why.is_empty() {
-            return Err(format!(
-                "the rows' Avro schema may not be registered under subject '{subject}': {}",
-                why.join("; ")
-            ));
-        }
+        client.check_at_plan_time(subject, "AVRO", &avro.json_string)?;
         let metadata = std::collections::HashMap::from([(
             arrow_avro::schema::SCHEMA_METADATA_KEY.to_string(),
             avro.json_string.clone(),

@@ -12,7 +12,7 @@ use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use serde_json::{Map, Value, json};
 use streamflow_core::{Error, Result};
 
-use crate::schema_registry::{RegistryClient, default_url};
+use crate::schema_registry::RegistryClient;
 
 /// The columns of an object JSON Schema: each property a column (integer →
 /// Int64, number → Float64, string → Utf8 (`format: date-time` →
@@ -151,20 +151,8 @@ impl JsonSchemaPlan {
         subject: &str,
         version: Option<u32>,
     ) -> std::result::Result<JsonSchemaPlan, String> {
-        let url = registry
-            .map(str::to_string)
-            .or_else(default_url)
-            .ok_or("a registry subject needs a schema registry: set `registry: URL` (or STREAMFLOW_REGISTRY)")?;
-        let client = RegistryClient::new(&url);
-        let (c, s) = (client.clone(), subject.to_string());
-        let fetched =
-            crate::server::at_plan_time(move || async move { c.version(&s, version).await })?;
-        if fetched.schema_type != "JSON" {
-            return Err(format!(
-                "subject '{subject}' holds a {} schema, not JSON",
-                fetched.schema_type
-            ));
-        }
+        let client = RegistryClient::for_flow(registry)?;
+        let fetched = client.version_at_plan_time(subject, version, Some("JSON"))?;
         let schema: Value = serde_json::from_str(&fetched.schema)
             .map_err(|e| format!("subject '{subject}': not JSON: {e}"))?;
         let arrow = columns_of(&schema).map_err(|e| format!("subject '{subject}': {e}"))?;
@@ -230,21 +218,9 @@ impl JsonSinkPlan {
         subject: &str,
         input: &Schema,
     ) -> std::result::Result<JsonSinkPlan, String> {
-        let url = registry
-            .map(str::to_string)
-            .or_else(default_url)
-            .ok_or("a registry subject needs a schema registry: set `registry: URL` (or STREAMFLOW_REGISTRY)")?;
-        let client = RegistryClient::new(&url);
+        let client = RegistryClient::for_flow(registry)?;
         let schema = schema_of(input)?.to_string();
-        let (c, s, text) = (client.clone(), subject.to_string(), schema.clone());
-        let why =
-            crate::server::at_plan_time(move || async move { c.check(&s, "JSON", &text).await })?;
-        if !why.is_empty() {
-            return Err(format!(
-                "the rows' JSON Schema may not be registered under subject '{subject}': {}",
-                why.join("; ")
-            ));
-        }
+        client.check_at_plan_time(subject, "JSON", &schema)?;
         Ok(JsonSinkPlan {
             client,
             subject: subject.to_string(),

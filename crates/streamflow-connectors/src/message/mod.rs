@@ -238,13 +238,8 @@ pub fn subject_columns(
     subject: &str,
     version: Option<u32>,
 ) -> std::result::Result<Schema, String> {
-    let url = registry
-        .map(str::to_string)
-        .or_else(crate::schema_registry::default_url)
-        .ok_or("a registry subject needs a schema registry: set `registry: URL` (or STREAMFLOW_REGISTRY)")?;
-    let client = crate::schema_registry::RegistryClient::new(&url);
-    let (c, s) = (client.clone(), subject.to_string());
-    let fetched = crate::server::at_plan_time(move || async move { c.version(&s, version).await })?;
+    let client = crate::schema_registry::RegistryClient::for_flow(registry)?;
+    let fetched = client.version_at_plan_time(subject, version, None)?;
     match fetched.schema_type.as_str() {
         "AVRO" => Ok(avro::AvroPlan::with_schema(fetched.id, &fetched.schema)?.schema()),
         "JSON" => {
@@ -260,7 +255,7 @@ pub fn subject_columns(
 
 /// `{subject?, version?}`: the subject (when named) and version of a
 /// registry reference; `None` for other maps.
-fn registry_subject(
+pub fn registry_subject(
     d: &serde_json::Map<String, serde_json::Value>,
 ) -> Option<(Option<String>, Option<u32>)> {
     if d.is_empty()

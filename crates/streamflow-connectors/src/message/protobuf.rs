@@ -28,7 +28,7 @@ use streamflow_core::{DeadLetter, Error, Result};
 use streamflow_registry::{Parsed, SchemaType};
 
 use super::Decoded;
-use crate::schema_registry::{RegistryClient, default_url};
+use crate::schema_registry::RegistryClient;
 
 /// How a column's value is read off the wire.
 #[derive(Debug, Clone)]
@@ -85,19 +85,8 @@ impl ProtobufPlan {
         version: Option<u32>,
         message: Option<&str>,
     ) -> std::result::Result<ProtobufPlan, String> {
-        let url = registry.map(str::to_string).or_else(default_url).ok_or(
-            "format protobuf needs a schema registry: set `registry: URL` (or STREAMFLOW_REGISTRY)",
-        )?;
-        let client = RegistryClient::new(&url);
-        let (c, s) = (client.clone(), subject.to_string());
-        let fetched =
-            crate::server::at_plan_time(move || async move { c.version(&s, version).await })?;
-        if fetched.schema_type != "PROTOBUF" {
-            return Err(format!(
-                "subject '{subject}' holds a {} schema, not PROTOBUF",
-                fetched.schema_type
-            ));
-        }
+        let client = RegistryClient::for_flow(registry)?;
+        let fetched = client.version_at_plan_time(subject, version, Some("PROTOBUF"))?;
         let Parsed::Protobuf(compiled) = Parsed::parse(SchemaType::Protobuf, &fetched.schema, &[])
             .map_err(|e| format!("subject '{subject}': {e}"))?
         else {

@@ -70,19 +70,7 @@ pub fn run(events: u64, decoder: AvroDecoderChoice) -> anyhow::Result<super::Dec
         AvroDecoderChoice::Streamflow => {
             let plan = AvroPlan::with_schema(ID, &schema).map_err(|e| anyhow!(e))?;
             let mut reader = AvroReader::new(Arc::new(plan));
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .context("runtime")?;
-            let mut rows = 0u64;
-            for chunk in messages.chunks(CHUNK) {
-                let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-                let (batch, dead) = rt.block_on(reader.read(&refs)).map_err(|e| anyhow!(e))?;
-                if let Some(d) = dead.first() {
-                    return Err(anyhow!("a message did not decode: {}", d.error));
-                }
-                rows += batch.map_or(0, |b| b.num_rows() as u64);
-            }
-            rows
+            super::rows_read(&messages, |rt, refs| rt.block_on(reader.read(refs)))?
         }
         AvroDecoderChoice::ApacheAvro => {
             let parsed = apache_avro::Schema::parse_str(&schema).context("the bid schema")?;

@@ -126,19 +126,7 @@ pub fn run(events: u64, decoder: ProtobufDecoderChoice) -> anyhow::Result<super:
     let started = Instant::now();
     let records = match decoder {
         ProtobufDecoderChoice::Streamflow => {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .context("runtime")?;
-            let mut rows = 0u64;
-            for chunk in messages.chunks(CHUNK) {
-                let refs: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-                let (batch, dead) = rt.block_on(plan.read(&refs)).map_err(|e| anyhow!(e))?;
-                if let Some(d) = dead.first() {
-                    return Err(anyhow!("a message did not decode: {}", d.error));
-                }
-                rows += batch.map_or(0, |b| b.num_rows() as u64);
-            }
-            rows
+            super::rows_read(&messages, |rt, refs| rt.block_on(plan.read(refs)))?
         }
         ProtobufDecoderChoice::ProstReflect => {
             let streamflow_registry::Parsed::Protobuf(compiled) =
