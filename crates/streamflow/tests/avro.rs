@@ -328,6 +328,7 @@ fn protobuf_records_from_a_third_party_producer() {
         &input,
         &n.to_string(),
     ]);
+    let output = common::unique("pb-copies");
     let flow = format!(
         r#"name: protobuf-orders
 mode: job
@@ -336,8 +337,11 @@ sources:
     type: kafka
     dlq: bad
     config: {{brokers: "{brokers}", topic: {input}, format: protobuf, registry: "{url}", bounded: true}}
+stages:
+  - {{name: some, type: select, input: orders, select: [id, customer, amount, at]}}
 sinks:
   - {{name: out, type: file, input: orders, config: {{path: "{out}"}}}}
+  - {{name: copies, type: kafka, input: some, config: {{brokers: "{brokers}", topic: {output}, format: protobuf, registry: "{url}", create: true}}}}
   - {{name: bad, type: file, config: {{path: "{bad}"}}}}
 "#,
         brokers = brokers(),
@@ -372,6 +376,31 @@ sinks:
         assert_eq!(
             (seconds.to_string(), millis),
             (chrono_like(ms), ms % 1000),
+            "{at}"
+        );
+    }
+    // The copies, written as Protobuf with a derived message type, read
+    // back by Confluent's ProtobufDeserializer.
+    let mut copies: Vec<Value> = python(&["consume-protobuf", &server.url, &brokers(), &output])
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("a JSON row"))
+        .collect();
+    // Protobuf's JSON form writes int64 as strings, and leaves out zeros.
+    let id = |r: &Value| {
+        r["id"]
+            .as_str()
+            .map_or(0, |s| s.parse::<i64>().expect("id"))
+    };
+    copies.sort_by_key(id);
+    assert_eq!(copies.len(), n);
+    for (i, r) in copies.iter().enumerate() {
+        let i = i as i64;
+        assert_eq!(id(r), i, "{r}");
+        assert_eq!(r["customer"], format!("c{}", i % 7), "{r}");
+        assert_eq!(r["amount"].as_f64().unwrap_or(0.0), i as f64 / 4.0, "{r}");
+        let at = r["at"].as_str().expect("at");
+        assert!(
+            at.starts_with(&chrono_like(1_700_000_000_000 + i * 1000 + i % 1000)),
             "{at}"
         );
     }

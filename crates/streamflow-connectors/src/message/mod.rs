@@ -467,6 +467,8 @@ pub(crate) struct MessageEncoder {
     avro: Option<avro::AvroEncoder>,
     /// Registry-framed JSON: the plan, and the prefix once registered.
     json: Option<(Arc<json_schema::JsonSinkPlan>, Option<[u8; 5]>)>,
+    /// Protobuf: the plan, and the prefix once registered.
+    protobuf: Option<(Arc<protobuf::ProtobufSinkPlan>, Option<[u8; 6]>)>,
 }
 
 /// What a sink's messages are written as.
@@ -489,9 +491,23 @@ impl MessageEncoder {
     pub(crate) fn new(target: &EncoderSource<'_>) -> std::result::Result<Self, String> {
         let (format, schema) = (target.format, target.input);
         if format == MessageFormat::Protobuf {
-            return Err(
-                "protobuf is read by sources; sinks write avro, json, csv, string or bytes".into(),
-            );
+            let subject = match target.declared {
+                None => target.default_subject.clone(),
+                Some(d) => match (
+                    d.get("subject").and_then(serde_json::Value::as_str),
+                    d.len(),
+                ) {
+                    (Some(s), 1) => s.to_string(),
+                    _ => return Err("a protobuf sink's schema is {subject: NAME}".into()),
+                },
+            };
+            let plan = protobuf::ProtobufSinkPlan::plan(target.registry, &subject, schema)?;
+            return Ok(Self {
+                format,
+                avro: None,
+                json: None,
+                protobuf: Some((Arc::new(plan), None)),
+            });
         }
         if format == MessageFormat::Avro {
             let subject = match target.declared {
@@ -509,6 +525,7 @@ impl MessageEncoder {
                 format,
                 avro: Some(avro::AvroEncoder::new(Arc::new(plan))),
                 json: None,
+                protobuf: None,
             });
         }
         if let Some(d) = target.declared {
@@ -527,6 +544,7 @@ impl MessageEncoder {
                 format,
                 avro: None,
                 json: Some((Arc::new(plan), None)),
+                protobuf: None,
             });
         }
         if let Some(fixed) = format.fixed_schema() {
@@ -550,6 +568,7 @@ impl MessageEncoder {
             format,
             avro: None,
             json: None,
+            protobuf: None,
         })
     }
 
@@ -558,7 +577,13 @@ impl MessageEncoder {
         let err = |e| Error::arrow("encoding messages", e);
         match self.format {
             MessageFormat::Protobuf => {
-                Err(Error::Other("protobuf messages are not written".into()))
+                let Some((plan, prefix)) = self.protobuf.as_mut() else {
+                    return Err(Error::Other("protobuf rows without a message type".into()));
+                };
+                if prefix.is_none() {
+                    *prefix = Some(plan.prefix().await?);
+                }
+                plan.encode(batch, prefix.as_ref().map_or(&[], |p| p.as_slice()))
             }
             MessageFormat::Avro => match self.avro.as_mut() {
                 Some(avro) => avro.encode(batch).await,

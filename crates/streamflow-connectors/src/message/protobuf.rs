@@ -563,6 +563,265 @@ pub(crate) async fn decode(
     })
 }
 
+/// How a column is written.
+#[derive(Debug, Clone, Copy)]
+enum Write {
+    Int32,
+    Int64,
+    UInt32,
+    UInt64,
+    Float,
+    Double,
+    Bool,
+    String,
+    Bytes,
+    /// A timestamp in this many nanoseconds per unit.
+    Timestamp(i64),
+}
+
+/// A sink's Protobuf writing, as planned: a message type `streamflow.Row`
+/// derived from its input (one field per column, numbered in order;
+/// nullable columns `optional`, timestamps `google.protobuf.Timestamp`),
+/// checked against its subject.
+#[derive(Debug)]
+pub struct ProtobufSinkPlan {
+    client: RegistryClient,
+    subject: String,
+    /// The `.proto` source registered.
+    schema: String,
+    writes: Vec<Write>,
+}
+
+impl ProtobufSinkPlan {
+    /// Derives the message type of rows of `input` and checks that it may
+    /// be registered under `subject`; the registration happens on first write.
+    ///
+    /// # Errors
+    /// No registry, a column with no Protobuf form, or an incompatible schema.
+    pub fn plan(
+        registry: Option<&str>,
+        subject: &str,
+        input: &Schema,
+    ) -> std::result::Result<ProtobufSinkPlan, String> {
+        let client = RegistryClient::for_flow(registry)?;
+        let mut fields = String::new();
+        let mut writes = Vec::new();
+        let mut timestamps = false;
+        for (i, f) in input.fields().iter().enumerate() {
+            let name = f.name();
+            let valid = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(format!(
+                    "column '{name}' is not a Protobuf field name (rename it)"
+                ));
+            }
+            let (write, t) = match f.data_type() {
+                DataType::Int8 | DataType::Int16 | DataType::Int32 => (Write::Int32, "int32"),
+                DataType::Int64 => (Write::Int64, "int64"),
+                DataType::UInt8 | DataType::UInt16 | DataType::UInt32 => (Write::UInt32, "uint32"),
+                DataType::UInt64 => (Write::UInt64, "uint64"),
+                DataType::Float32 => (Write::Float, "float"),
+                DataType::Float64 => (Write::Double, "double"),
+                DataType::Boolean => (Write::Bool, "bool"),
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
+                    (Write::String, "string")
+                }
+                DataType::Binary | DataType::LargeBinary => (Write::Bytes, "bytes"),
+                DataType::Timestamp(unit, _) => {
+                    timestamps = true;
+                    let nanos = match unit {
+                        TimeUnit::Second => 1_000_000_000,
+                        TimeUnit::Millisecond => 1_000_000,
+                        TimeUnit::Microsecond => 1_000,
+                        TimeUnit::Nanosecond => 1,
+                    };
+                    (Write::Timestamp(nanos), "google.protobuf.Timestamp")
+                }
+                other => {
+                    return Err(format!(
+                        "column '{name}': type {other} has no Protobuf form"
+                    ));
+                }
+            };
+            let optional = if f.is_nullable() && !matches!(write, Write::Timestamp(_)) {
+                "optional "
+            } else {
+                ""
+            };
+            fields.push_str(&format!("  {optional}{t} {name} = {};\n", i + 1));
+            writes.push(write);
+        }
+        let import = if timestamps {
+            "import \"google/protobuf/timestamp.proto\";\n"
+        } else {
+            ""
+        };
+        let schema = format!(
+            "syntax = \"proto3\";\npackage streamflow;\n{import}message Row {{\n{fields}}}\n"
+        );
+        client.check_at_plan_time(subject, "PROTOBUF", &schema)?;
+        Ok(ProtobufSinkPlan {
+            client,
+            subject: subject.to_string(),
+            schema,
+            writes,
+        })
+    }
+
+    /// The wire-format prefix of this sink's messages: magic byte, the id
+    /// (registering the schema, or finding it), message index `[0]`.
+    pub(crate) async fn prefix(&self) -> Result<[u8; 6]> {
+        let id = self
+            .client
+            .register(&self.subject, "PROTOBUF", &self.schema)
+            .await
+            .map_err(Error::Other)?;
+        tracing::info!(subject = %self.subject, id, "Protobuf schema registered");
+        let [a, b, c, d] = id.to_be_bytes();
+        Ok([0, a, b, c, d, 0])
+    }
+
+    /// One message per row of `batch`, each starting with `prefix`.
+    pub(crate) fn encode(&self, batch: &RecordBatch, prefix: &[u8]) -> Result<Vec<Vec<u8>>> {
+        use arrow::array::{Array, AsArray};
+        use arrow::datatypes as t;
+        let mut out: Vec<Vec<u8>> = (0..batch.num_rows()).map(|_| prefix.to_vec()).collect();
+        let cast = |e| Error::arrow("encoding Protobuf", e);
+        for (c, (write, column)) in self.writes.iter().zip(batch.columns()).enumerate() {
+            let number = (c + 1) as u64;
+            // Integers are widened once per column, not per row.
+            let widened;
+            let column: &dyn Array = match write {
+                Write::Int32 if column.data_type() != &DataType::Int32 => {
+                    widened = arrow::compute::cast(column, &DataType::Int32).map_err(cast)?;
+                    widened.as_ref()
+                }
+                Write::UInt32 if column.data_type() != &DataType::UInt32 => {
+                    widened = arrow::compute::cast(column, &DataType::UInt32).map_err(cast)?;
+                    widened.as_ref()
+                }
+                Write::String if column.data_type() != &DataType::Utf8 => {
+                    widened = arrow::compute::cast(column, &DataType::Utf8).map_err(cast)?;
+                    widened.as_ref()
+                }
+                Write::Bytes if column.data_type() != &DataType::Binary => {
+                    widened = arrow::compute::cast(column, &DataType::Binary).map_err(cast)?;
+                    widened.as_ref()
+                }
+                _ => column.as_ref(),
+            };
+            for (row, m) in out.iter_mut().enumerate() {
+                if column.is_null(row) {
+                    continue;
+                }
+                match write {
+                    Write::Int32 => varint_field(
+                        m,
+                        number,
+                        column.as_primitive::<t::Int32Type>().value(row) as i64 as u64,
+                    ),
+                    Write::Int64 => varint_field(
+                        m,
+                        number,
+                        column.as_primitive::<t::Int64Type>().value(row) as u64,
+                    ),
+                    Write::UInt32 => varint_field(
+                        m,
+                        number,
+                        u64::from(column.as_primitive::<t::UInt32Type>().value(row)),
+                    ),
+                    Write::UInt64 => {
+                        varint_field(m, number, column.as_primitive::<t::UInt64Type>().value(row))
+                    }
+                    Write::Bool => {
+                        varint_field(m, number, u64::from(column.as_boolean().value(row)))
+                    }
+                    Write::Float => {
+                        put_varint(m, (number << 3) | 5);
+                        m.extend_from_slice(
+                            &column
+                                .as_primitive::<t::Float32Type>()
+                                .value(row)
+                                .to_le_bytes(),
+                        );
+                    }
+                    Write::Double => {
+                        put_varint(m, (number << 3) | 1);
+                        m.extend_from_slice(
+                            &column
+                                .as_primitive::<t::Float64Type>()
+                                .value(row)
+                                .to_le_bytes(),
+                        );
+                    }
+                    Write::String => {
+                        bytes_field(m, number, column.as_string::<i32>().value(row).as_bytes())
+                    }
+                    Write::Bytes => bytes_field(m, number, column.as_binary::<i32>().value(row)),
+                    Write::Timestamp(nanos_per_unit) => {
+                        let v = timestamp_value(column, row);
+                        let nanos = i128::from(v) * i128::from(*nanos_per_unit);
+                        let seconds = nanos.div_euclid(1_000_000_000) as i64;
+                        let rest = nanos.rem_euclid(1_000_000_000) as i64;
+                        let mut ts = Vec::with_capacity(16);
+                        if seconds != 0 {
+                            varint_field(&mut ts, 1, seconds as u64);
+                        }
+                        if rest != 0 {
+                            varint_field(&mut ts, 2, rest as u64);
+                        }
+                        bytes_field(m, number, &ts);
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A timestamp column's raw value (in its unit).
+fn timestamp_value(column: &dyn arrow::array::Array, row: usize) -> i64 {
+    use arrow::array::AsArray;
+    use arrow::datatypes as t;
+    match column.data_type() {
+        DataType::Timestamp(TimeUnit::Second, _) => {
+            column.as_primitive::<t::TimestampSecondType>().value(row)
+        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => column
+            .as_primitive::<t::TimestampMillisecondType>()
+            .value(row),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => column
+            .as_primitive::<t::TimestampMicrosecondType>()
+            .value(row),
+        _ => column
+            .as_primitive::<t::TimestampNanosecondType>()
+            .value(row),
+    }
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn varint_field(out: &mut Vec<u8>, number: u64, v: u64) {
+    put_varint(out, number << 3);
+    put_varint(out, v);
+}
+
+fn bytes_field(out: &mut Vec<u8>, number: u64, v: &[u8]) {
+    put_varint(out, (number << 3) | 2);
+    put_varint(out, v.len() as u64);
+    out.extend_from_slice(v);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

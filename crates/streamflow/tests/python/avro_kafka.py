@@ -14,6 +14,9 @@ confluent-kafka-python's own AvroSerializer / AvroDeserializer:
         N orders with ProtobufSerializer (int64, string, double, an enum
         and a google.protobuf.Timestamp), then one message that is not
         framed.
+    avro_kafka.py consume-protobuf REGISTRY BROKERS TOPIC
+        as `consume`, with ProtobufDeserializer and the message class built
+        from the subject's latest schema (read `format=serialized`).
     avro_kafka.py consume-json REGISTRY BROKERS TOPIC
         as `consume`, with JSONDeserializer (validating each record).
 """
@@ -107,11 +110,27 @@ elif mode == "produce-protobuf":
     producer.produce(topic, value=b"plain bytes")
     assert producer.flush(30) == 0
     print(json.dumps({"produced": n + 1}))
-elif mode in ("consume", "consume-json"):
+elif mode in ("consume", "consume-json", "consume-protobuf"):
     if mode == "consume":
         deserializer = AvroDeserializer(client)
-    else:
+    elif mode == "consume-json":
         deserializer = JSONDeserializer(None, schema_registry_client=client)
+    else:
+        import base64
+        from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory, timestamp_pb2
+        from confluent_kafka.schema_registry.protobuf import ProtobufDeserializer
+
+        latest = client.get_latest_version(topic + "-value", fmt="serialized")
+        fdp = descriptor_pb2.FileDescriptorProto.FromString(base64.b64decode(latest.schema.schema_str))
+        fdp.name = fdp.name or "row.proto"
+        pool = descriptor_pool.DescriptorPool()
+        pool.Add(descriptor_pb2.FileDescriptorProto.FromString(timestamp_pb2.DESCRIPTOR.serialized_pb))
+        pool.Add(fdp)
+        Row = message_factory.GetMessageClass(pool.FindMessageTypeByName("streamflow.Row"))
+        protobuf = ProtobufDeserializer(Row, {"use.deprecated.format": False})
+
+        def deserializer(value, ctx):
+            return json_format.MessageToDict(protobuf(value, ctx), preserving_proto_field_name=True)
     consumer = Consumer({"bootstrap.servers": brokers, "group.id": "avro-check",
                          "auto.offset.reset": "earliest", "enable.partition.eof": True,
                          "isolation.level": "read_committed"})
