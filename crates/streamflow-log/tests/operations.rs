@@ -1,0 +1,198 @@
+//! The log's operations through its public API, on a real store on disk.
+
+use std::sync::Arc;
+
+use streamflow_log::{Log, LogError, Record, SegmentRange, SpaceRange};
+
+fn log() -> (tempfile::TempDir, Log) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = Log::open(dir.path()).expect("open");
+    (dir, log)
+}
+
+fn records(from: u64, to: u64) -> Vec<Record> {
+    (from..=to)
+        .map(|s| Record {
+            sequence: s,
+            timestamp: 1_000 + s as i64,
+            payload: format!("entry {s}").into_bytes(),
+            metadata: serde_json::Map::new(),
+        })
+        .collect()
+}
+
+fn sequences(entries: &[streamflow_log::Entry]) -> Vec<u64> {
+    entries.iter().map(|e| e.sequence).collect()
+}
+
+#[test]
+fn consume_with_bounds() {
+    let (_dir, log) = log();
+    log.produce("s", "a", &records(1, 10)).expect("produce");
+    let read = |min, max| {
+        sequences(
+            &log.consume_segment(
+                "s",
+                "a",
+                SegmentRange {
+                    min_sequence: min,
+                    max_sequence: max,
+                    ..SegmentRange::default()
+                },
+            )
+            .expect("consume"),
+        )
+    };
+    assert_eq!(read(0, 0), (1..=10).collect::<Vec<_>>());
+    assert_eq!(read(3, 3), [3]);
+    assert_eq!(read(3, 5), [3, 4, 5]);
+    assert_eq!(read(11, 0), Vec::<u64>::new());
+    assert_eq!(read(9, 15), [9, 10]);
+    let limited = log
+        .consume_segment(
+            "s",
+            "a",
+            SegmentRange {
+                limit: 4,
+                min_timestamp: 1_003,
+                ..SegmentRange::default()
+            },
+        )
+        .expect("consume");
+    assert_eq!(sequences(&limited), [3, 4, 5, 6]);
+    assert_eq!(limited[0].payload, b"entry 3");
+}
+
+#[test]
+fn gaps_statuses_peek_and_names() {
+    let (_dir, log) = log();
+    assert!(
+        log.spaces().expect("spaces").is_empty(),
+        "a fresh store lists no spaces"
+    );
+    let status = log.produce("s", "a", &records(1, 2)).expect("produce");
+    let last = status.last().expect("a status");
+    assert_eq!((last.first_sequence, last.last_sequence), (1, 2));
+    assert_eq!(log.peek("s", "a").expect("peek").last_sequence, 2);
+    let gap = log.produce("s", "a", &records(4, 5)).expect_err("a gap");
+    assert_eq!(gap.to_string(), "sequence gap: expected 3, got 4");
+    assert!(matches!(
+        log.produce("", "a", &records(1, 1)),
+        Err(LogError::InvalidArgs(_))
+    ));
+    assert!(log.produce("s", "a", &records(3, 3)).is_ok());
+    let missing = log.peek("s", "nope").expect("peek");
+    assert_eq!(
+        (missing.last_sequence, missing.segment.as_str()),
+        (0, "nope")
+    );
+    log.publish("t", "x", b"one".to_vec(), serde_json::Map::new())
+        .expect("publish");
+    assert_eq!(log.spaces().expect("spaces"), ["s", "t"]);
+    assert_eq!(log.segments("s").expect("segments"), ["a"]);
+}
+
+#[test]
+fn concurrent_producers_serialise_or_find_the_gap() {
+    let (_dir, log) = log();
+    let log = Arc::new(log);
+    let producers: Vec<_> = (0..2)
+        .map(|_| {
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || log.produce("s", "a", &records(1, 100)))
+        })
+        .collect();
+    let outcomes: Vec<_> = producers
+        .into_iter()
+        .map(|p| p.join().expect("thread"))
+        .collect();
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1);
+    assert!(outcomes.iter().any(|o| matches!(
+        o,
+        Err(LogError::SequenceGap {
+            expected: 101,
+            got: 1
+        })
+    )));
+    let all = log
+        .consume_segment("s", "a", SegmentRange::default())
+        .expect("consume");
+    assert_eq!(sequences(&all), (1..=100).collect::<Vec<_>>());
+}
+
+#[test]
+fn space_offsets_resume_and_a_global_limit_spans_spaces() {
+    let (_dir, log) = log();
+    log.produce("s", "a", &records(1, 3)).expect("a");
+    log.produce("s", "b", &records(1, 2)).expect("b");
+    log.produce("t", "c", &records(1, 4)).expect("c");
+    let first = log
+        .consume_space(
+            "s",
+            SpaceRange {
+                limit: 2,
+                ..SpaceRange::default()
+            },
+        )
+        .expect("first");
+    assert_eq!(first.iter().map(|e| e.offset).collect::<Vec<_>>(), [1, 2]);
+    let rest = log
+        .consume_space(
+            "s",
+            SpaceRange {
+                offset: first[1].offset,
+                ..SpaceRange::default()
+            },
+        )
+        .expect("rest");
+    let seen: Vec<(String, u64)> = rest
+        .iter()
+        .map(|e| (e.segment.clone(), e.sequence))
+        .collect();
+    assert_eq!(seen, [("a".into(), 3), ("b".into(), 1), ("b".into(), 2)]);
+    let both = log.consume(&[("s", 4), ("t", 0)], 3).expect("both");
+    let seen: Vec<(&str, u64)> = both
+        .iter()
+        .map(|e| (e.space.as_str(), e.sequence))
+        .collect();
+    assert_eq!(seen, [("s", 2), ("t", 1), ("t", 2)]);
+}
+
+#[test]
+fn large_entries_round_trip_and_survive_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let payloads: Vec<Vec<u8>> = (0..50u8).map(|i| vec![i; 8192]).collect();
+    {
+        let log = Log::open(dir.path()).expect("open");
+        let mut meta = serde_json::Map::new();
+        meta.insert("kind".into(), serde_json::json!("blob"));
+        let records: Vec<Record> = payloads
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Record {
+                sequence: i as u64 + 1,
+                timestamp: 7,
+                payload: p.clone(),
+                metadata: meta.clone(),
+            })
+            .collect();
+        log.produce("blobs", "x", &records).expect("produce");
+    }
+    let log = Log::open(dir.path()).expect("reopen");
+    let back = log
+        .consume_segment("blobs", "x", SegmentRange::default())
+        .expect("consume");
+    assert_eq!(back.len(), 50);
+    for (e, p) in back.iter().zip(&payloads) {
+        assert_eq!(&e.payload, p);
+        assert_eq!(e.metadata["kind"], "blob");
+    }
+}
+
+#[test]
+fn big_produces_go_in_chunks() {
+    let (_dir, log) = log();
+    let statuses = log.produce("s", "a", &records(1, 25_000)).expect("produce");
+    let lasts: Vec<u64> = statuses.iter().map(|s| s.last_sequence).collect();
+    assert_eq!(lasts, [10_000, 20_000, 25_000]);
+}
