@@ -9,8 +9,10 @@
 //! it saw.
 
 mod store;
+mod subscription;
 
 pub use store::Log;
+pub use subscription::Subscription;
 
 use serde::{Deserialize, Serialize};
 

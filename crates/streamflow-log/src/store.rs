@@ -20,7 +20,13 @@ const OFFSETS: TableDefinition<(&str, u64), (&str, u64)> = TableDefinition::new(
 /// readers never wait for them.
 pub struct Log {
     db: Database,
+    /// Every committed write's new segment status, for subscribers.
+    statuses: tokio::sync::broadcast::Sender<SegmentStatus>,
 }
+
+/// Statuses kept for subscribers that fall behind (older ones are skipped:
+/// a status holds everything before it).
+const STATUS_BACKLOG: usize = 1024;
 
 fn encode(offset: u64, r: &Record) -> Result<Vec<u8>, LogError> {
     let meta = serde_json::to_vec(&r.metadata).map_err(store_error)?;
@@ -74,7 +80,8 @@ impl Log {
     pub fn open(dir: &Path) -> Result<Log, LogError> {
         std::fs::create_dir_all(dir).map_err(store_error)?;
         let db = Database::create(dir.join("log.redb")).map_err(store_error)?;
-        Ok(Log { db })
+        let (statuses, _) = tokio::sync::broadcast::channel(STATUS_BACKLOG);
+        Ok(Log { db, statuses })
     }
 
     /// Appends `records` to `segment` of `space`: each must continue the
@@ -206,7 +213,34 @@ impl Log {
             status
         };
         txn.commit().map_err(store_error)?;
+        // Nobody listening is fine.
+        let _ = self.statuses.send(status.clone());
         Ok(status)
+    }
+
+    /// The statuses of `segment` of `space` (`*`: every segment of it):
+    /// the current ones first, then each new one as writes commit.
+    ///
+    /// # Errors
+    /// The store.
+    pub fn subscribe(&self, space: &str, segment: &str) -> Result<crate::Subscription, LogError> {
+        // Subscribe before reading, so nothing written in between is missed.
+        let receiver = self.statuses.subscribe();
+        let segments = if segment == "*" {
+            self.segments(space)?
+        } else {
+            vec![segment.to_string()]
+        };
+        let current = segments
+            .iter()
+            .map(|s| self.peek(space, s))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(crate::Subscription::new(
+            space.to_string(),
+            (segment != "*").then(|| segment.to_string()),
+            current,
+            receiver,
+        ))
     }
 
     /// Entries of `segment` within `range`, by sequence.

@@ -196,3 +196,49 @@ fn big_produces_go_in_chunks() {
     let lasts: Vec<u64> = statuses.iter().map(|s| s.last_sequence).collect();
     assert_eq!(lasts, [10_000, 20_000, 25_000]);
 }
+
+#[test]
+fn a_subscription_sees_the_current_status_then_each_write() {
+    let (_dir, log) = log();
+    let log = Arc::new(log);
+    log.produce("s", "a", &records(1, 1)).expect("produce");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut one = log.subscribe("s", "a").expect("subscribe");
+        let mut all = log.subscribe("s", "*").expect("subscribe");
+        assert_eq!(one.next().await.expect("current").last_sequence, 1);
+        assert_eq!(all.next().await.expect("current").segment, "a");
+        let writer = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for _ in 0..3 {
+                writer
+                    .publish("s", "a", b"x".to_vec(), serde_json::Map::new())
+                    .expect("publish");
+            }
+            writer
+                .publish("s", "b", b"y".to_vec(), serde_json::Map::new())
+                .expect("publish");
+        });
+        let mut last = 0;
+        while last < 4 {
+            let s = tokio::time::timeout(std::time::Duration::from_secs(10), one.next())
+                .await
+                .expect("in time")
+                .expect("a status");
+            assert_eq!(s.segment, "a");
+            last = s.last_sequence;
+        }
+        assert!(last >= 3);
+        let mut segments = std::collections::BTreeSet::new();
+        while segments.len() < 2 {
+            let s = tokio::time::timeout(std::time::Duration::from_secs(10), all.next())
+                .await
+                .expect("in time")
+                .expect("a status");
+            segments.insert(s.segment);
+        }
+    });
+}
