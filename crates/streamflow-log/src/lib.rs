@@ -8,9 +8,11 @@
 //! were written, so a reader of a whole space resumes after the last offset
 //! it saw.
 
+mod lease;
 mod store;
 mod subscription;
 
+pub use lease::{LeaseToken, with_lease};
 pub use store::Log;
 pub use subscription::Subscription;
 
@@ -111,6 +113,16 @@ pub enum LogError {
         expected: u64,
         /// The one given.
         got: u64,
+    },
+    /// Another holder's lease on the key has not expired.
+    #[error("lease '{key}' is held by {holder} for {remaining_ms} ms more")]
+    LeaseHeld {
+        /// The key.
+        key: String,
+        /// Its holder.
+        holder: String,
+        /// Until it expires.
+        remaining_ms: i64,
     },
     /// The embedded store failed.
     #[error("log store: {0}")]

@@ -15,6 +15,8 @@ const SEGMENTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("seg
 const SPACES: TableDefinition<&str, u64> = TableDefinition::new("spaces");
 /// (space, offset) → (segment, sequence).
 const OFFSETS: TableDefinition<(&str, u64), (&str, u64)> = TableDefinition::new("offsets");
+/// Lease key → (holder, expiry in ms since the epoch).
+const LEASES: TableDefinition<&str, (&str, i64)> = TableDefinition::new("leases");
 
 /// An embedded log, in one file. Writers are serialised by the store;
 /// readers never wait for them.
@@ -405,6 +407,60 @@ impl Log {
             out.push(segment.to_string());
         }
         Ok(out)
+    }
+}
+
+impl Log {
+    /// Takes (or renews) lease `key` for `holder` until `ttl` from now:
+    /// granted when the key is free, expired, or already `holder`'s.
+    ///
+    /// # Errors
+    /// [`LogError::LeaseHeld`], or the store.
+    pub fn acquire_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(), LogError> {
+        let now = now_ms();
+        let mut txn = self.db.begin_write().map_err(store_error)?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(store_error)?;
+        {
+            let mut leases = txn.open_table(LEASES).map_err(store_error)?;
+            if let Some(v) = leases.get(key).map_err(store_error)? {
+                let (current, expires) = v.value();
+                if current != holder && expires > now {
+                    return Err(LogError::LeaseHeld {
+                        key: key.to_string(),
+                        holder: current.to_string(),
+                        remaining_ms: expires - now,
+                    });
+                }
+            }
+            let expires = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+            leases.insert(key, (holder, expires)).map_err(store_error)?;
+        }
+        txn.commit().map_err(store_error)
+    }
+
+    /// Gives lease `key` up, when `holder` holds it.
+    ///
+    /// # Errors
+    /// The store.
+    pub fn release_lease(&self, key: &str, holder: &str) -> Result<(), LogError> {
+        let txn = self.db.begin_write().map_err(store_error)?;
+        {
+            let mut leases = txn.open_table(LEASES).map_err(store_error)?;
+            let mine = leases
+                .get(key)
+                .map_err(store_error)?
+                .is_some_and(|v| v.value().0 == holder);
+            if mine {
+                leases.remove(key).map_err(store_error)?;
+            }
+        }
+        txn.commit().map_err(store_error)
     }
 }
 

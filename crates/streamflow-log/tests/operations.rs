@@ -242,3 +242,64 @@ fn a_subscription_sees_the_current_status_then_each_write() {
         }
     });
 }
+
+#[test]
+fn leases_are_exclusive_expire_renew_and_report_loss() {
+    use std::time::Duration;
+    let (_dir, log) = log();
+    let log = Arc::new(log);
+    // Exclusive while unexpired; the holder may renew; expired, it can be taken.
+    log.acquire_lease("k", "a", Duration::from_millis(150))
+        .expect("a takes it");
+    assert!(matches!(
+        log.acquire_lease("k", "b", Duration::from_secs(1)),
+        Err(LogError::LeaseHeld { .. })
+    ));
+    log.acquire_lease("k", "a", Duration::from_millis(150))
+        .expect("a renews");
+    std::thread::sleep(Duration::from_millis(200));
+    log.acquire_lease("k", "b", Duration::from_secs(60))
+        .expect("expired: b takes it");
+    log.release_lease("k", "b").expect("release");
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        // Renewed while the work runs, well past the ttl.
+        let held = Arc::clone(&log);
+        let ttl = Duration::from_millis(300);
+        let kept = streamflow_log::with_lease(Arc::clone(&log), "job", ttl, |token| async move {
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            let other = held.acquire_lease("job", "intruder", ttl);
+            (token.is_lost(), other.is_err())
+        })
+        .await
+        .expect("with_lease");
+        assert_eq!(kept, (false, true), "renewed, and exclusive");
+        // Released after the work: free for the next holder.
+        log.acquire_lease("job", "next", ttl).expect("released");
+        log.release_lease("job", "next").expect("release");
+        // Lost: another holder takes it over; the work's token fires.
+        let thief = Arc::clone(&log);
+        let noticed =
+            streamflow_log::with_lease(Arc::clone(&log), "job", ttl, |mut token| async move {
+                thief.release_lease("job", token.holder()).expect("drop it");
+                thief
+                    .acquire_lease("job", "thief", Duration::from_secs(60))
+                    .expect("steal");
+                tokio::time::timeout(Duration::from_secs(5), token.lost())
+                    .await
+                    .is_ok()
+            })
+            .await
+            .expect("with_lease");
+        assert!(noticed, "the token fired when the lease was lost");
+        assert!(matches!(
+            log.acquire_lease("job", "other", ttl),
+            Err(LogError::LeaseHeld { .. })
+        ));
+    });
+}
