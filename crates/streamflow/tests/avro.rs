@@ -61,7 +61,10 @@ fn avro_from_a_third_party_producer_through_a_window_and_back() {
     assert_eq!(versions, serde_json::json!([1, 2]));
 
     // The flow reads version 1 (the consumer's schema) and so takes v2's
-    // records too, without `channel`.
+    // records too, without `channel`. The producer's keys spread the bids
+    // over the topic's partitions, read interleaved by one instance whose
+    // watermark is not per partition yet: the out-of-orderness covers the
+    // whole 10 s of data so that no bid is late.
     let flow = format!(
         r#"name: avro-window
 mode: job
@@ -70,7 +73,7 @@ sources:
     type: kafka
     dlq: bad
     config: {{brokers: "{brokers}", topic: {input}, format: avro, registry: "{url}", schema: {{version: 1}}, bounded: true}}
-    event_time: {{column: date_time}}
+    event_time: {{column: date_time, watermark: {{max_out_of_orderness: 15s}}}}
 stages:
   - name: volume
     type: window
@@ -298,6 +301,9 @@ fn the_avro_examples_run() {
         &[
             format!("sources.bids.config.brokers={}", brokers()),
             format!("sources.bids.config.topic={topic}"),
+            // Two partitions per instance, read interleaved: no bid late
+            // (per-partition watermarks are not there yet).
+            "sources.bids.event_time.watermark.max_out_of_orderness=30s".into(),
             format!("sinks.totals.config.path={}", d.join("totals").display()),
             format!("sinks.bad.config.path={}", d.join("bad.jsonl").display()),
         ],
