@@ -350,6 +350,8 @@ fn nexmark_bids_through_kafka_into_postgres_upserts() {
         "--set",
         &format!("sources.bids.config.topic={topic}"),
         "--set",
+        "sources.bids.event_time.watermark.max_out_of_orderness=60s",
+        "--set",
         &format!("sinks.table.config.table={table}"),
         "--set",
         &format!("sinks.bad.config.path={}", d.join("bad.jsonl").display()),
@@ -428,6 +430,10 @@ fn the_kafka_order_examples_run() {
         &format!("sources.orders.config.brokers={}", brokers()),
         "--set",
         &format!("sources.orders.config.topic={topic}"),
+        // Two partitions per instance, read interleaved: no order late
+        // (per-partition watermarks are not there yet).
+        "--set",
+        "sources.orders.event_time.watermark.max_out_of_orderness=60s",
         "--set",
         &format!("sinks.totals.config.path={}", totals.display()),
         "--set",
