@@ -116,14 +116,6 @@ pub(crate) struct AvroDecoder {
     decoder: Option<Decoder>,
 }
 
-/// The writer id of a message in the wire format.
-fn writer_id(message: &[u8]) -> Option<u32> {
-    match message {
-        [0, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
-        _ => None,
-    }
-}
-
 impl AvroDecoder {
     pub(crate) fn new(plan: Arc<AvroPlan>) -> Self {
         let writers = BTreeMap::from([(plan.reader_id, plan.reader.clone())]);
@@ -150,7 +142,7 @@ impl AvroDecoder {
     async fn learn(&mut self, messages: &[&[u8]]) -> Result<()> {
         let mut new: Vec<u32> = messages
             .iter()
-            .filter_map(|m| writer_id(m))
+            .filter_map(|m| super::framed_id(m))
             .filter(|id| !self.writers.contains_key(id) && !self.refused.contains_key(id))
             .collect();
         new.sort_unstable();
@@ -212,10 +204,8 @@ impl AvroDecoder {
         // Messages in the decoder's builders, not yet in `batches`.
         let mut pending: Vec<usize> = Vec::new();
         for (i, m) in messages.iter().enumerate() {
-            let refusal = match writer_id(m) {
-                None => Some(
-                    "not in the Confluent wire format (magic byte 0, 4-byte schema id)".to_string(),
-                ),
+            let refusal = match super::framed_id(m) {
+                None => Some(super::NOT_FRAMED.to_string()),
                 Some(id) => self.refused.get(&id).cloned(),
             };
             if let Some(why) = refusal {
@@ -326,12 +316,7 @@ impl AvroReader {
     ) -> Result<(Option<RecordBatch>, Vec<DeadLetter>)> {
         let out = self
             .decoder
-            .decode(messages, |i, payload, error| DeadLetter {
-                file: Some(format!("message {i}")),
-                line: None,
-                payload: Some(String::from_utf8_lossy(payload).into_owned()),
-                error,
-            })
+            .decode(messages, super::indexed_dead_letter)
             .await?;
         Ok((out.batch, out.dead_letters))
     }

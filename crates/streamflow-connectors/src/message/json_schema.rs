@@ -174,12 +174,9 @@ impl JsonSchemaPlan {
         &self,
         message: &[u8],
     ) -> Result<std::result::Result<usize, String>> {
-        let [0, a, b, c, d, ..] = message else {
-            return Ok(Err(
-                "not in the Confluent wire format (magic byte 0, 4-byte schema id)".into(),
-            ));
+        let Some(id) = super::framed_id(message) else {
+            return Ok(Err(super::NOT_FRAMED.into()));
         };
-        let id = u32::from_be_bytes([*a, *b, *c, *d]);
         if id == self.reader_id {
             return Ok(Ok(5));
         }

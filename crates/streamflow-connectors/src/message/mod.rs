@@ -253,6 +253,48 @@ pub fn subject_columns(
     }
 }
 
+/// Why a message is not read when it lacks the Confluent framing.
+pub(crate) const NOT_FRAMED: &str =
+    "not in the Confluent wire format (magic byte 0, 4-byte schema id)";
+
+/// The schema id of a message in the Confluent wire format (magic byte 0,
+/// the id as 4 big-endian bytes); `None` for any other message.
+pub(crate) fn framed_id(message: &[u8]) -> Option<u32> {
+    match message {
+        [0, a, b, c, d, ..] => Some(u32::from_be_bytes([*a, *b, *c, *d])),
+        _ => None,
+    }
+}
+
+/// A dead letter naming message `i` of a batch handed to a reader.
+pub(crate) fn indexed_dead_letter(i: usize, payload: &[u8], error: String) -> DeadLetter {
+    DeadLetter {
+        file: Some(format!("message {i}")),
+        line: None,
+        payload: Some(String::from_utf8_lossy(payload).into_owned()),
+        error,
+    }
+}
+
+/// The subject a registry-aware sink writes under: `schema: {subject}`,
+/// else `default`.
+fn sink_subject(
+    declared: Option<&serde_json::Map<String, serde_json::Value>>,
+    default: &str,
+    format: &str,
+) -> std::result::Result<String, String> {
+    match declared {
+        None => Ok(default.to_string()),
+        Some(d) => match (
+            d.get("subject").and_then(serde_json::Value::as_str),
+            d.len(),
+        ) {
+            (Some(s), 1) => Ok(s.to_string()),
+            _ => Err(format!("a {format} sink's schema is {{subject: NAME}}")),
+        },
+    }
+}
+
 /// `{subject?, version?}`: the subject (when named) and version of a
 /// registry reference; `None` for other maps.
 pub fn registry_subject(
@@ -491,16 +533,7 @@ impl MessageEncoder {
     pub(crate) fn new(target: &EncoderSource<'_>) -> std::result::Result<Self, String> {
         let (format, schema) = (target.format, target.input);
         if format == MessageFormat::Protobuf {
-            let subject = match target.declared {
-                None => target.default_subject.clone(),
-                Some(d) => match (
-                    d.get("subject").and_then(serde_json::Value::as_str),
-                    d.len(),
-                ) {
-                    (Some(s), 1) => s.to_string(),
-                    _ => return Err("a protobuf sink's schema is {subject: NAME}".into()),
-                },
-            };
+            let subject = sink_subject(target.declared, &target.default_subject, "protobuf")?;
             let plan = protobuf::ProtobufSinkPlan::plan(target.registry, &subject, schema)?;
             return Ok(Self {
                 format,
@@ -510,16 +543,7 @@ impl MessageEncoder {
             });
         }
         if format == MessageFormat::Avro {
-            let subject = match target.declared {
-                None => target.default_subject.clone(),
-                Some(d) => match (
-                    d.get("subject").and_then(serde_json::Value::as_str),
-                    d.len(),
-                ) {
-                    (Some(s), 1) => s.to_string(),
-                    _ => return Err("an avro sink's schema is {subject: NAME}".into()),
-                },
-            };
+            let subject = sink_subject(target.declared, &target.default_subject, "avro")?;
             let plan = avro::AvroSinkPlan::plan(target.registry, &subject, schema)?;
             return Ok(Self {
                 format,

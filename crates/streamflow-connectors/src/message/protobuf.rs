@@ -148,13 +148,7 @@ impl ProtobufPlan {
     /// # Errors
     /// The registry cannot be reached.
     pub async fn read(&self, messages: &[&[u8]]) -> Result<(Option<RecordBatch>, Vec<DeadLetter>)> {
-        let out = decode(self, messages, |i, payload, error| DeadLetter {
-            file: Some(format!("message {i}")),
-            line: None,
-            payload: Some(String::from_utf8_lossy(payload).into_owned()),
-            error,
-        })
-        .await?;
+        let out = decode(self, messages, super::indexed_dead_letter).await?;
         Ok((out.batch, out.dead_letters))
     }
 }
@@ -478,10 +472,7 @@ fn append(builder: &mut Builder, column: &Column, slot: Slot, buf: &[u8]) {
 /// Where the body starts after the framing; why not, for a message not in
 /// the Confluent Protobuf wire format.
 fn body_start(m: &[u8]) -> std::result::Result<(u32, usize), String> {
-    let [0, a, b, c, d, ..] = m else {
-        return Err("not in the Confluent wire format (magic byte 0, 4-byte schema id)".into());
-    };
-    let id = u32::from_be_bytes([*a, *b, *c, *d]);
+    let id = super::framed_id(m).ok_or(super::NOT_FRAMED)?;
     // The message-index array: a zigzag count, then as many indexes.
     let (count, mut at) = varint(m, 5)?;
     let count = (count >> 1) as i64 ^ -((count & 1) as i64);
