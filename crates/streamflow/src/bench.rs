@@ -181,21 +181,27 @@ pub struct DecodeBench {
 }
 
 impl DecodeBench {
-    fn new(
+    /// Times `decode` over `messages` (what it was given is set up before,
+    /// untimed); it returns the rows it read.
+    fn timed(
         decoder: &'static str,
-        records: u64,
-        bytes: u64,
-        seconds: f64,
-        cpu: Option<f64>,
-    ) -> Self {
-        Self {
+        messages: &[Vec<u8>],
+        decode: impl FnOnce(&[Vec<u8>]) -> anyhow::Result<u64>,
+    ) -> anyhow::Result<Self> {
+        let bytes: u64 = messages.iter().map(|m| m.len() as u64).sum();
+        let cpu_before = cpu_seconds();
+        let started = std::time::Instant::now();
+        let records = decode(messages)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let cpu = cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
+        Ok(Self {
             decoder,
             records,
             bytes,
             seconds,
             cpu_seconds: cpu,
             records_per_cpu_sec: cpu.map(|c| records as f64 / c.max(1e-9)),
-        }
+        })
     }
 
     /// One line for people.

@@ -5,7 +5,6 @@
 //! generator's bids, every field included.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::{Context, anyhow};
 use serde::Serialize;
@@ -63,41 +62,32 @@ fn messages(events: u64) -> anyhow::Result<(String, Vec<Vec<u8>>)> {
 /// A message that does not decode (none should).
 pub fn run(events: u64, decoder: AvroDecoderChoice) -> anyhow::Result<super::DecodeBench> {
     let (schema, messages) = messages(events)?;
-    let bytes: u64 = messages.iter().map(|m| m.len() as u64).sum();
-    let cpu_before = super::cpu_seconds();
-    let started = Instant::now();
-    let records = match decoder {
+    let name = decoder_name(decoder);
+    match decoder {
         AvroDecoderChoice::Streamflow => {
             let plan = AvroPlan::with_schema(ID, &schema).map_err(|e| anyhow!(e))?;
             let mut reader = AvroReader::new(Arc::new(plan));
-            super::rows_read(&messages, |rt, refs| rt.block_on(reader.read(refs)))?
+            super::DecodeBench::timed(name, &messages, |messages| {
+                super::rows_read(messages, |rt, refs| rt.block_on(reader.read(refs)))
+            })
         }
         AvroDecoderChoice::ApacheAvro => {
             let parsed = apache_avro::Schema::parse_str(&schema).context("the bid schema")?;
             let reader = apache_avro::reader::datum::GenericDatumReader::builder(&parsed)
                 .build()
                 .context("the datum reader")?;
-            let mut rows = 0u64;
-            for m in &messages {
-                let mut body = &m[5..];
-                let value = reader
-                    .read_value(&mut body)
-                    .context("a message did not decode")?;
-                std::hint::black_box(value);
-                rows += 1;
-            }
-            rows
+            super::DecodeBench::timed(name, &messages, |messages| {
+                for m in messages {
+                    let mut body = &m[5..];
+                    let value = reader
+                        .read_value(&mut body)
+                        .context("a message did not decode")?;
+                    std::hint::black_box(value);
+                }
+                Ok(messages.len() as u64)
+            })
         }
-    };
-    let seconds = started.elapsed().as_secs_f64();
-    let cpu = super::cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
-    Ok(super::DecodeBench::new(
-        decoder_name(decoder),
-        records,
-        bytes,
-        seconds,
-        cpu,
-    ))
+    }
 }
 
 fn decoder_name(d: AvroDecoderChoice) -> &'static str {

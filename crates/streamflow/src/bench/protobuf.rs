@@ -4,8 +4,6 @@
 //! `DynamicMessage` on the same messages. The messages are made first
 //! (untimed) from the Nexmark generator's bids, every field included.
 
-use std::time::Instant;
-
 use anyhow::{Context, anyhow};
 use arrow::array::AsArray;
 use arrow::datatypes::{Int64Type, TimestampMillisecondType};
@@ -120,13 +118,13 @@ fn messages(events: u64) -> anyhow::Result<Vec<Vec<u8>>> {
 /// A message that does not decode (none should).
 pub fn run(events: u64, decoder: ProtobufDecoderChoice) -> anyhow::Result<super::DecodeBench> {
     let messages = messages(events)?;
-    let bytes: u64 = messages.iter().map(|m| m.len() as u64).sum();
-    let plan = ProtobufPlan::with_schema(ID, SCHEMA, None).map_err(|e| anyhow!(e))?;
-    let cpu_before = super::cpu_seconds();
-    let started = Instant::now();
-    let records = match decoder {
+    let name = decoder_name(decoder);
+    match decoder {
         ProtobufDecoderChoice::Streamflow => {
-            super::rows_read(&messages, |rt, refs| rt.block_on(plan.read(refs)))?
+            let plan = ProtobufPlan::with_schema(ID, SCHEMA, None).map_err(|e| anyhow!(e))?;
+            super::DecodeBench::timed(name, &messages, |messages| {
+                super::rows_read(messages, |rt, refs| rt.block_on(plan.read(refs)))
+            })
         }
         ProtobufDecoderChoice::ProstReflect => {
             let streamflow_registry::Parsed::Protobuf(compiled) =
@@ -142,25 +140,16 @@ pub fn run(events: u64, decoder: ProtobufDecoderChoice) -> anyhow::Result<super:
             let bid = compiled
                 .message(None)
                 .ok_or_else(|| anyhow!("no message"))?;
-            let mut rows = 0u64;
-            for m in &messages {
-                let message = prost_reflect::DynamicMessage::decode(bid.clone(), &m[6..])
-                    .context("a message did not decode")?;
-                std::hint::black_box(message);
-                rows += 1;
-            }
-            rows
+            super::DecodeBench::timed(name, &messages, |messages| {
+                for m in messages {
+                    let message = prost_reflect::DynamicMessage::decode(bid.clone(), &m[6..])
+                        .context("a message did not decode")?;
+                    std::hint::black_box(message);
+                }
+                Ok(messages.len() as u64)
+            })
         }
-    };
-    let seconds = started.elapsed().as_secs_f64();
-    let cpu = super::cpu_seconds().zip(cpu_before).map(|(a, b)| a - b);
-    Ok(super::DecodeBench::new(
-        decoder_name(decoder),
-        records,
-        bytes,
-        seconds,
-        cpu,
-    ))
+    }
 }
 
 fn decoder_name(d: ProtobufDecoderChoice) -> &'static str {
