@@ -1,6 +1,7 @@
 //! StreamFlow sources and sinks, one module per system, and the registry
 //! mapping flow-file `type:` names to them ([`registry`]).
 
+pub mod log;
 pub mod message;
 pub mod registry;
 pub mod schema_registry;

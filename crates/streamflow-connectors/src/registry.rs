@@ -136,6 +136,11 @@ pub static SOURCES: &[SourceKind] = &[
         description: "JSON lines or CSV from standard input",
         plan: sources::stdin::plan,
     },
+    SourceKind {
+        name: "log",
+        description: "a space of StreamFlow's durable log (local, or a server's)",
+        plan: sources::log::plan,
+    },
     #[cfg(feature = "kafka")]
     SourceKind {
         name: "kafka",
@@ -178,6 +183,11 @@ pub static SINKS: &[SinkKind] = &[
         name: "blackhole",
         description: "count and discard (benchmarks)",
         plan: sinks::blackhole::plan,
+    },
+    SinkKind {
+        name: "log",
+        description: "append to a space of StreamFlow's durable log (exactly-once with checkpoints)",
+        plan: sinks::log::plan,
     },
     #[cfg(feature = "kafka")]
     SinkKind {

@@ -1,5 +1,6 @@
 //! The source trait: where records enter a pipeline.
 
+use arrow::array::Int32Array;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 
@@ -13,6 +14,12 @@ pub struct SourceBatch {
     pub data: Option<RecordBatch>,
     /// Records that failed decoding, with file, line and reason.
     pub dead_letters: Vec<DeadLetter>,
+    /// The split (partition, shard) each row of `data` came from, for a
+    /// source instance that reads several splits interleaved: its watermark
+    /// is then the minimum over its splits' (Flink's per-split watermarks),
+    /// so a lagging split's records are not made late by a faster one.
+    /// `None`: the instance's records form one ordered stream.
+    pub splits: Option<Int32Array>,
 }
 
 /// One instance of a source. The runtime pulls batches in a loop, so that
@@ -61,6 +68,15 @@ pub trait Source: Send {
     /// commit their consumed offsets here, never earlier.
     async fn checkpoint_complete(&mut self, _checkpoint: u64) -> Result<()> {
         Ok(())
+    }
+
+    /// The splits this instance reads interleaved (see
+    /// [`SourceBatch::splits`]), known after [`open`](Source::open) and
+    /// [`seek`](Source::seek): each holds the watermark back until it has
+    /// data, or has been silent for the source's `idle_timeout`. Empty: one
+    /// stream.
+    fn splits(&self) -> Vec<i32> {
+        Vec::new()
     }
 
     /// Total number of records if known in advance (drives progress bars).

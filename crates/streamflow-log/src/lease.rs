@@ -2,13 +2,12 @@
 //! the holder while it works; the work learns when the lease is lost.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::{Log, LogError};
+use crate::{LogClient, LogError};
 
 /// What runs under a lease learns through this when the lease is lost
 /// (another holder took it after a renewal failed or came too late).
@@ -55,7 +54,7 @@ fn holder_id() -> String {
 /// # Errors
 /// [`LogError::LeaseHeld`], or the store.
 pub async fn with_lease<T, F, Fut>(
-    log: Arc<Log>,
+    log: &LogClient,
     key: &str,
     ttl: Duration,
     f: F,
@@ -65,16 +64,16 @@ where
     Fut: Future<Output = T>,
 {
     let holder = holder_id();
-    log.acquire_lease(key, &holder, ttl)?;
+    log.acquire_lease(key, &holder, ttl).await?;
     let (lost_tx, lost) = watch::channel(false);
     let renewer = {
-        let (log, key, holder) = (Arc::clone(&log), key.to_string(), holder.clone());
+        let (log, key, holder) = (log.clone(), key.to_string(), holder.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(ttl / 3);
             tick.tick().await;
             loop {
                 tick.tick().await;
-                if log.acquire_lease(&key, &holder, ttl).is_err() {
+                if log.acquire_lease(&key, &holder, ttl).await.is_err() {
                     tracing::warn!(lease = %key, holder = %holder, "lease lost");
                     let _ = lost_tx.send(true);
                     return;
@@ -88,6 +87,6 @@ where
     })
     .await;
     renewer.abort();
-    log.release_lease(key, &holder)?;
+    log.release_lease(key, &holder).await?;
     Ok(out)
 }

@@ -8,11 +8,19 @@
 //! were written, so a reader of a whole space resumes after the last offset
 //! it saw.
 
+pub mod auth;
+mod client;
+mod codec;
 mod lease;
+pub mod node;
+mod remote;
 mod store;
 mod subscription;
+mod wire;
 
+pub use client::LogClient;
 pub use lease::{LeaseToken, with_lease};
+pub use remote::RemoteLog;
 pub use store::Log;
 pub use subscription::Subscription;
 
@@ -20,6 +28,29 @@ use serde::{Deserialize, Serialize};
 
 /// Records written per transaction by [`Log::produce`].
 pub const CHUNK: usize = 10_000;
+
+/// Longest space or segment name, in bytes.
+pub const MAX_NAME: usize = 1024;
+
+/// The write transaction an entry came with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trx {
+    /// The transaction's id, increasing per store.
+    pub id: u64,
+    /// The store node that wrote it.
+    pub node: String,
+    /// The entry's place in the transaction, from 0.
+    pub number: u32,
+}
+
+/// How much of a space to keep; `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Entries older than this (by their timestamp) go.
+    pub max_age: Option<std::time::Duration>,
+    /// Oldest entries go while the space's stored entries exceed this.
+    pub max_bytes: Option<u64>,
+}
 
 /// An entry to write: its sequence must continue its segment exactly.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -48,6 +79,8 @@ pub struct Entry {
     pub offset: u64,
     /// Milliseconds since the epoch.
     pub timestamp: i64,
+    /// The write that made it.
+    pub trx: Trx,
     /// The entry's bytes.
     pub payload: Vec<u8>,
     /// Free-form attributes.
@@ -72,7 +105,7 @@ pub struct SegmentStatus {
 }
 
 /// Bounds of a segment read; inclusive, 0 means unbounded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SegmentRange {
     /// Lowest sequence.
     pub min_sequence: u64,
@@ -88,7 +121,7 @@ pub struct SegmentRange {
 
 /// Bounds of a space read: entries after `offset` (exclusive), in write
 /// order; timestamps inclusive, 0 meaning unbounded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpaceRange {
     /// The last offset already read (0: from the start).
     pub offset: u64,
@@ -100,8 +133,9 @@ pub struct SpaceRange {
     pub max_timestamp: i64,
 }
 
-/// What a log operation can fail with.
-#[derive(Debug, thiserror::Error)]
+/// What a log operation can fail with (the same over every transport).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
 pub enum LogError {
     /// An empty space or segment name, or no records.
     #[error("invalid produce args: {0}")]
@@ -127,6 +161,22 @@ pub enum LogError {
     /// The embedded store failed.
     #[error("log store: {0}")]
     Store(String),
+    /// The server could not be reached, or the connection was lost.
+    #[error("log transport: {0}")]
+    Transport(String),
+    /// The token is missing, invalid, or does not cover the store.
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    /// The store is refusing use for a while after repeated failures.
+    #[error(
+        "store '{store}' is unavailable for {retry_in_ms} ms after repeated failures to open it"
+    )]
+    Unavailable {
+        /// The store.
+        store: String,
+        /// Until it is tried again.
+        retry_in_ms: u64,
+    },
 }
 
 pub(crate) fn store_error(e: impl std::fmt::Display) -> LogError {

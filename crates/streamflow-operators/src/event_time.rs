@@ -278,6 +278,7 @@ impl EventTimeAssigner {
             .unwrap_or_default()
             .as_millis() as i64;
         crate::watermark::WatermarkGenerator::new(self.index, lag)
+            .with_idle_timeout(self.spec.watermark.idle_timeout)
     }
 
     /// The batch with its event-time column in place.

@@ -16,8 +16,9 @@
 //! input it emits the final watermark, so downstream windows fire.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use arrow::array::{Array, TimestampMillisecondArray};
+use arrow::array::{Array, Int32Array, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -149,12 +150,33 @@ impl Operator for WatermarkOperator {
 /// stages). Bounded out-of-orderness: the watermark trails the highest event time
 /// seen by `max_out_of_orderness` (and 1 ms, so records at the highest time
 /// seen so far are not late). It never goes back.
+///
+/// A source instance reading several splits interleaved (Kafka partitions)
+/// tracks the highest time per split and takes the minimum over them, so a
+/// split that lags behind another is not made late by it (Flink's per-split
+/// watermarks). An assigned split holds the watermark back until it has
+/// data; with an idle timeout, a split silent for that long stops counting
+/// until it has data again.
 #[derive(Debug, Clone)]
 pub struct WatermarkGenerator {
     column: usize,
     lag_ms: i64,
+    /// The event time the watermark derives from; never goes back.
     max_seen: Option<i64>,
+    /// Per-split clocks, when the input has splits.
+    splits: Vec<SplitClock>,
+    idle_timeout: Option<Duration>,
     emitted: Watermark,
+}
+
+/// Where one split stands.
+#[derive(Debug, Clone)]
+struct SplitClock {
+    id: i32,
+    /// Highest event time of the split; `None` before its first record.
+    max: Option<i64>,
+    /// When the split last had data (or was assigned).
+    active_at: Instant,
 }
 
 impl WatermarkGenerator {
@@ -164,18 +186,43 @@ impl WatermarkGenerator {
             column,
             lag_ms,
             max_seen: None,
+            splits: Vec::new(),
+            idle_timeout: None,
             emitted: Watermark::MIN,
         }
     }
 
-    /// The highest event time seen (recorded at checkpoints).
+    /// Splits silent for `timeout` stop holding the watermark back.
+    #[must_use]
+    pub fn with_idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// The event time the current watermark derives from (recorded at
+    /// checkpoints): the highest seen, or with splits the lowest of the
+    /// splits' highest.
     pub fn max_seen(&self) -> Option<i64> {
         self.max_seen
     }
 
-    /// Resumes after a restore: the highest event time seen before it.
+    /// Resumes after a restore from [`max_seen`](Self::max_seen) as
+    /// recorded; splits start afresh from there.
     pub fn restore(&mut self, max_seen: Option<i64>) {
         self.max_seen = max_seen;
+    }
+
+    /// The splits of the input, as of `now`: each holds the watermark back
+    /// until it has data (or is idle). Empty: no splits.
+    pub fn assign_splits(&mut self, ids: &[i32], now: Instant) {
+        self.splits = ids
+            .iter()
+            .map(|&id| SplitClock {
+                id,
+                max: None,
+                active_at: now,
+            })
+            .collect();
     }
 
     /// Takes a batch into account; returns a watermark when it advances.
@@ -183,24 +230,89 @@ impl WatermarkGenerator {
     /// # Errors
     /// When the column is not a timestamp.
     pub fn observe(&mut self, batch: &RecordBatch) -> Result<Option<Watermark>> {
+        let ms = self.event_times(batch)?;
+        let Some(max) = arrow::compute::max(&ms) else {
+            return Ok(None);
+        };
+        Ok(self.advance(max))
+    }
+
+    /// Takes a batch into account whose row `i` came from split `splits[i]`,
+    /// at processing time `now`; returns a watermark when it advances.
+    ///
+    /// # Errors
+    /// When the column is not a timestamp or `splits` does not match the batch.
+    pub fn observe_splits(
+        &mut self,
+        batch: &RecordBatch,
+        splits: &Int32Array,
+        now: Instant,
+    ) -> Result<Option<Watermark>> {
+        if splits.len() != batch.num_rows() {
+            return Err(Error::Other(format!(
+                "{} split ids for {} rows",
+                splits.len(),
+                batch.num_rows()
+            )));
+        }
+        let ms = self.event_times(batch)?;
+        let mut at = usize::MAX;
+        for (split, time) in splits.iter().zip(ms.iter()) {
+            let (Some(split), Some(time)) = (split, time) else {
+                continue;
+            };
+            // Rows of one split come in runs: look up only on a change.
+            if self.splits.get(at).is_none_or(|s| s.id != split) {
+                at = match self.splits.iter().position(|s| s.id == split) {
+                    Some(i) => i,
+                    None => {
+                        self.splits.push(SplitClock {
+                            id: split,
+                            max: None,
+                            active_at: now,
+                        });
+                        self.splits.len() - 1
+                    }
+                };
+            }
+            let clock = &mut self.splits[at];
+            clock.max = Some(clock.max.map_or(time, |m| m.max(time)));
+            clock.active_at = now;
+        }
+        let idle = self.idle_timeout;
+        let mut lowest: Option<i64> = None;
+        for clock in &self.splits {
+            if idle.is_some_and(|t| now.saturating_duration_since(clock.active_at) >= t) {
+                continue;
+            }
+            match clock.max {
+                // An active split without data yet holds everything back.
+                None => return Ok(None),
+                Some(m) => lowest = Some(lowest.map_or(m, |l| l.min(m))),
+            }
+        }
+        Ok(lowest.and_then(|l| self.advance(l)))
+    }
+
+    fn event_times(&self, batch: &RecordBatch) -> Result<TimestampMillisecondArray> {
         let column = batch.column(self.column);
         let ms = arrow::compute::cast(column, &DataType::Timestamp(TimeUnit::Millisecond, None))
             .map_err(|e| Error::arrow("reading event time", e))?;
-        let Some(ms) = ms.as_any().downcast_ref::<TimestampMillisecondArray>() else {
-            return Err(Error::Other("event time column is not a timestamp".into()));
-        };
-        let Some(max) = arrow::compute::max(ms) else {
-            return Ok(None);
-        };
-        let max = self.max_seen.map_or(max, |m| m.max(max));
+        match ms.as_any().downcast_ref::<TimestampMillisecondArray>() {
+            Some(ms) => Ok(ms.clone()),
+            None => Err(Error::Other("event time column is not a timestamp".into())),
+        }
+    }
+
+    /// Moves the time the watermark derives from up to `time` (never back).
+    fn advance(&mut self, time: i64) -> Option<Watermark> {
+        let max = self.max_seen.map_or(time, |m| m.max(time));
         self.max_seen = Some(max);
         let next = Watermark(max.saturating_sub(self.lag_ms).saturating_sub(1));
-        if next > self.emitted {
+        (next > self.emitted).then(|| {
             self.emitted = next;
-            Ok(Some(next))
-        } else {
-            Ok(None)
-        }
+            next
+        })
     }
 }
 
@@ -233,5 +345,91 @@ mod tests {
             g.observe(&batch(vec![Some(2000)])).expect("ok"),
             Some(Watermark(1899))
         );
+    }
+
+    fn observe_rows(
+        g: &mut WatermarkGenerator,
+        rows: &[(i32, i64)],
+        now: Instant,
+    ) -> Option<Watermark> {
+        let b = batch(rows.iter().map(|r| Some(r.1)).collect());
+        let splits = Int32Array::from_iter_values(rows.iter().map(|r| r.0));
+        g.observe_splits(&b, &splits, now).expect("observe")
+    }
+
+    #[test]
+    fn a_lagging_split_holds_the_watermark_back() {
+        let now = Instant::now();
+        let mut g = WatermarkGenerator::new(0, 0);
+        g.assign_splits(&[0, 1], now);
+        // Split 1 has no data yet: nothing may be declared complete.
+        assert_eq!(observe_rows(&mut g, &[(0, 5000)], now), None);
+        assert_eq!(
+            observe_rows(&mut g, &[(1, 1000)], now),
+            Some(Watermark(999))
+        );
+        assert_eq!(
+            observe_rows(&mut g, &[(1, 2000), (0, 6000)], now),
+            Some(Watermark(1999))
+        );
+        assert_eq!(g.max_seen(), Some(2000));
+    }
+
+    #[test]
+    fn an_idle_split_stops_holding_back_until_it_has_data() {
+        let start = Instant::now();
+        let mut g = WatermarkGenerator::new(0, 0).with_idle_timeout(Some(Duration::from_secs(1)));
+        g.assign_splits(&[0, 1], start);
+        assert_eq!(observe_rows(&mut g, &[(0, 5000)], start), None);
+        let later = start + Duration::from_secs(2);
+        assert_eq!(
+            observe_rows(&mut g, &[(0, 6000)], later),
+            Some(Watermark(5999))
+        );
+        // Split 1 is back, behind: the watermark does not go back, nor ahead of it.
+        assert_eq!(observe_rows(&mut g, &[(1, 3000)], later), None);
+        assert_eq!(
+            observe_rows(&mut g, &[(0, 9000), (1, 7000)], later),
+            Some(Watermark(6999))
+        );
+    }
+
+    #[test]
+    fn split_ids_must_match_the_rows() {
+        let mut g = WatermarkGenerator::new(0, 0);
+        let b = batch(vec![Some(1), Some(2)]);
+        let splits = Int32Array::from_iter_values([0]);
+        assert!(g.observe_splits(&b, &splits, Instant::now()).is_err());
+    }
+
+    proptest::proptest! {
+        /// Splits each in event-time order, interleaved in any way and cut
+        /// into any batches: no record is ever behind the watermark, and the
+        /// watermark never goes back.
+        #[test]
+        fn interleaved_ordered_splits_are_never_late(
+            steps in proptest::collection::vec((0i32..4, 0i64..50, 1usize..5), 1..200),
+        ) {
+            let now = Instant::now();
+            let mut g = WatermarkGenerator::new(0, 0);
+            g.assign_splits(&[0, 1, 2, 3], now);
+            let mut clocks = [0i64; 4];
+            let mut watermark = Watermark::MIN;
+            let mut pending: Vec<(i32, i64)> = Vec::new();
+            for (split, step, cut) in steps {
+                clocks[split as usize] += step;
+                pending.push((split, clocks[split as usize]));
+                if pending.len() >= cut {
+                    for row in &pending {
+                        proptest::prop_assert!(Watermark(row.1) > watermark, "{row:?} late at {watermark:?}");
+                    }
+                    if let Some(w) = observe_rows(&mut g, &pending, now) {
+                        proptest::prop_assert!(w > watermark);
+                        watermark = w;
+                    }
+                    pending.clear();
+                }
+            }
+        }
     }
 }

@@ -247,6 +247,10 @@ impl Pipeline {
                                 t.watermarks.restore(position.max_event_time);
                             }
                         }
+                        if let Some(t) = time.as_mut() {
+                            t.watermarks
+                                .assign_splits(&source.splits(), std::time::Instant::now());
+                        }
                         let checkpoints = acks.as_ref().map(|acks| {
                             let (tx, rx) = unbounded_channel();
                             source_injects.push(tx);

@@ -219,7 +219,10 @@ pub(crate) async fn run_source(
                 let (data, watermark) = match time.as_mut() {
                     Some(t) => {
                         let data = t.assigner.assign(data)?;
-                        let w = t.watermarks.observe(&data)?;
+                        let w = match &batch.splits {
+                            Some(splits) => t.watermarks.observe_splits(&data, splits, std::time::Instant::now())?,
+                            None => t.watermarks.observe(&data)?,
+                        };
                         (data, w)
                     }
                     None => (data, None),

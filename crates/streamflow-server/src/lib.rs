@@ -1,12 +1,14 @@
 //! StreamFlow's control plane, `streamflow serve`: one server process that
 //! keeps versioned flows in an embedded store ([`store`]), runs them
 //! ([`supervisor`]), answers the flow API over HTTP ([`api`]) and serves
-//! the schema registry (`streamflow-registry`) from the same store.
+//! the schema registry (`streamflow-registry`) from the same store, and
+//! the durable log (`streamflow-log`) over WebSocket ([`streamz`]).
 
 pub mod api;
 pub mod events;
 pub mod metrics;
 pub mod store;
+pub mod streamz;
 pub mod supervisor;
 
 use std::net::SocketAddr;
@@ -24,6 +26,9 @@ pub struct ServeOptions {
     pub token: Option<String>,
     /// Allow a non-loopback address without a token.
     pub insecure: bool,
+    /// Secret (HS256) of the JWTs scoping access to the log's stores; without
+    /// one, the bearer token covers every store.
+    pub log_secret: Option<String>,
     /// Where lifecycle events are kept (install its
     /// [`layer`](events::EventLog::layer) to have events raised inside
     /// flows, such as checkpoints, recorded too).
@@ -87,13 +92,23 @@ pub async fn serve(
         format!("http://{addr}"),
         options.token.clone(),
     );
+    // The log's stores; flows that name no log use store `default`.
+    let stores = streamflow_log::node::Stores::new(options.data.join("log"), &addr.to_string());
+    streamflow_connectors::log::set_default_path(stores.path("default"));
+    tokio::spawn(maintain(Arc::clone(&stores)));
     supervisor.restore().await?;
+    let token: Option<Arc<str>> = options.token.map(Arc::from);
     let app = api::router(api::Api {
         store: Arc::clone(&store),
         supervisor: Arc::clone(&supervisor),
-        token: options.token.map(Arc::from),
+        token: token.clone(),
         registry,
-    });
+    })
+    .merge(streamz::router(streamz::Streamz {
+        stores,
+        secret: options.log_secret.map(|s| Arc::from(s.into_bytes())),
+        token,
+    }));
     tracing::info!(%addr, data = %options.data.display(), "serving");
     ready(addr);
     axum::serve(listener, app)
@@ -106,6 +121,23 @@ pub async fn serve(
         }
     }
     Ok(())
+}
+
+/// Stores unused this long are closed.
+const STORE_IDLE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Every minute: retention applied, idle stores closed.
+async fn maintain(stores: Arc<streamflow_log::node::Stores>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        let s = Arc::clone(&stores);
+        let _ = tokio::task::spawn_blocking(move || {
+            s.enforce_retention();
+            s.evict_idle(STORE_IDLE);
+        })
+        .await;
+    }
 }
 
 async fn shutdown_signal() {

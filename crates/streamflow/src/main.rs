@@ -2,6 +2,7 @@
 #![allow(clippy::print_stdout)] // the CLI layer is where output is printed
 
 mod flows;
+mod log;
 mod schemas;
 
 use std::io::IsTerminal;
@@ -106,6 +107,11 @@ enum Command {
         /// Serve a non-loopback address without a token.
         #[arg(long)]
         insecure: bool,
+        /// Secret (HS256) of the JWTs that scope access to the log's stores
+        /// (`streamflow log token` issues them); without it the bearer
+        /// token covers every store.
+        #[arg(long, env = "STREAMFLOW_LOG_SECRET", hide_env_values = true)]
+        log_secret: Option<String>,
     },
     /// Talk to a `streamflow serve` server.
     Flows {
@@ -121,6 +127,14 @@ enum Command {
         connection: flows::Connection,
         #[command(subcommand)]
         action: schemas::SchemasAction,
+    },
+    /// The durable log: produce, consume and follow its spaces, in a local
+    /// store (`--path`) or a server's (`--server`).
+    Log {
+        #[command(flatten)]
+        target: log::Target,
+        #[command(subcommand)]
+        action: log::LogAction,
     },
     /// Benchmarks.
     Bench {
@@ -309,13 +323,16 @@ fn main() -> ExitCode {
             listen,
             token,
             insecure,
+            log_secret,
         } => serve(streamflow_server::ServeOptions {
             data,
             listen,
             token,
             insecure,
+            log_secret,
             events,
         }),
+        Command::Log { target, action } => log::run(target, action),
         Command::Flows { connection, action } => flows::run(connection, action),
         Command::Schemas { connection, action } => schemas::run(connection, action),
         Command::Bench {

@@ -4,6 +4,7 @@ pub mod blackhole;
 pub mod file;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod log;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "postgres")]

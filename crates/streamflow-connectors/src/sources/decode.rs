@@ -149,6 +149,7 @@ impl LineDecoder {
             return Ok(SourceBatch {
                 data,
                 dead_letters: Vec::new(),
+                splits: None,
             });
         }
         let mut good = Vec::with_capacity(chunk.len());
@@ -178,7 +179,11 @@ impl LineDecoder {
             location: format!("{file}:{first_line}"),
             message: clean_error(&e),
         })?;
-        Ok(SourceBatch { data, dead_letters })
+        Ok(SourceBatch {
+            data,
+            dead_letters,
+            splits: None,
+        })
     }
 
     fn decode_all(&self, bytes: &[u8], max_rows: usize) -> Result<Option<RecordBatch>, ArrowError> {

@@ -630,6 +630,7 @@ impl Source for FileSource {
                         Some(SourceBatch {
                             data: Some(batch),
                             dead_letters: Vec::new(),
+                            splits: None,
                         })
                     }
                     None => None,

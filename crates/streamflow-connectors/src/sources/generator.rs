@@ -145,6 +145,7 @@ impl Source for GeneratorSource {
         Ok(Some(SourceBatch {
             data: Some(batch),
             dead_letters: Vec::new(),
+            splits: None,
         }))
     }
 

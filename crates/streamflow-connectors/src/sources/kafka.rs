@@ -554,6 +554,7 @@ impl Source for KafkaSource {
                 )
             })
             .await?;
+        let mut splits = None;
         let data = match decoded.batch {
             None => None,
             Some(values) => {
@@ -567,9 +568,10 @@ impl Source for KafkaSource {
                 }
                 let mut columns: Vec<ArrayRef> = values.columns().to_vec();
                 columns.push(Arc::new(keys.finish()));
-                columns.push(Arc::new(Int32Array::from_iter_values(
-                    rows.iter().map(|&i| messages[i].partition()),
-                )));
+                let partitions =
+                    Int32Array::from_iter_values(rows.iter().map(|&i| messages[i].partition()));
+                columns.push(Arc::new(partitions.clone()));
+                splits = Some(partitions);
                 columns.push(Arc::new(Int64Array::from_iter_values(
                     rows.iter().map(|&i| messages[i].offset()),
                 )));
@@ -585,7 +587,12 @@ impl Source for KafkaSource {
         Ok(Some(SourceBatch {
             data,
             dead_letters: decoded.dead_letters,
+            splits,
         }))
+    }
+
+    fn splits(&self) -> Vec<i32> {
+        self.next.keys().copied().collect()
     }
 
     fn offset(&mut self, checkpoint: u64) -> SourceOffset {

@@ -4,6 +4,7 @@ pub mod file;
 pub mod generator;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+pub mod log;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod nexmark;

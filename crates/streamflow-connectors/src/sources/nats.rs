@@ -415,6 +415,7 @@ impl Source for NatsSource {
         Ok(Some(SourceBatch {
             data,
             dead_letters: decoded.dead_letters,
+            splits: None,
         }))
     }
 

@@ -376,6 +376,7 @@ impl Source for PostgresSource {
                 return Ok(Some(SourceBatch {
                     data: Some(data),
                     dead_letters: Vec::new(),
+                    splits: None,
                 }));
             }
             // Caught up.

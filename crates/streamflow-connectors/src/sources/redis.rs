@@ -500,7 +500,11 @@ impl Source for RedisSource {
             Some(b) => Some(self.rows(b, &entries, &rows)?),
             None => None,
         };
-        Ok(Some(SourceBatch { data, dead_letters }))
+        Ok(Some(SourceBatch {
+            data,
+            dead_letters,
+            splits: None,
+        }))
     }
 
     fn offset(&mut self, checkpoint: u64) -> SourceOffset {

@@ -158,6 +158,7 @@ impl Source for NexmarkSource {
         Ok(Some(SourceBatch {
             data: Some(batch),
             dead_letters: Vec::new(),
+            splits: None,
         }))
     }
 
