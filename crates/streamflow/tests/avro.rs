@@ -301,9 +301,6 @@ fn the_avro_examples_run() {
         &[
             format!("sources.bids.config.brokers={}", brokers()),
             format!("sources.bids.config.topic={topic}"),
-            // Two partitions per instance, read interleaved: no bid late
-            // (per-partition watermarks are not there yet).
-            "sources.bids.event_time.watermark.max_out_of_orderness=30s".into(),
             format!("sinks.totals.config.path={}", d.join("totals").display()),
             format!("sinks.bad.config.path={}", d.join("bad.jsonl").display()),
         ],

@@ -350,8 +350,6 @@ fn nexmark_bids_through_kafka_into_postgres_upserts() {
         "--set",
         &format!("sources.bids.config.topic={topic}"),
         "--set",
-        "sources.bids.event_time.watermark.max_out_of_orderness=60s",
-        "--set",
         &format!("sinks.table.config.table={table}"),
         "--set",
         &format!("sinks.bad.config.path={}", d.join("bad.jsonl").display()),
@@ -392,6 +390,86 @@ fn nexmark_bids_through_kafka_into_postgres_upserts() {
     assert_eq!(counted, taken - late);
 }
 
+/// Creates `topic` with `partitions` partitions.
+fn create_topic(topic: &str, partitions: i32) {
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .create()
+            .expect("admin");
+    let created = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(admin.create_topics(
+            [&rdkafka::admin::NewTopic::new(
+                topic,
+                partitions,
+                rdkafka::admin::TopicReplication::Fixed(1),
+            )],
+            &rdkafka::admin::AdminOptions::new(),
+        ))
+        .expect("create topic");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+}
+
+/// One source instance reads two partitions, each in event-time order but
+/// the second read long after the first (it arrives whole after the
+/// first): its watermark follows the slower partition, so no record is
+/// late and every window counts all of its records.
+#[test]
+fn a_partition_read_behind_another_is_not_made_late() {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topic = common::unique("lagging");
+    create_topic(&topic, 2);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("linger.ms", "50")
+        .create()
+        .expect("producer");
+    let per_partition = 4000i64;
+    for p in 0..2 {
+        for i in 0..per_partition {
+            let payload = format!("{{\"t\": {}, \"p\": {p}}}", 1_700_000_000_000 + i * 1000);
+            loop {
+                match producer.send(
+                    BaseRecord::<(), _>::to(&topic)
+                        .partition(p)
+                        .payload(&payload),
+                ) {
+                    Ok(()) => break,
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull,
+                        ),
+                        _,
+                    )) => {
+                        producer.poll(Duration::from_millis(50));
+                    }
+                    Err((e, _)) => panic!("send: {e}"),
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(30)).expect("flush");
+    }
+    let flow = write(
+        dir.path(),
+        "lagging.yaml",
+        &format!(
+            "name: lagging\nmode: job\nsources:\n  - name: s\n    type: kafka\n    config: {{brokers: '{}', topic: {topic}, group: lagging, bounded: true, schema: {{t: int64, p: int64}}}}\n    event_time: {{column: t, watermark: {{max_out_of_orderness: 1ms}}}}\nstages:\n  - {{name: w, type: window, input: s, key_by: [p], window: {{kind: tumbling, size: 100s}}, aggregates: {{n: \"count(*)\"}}}}\nsinks:\n  - {{name: f, type: file, input: w, config: {{path: '{}'}}}}\n",
+            brokers(),
+            dir.path().join("counts.jsonl").display()
+        ),
+    );
+    let out = run(&["run", &flow]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let counts = read_jsonl(&dir.path().join("counts.jsonl"));
+    let total: i64 = counts.iter().map(|r| r["n"].as_i64().expect("n")).sum();
+    assert_eq!(total, 2 * per_partition, "no record was dropped as late");
+    assert_eq!(counts.len(), 2 * 40, "40 windows of 100 s per partition");
+}
+
 #[test]
 fn the_kafka_order_examples_run() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -430,10 +508,6 @@ fn the_kafka_order_examples_run() {
         &format!("sources.orders.config.brokers={}", brokers()),
         "--set",
         &format!("sources.orders.config.topic={topic}"),
-        // Two partitions per instance, read interleaved: no order late
-        // (per-partition watermarks are not there yet).
-        "--set",
-        "sources.orders.event_time.watermark.max_out_of_orderness=60s",
         "--set",
         &format!("sinks.totals.config.path={}", totals.display()),
         "--set",
