@@ -523,3 +523,29 @@ fn a_local_store_survives_a_reopen() {
         .expect("consume");
     assert_eq!(sequences(&back), [1, 2, 3, 4, 5]);
 }
+
+#[test]
+fn a_store_that_keeps_failing_to_open_is_refused_for_a_while() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A file where the store's directory would go: it cannot be opened.
+    std::fs::write(dir.path().join("broken"), b"not a directory").expect("write");
+    let stores = Stores::new(dir.path().to_path_buf(), "test");
+    for _ in 0..3 {
+        let e = stores.get("broken").err().expect("cannot open");
+        assert!(matches!(e, LogError::Store(_)), "{e}");
+    }
+    let refused = stores.get("broken").err().expect("refused");
+    assert!(
+        matches!(refused, LogError::Unavailable { retry_in_ms, .. } if retry_in_ms > 25_000),
+        "{refused}"
+    );
+    // Other stores are not affected; bad names are refused outright.
+    assert!(stores.get("fine").is_ok());
+    assert!(matches!(
+        stores.get("../escape"),
+        Err(LogError::InvalidArgs(_))
+    ));
+    // Idle stores nobody holds are closed, and reopen on use.
+    stores.evict_idle(Duration::ZERO);
+    assert!(stores.get("fine").is_ok());
+}

@@ -3,6 +3,7 @@
 //! included in the measurement; any flow over its files (`bench file`).
 
 pub mod avro;
+pub mod log;
 pub mod protobuf;
 
 use std::time::Duration;

@@ -237,6 +237,26 @@ enum BenchSuite {
         #[arg(long)]
         json: bool,
     },
+    /// The durable log: produce entries into one segment (one durable
+    /// transaction per call), then read them back by sequence and by space
+    /// offset; in process or over WebSocket on loopback.
+    Log {
+        /// How the log is reached.
+        #[arg(long, value_enum, default_value_t = streamflow::bench::log::Transport::InProcess)]
+        transport: streamflow::bench::log::Transport,
+        /// Payload bytes per entry.
+        #[arg(long, default_value_t = 100)]
+        payload: usize,
+        /// Entries.
+        #[arg(long, default_value_t = 1_000_000)]
+        entries: u64,
+        /// Entries per produce call.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Nexmark bids in the Confluent Protobuf wire format decoded by
     /// StreamFlow's reader (into Arrow) or by prost-reflect (into
     /// DynamicMessages); the messages are made first, untimed.
@@ -380,6 +400,23 @@ fn main() -> ExitCode {
                     json,
                 },
         } => streamflow::bench::avro::run(events, decoder).and_then(|r| print_decode(&r, json)),
+        Command::Bench {
+            suite:
+                BenchSuite::Log {
+                    transport,
+                    payload,
+                    entries,
+                    batch,
+                    json,
+                },
+        } => streamflow::bench::log::run(transport, payload, entries, batch).and_then(|r| {
+            if json {
+                println!("{}", serde_json::to_string(&r)?);
+            } else {
+                println!("{}", r.summary());
+            }
+            Ok(ExitCode::SUCCESS)
+        }),
         Command::Bench {
             suite:
                 BenchSuite::Protobuf {

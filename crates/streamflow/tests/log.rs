@@ -473,3 +473,102 @@ fn the_log_examples_run_one_after_the_other() {
     assert!(expected > 0);
     assert_eq!(bids, expected);
 }
+
+#[test]
+fn the_log_bench_reads_back_every_entry_over_both_transports() {
+    for transport in ["in-process", "websocket"] {
+        let out = streamflow()
+            .args([
+                "bench",
+                "log",
+                "--transport",
+                transport,
+                "--entries",
+                "5000",
+                "--payload",
+                "1000",
+                "--json",
+            ])
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{transport}: {}", stderr(&out));
+        let result: Value = serde_json::from_str(stdout(&out).trim()).expect("one JSON object");
+        for phase in ["produce", "consume_segment", "consume_space"] {
+            assert_eq!(result[phase]["entries"], 5000, "{transport} {phase}");
+            assert_eq!(result[phase]["bytes"], 5_000_000, "{transport} {phase}");
+        }
+    }
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+#[test]
+fn a_client_reconnects_and_resubscribes_when_the_server_comes_back() {
+    use streamflow_log::LogClient;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("server");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(&data, &["--listen", &listen]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let log = LogClient::connect(&format!("ws://{listen}"), "default", None)
+            .await
+            .expect("connect");
+        let meta = serde_json::Map::new();
+        log.publish("s", "a", b"{}".to_vec(), meta.clone())
+            .await
+            .expect("publish");
+        let mut sub = log.subscribe("s", "a").await.expect("subscribe");
+        let first = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("in time")
+            .expect("status");
+        assert_eq!(first.last_sequence, 1);
+        server.kill();
+        let again = tokio::task::spawn_blocking({
+            let data = data.clone();
+            let listen = listen.clone();
+            move || Server::start(&data, &["--listen", &listen])
+        })
+        .await
+        .expect("restart");
+        // Calls wait for the connection to come back (or fail, and are retried).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let status = loop {
+            match log.publish("s", "a", b"{}".to_vec(), meta.clone()).await {
+                Ok(s) => break s,
+                Err(e) if Instant::now() < deadline => {
+                    assert!(matches!(e, streamflow_log::LogError::Transport(_)), "{e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("not back: {e}"),
+            }
+        };
+        assert_eq!(status.last_sequence, 2, "the data survived the restart");
+        // The subscription was renewed: it sees the new entry.
+        let seen = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match sub.next().await {
+                    Some(s) if s.last_sequence >= 2 => return s.last_sequence,
+                    Some(_) => {}
+                    None => return 0,
+                }
+            }
+        })
+        .await
+        .expect("in time");
+        assert_eq!(seen, 2);
+        again.kill();
+    });
+}

@@ -17,14 +17,15 @@ pub struct Server {
 
 impl Server {
     pub fn start(data: &Path, extra: &[&str]) -> Self {
+        // Any free port, unless `extra` names one.
+        let listen: &[&str] = if extra.contains(&"--listen") {
+            &[]
+        } else {
+            &["--listen", "127.0.0.1:0"]
+        };
         let mut child = super::streamflow()
-            .args([
-                "serve",
-                "--data",
-                &data.to_string_lossy(),
-                "--listen",
-                "127.0.0.1:0",
-            ])
+            .args(["serve", "--data", &data.to_string_lossy()])
+            .args(listen)
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()
