@@ -185,6 +185,11 @@ pub static SINKS: &[SinkKind] = &[
         plan: sinks::blackhole::plan,
     },
     SinkKind {
+        name: "http",
+        description: "batched JSON POST/PUT with retries, backoff and a dlq for refused rows",
+        plan: sinks::http::plan,
+    },
+    SinkKind {
         name: "log",
         description: "append to a space of StreamFlow's durable log (exactly-once with checkpoints)",
         plan: sinks::log::plan,

@@ -3,7 +3,7 @@
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 
-use crate::Result;
+use crate::{DeadLetter, Result};
 
 /// One instance of a sink.
 ///
@@ -35,6 +35,13 @@ pub trait Sink: Send {
     /// Publishes what was staged for `checkpoint`.
     async fn commit(&mut self, _checkpoint: u64) -> Result<()> {
         Ok(())
+    }
+
+    /// Rows the sink gave up on since the last call (a request finally
+    /// refused, say), for the sink's `dlq`; the run fails on them when the
+    /// sink has none. Asked after every write, pre-commit and commit.
+    fn take_dead_letters(&mut self) -> Vec<DeadLetter> {
+        Vec::new()
     }
 
     /// Discards what was staged for `checkpoint`.

@@ -257,7 +257,7 @@ impl FlowGraph {
             decls.push(Decl {
                 node,
                 input: s.input.as_ref(),
-                dlq: None,
+                dlq: s.dlq.as_ref(),
                 late: None,
             });
         }

@@ -262,6 +262,9 @@ pub struct SinkSpec {
     pub kind: Option<String>,
     /// The stage or source it writes; absent for a sink used only as a `dlq`.
     pub input: Option<Inputs>,
+    /// Sink receiving the rows this sink gives up on (an HTTP request
+    /// finally refused, say).
+    pub dlq: Option<String>,
     /// Type-specific settings.
     #[serde(default)]
     pub config: Map<String, Value>,

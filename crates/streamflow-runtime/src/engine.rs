@@ -294,14 +294,8 @@ impl Pipeline {
                             }
                         });
                         tasks.spawn(
-                            run_sink(
-                                sink,
-                                InputSet::new(chans),
-                                node.name.clone(),
-                                Arc::clone(&metrics[id]),
-                                checkpoints,
-                            )
-                            .instrument(span.clone()),
+                            run_sink(sink, InputSet::new(chans), outputs, checkpoints)
+                                .instrument(span.clone()),
                         );
                     }
                 }

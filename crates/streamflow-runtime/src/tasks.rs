@@ -395,10 +395,11 @@ pub(crate) struct SinkCheckpoints {
 pub(crate) async fn run_sink(
     mut sink: Box<dyn Sink>,
     mut inputs: InputSet,
-    node: String,
-    metrics: Arc<NodeMetrics>,
+    mut out: Outputs,
     mut checkpoints: Option<SinkCheckpoints>,
 ) -> Result<()> {
+    let node = out.node.clone();
+    let metrics = Arc::clone(&out.metrics);
     let result = async {
         sink.open(checkpoints.as_mut().map(|c| std::mem::take(&mut c.pending)))
             .await?;
@@ -410,6 +411,7 @@ pub(crate) async fn run_sink(
                     event = inputs.next() => event,
                     Some(id) = c.commits.recv() => {
                         sink.commit(id).await?;
+                        out.dead_letters(sink.take_dead_letters()).await?;
                         continue;
                     }
                 },
@@ -420,11 +422,16 @@ pub(crate) async fn run_sink(
                     let started = Instant::now();
                     sink.write(batch).await?;
                     metrics.add_busy(started.elapsed());
+                    out.dead_letters(sink.take_dead_letters()).await?;
                 }
                 InputEvent::Watermark(w) => metrics.set_watermark(w.0),
                 InputEvent::Idle | InputEvent::InputEnded(_) => {}
                 InputEvent::Barrier(b) => {
                     let pending = sink.pre_commit(b.id).await?;
+                    // Rows given up on before the barrier go before it, and
+                    // the barrier on to the `dlq` sink.
+                    out.dead_letters(sink.take_dead_letters()).await?;
+                    out.broadcast(Message::Barrier(b)).await?;
                     if let Some(c) = &checkpoints {
                         c.acks.send(Ack::Sink {
                             id: b.id,
@@ -442,12 +449,15 @@ pub(crate) async fn run_sink(
                         // Publish the final checkpoint's data before finishing.
                         while let Some(id) = c.commits.recv().await {
                             sink.commit(id).await?;
+                            out.dead_letters(sink.take_dead_letters()).await?;
                             if id >= last {
                                 break;
                             }
                         }
                     }
-                    return sink.finish().await;
+                    sink.finish().await?;
+                    out.dead_letters(sink.take_dead_letters()).await?;
+                    return out.end().await;
                 }
             }
         }

@@ -572,3 +572,46 @@ fn a_client_reconnects_and_resubscribes_when_the_server_comes_back() {
         again.kill();
     });
 }
+
+#[test]
+fn bad_log_settings_are_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = write(
+        dir.path(),
+        "bad.yaml",
+        r#"
+name: bad
+sources:
+  - name: a
+    type: log
+    config: {space: s, from: middle, schema: {x: int64}}
+  - name: b
+    type: log
+    config: {space: s, path: here, url: "ws://127.0.0.1:1", schema: {x: int64}}
+  - name: c
+    type: log
+    config: {space: s, url: "http://127.0.0.1:1", schema: {x: int64}}
+sinks:
+  - {name: d, type: log, input: a, config: {space: _staging, segment: x}}
+  - {name: e, type: log, input: a, config: {space: t, segment: x, store: other}}
+  - {name: f, type: blackhole, input: b}
+  - {name: g, type: blackhole, input: c}
+"#,
+    );
+    let out = streamflow()
+        .args(["validate", &flow])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let text = stderr(&out) + &stdout(&out);
+    for expected in [
+        "sources[0].config.from",
+        "expected earliest, latest or an offset from 1, got \"middle\"",
+        "sources[1].config.path: give `path` (a local store) or `url` (a server), not both",
+        "sources[2].config.url: 'http://127.0.0.1:1' is not a ws:// or wss:// url",
+        "sinks[0].config.space: must be named, and not '_staging'",
+        "sinks[1].config.store: `store` names a server's store: set `url` too",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+}

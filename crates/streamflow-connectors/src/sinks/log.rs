@@ -3,7 +3,8 @@
 //!
 //! Each segment is written by one sink instance, which numbers its entries
 //! itself (its sequences continue the segment). With checkpoints, rows are
-//! staged in the log (space `_staging`) with the sequences they will have,
+//! staged in the log (space `_staging`, each with its segment and the
+//! sequence it will have there),
 //! and copied into their segments when the checkpoint completes: a copy
 //! replayed after a crash finds the sequences already present and skips
 //! them, so every row lands exactly once. Without checkpoints rows are
@@ -227,24 +228,21 @@ impl LogSink {
             from = last.sequence + 1;
             let mut runs: Vec<(String, Vec<Record>)> = Vec::new();
             for e in entries {
-                let (Some(Value::String(segment)), Some(sequence)) = (
-                    e.metadata.get("segment").cloned(),
-                    e.metadata.get("sequence").and_then(Value::as_u64),
-                ) else {
+                let Some((segment, sequence, payload)) = unstage(&e.payload) else {
                     return Err(self.err(
                         "publishing",
-                        format!("staged entry {staged}/{} has no target", e.sequence),
+                        format!("staged entry {staged}/{} is damaged", e.sequence),
                     ));
                 };
-                let done = match written.get(&segment) {
+                let done = match written.get(segment) {
                     Some(d) => *d,
                     None => {
                         let d = log
-                            .peek(&space, &segment)
+                            .peek(&space, segment)
                             .await
                             .map_err(|e| self.err("reading a segment", e))?
                             .last_sequence;
-                        written.insert(segment.clone(), d);
+                        written.insert(segment.to_string(), d);
                         d
                     }
                 };
@@ -255,12 +253,12 @@ impl LogSink {
                 let record = Record {
                     sequence,
                     timestamp: e.timestamp,
-                    payload: e.payload,
+                    payload: payload.to_vec(),
                     metadata: serde_json::Map::new(),
                 };
                 match runs.last_mut() {
-                    Some((s, records)) if *s == segment => records.push(record),
-                    _ => runs.push((segment, vec![record])),
+                    Some((s, records)) if s == segment => records.push(record),
+                    _ => runs.push((segment.to_string(), vec![record])),
                 }
             }
             for (segment, records) in runs {
@@ -369,16 +367,13 @@ impl Sink for LogSink {
         for (segment, messages) in runs {
             let first = self.next_sequence(&segment).await?;
             let n = messages.len() as u64;
-            for (payload, sequence) in messages.into_iter().zip(first..) {
+            for (message, sequence) in messages.into_iter().zip(first..) {
                 self.staged_rows += 1;
-                let mut metadata = serde_json::Map::new();
-                metadata.insert("segment".into(), Value::String(segment.clone()));
-                metadata.insert("sequence".into(), Value::from(sequence));
                 staged.push(Record {
                     sequence: self.staged_rows,
                     timestamp: now,
-                    payload,
-                    metadata,
+                    payload: stage(&segment, sequence, &message),
+                    metadata: serde_json::Map::new(),
                 });
             }
             self.next.insert(segment.clone(), first + n);
@@ -443,10 +438,45 @@ impl Sink for LogSink {
     }
 }
 
+/// A staged row: its segment (u16 length, bytes), the sequence it takes
+/// there (u64), then the message.
+fn stage(segment: &str, sequence: u64, message: &[u8]) -> Vec<u8> {
+    let name = &segment.as_bytes()[..segment.len().min(usize::from(u16::MAX))];
+    let mut out = Vec::with_capacity(10 + name.len() + message.len());
+    out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+    out.extend_from_slice(name);
+    out.extend_from_slice(&sequence.to_le_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// The segment, sequence and message of a staged row.
+fn unstage(bytes: &[u8]) -> Option<(&str, u64, &[u8])> {
+    let len = usize::from(u16::from_le_bytes(bytes.get(..2)?.try_into().ok()?));
+    let name = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
+    let sequence = u64::from_le_bytes(bytes.get(2 + len..10 + len)?.try_into().ok()?);
+    Some((name, sequence, bytes.get(10 + len..)?))
+}
+
 /// A name part no earlier run of this instance used.
 fn unique_suffix() -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     format!("{nanos:x}-{:x}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staged_rows_round_trip() {
+        let staged = stage("auction-7", 42, b"{\"price\":3}");
+        assert_eq!(
+            unstage(&staged),
+            Some(("auction-7", 42, &b"{\"price\":3}"[..]))
+        );
+        assert_eq!(unstage(&staged[..5]), None);
+    }
 }

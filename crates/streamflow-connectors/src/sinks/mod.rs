@@ -2,6 +2,7 @@
 
 pub mod blackhole;
 pub mod file;
+pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod log;

@@ -32,13 +32,27 @@ use crate::registry::{SourceContext, SourceFactory};
 
 /// Where a new reader starts: `earliest`, `latest`, or an offset (a
 /// sequence when reading one segment), inclusive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogStart {
     /// The first entry at or after this offset (sequence).
     At(u64),
     /// The first entry kept, or entries written from now on.
     Named(Start),
+}
+
+impl<'de> Deserialize<'de> for LogStart {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::String(s) if s == "earliest" => Ok(LogStart::Named(Start::Earliest)),
+            Value::String(s) if s == "latest" => Ok(LogStart::Named(Start::Latest)),
+            Value::Number(n) if n.as_u64().is_some_and(|n| n > 0) => {
+                Ok(LogStart::At(n.as_u64().unwrap_or(1)))
+            }
+            other => Err(serde::de::Error::custom(format!(
+                "expected earliest, latest or an offset from 1, got {other}"
+            ))),
+        }
+    }
 }
 
 impl Default for LogStart {

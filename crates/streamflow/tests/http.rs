@@ -1,0 +1,283 @@
+//! The `http` sink against a real HTTP server on loopback (axum, in this
+//! test process): batching, headers from the environment, idempotency
+//! keys, retries with `Retry-After`, and dead letters after the last
+//! attempt or on a status that retrying cannot fix.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use common::{read_jsonl, stderr, streamflow, write};
+use serde_json::Value;
+
+/// What the receiver saw.
+#[derive(Default)]
+struct Seen {
+    /// Rows of accepted requests.
+    rows: Vec<Value>,
+    /// Requests, accepted or not: (when, status, idempotency key, authorization).
+    requests: Vec<(Instant, u16, Option<String>, Option<String>)>,
+}
+
+/// Serves `answer(n)` for the n-th request (from 0): a status and, for
+/// failures, a body and an optional Retry-After.
+fn receiver(
+    answer: impl Fn(usize) -> (u16, &'static str, Option<u64>) + Send + Sync + 'static,
+) -> (String, Arc<Mutex<Seen>>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let answer = Arc::new(answer);
+    let state = Arc::clone(&seen);
+    let app = axum::Router::new().route(
+        "/ingest",
+        axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+            let (seen, answer) = (Arc::clone(&state), Arc::clone(&answer));
+            async move {
+                let mut seen = seen.lock().expect("lock");
+                let n = seen.requests.len();
+                let (status, text, retry_after) = answer(n);
+                let header = |h: &str| {
+                    headers
+                        .get(h)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string)
+                };
+                seen.requests.push((
+                    Instant::now(),
+                    status,
+                    header("idempotency-key"),
+                    header("authorization"),
+                ));
+                if status == 200 {
+                    let rows: Vec<Value> = serde_json::from_slice(&body).expect("a JSON array");
+                    seen.rows.extend(rows);
+                }
+                let mut response =
+                    (StatusCode::from_u16(status).expect("status"), text).into_response();
+                if let Some(s) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert("retry-after", s.to_string().parse().expect("header"));
+                }
+                response
+            }
+        }),
+    );
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    std_listener.set_nonblocking(true).expect("nonblocking");
+    let addr = std_listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
+            axum::serve(listener, app).await.expect("serve");
+        });
+    });
+    (format!("http://{addr}/ingest"), seen)
+}
+
+fn flow(dir: &std::path::Path, url: &str, rows: u64, extra: &str) -> String {
+    write(
+        dir,
+        "flow.yaml",
+        &format!(
+            r#"
+name: to-http
+mode: job
+sources:
+  - {{name: g, type: generator, config: {{count: {rows}, batch_size: 250, columns: {{id: i, name: "concat('n', i)"}}}}}}
+sinks:
+  - name: out
+    type: http
+    input: g
+    dlq: rejected
+    config:
+      url: "{url}"
+      headers: {{Authorization: "Bearer ${{STREAMFLOW_TEST_INGEST_TOKEN}}"}}
+      idempotency_header: Idempotency-Key
+      batch: {{max_rows: 100, linger: 10s}}
+      {extra}
+  - {{name: rejected, type: file, config: {{path: "{}"}}}}
+"#,
+            dir.join("rejected.jsonl").display()
+        ),
+    )
+}
+
+fn run(flow: &str) -> std::process::Output {
+    streamflow()
+        .args(["run", flow, "--quiet"])
+        .env("STREAMFLOW_TEST_INGEST_TOKEN", "t0ken")
+        .output()
+        .expect("run")
+}
+
+#[test]
+fn batches_are_retried_after_failures_honouring_retry_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Every other request fails; the first failure asks for a 1 s pause.
+    let (url, seen) = receiver(|n| match n {
+        0 => (503, "busy", Some(1)),
+        n if n % 2 == 0 => (503, "busy", None),
+        _ => (200, "ok", None),
+    });
+    let flow = flow(
+        dir.path(),
+        &url,
+        2000,
+        "retry: {max_attempts: 4, initial_backoff: 10ms}",
+    );
+    let out = run(&flow);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let seen = seen.lock().expect("lock");
+    let ids: Vec<i64> = seen
+        .rows
+        .iter()
+        .map(|r| r["id"].as_i64().expect("id"))
+        .collect();
+    common::assert_each_once(&ids, 2000);
+    assert!(
+        read_jsonl(&dir.path().join("rejected.jsonl")).is_empty(),
+        "nothing dead-lettered"
+    );
+    let ok = seen.requests.iter().filter(|r| r.1 == 200).count();
+    assert_eq!(ok, 20, "batches of 100 rows");
+    assert!(seen.requests.iter().filter(|r| r.1 == 503).count() >= 19);
+    // The retry after the first failure waited for Retry-After.
+    let gap = seen.requests[1].0 - seen.requests[0].0;
+    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
+    // A retry carries its batch's key; keys differ between batches.
+    assert_eq!(seen.requests[0].2, seen.requests[1].2);
+    let keys: std::collections::BTreeSet<_> = seen
+        .requests
+        .iter()
+        .filter(|r| r.1 == 200)
+        .map(|r| r.2.clone())
+        .collect();
+    assert_eq!(keys.len(), 20);
+    assert!(
+        seen.requests
+            .iter()
+            .all(|r| r.3.as_deref() == Some("Bearer t0ken"))
+    );
+}
+
+#[test]
+fn rows_of_a_batch_that_keeps_failing_go_to_the_dlq() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, seen) = receiver(|_| (500, "database down", None));
+    let flow = flow(
+        dir.path(),
+        &url,
+        300,
+        "retry: {max_attempts: 3, initial_backoff: 5ms}",
+    );
+    let out = run(&flow);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dead = read_jsonl(&dir.path().join("rejected.jsonl"));
+    assert_eq!(dead.len(), 300, "every row dead-lettered");
+    let error = dead[0]["error"].as_str().expect("error");
+    assert!(
+        error.contains("HTTP 500")
+            && error.contains("database down")
+            && error.contains("after 3 attempts"),
+        "{error}"
+    );
+    assert_eq!(dead[0]["stage"], "out");
+    assert_eq!(dead[0]["file"].as_str(), Some(url.as_str()));
+    let payload: Value =
+        serde_json::from_str(dead[0]["payload"].as_str().expect("payload")).expect("a row");
+    assert!(payload["id"].is_i64());
+    assert_eq!(
+        seen.lock().expect("lock").requests.len(),
+        3 * 3,
+        "three batches, three attempts each"
+    );
+}
+
+#[test]
+fn a_status_retrying_cannot_fix_is_not_retried() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, seen) = receiver(|_| (400, "bad field 'name'", None));
+    let flow = flow(dir.path(), &url, 100, "");
+    let out = run(&flow);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dead = read_jsonl(&dir.path().join("rejected.jsonl"));
+    assert_eq!(dead.len(), 100);
+    assert!(
+        dead[0]["error"]
+            .as_str()
+            .expect("error")
+            .contains("HTTP 400 Bad Request: bad field 'name'")
+    );
+    assert_eq!(seen.lock().expect("lock").requests.len(), 1, "no retry");
+}
+
+#[test]
+fn without_a_dlq_a_failed_batch_fails_the_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (url, _seen) = receiver(|_| (400, "no", None));
+    let flow = write(
+        dir.path(),
+        "flow.yaml",
+        &format!(
+            "name: f\nmode: job\nsources:\n  - {{name: g, type: generator, config: {{count: 10, columns: {{id: i}}}}}}\nsinks:\n  - {{name: out, type: http, input: g, config: {{url: \"{url}\"}}}}\n"
+        ),
+    );
+    let out = run(&flow);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("HTTP 400"), "{}", stderr(&out));
+}
+
+#[test]
+fn with_checkpoints_every_row_is_delivered_or_dead_lettered_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Every fifth request is refused for good.
+    let (url, seen) = receiver(|n| {
+        if n % 5 == 4 {
+            (422, "unprocessable", None)
+        } else {
+            (200, "ok", None)
+        }
+    });
+    let flow = write(
+        dir.path(),
+        "flow.yaml",
+        &format!(
+            r#"
+name: to-http-checkpointed
+mode: job
+checkpoint: {{interval: 100ms, storage: "{}"}}
+sources:
+  - {{name: g, type: generator, config: {{count: 3000, rate: 6000, batch_size: 50, columns: {{id: i}}}}}}
+sinks:
+  - {{name: out, type: http, input: g, dlq: rejected, config: {{url: "{url}", batch: {{max_rows: 40, linger: 20ms}}}}}}
+  - {{name: rejected, type: file, config: {{path: "{}"}}}}
+"#,
+            dir.path().join("ckpt").display(),
+            dir.path().join("rejected.jsonl").display()
+        ),
+    );
+    let out = run(&flow);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut ids: Vec<i64> = seen
+        .lock()
+        .expect("lock")
+        .rows
+        .iter()
+        .map(|r| r["id"].as_i64().expect("id"))
+        .collect();
+    let dead = read_jsonl(&dir.path().join("rejected.jsonl"));
+    assert!(!dead.is_empty(), "some batches were refused");
+    ids.extend(dead.iter().map(|d| {
+        let row: Value =
+            serde_json::from_str(d["payload"].as_str().expect("payload")).expect("row");
+        row["id"].as_i64().expect("id")
+    }));
+    common::assert_each_once(&ids, 3000);
+}
