@@ -137,6 +137,11 @@ pub static SOURCES: &[SourceKind] = &[
         plan: sources::stdin::plan,
     },
     SourceKind {
+        name: "http",
+        description: "a webhook: POSTed JSON rows, answered once a checkpoint covers them",
+        plan: sources::http::plan,
+    },
+    SourceKind {
         name: "log",
         description: "a space of StreamFlow's durable log (local, or a server's)",
         plan: sources::log::plan,

@@ -130,7 +130,7 @@ fn batches_are_retried_after_failures_honouring_retry_after() {
         dir.path(),
         &url,
         2000,
-        "retry: {max_attempts: 4, initial_backoff: 10ms}",
+        "retry: {max_attempts: 4, initial_backoff: 10ms}\n      concurrency: 1",
     );
     let out = run(&flow);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -280,4 +280,214 @@ sinks:
         row["id"].as_i64().expect("id")
     }));
     common::assert_each_once(&ids, 3000);
+}
+
+/// A webhook flow on `port` writing rows to `out` (exactly-once file sink),
+/// checkpointing every 300 ms.
+fn webhook_flow(dir: &std::path::Path, port: u16, extra: &str) -> String {
+    write(
+        dir,
+        "webhook.yaml",
+        &format!(
+            r#"
+name: webhook
+checkpoint: {{interval: 300ms, storage: "{}"}}
+sources:
+  - name: events
+    type: http
+    config: {{listen: "127.0.0.1:{port}", path: /events, token_env: STREAMFLOW_TEST_WEBHOOK_TOKEN, schema: {{id: int64, kind: string}}{extra}}}
+sinks:
+  - {{name: out, type: file, input: events, config: {{path: "{}"}}}}
+"#,
+            dir.join("ckpt").display(),
+            dir.join("out").display()
+        ),
+    )
+}
+
+fn start(flow: &str) -> std::process::Child {
+    streamflow()
+        .args(["run", flow, "--quiet"])
+        .env("STREAMFLOW_TEST_WEBHOOK_TOKEN", "hook")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn")
+}
+
+/// POSTs `body` until the receiver is up; the status and when it answered.
+async fn post(client: &reqwest::Client, url: &str, token: &str, body: String) -> Option<u16> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match client
+            .post(url)
+            .bearer_auth(token)
+            .body(body.clone())
+            .send()
+            .await
+        {
+            Ok(r) => return Some(r.status().as_u16()),
+            Err(e) if e.is_connect() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+fn a_webhook_answers_after_the_checkpoint_so_answered_rows_survive_a_crash() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = common::free_port();
+    let flow = webhook_flow(dir.path(), port, "");
+    let url = format!("http://127.0.0.1:{port}/events");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = reqwest::Client::new();
+    let mut answered: Vec<i64> = Vec::new();
+    let mut child = start(&flow);
+    for request in 0..30i64 {
+        // Three shapes of body: an array, JSON lines, one object.
+        let ids: Vec<i64> = match request % 3 {
+            2 => vec![request * 100],
+            _ => (0..20).map(|k| request * 100 + k).collect(),
+        };
+        let rows: Vec<String> = ids
+            .iter()
+            .map(|id| format!("{{\"id\":{id},\"kind\":\"k{}\"}}", id % 7))
+            .collect();
+        let body = match request % 3 {
+            0 => format!("[{}]", rows.join(",")),
+            _ => rows.join("\n"),
+        };
+        let status = rt.block_on(post(&client, &url, "hook", body));
+        if status == Some(200) {
+            answered.extend(&ids);
+        }
+        // A crash after every tenth request: what was answered must survive.
+        if request % 10 == 9 {
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reap");
+            child = start(&flow);
+        }
+    }
+    // Once the last restart is serving, a graceful stop takes a final checkpoint.
+    let last = "{\"id\":-1,\"kind\":\"last\"}".to_string();
+    assert_eq!(rt.block_on(post(&client, &url, "hook", last)), Some(200));
+    answered.push(-1);
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let out = child.wait().expect("reap");
+    assert!(out.success(), "stopped cleanly");
+    let written: Vec<i64> = read_jsonl(&dir.path().join("out"))
+        .iter()
+        .map(|r| r["id"].as_i64().expect("id"))
+        .collect();
+    assert!(
+        answered.len() >= 200,
+        "most requests were answered: {}",
+        answered.len()
+    );
+    for id in &answered {
+        assert_eq!(
+            written.iter().filter(|w| *w == id).count(),
+            1,
+            "answered row {id} written once"
+        );
+    }
+}
+
+#[test]
+fn a_webhook_refuses_bad_tokens_large_bodies_and_non_json() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = common::free_port();
+    let flow = webhook_flow(dir.path(), port, ", max_body: 1KiB, ack: receipt");
+    let url = format!("http://127.0.0.1:{port}/events");
+    let mut child = start(&flow);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = reqwest::Client::new();
+    let row = "{\"id\":1,\"kind\":\"a\"}".to_string();
+    assert_eq!(
+        rt.block_on(post(&client, &url, "hook", row.clone())),
+        Some(200)
+    );
+    assert_eq!(
+        rt.block_on(post(&client, &url, "wrong", row.clone())),
+        Some(401)
+    );
+    let big = format!("[{}]", vec![row.clone(); 100].join(","));
+    assert_eq!(rt.block_on(post(&client, &url, "hook", big)), Some(413));
+    assert_eq!(
+        rt.block_on(post(&client, &url, "hook", "not json".into())),
+        Some(400)
+    );
+    assert_eq!(
+        rt.block_on(post(&client, &url, "hook", "[1, 2]".into())),
+        Some(400)
+    );
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+}
+
+#[test]
+fn the_http_examples_run_against_each_other() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = common::root();
+    let example = |name: &str| {
+        root.join("examples/connectors")
+            .join(name)
+            .to_string_lossy()
+            .into_owned()
+    };
+    let port = common::free_port();
+    let listen = format!("sources.bids.config.listen=127.0.0.1:{port}");
+    let mut receiver = streamflow()
+        .current_dir(dir.path())
+        .args([
+            "run",
+            &example("webhook_to_file.yaml"),
+            "--quiet",
+            "--set",
+            &listen,
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let target = format!("sinks.out.config.url=http://127.0.0.1:{port}/bids");
+    let out = streamflow()
+        .current_dir(dir.path())
+        .args([
+            "run",
+            &example("bids_to_webhook.yaml"),
+            "--quiet",
+            "--set",
+            &target,
+        ])
+        .args(["--set", "sources.bids.config.events=20000"])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(read_jsonl(&dir.path().join("out/bids-to-webhook/rejected.jsonl")).is_empty());
+    // Every request was answered after a checkpoint covered it: stop and count.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &receiver.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert!(receiver.wait().expect("reap").success());
+    let rows = read_jsonl(&dir.path().join("out/webhook/bids"));
+    // 20 000 Nexmark events hold 18 400 bids; each arrived once.
+    assert_eq!(rows.len(), 18_400);
+    assert!(
+        rows.iter()
+            .all(|r| r["price"].is_i64() && r["date_time"].is_string())
+    );
 }

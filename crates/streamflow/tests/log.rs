@@ -500,21 +500,12 @@ fn the_log_bench_reads_back_every_entry_over_both_transports() {
     }
 }
 
-/// A free loopback port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
-
 #[test]
 fn a_client_reconnects_and_resubscribes_when_the_server_comes_back() {
     use streamflow_log::LogClient;
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("server");
-    let listen = format!("127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{}", common::free_port());
     let server = Server::start(&data, &["--listen", &listen]);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -3,7 +3,8 @@
 //! (`body: lines`).
 //!
 //! A batch goes when it reaches `batch.max_rows` rows or `batch.max_bytes`
-//! bytes, or its first row has waited `batch.linger`; a checkpoint waits
+//! bytes, or its first row has waited `batch.linger`, with up to
+//! `concurrency` requests in flight; a checkpoint waits
 //! until every row before its barrier was answered with a success, so what
 //! a checkpoint covers has been delivered (at-least-once; with
 //! `idempotency_header`, each request carries a key made of the sink, its
@@ -161,6 +162,13 @@ pub struct HttpSinkConfig {
     pub timeout: HumanDuration,
     /// A header carrying a key unique to each batch (`Idempotency-Key`).
     pub idempotency_header: Option<String>,
+    /// Requests in flight at once (1 keeps batches in order).
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_concurrency() -> usize {
+    4
 }
 
 /// `text` with each `${VAR}` replaced by the variable's value.
@@ -196,6 +204,9 @@ pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagno
     }
     if config.batch.max_rows == 0 {
         return Err(fail("batch.max_rows", "must be positive".into()));
+    }
+    if config.concurrency == 0 {
+        return Err(fail("concurrency", "must be at least 1".into()));
     }
     if config.retry.max_attempts == 0 {
         return Err(fail("retry.max_attempts", "must be at least 1".into()));
@@ -257,7 +268,7 @@ impl SinkFactory for HttpSinkFactory {
             client: self.client.clone(),
             key_prefix: format!("{}-{instance}-{}", self.name, run_token()),
         };
-        let task = tokio::spawn(sender.run(rx));
+        let task = tokio::spawn(Arc::new(sender).run(rx));
         Ok(Box::new(HttpSink {
             encoder: self.encoder.clone(),
             rows,
@@ -361,6 +372,34 @@ struct Sender {
     key_prefix: String,
 }
 
+/// Requests in flight, and what those that ended left.
+#[derive(Default)]
+struct Flights {
+    requests: tokio::task::JoinSet<(Vec<Vec<u8>>, std::result::Result<(), String>)>,
+    dead: Vec<DeadLetter>,
+    failure: Option<Error>,
+}
+
+impl Flights {
+    /// Waits for one request to end; its rows become dead letters if it failed.
+    async fn land_one(&mut self, url: &reqwest::Url) {
+        match self.requests.join_next().await {
+            Some(Ok((rows, Err(reason)))) => self.dead.extend(rows.iter().map(|row| DeadLetter {
+                file: Some(url.to_string()),
+                line: None,
+                payload: Some(String::from_utf8_lossy(row).into_owned()),
+                error: reason.clone(),
+            })),
+            Some(Err(e)) => {
+                self.failure = Some(Error::Other(format!(
+                    "http sink: a request task failed: {e}"
+                )));
+            }
+            Some(Ok((_, Ok(())))) | None => {}
+        }
+    }
+}
+
 /// Rows waiting to go, and when the first came.
 #[derive(Default)]
 struct Pending {
@@ -370,17 +409,16 @@ struct Pending {
 }
 
 impl Sender {
-    async fn run(self, mut commands: mpsc::Receiver<Command>) {
+    async fn run(self: Arc<Self>, mut commands: mpsc::Receiver<Command>) {
         let mut pending = Pending::default();
-        let mut dead: Vec<DeadLetter> = Vec::new();
-        let mut failure: Option<Error> = None;
+        let mut flights = Flights::default();
         let (mut epoch, mut number) = (0u64, 0u64);
         loop {
             let linger = pending.since.map(|t| t + self.config.batch.linger.0);
             let command = tokio::select! {
                 c = commands.recv() => c,
-                () = crate::sinks::http::sleep_until(linger) => {
-                    self.send_pending(&mut pending, epoch, &mut number, &mut dead, &mut failure).await;
+                () = sleep_until(linger) => {
+                    self.send_pending(&mut pending, epoch, &mut number, &mut flights).await;
                     continue;
                 }
             };
@@ -393,14 +431,8 @@ impl Sender {
                             && (pending.rows.len() >= self.config.batch.max_rows
                                 || pending.bytes + len > self.config.batch.max_bytes.0 as usize)
                         {
-                            self.send_pending(
-                                &mut pending,
-                                epoch,
-                                &mut number,
-                                &mut dead,
-                                &mut failure,
-                            )
-                            .await;
+                            self.send_pending(&mut pending, epoch, &mut number, &mut flights)
+                                .await;
                         }
                         pending.bytes += len;
                         pending.since.get_or_insert_with(tokio::time::Instant::now);
@@ -408,11 +440,14 @@ impl Sender {
                     }
                 }
                 Some(Command::Flush { epoch: next, done }) => {
-                    self.send_pending(&mut pending, epoch, &mut number, &mut dead, &mut failure)
+                    self.send_pending(&mut pending, epoch, &mut number, &mut flights)
                         .await;
-                    let answer = match failure.take() {
+                    while !flights.requests.is_empty() {
+                        flights.land_one(&self.url).await;
+                    }
+                    let answer = match flights.failure.take() {
                         Some(e) => Err(e),
-                        None => Ok(std::mem::take(&mut dead)),
+                        None => Ok(std::mem::take(&mut flights.dead)),
                     };
                     let _ = done.send(answer);
                     (epoch, number) = (next, 0);
@@ -421,29 +456,30 @@ impl Sender {
         }
     }
 
+    /// Sends the pending rows as one request, once fewer than
+    /// `concurrency` are in flight.
     async fn send_pending(
-        &self,
+        self: &Arc<Self>,
         pending: &mut Pending,
         epoch: u64,
         number: &mut u64,
-        dead: &mut Vec<DeadLetter>,
-        failure: &mut Option<Error>,
+        flights: &mut Flights,
     ) {
         let rows = std::mem::take(&mut pending.rows);
         *pending = Pending::default();
-        if rows.is_empty() || failure.is_some() {
+        if rows.is_empty() {
             return;
+        }
+        while flights.requests.len() >= self.config.concurrency {
+            flights.land_one(&self.url).await;
         }
         *number += 1;
         let key = format!("{}-{epoch}-{}", self.key_prefix, number);
-        if let Err(reason) = self.deliver(&rows, &key).await {
-            dead.extend(rows.iter().map(|row| DeadLetter {
-                file: Some(self.url.to_string()),
-                line: None,
-                payload: Some(String::from_utf8_lossy(row).into_owned()),
-                error: reason.clone(),
-            }));
-        }
+        let sender = Arc::clone(self);
+        flights.requests.spawn(async move {
+            let outcome = sender.deliver(&rows, &key).await;
+            (rows, outcome)
+        });
     }
 
     fn body(&self, rows: &[Vec<u8>]) -> Vec<u8> {

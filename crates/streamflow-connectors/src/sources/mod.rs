@@ -2,6 +2,7 @@
 
 pub mod file;
 pub mod generator;
+pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod log;

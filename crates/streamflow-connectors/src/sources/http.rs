@@ -1,0 +1,409 @@
+//! `http`: a webhook receiver. Clients POST JSON — one object, an array of
+//! objects, or JSON lines — to `listen` + `path`; each object becomes a row.
+//!
+//! With `ack: checkpoint` (the default) a request is answered `200` only
+//! once its rows are covered by a completed checkpoint, so a client that got
+//! its answer never loses its rows, even if the pipeline then crashes
+//! (without checkpoints the answer comes once the rows are handed on).
+//! `ack: receipt` answers as soon as the rows are queued: faster, but rows
+//! of answered requests are lost if the pipeline crashes before its next
+//! checkpoint (at-most-once for them; clients that retry on errors get
+//! at-least-once only with `ack: checkpoint`). A full queue answers `429`
+//! with `Retry-After` (backpressure the client sees), a body over
+//! `max_body` `413`, a missing or wrong token `401`, a body that is not
+//! JSON objects `400`. One instance listens.
+//!
+//! ```yaml
+//! - name: events
+//!   type: http
+//!   config: {listen: "127.0.0.1:8088", path: /events, token_env: WEBHOOK_TOKEN, schema: {id: int64, kind: string}}
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::{Schema, SchemaRef};
+use async_trait::async_trait;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Source, SourceBatch};
+use streamflow_dsl::ByteSize;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::message::{MessageDecoder, MessageFormat};
+use crate::registry::{SourceContext, SourceFactory};
+
+/// When a request is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Ack {
+    /// Once a completed checkpoint covers its rows.
+    #[default]
+    Checkpoint,
+    /// Once its rows are queued.
+    Receipt,
+}
+
+/// Settings of an `http` source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSourceConfig {
+    /// Address to listen on (`127.0.0.1:8088`; port 0 picks one).
+    pub listen: SocketAddr,
+    /// The path requests are POSTed to.
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// Declared schema, column → type.
+    pub schema: Map<String, Value>,
+    /// Largest body accepted (413 beyond).
+    #[serde(default = "default_max_body")]
+    pub max_body: ByteSize,
+    /// Environment variable holding the bearer token requests must carry.
+    pub token_env: Option<String>,
+    /// When requests are answered.
+    #[serde(default)]
+    pub ack: Ack,
+    /// Requests queued for the pipeline before `429`.
+    #[serde(default = "default_queue")]
+    pub queue: usize,
+}
+
+fn default_path() -> String {
+    "/".into()
+}
+fn default_max_body() -> ByteSize {
+    ByteSize(10 << 20)
+}
+fn default_queue() -> usize {
+    64
+}
+
+pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Diagnostics> {
+    let config: HttpSourceConfig = ctx.config()?;
+    let fail = |k: &str, m: String| Diagnostics::from(Diagnostic::new(ctx.at(k), m));
+    if !config.path.starts_with('/') {
+        return Err(fail("path", format!("'{}' must start with /", config.path)));
+    }
+    if config.queue == 0 {
+        return Err(fail("queue", "must be positive".into()));
+    }
+    if let Some(var) = &config.token_env
+        && std::env::var(var).is_err()
+    {
+        return Err(fail(
+            "token_env",
+            format!("environment variable {var} is not set"),
+        ));
+    }
+    let schema: Schema = crate::sources::file::declared_schema(&config.schema, &ctx.at("schema"))?;
+    let values = crate::message::Values {
+        schema: Arc::new(schema),
+        avro: None,
+        json: None,
+        protobuf: None,
+    };
+    Ok(Arc::new(HttpSourceFactory {
+        config: Arc::new(config),
+        values,
+    }))
+}
+
+struct HttpSourceFactory {
+    config: Arc<HttpSourceConfig>,
+    values: crate::message::Values,
+}
+
+impl SourceFactory for HttpSourceFactory {
+    fn schema(&self) -> SchemaRef {
+        Arc::clone(&self.values.schema)
+    }
+
+    fn bounded(&self) -> bool {
+        false
+    }
+
+    fn create(&self, instance: usize, _parallelism: usize) -> Result<Box<dyn Source>> {
+        Ok(Box::new(HttpSource {
+            config: Arc::clone(&self.config),
+            decoder: MessageDecoder::new(MessageFormat::Json, &self.values),
+            requests: None,
+            server: None,
+            checkpointing: false,
+            handed_on: Vec::new(),
+            barriers: Vec::new(),
+            listening: instance == 0,
+        }))
+    }
+}
+
+/// A request's rows, and where its answer goes.
+struct Request {
+    rows: Vec<Vec<u8>>,
+    answer: Option<oneshot::Sender<StatusCode>>,
+}
+
+/// What the handler shares.
+#[derive(Clone)]
+struct Receiver {
+    queue: mpsc::Sender<Request>,
+    token: Option<Arc<str>>,
+    max_body: usize,
+    ack: Ack,
+}
+
+struct HttpSource {
+    config: Arc<HttpSourceConfig>,
+    decoder: MessageDecoder,
+    requests: Option<mpsc::Receiver<Request>>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    checkpointing: bool,
+    /// Answers of requests handed on since the last barrier.
+    handed_on: Vec<oneshot::Sender<StatusCode>>,
+    /// Per pending checkpoint, the answers it releases.
+    barriers: Vec<(u64, Vec<oneshot::Sender<StatusCode>>)>,
+    listening: bool,
+}
+
+impl Drop for HttpSource {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+/// Answers every request in `answers` with `status`.
+fn answer_all(answers: Vec<oneshot::Sender<StatusCode>>, status: StatusCode) {
+    for a in answers {
+        // A client that went away is fine.
+        let _ = a.send(status);
+    }
+}
+
+/// The rows of a body: one object, an array of objects, or JSON lines.
+fn rows_of(body: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('[') {
+        let values: Vec<Value> =
+            serde_json::from_str(trimmed).map_err(|e| format!("not a JSON array: {e}"))?;
+        return values
+            .iter()
+            .map(|v| match v {
+                Value::Object(_) => serde_json::to_vec(v).map_err(|e| e.to_string()),
+                _ => Err("array elements must be JSON objects".to_string()),
+            })
+            .collect();
+    }
+    let mut rows = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if !line.starts_with('{') {
+            return Err(format!("line {}: not a JSON object", n + 1));
+        }
+        rows.push(line.as_bytes().to_vec());
+    }
+    if rows.is_empty() && !trimmed.is_empty() {
+        return Err("no JSON objects in the body".into());
+    }
+    Ok(rows)
+}
+
+async fn receive(State(r): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(expected) = &r.token {
+        use subtle::ConstantTimeEq;
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "a valid bearer token is required\n",
+            )
+                .into_response();
+        }
+    }
+    if body.len() > r.max_body {
+        return (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is over {} bytes\n", r.max_body),
+        )
+            .into_response();
+    }
+    let rows = match rows_of(&body) {
+        Ok(rows) => rows,
+        Err(m) => return (StatusCode::BAD_REQUEST, format!("{m}\n")).into_response(),
+    };
+    let count = rows.len();
+    let (tx, rx) = oneshot::channel();
+    let answer = match r.ack {
+        Ack::Checkpoint => Some(tx),
+        Ack::Receipt => None,
+    };
+    if let Err(mpsc::error::TrySendError::Full(_)) = r.queue.try_send(Request { rows, answer }) {
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, "1")],
+            "the pipeline is busy; retry later\n",
+        )
+            .into_response();
+    }
+    if r.ack == Ack::Receipt {
+        return (StatusCode::OK, format!("{{\"rows\":{count}}}\n")).into_response();
+    }
+    match rx.await {
+        Ok(status) if status.is_success() => {
+            (status, format!("{{\"rows\":{count}}}\n")).into_response()
+        }
+        Ok(status) => (status, "the rows were not accepted\n").into_response(),
+        // The pipeline stopped before a checkpoint covered the rows.
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the pipeline stopped; retry\n",
+        )
+            .into_response(),
+    }
+}
+
+/// How long a pull waits for a first request.
+const WAIT: Duration = Duration::from_millis(200);
+/// Rows per batch at most.
+const BATCH_ROWS: usize = 8192;
+
+#[async_trait]
+impl Source for HttpSource {
+    async fn open(&mut self, checkpointing: bool) -> Result<()> {
+        self.checkpointing = checkpointing;
+        if !self.listening {
+            return Ok(());
+        }
+        let token = match &self.config.token_env {
+            Some(var) => Some(Arc::from(std::env::var(var).map_err(|_| {
+                Error::Other(format!("environment variable {var} is not set"))
+            })?)),
+            None => None,
+        };
+        let (queue, requests) = mpsc::channel(self.config.queue);
+        let receiver = Receiver {
+            queue,
+            token,
+            max_body: self.config.max_body.0 as usize,
+            ack: self.config.ack,
+        };
+        let app = axum::Router::new()
+            .route(&self.config.path, axum::routing::post(receive))
+            .layer(axum::extract::DefaultBodyLimit::max(
+                (self.config.max_body.0 as usize).saturating_add(1),
+            ))
+            .with_state(receiver);
+        let listener = tokio::net::TcpListener::bind(self.config.listen)
+            .await
+            .map_err(|e| {
+                Error::Other(format!(
+                    "http source: listening on {}: {e}",
+                    self.config.listen
+                ))
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::Other(format!("http source: {e}")))?;
+        tracing::info!(%addr, path = %self.config.path, "http source listening");
+        self.server = Some(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::warn!(error = %e, "http source: the server stopped");
+            }
+        }));
+        self.requests = Some(requests);
+        Ok(())
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
+        let Some(requests) = self.requests.as_mut() else {
+            // Not the listening instance.
+            return Ok(None);
+        };
+        if !self.checkpointing {
+            // Handed on at the previous pull: answer now.
+            answer_all(std::mem::take(&mut self.handed_on), StatusCode::OK);
+        }
+        let mut taken = Vec::new();
+        match tokio::time::timeout(WAIT, requests.recv()).await {
+            Ok(Some(r)) => taken.push(r),
+            Ok(None) | Err(_) => return Ok(Some(SourceBatch::default())),
+        }
+        let mut rows = taken[0].rows.len();
+        while rows < BATCH_ROWS {
+            match requests.try_recv() {
+                Ok(r) => {
+                    rows += r.rows.len();
+                    taken.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let payloads: Vec<&[u8]> = taken
+            .iter()
+            .flat_map(|r| r.rows.iter().map(Vec::as_slice))
+            .collect();
+        let decoded = self
+            .decoder
+            .decode(&payloads, |i| format!("request row {i}"))
+            .await?;
+        drop(payloads);
+        self.handed_on
+            .extend(taken.into_iter().filter_map(|r| r.answer));
+        Ok(Some(SourceBatch {
+            data: decoded.batch,
+            dead_letters: decoded.dead_letters,
+            splits: None,
+        }))
+    }
+
+    fn offset(&mut self, checkpoint: u64) -> streamflow_core::SourceOffset {
+        self.barriers
+            .push((checkpoint, std::mem::take(&mut self.handed_on)));
+        streamflow_core::SourceOffset::None
+    }
+
+    async fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<()> {
+        let mut due = Vec::new();
+        self.barriers.retain_mut(|(id, answers)| {
+            if *id <= checkpoint {
+                due.append(answers);
+                false
+            } else {
+                true
+            }
+        });
+        answer_all(due, StatusCode::OK);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_become_rows() {
+        assert_eq!(rows_of(br#"{"a":1}"#).expect("object").len(), 1);
+        assert_eq!(rows_of(br#"[{"a":1},{"a":2}]"#).expect("array").len(), 2);
+        assert_eq!(
+            rows_of(b"{\"a\":1}\n\n{\"a\":2}\n").expect("lines").len(),
+            2
+        );
+        assert!(rows_of(b"[1,2]").is_err());
+        assert!(rows_of(b"hello").is_err());
+        assert!(rows_of(&[0xff, 0xfe]).is_err());
+    }
+}
