@@ -146,6 +146,12 @@ pub static SOURCES: &[SourceKind] = &[
         description: "a space of StreamFlow's durable log (local, or a server's)",
         plan: sources::log::plan,
     },
+    #[cfg(feature = "mqtt")]
+    SourceKind {
+        name: "mqtt",
+        description: "an MQTT topic filter, persistent session, acknowledged at checkpoints",
+        plan: sources::mqtt::plan,
+    },
     #[cfg(feature = "kafka")]
     SourceKind {
         name: "kafka",
@@ -198,6 +204,12 @@ pub static SINKS: &[SinkKind] = &[
         name: "log",
         description: "append to a space of StreamFlow's durable log (exactly-once with checkpoints)",
         plan: sinks::log::plan,
+    },
+    #[cfg(feature = "mqtt")]
+    SinkKind {
+        name: "mqtt",
+        description: "publish to MQTT topics (QoS 1, confirmed before each checkpoint)",
+        plan: sinks::mqtt::plan,
     },
     #[cfg(feature = "kafka")]
     SinkKind {

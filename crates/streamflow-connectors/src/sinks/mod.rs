@@ -6,6 +6,8 @@ pub mod http;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod log;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "postgres")]
