@@ -153,3 +153,74 @@ fn messages_received_but_not_checkpointed_are_delivered_again_after_a_kill() {
         "every message arrived (at least once)"
     );
 }
+
+#[test]
+fn the_mqtt_examples_run_against_the_broker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = common::root();
+    let example = |name: &str| {
+        root.join("examples/connectors")
+            .join(name)
+            .to_string_lossy()
+            .into_owned()
+    };
+    // A prefix of its own, so concurrent runs do not see each other's readings.
+    let prefix = common::unique("sensors");
+    let client = format!(
+        "sources.readings.config.client_id={}",
+        common::unique("windows")
+    );
+    let filter = format!("sources.readings.config.topic={prefix}/+/temp");
+    let consumer = streamflow()
+        .current_dir(dir.path())
+        .args([
+            "run",
+            &example("mqtt_readings_windows.yaml"),
+            "--quiet",
+            "--set",
+            &client,
+            "--set",
+            &filter,
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_secs(2));
+    let topic =
+        format!("sources.readings.config.columns.topic=concat('{prefix}/s', i % 10, '/temp')");
+    let out = streamflow()
+        .current_dir(dir.path())
+        .args([
+            "run",
+            &example("readings_to_mqtt.yaml"),
+            "--quiet",
+            "--set",
+            &topic,
+        ])
+        .output()
+        .expect("run");
+    assert!(out.status.success(), "{}", stderr(&out));
+    // 20 000 readings 10 ms apart: 200 s of event time, 20 windows per sensor;
+    // the last windows close when the consumer stops.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let averages = dir.path().join("out/mqtt-readings/averages");
+    while Instant::now() < deadline && read_jsonl(&averages).len() < 150 {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    stop(consumer);
+    let rows = read_jsonl(&averages);
+    let readings: i64 = rows
+        .iter()
+        .map(|r| r["readings"].as_i64().expect("count"))
+        .sum();
+    assert!(
+        readings >= 15_000,
+        "{readings} readings in {} windows",
+        rows.len()
+    );
+    assert!(rows.iter().all(|r| {
+        r["mean"]
+            .as_f64()
+            .is_some_and(|m| (20.0..33.0).contains(&m))
+    }));
+}
