@@ -377,13 +377,7 @@ fn a_webhook_answers_after_the_checkpoint_so_answered_rows_survive_a_crash() {
     let last = "{\"id\":-1,\"kind\":\"last\"}".to_string();
     assert_eq!(rt.block_on(post(&client, &url, "hook", last)), Some(200));
     answered.push(-1);
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    let out = child.wait().expect("reap");
-    assert!(out.success(), "stopped cleanly");
+    common::stop_gracefully(child);
     let written: Vec<i64> = read_jsonl(&dir.path().join("out"))
         .iter()
         .map(|r| r["id"].as_i64().expect("id"))
@@ -449,7 +443,7 @@ fn the_http_examples_run_against_each_other() {
     };
     let port = common::free_port();
     let listen = format!("sources.bids.config.listen=127.0.0.1:{port}");
-    let mut receiver = streamflow()
+    let receiver = streamflow()
         .current_dir(dir.path())
         .args([
             "run",
@@ -477,12 +471,7 @@ fn the_http_examples_run_against_each_other() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(read_jsonl(&dir.path().join("out/bids-to-webhook/rejected.jsonl")).is_empty());
     // Every request was answered after a checkpoint covered it: stop and count.
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &receiver.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    assert!(receiver.wait().expect("reap").success());
+    common::stop_gracefully(receiver);
     let rows = read_jsonl(&dir.path().join("out/webhook/bids"));
     // 20 000 Nexmark events hold 18 400 bids; each arrived once.
     assert_eq!(rows.len(), 18_400);

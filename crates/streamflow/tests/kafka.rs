@@ -81,25 +81,7 @@ fn broker_hides_fenced_transactions() -> bool {
     let topic = common::unique("fence-probe");
     let id = common::unique("probe");
     let timeout = Duration::from_secs(10);
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        ClientConfig::new()
-            .set("bootstrap.servers", brokers())
-            .create()
-            .expect("admin");
-    let created = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(admin.create_topics(
-            [&rdkafka::admin::NewTopic::new(
-                &topic,
-                1,
-                rdkafka::admin::TopicReplication::Fixed(1),
-            )],
-            &rdkafka::admin::AdminOptions::new(),
-        ))
-        .expect("create topic");
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    create_topic(&topic, 1);
     let producer = || -> ThreadedProducer<DefaultProducerContext> {
         let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
             .set("bootstrap.servers", brokers())

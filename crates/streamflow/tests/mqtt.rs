@@ -65,15 +65,6 @@ fn start(flow: &str) -> Child {
         .expect("spawn")
 }
 
-fn stop(mut child: Child) {
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
-    assert!(child.wait().expect("reap").success(), "stopped cleanly");
-}
-
 /// Ids in the reader's output, once `want` rows are there (or the time is up).
 fn ids_when(dir: &std::path::Path, want: usize) -> Vec<i64> {
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -112,7 +103,7 @@ fn rows_round_trip_through_a_topic_tree() {
         &format!("concat('{root}/', i % 2, '/events')"),
     ));
     let ids = ids_when(dir.path(), 3000);
-    stop(child);
+    common::stop_gracefully(child);
     common::assert_each_once(&ids, 3000);
     let topics: std::collections::BTreeSet<String> = read_jsonl(&dir.path().join("out"))
         .iter()
@@ -143,7 +134,7 @@ fn messages_received_but_not_checkpointed_are_delivered_again_after_a_kill() {
     let fast = reader(dir.path(), &topic, &client, "300ms");
     let child = start(&fast);
     let ids = ids_when(dir.path(), 500);
-    stop(child);
+    common::stop_gracefully(child);
     let mut unique: Vec<i64> = ids.clone();
     unique.sort_unstable();
     unique.dedup();
@@ -207,7 +198,7 @@ fn the_mqtt_examples_run_against_the_broker() {
     while Instant::now() < deadline && read_jsonl(&averages).len() < 150 {
         std::thread::sleep(Duration::from_millis(300));
     }
-    stop(consumer);
+    common::stop_gracefully(consumer);
     let rows = read_jsonl(&averages);
     let readings: i64 = rows
         .iter()

@@ -35,6 +35,7 @@ use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Source, SourceBatc
 use streamflow_dsl::ByteSize;
 use tokio::sync::{mpsc, oneshot};
 
+use super::acknowledgements::Acknowledgements;
 use crate::message::{MessageDecoder, MessageFormat};
 use crate::registry::{SourceContext, SourceFactory};
 
@@ -134,8 +135,7 @@ impl SourceFactory for HttpSourceFactory {
             requests: None,
             server: None,
             checkpointing: false,
-            handed_on: Vec::new(),
-            barriers: Vec::new(),
+            answers: Acknowledgements::default(),
             listening: instance == 0,
         }))
     }
@@ -162,10 +162,8 @@ struct HttpSource {
     requests: Option<mpsc::Receiver<Request>>,
     server: Option<tokio::task::JoinHandle<()>>,
     checkpointing: bool,
-    /// Answers of requests handed on since the last barrier.
-    handed_on: Vec<oneshot::Sender<StatusCode>>,
-    /// Per pending checkpoint, the answers it releases.
-    barriers: Vec<(u64, Vec<oneshot::Sender<StatusCode>>)>,
+    /// Answers of requests handed on, released by checkpoints.
+    answers: Acknowledgements<oneshot::Sender<StatusCode>>,
     listening: bool,
 }
 
@@ -334,7 +332,7 @@ impl Source for HttpSource {
         };
         if !self.checkpointing {
             // Handed on at the previous pull: answer now.
-            answer_all(std::mem::take(&mut self.handed_on), StatusCode::OK);
+            answer_all(self.answers.take_handed_on(), StatusCode::OK);
         }
         let mut taken = Vec::new();
         match tokio::time::timeout(WAIT, requests.recv()).await {
@@ -360,8 +358,8 @@ impl Source for HttpSource {
             .decode(&payloads, |i| format!("request row {i}"))
             .await?;
         drop(payloads);
-        self.handed_on
-            .extend(taken.into_iter().filter_map(|r| r.answer));
+        self.answers
+            .handed_on(taken.into_iter().filter_map(|r| r.answer));
         Ok(Some(SourceBatch {
             data: decoded.batch,
             dead_letters: decoded.dead_letters,
@@ -370,22 +368,12 @@ impl Source for HttpSource {
     }
 
     fn offset(&mut self, checkpoint: u64) -> streamflow_core::SourceOffset {
-        self.barriers
-            .push((checkpoint, std::mem::take(&mut self.handed_on)));
+        self.answers.barrier(checkpoint);
         streamflow_core::SourceOffset::None
     }
 
     async fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<()> {
-        let mut due = Vec::new();
-        self.barriers.retain_mut(|(id, answers)| {
-            if *id <= checkpoint {
-                due.append(answers);
-                false
-            } else {
-                true
-            }
-        });
-        answer_all(due, StatusCode::OK);
+        answer_all(self.answers.complete(checkpoint), StatusCode::OK);
         Ok(())
     }
 }

@@ -17,6 +17,7 @@ pub mod postgres;
 pub mod redis;
 pub mod stdin;
 
+mod acknowledgements;
 pub mod decode;
 mod json;
 mod sequence;

@@ -33,6 +33,7 @@ use serde_json::{Map, Value};
 use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Source, SourceBatch};
 use tokio::sync::mpsc;
 
+use super::acknowledgements::Acknowledgements;
 use crate::message::{MessageDecoder, MessageFormat};
 use crate::registry::{SourceContext, SourceFactory};
 
@@ -211,8 +212,7 @@ impl SourceFactory for MqttSourceFactory {
             messages: None,
             poller: None,
             checkpointing: false,
-            handed_on: Vec::new(),
-            barriers: Vec::new(),
+            acks: Acknowledgements::default(),
             done: instance > 0,
         }))
     }
@@ -227,10 +227,8 @@ struct MqttSource {
     messages: Option<mpsc::Receiver<Publish>>,
     poller: Option<tokio::task::JoinHandle<()>>,
     checkpointing: bool,
-    /// Messages handed on since the last barrier, to acknowledge.
-    handed_on: Vec<Publish>,
-    /// Per pending checkpoint, the messages its completion acknowledges.
-    barriers: Vec<(u64, Vec<Publish>)>,
+    /// Messages handed on, acknowledged when checkpoints complete.
+    acks: Acknowledgements<Publish>,
     done: bool,
 }
 
@@ -307,7 +305,7 @@ impl Source for MqttSource {
             return Ok(None);
         }
         if !self.checkpointing {
-            let handed_on = std::mem::take(&mut self.handed_on);
+            let handed_on = self.acks.take_handed_on();
             ack(self.client.clone(), handed_on).await?;
         }
         let Some(messages) = self.messages.as_mut() else {
@@ -352,7 +350,7 @@ impl Source for MqttSource {
                 )
             }
         };
-        self.handed_on.extend(taken);
+        self.acks.handed_on(taken);
         Ok(Some(SourceBatch {
             data,
             dead_letters: decoded.dead_letters,
@@ -361,21 +359,12 @@ impl Source for MqttSource {
     }
 
     fn offset(&mut self, checkpoint: u64) -> streamflow_core::SourceOffset {
-        self.barriers
-            .push((checkpoint, std::mem::take(&mut self.handed_on)));
+        self.acks.barrier(checkpoint);
         streamflow_core::SourceOffset::None
     }
 
     async fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<()> {
-        let mut due = Vec::new();
-        self.barriers.retain_mut(|(id, messages)| {
-            if *id <= checkpoint {
-                due.append(messages);
-                false
-            } else {
-                true
-            }
-        });
+        let due = self.acks.complete(checkpoint);
         ack(self.client.clone(), due).await
     }
 }

@@ -178,3 +178,14 @@ pub fn free_port() -> u16 {
         .expect("addr")
         .port()
 }
+
+/// Stops a running flow as an operator would (SIGTERM: a final checkpoint);
+/// it must exit cleanly.
+pub fn stop_gracefully(mut child: std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert!(child.wait().expect("reap").success(), "stopped cleanly");
+}
