@@ -86,6 +86,21 @@ pub struct Values {
     pub protobuf: Option<Arc<protobuf::ProtobufPlan>>,
 }
 
+impl Values {
+    /// The schema of a source's rows: the message columns, then `extra`
+    /// (the source's metadata columns, such as `_offset`).
+    pub(crate) fn with_columns(&self, extra: impl IntoIterator<Item = Field>) -> SchemaRef {
+        let fields: Vec<Field> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .chain(extra)
+            .collect();
+        Arc::new(Schema::new(fields))
+    }
+}
+
 /// Where a source's message schema comes from.
 pub(crate) struct ValueSource<'a> {
     /// The format.

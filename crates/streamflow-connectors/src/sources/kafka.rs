@@ -178,24 +178,20 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
         },
         || infer(&config, &group).map_err(|m| fail("topic", m)),
     )?;
-    let mut fields: Vec<Field> = values
-        .schema
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new("_key", DataType::Utf8, true));
-    fields.push(Field::new("_partition", DataType::Int32, false));
-    fields.push(Field::new("_offset", DataType::Int64, false));
-    fields.push(Field::new(
-        "_timestamp",
-        DataType::Timestamp(TimeUnit::Millisecond, None),
-        true,
-    ));
+    let schema = values.with_columns([
+        Field::new("_key", DataType::Utf8, true),
+        Field::new("_partition", DataType::Int32, false),
+        Field::new("_offset", DataType::Int64, false),
+        Field::new(
+            "_timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            true,
+        ),
+    ]);
     Ok(Arc::new(KafkaSourceFactory {
         group,
         values,
-        schema: Arc::new(Schema::new(fields)),
+        schema,
         config: Arc::new(config),
     }))
 }

@@ -121,23 +121,19 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
         },
         || infer(&config).map_err(|m| fail("space", m)),
     )?;
-    let mut fields: Vec<Field> = values
-        .schema
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new("_segment", DataType::Utf8, false));
-    fields.push(Field::new("_sequence", DataType::Int64, false));
-    fields.push(Field::new("_offset", DataType::Int64, false));
-    fields.push(Field::new(
-        "_timestamp",
-        DataType::Timestamp(TimeUnit::Millisecond, None),
-        false,
-    ));
+    let schema = values.with_columns([
+        Field::new("_segment", DataType::Utf8, false),
+        Field::new("_sequence", DataType::Int64, false),
+        Field::new("_offset", DataType::Int64, false),
+        Field::new(
+            "_timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]);
     Ok(Arc::new(LogSourceFactory {
         values,
-        schema: Arc::new(Schema::new(fields)),
+        schema,
         config: Arc::new(config),
     }))
 }

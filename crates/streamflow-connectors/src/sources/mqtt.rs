@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{ArrayRef, StringArray};
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use rumqttc::v5::mqttbytes::QoS;
@@ -167,13 +167,7 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
             ))
         },
     )?;
-    let mut fields: Vec<Field> = values
-        .schema
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new("_topic", DataType::Utf8, false));
+    let schema = values.with_columns([Field::new("_topic", DataType::Utf8, false)]);
     Ok(Arc::new(MqttSourceFactory {
         client_id: config
             .endpoint
@@ -181,7 +175,7 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
             .clone()
             .unwrap_or_else(|| format!("streamflow-{}", ctx.name)),
         values,
-        schema: Arc::new(Schema::new(fields)),
+        schema,
         config: Arc::new(config),
     }))
 }

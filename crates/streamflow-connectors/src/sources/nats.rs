@@ -140,26 +140,22 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
         },
         || infer(&config).map_err(|m| fail("stream", m)),
     )?;
-    let mut fields: Vec<Field> = values
-        .schema
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new("_subject", DataType::Utf8, false));
-    fields.push(Field::new("_sequence", DataType::Int64, false));
-    fields.push(Field::new(
-        "_timestamp",
-        DataType::Timestamp(TimeUnit::Millisecond, None),
-        false,
-    ));
+    let schema = values.with_columns([
+        Field::new("_subject", DataType::Utf8, false),
+        Field::new("_sequence", DataType::Int64, false),
+        Field::new(
+            "_timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]);
     Ok(Arc::new(NatsSourceFactory {
         consumer: config
             .consumer
             .clone()
             .unwrap_or_else(|| format!("streamflow-{}", ctx.name)),
         values,
-        schema: Arc::new(Schema::new(fields)),
+        schema,
         config: Arc::new(config),
     }))
 }

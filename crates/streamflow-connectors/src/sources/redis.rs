@@ -152,18 +152,14 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
         },
         || infer(&config).map_err(|m| fail("stream", m)),
     )?;
-    let mut fields: Vec<Field> = values
-        .schema
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
-    fields.push(Field::new("_id", DataType::Utf8, false));
-    fields.push(Field::new(
-        "_timestamp",
-        DataType::Timestamp(TimeUnit::Millisecond, None),
-        false,
-    ));
+    let schema = values.with_columns([
+        Field::new("_id", DataType::Utf8, false),
+        Field::new(
+            "_timestamp",
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        ),
+    ]);
     Ok(Arc::new(RedisSourceFactory {
         group: config
             .group
@@ -174,7 +170,7 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
             .clone()
             .unwrap_or_else(|| ctx.name.to_string()),
         values,
-        schema: Arc::new(Schema::new(fields)),
+        schema,
         config: Arc::new(config),
     }))
 }
