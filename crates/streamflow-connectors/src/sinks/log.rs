@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::array::{Array, StringArray};
+use arrow::array::StringArray;
 use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
@@ -120,7 +120,6 @@ impl SinkFactory for LogSinkFactory {
             next: HashMap::new(),
             epoch: None,
             staged_rows: 0,
-            written: HashMap::new(),
             pending: Vec::new(),
         }))
     }
@@ -143,8 +142,6 @@ struct LogSink {
     epoch: Option<String>,
     /// Rows in it.
     staged_rows: u64,
-    /// Per segment, the sequences staged in this epoch: first, last.
-    written: HashMap<String, (u64, u64)>,
     /// Checkpoints staged, not yet committed: id, staging segment.
     pending: Vec<(u64, String)>,
 }
@@ -182,28 +179,12 @@ impl LogSink {
         Ok(status.last_sequence + 1)
     }
 
-    /// The segment of each row.
+    /// The segment of each row, when a column names them.
     fn segments(&self, batch: &RecordBatch) -> Result<Option<StringArray>> {
-        let Some(i) = self.column else {
-            return Ok(None);
-        };
-        let column = arrow::compute::cast(batch.column(i), &DataType::Utf8)
-            .map_err(|e| Error::arrow("reading segment names", e))?;
-        let names = column
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .ok_or_else(|| Error::Other("segment names are not strings".into()))?
-            .clone();
-        if names.null_count() > 0 {
-            return Err(self.err(
-                "writing",
-                format!(
-                    "column '{}' is null in a row: it names the segment",
-                    self.config.segment
-                ),
-            ));
-        }
-        Ok(Some(names))
+        self.column
+            .map(|i| super::destinations(batch, i, "segment"))
+            .transpose()
+            .map_err(|m| self.err("writing", m))
     }
 
     /// Copies staging segment `staged` into its segments, skipping what a
@@ -376,9 +357,7 @@ impl Sink for LogSink {
                     metadata: serde_json::Map::new(),
                 });
             }
-            self.next.insert(segment.clone(), first + n);
-            let range = self.written.entry(segment).or_insert((first, first));
-            range.1 = first + n - 1;
+            self.next.insert(segment, first + n);
         }
         log.produce(STAGING, &epoch, staged)
             .await
@@ -390,14 +369,10 @@ impl Sink for LogSink {
         let Some(epoch) = self.epoch.take() else {
             return Ok(Vec::new());
         };
-        let segments: serde_json::Map<String, Value> = std::mem::take(&mut self.written)
-            .into_iter()
-            .map(|(s, (first, last))| (s, json!([first, last])))
-            .collect();
         self.pending.push((checkpoint, epoch.clone()));
-        Ok(vec![
-            json!({ "checkpoint": checkpoint, "staged": epoch, "segments": segments }),
-        ])
+        // The staged rows carry their segments and sequences: naming the
+        // staging segment is all a replay needs.
+        Ok(vec![json!({ "checkpoint": checkpoint, "staged": epoch })])
     }
 
     async fn commit(&mut self, checkpoint: u64) -> Result<()> {

@@ -17,3 +17,28 @@ pub mod redis;
 pub mod stdout;
 
 mod encode;
+
+/// Column `index` of `batch` as text, one value per row: where each row
+/// goes (a log segment, an MQTT topic) when a column names it. Fails when
+/// a row has no value, saying it names the `what`.
+pub(crate) fn destinations(
+    batch: &arrow::record_batch::RecordBatch,
+    index: usize,
+    what: &str,
+) -> Result<arrow::array::StringArray, String> {
+    use arrow::array::Array;
+    let name = batch.schema().field(index).name().clone();
+    let column = arrow::compute::cast(batch.column(index), &arrow::datatypes::DataType::Utf8)
+        .map_err(|e| format!("reading column '{name}' as {what} names: {e}"))?;
+    let names = column
+        .as_any()
+        .downcast_ref::<arrow::array::StringArray>()
+        .ok_or_else(|| format!("column '{name}' does not hold {what} names"))?
+        .clone();
+    if names.null_count() > 0 {
+        return Err(format!(
+            "column '{name}' is null in a row: it names the {what}"
+        ));
+    }
+    Ok(names)
+}

@@ -14,8 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use arrow::array::{Array, StringArray};
-use arrow::datatypes::DataType;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use rumqttc::v5::mqttbytes::QoS;
@@ -203,25 +201,11 @@ impl Sink for MqttSink {
             return Ok(());
         }
         let messages = self.encoder.encode(&batch).await?;
-        let topics = match self.column {
-            Some(i) => {
-                let column = arrow::compute::cast(batch.column(i), &DataType::Utf8)
-                    .map_err(|e| Error::arrow("reading topics", e))?;
-                let names = column
-                    .as_any()
-                    .downcast_ref::<StringArray>()
-                    .ok_or_else(|| Error::Other("topics are not strings".into()))?
-                    .clone();
-                if names.null_count() > 0 {
-                    return Err(Error::Other(format!(
-                        "mqtt sink: column '{}' is null in a row: it names the topic",
-                        self.config.topic
-                    )));
-                }
-                Some(names)
-            }
-            None => None,
-        };
+        let topics = self
+            .column
+            .map(|i| super::destinations(&batch, i, "topic"))
+            .transpose()
+            .map_err(|m| Error::Other(format!("mqtt sink: {m}")))?;
         let qos = qos(self.config.qos).map_err(Error::Other)?;
         let client = self.client()?;
         for (row, message) in messages.into_iter().enumerate() {
