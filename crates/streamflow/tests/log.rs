@@ -257,35 +257,6 @@ fn a_killed_producer_loses_no_acknowledged_chunk() {
     assert_eq!(status[0]["last_sequence"].as_u64(), Some(n + 1));
 }
 
-/// Runs `flow` (with `extra` arguments) to its end, SIGKILLing it after
-/// each of `kills_ms` unless it finished first.
-fn run_with_kills(flow: &str, extra: &[&str], kills_ms: &[u64]) {
-    for wait in kills_ms {
-        let mut child = streamflow()
-            .args(["run", flow, "--quiet"])
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        std::thread::sleep(Duration::from_millis(*wait));
-        let finished = child.try_wait().expect("wait").is_some();
-        if !finished {
-            child.kill().expect("SIGKILL");
-        }
-        let out = child.wait_with_output().expect("reap");
-        if finished {
-            assert!(out.status.success(), "{}", stderr(&out));
-            return;
-        }
-    }
-    let last = streamflow()
-        .args(["run", flow, "--quiet"])
-        .args(extra)
-        .output()
-        .expect("run");
-    assert!(last.status.success(), "{}", stderr(&last));
-}
-
 /// Sorted output rows of a file sink directory.
 fn rows(dir: &Path) -> Vec<String> {
     let mut rows: Vec<String> = read_jsonl(dir).iter().map(Value::to_string).collect();
@@ -400,11 +371,11 @@ fn pipelines_hand_over_through_the_log_exactly_once_across_kills() {
             child.wait().expect("reap");
         }
     });
-    run_with_kills(&writer, &[], &[700, 1_100, 900, 1_500, 800]);
+    common::run_with_kills(&writer, &[700, 1_100, 900, 1_500, 800]);
     follow.join().expect("follower");
     // Then the reader drains what is there (from its last checkpoint) and ends.
     let drain = reader("job", true);
-    run_with_kills(&drain, &[], &[]);
+    common::run_with_kills(&drain, &[]);
     let got = rows(&dir.path().join("windows"));
     let want = rows(&dir.path().join("reference"));
     assert!(!want.is_empty());
