@@ -170,6 +170,12 @@ pub static SOURCES: &[SourceKind] = &[
         description: "a PostgreSQL table or query, then its new rows by an incremental column",
         plan: sources::postgres::plan,
     },
+    #[cfg(feature = "rabbitmq")]
+    SourceKind {
+        name: "rabbitmq",
+        description: "a RabbitMQ queue, acknowledged at checkpoints, repeats dropped by message id",
+        plan: sources::rabbitmq::plan,
+    },
     #[cfg(feature = "redis")]
     SourceKind {
         name: "redis",
@@ -228,6 +234,12 @@ pub static SINKS: &[SinkKind] = &[
         name: "postgres",
         description: "append or upsert into a PostgreSQL table (exactly-once with checkpoints)",
         plan: sinks::postgres::plan,
+    },
+    #[cfg(feature = "rabbitmq")]
+    SinkKind {
+        name: "rabbitmq",
+        description: "publish to a RabbitMQ queue or exchange (confirmed before each checkpoint)",
+        plan: sinks::rabbitmq::plan,
     },
     #[cfg(feature = "redis")]
     SinkKind {

@@ -7,9 +7,10 @@
 //! `concurrency` requests in flight; a checkpoint waits
 //! until every row before its barrier was answered with a success, so what
 //! a checkpoint covers has been delivered (at-least-once; with
-//! `idempotency_header`, each request carries a key made of the sink, its
-//! instance, the checkpoint epoch and the batch's number in it, so a
-//! receiver can drop a batch replayed after a crash). Requests failing with
+//! `idempotency_header`, each request carries a key made of the run (kept
+//! across restores), the instance and the number of the batch's first row
+//! in the run, so a receiver can drop a batch a replay after a crash sends
+//! again with the same rows). Requests failing with
 //! 5xx, 429, a timeout or a connection error are retried with exponential
 //! backoff and jitter (honouring `Retry-After`); other statuses, and the
 //! last failed attempt, send the batch's rows to the sink's `dlq` with the
@@ -37,6 +38,8 @@ use streamflow_core::{DeadLetter, Diagnostic, Diagnostics, Error, Result, Sink};
 use streamflow_dsl::{ByteSize, HumanDuration};
 use tokio::sync::{mpsc, oneshot};
 
+use super::replay_ids::ReplayIds;
+use super::retry::RetryConfig;
 use crate::message::{MessageEncoder, MessageFormat};
 use crate::registry::{SinkContext, SinkFactory};
 
@@ -97,40 +100,6 @@ fn default_linger() -> HumanDuration {
     HumanDuration(Duration::from_secs(1))
 }
 
-/// Retries of a failed request.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RetryConfig {
-    /// Attempts in all, the first included.
-    #[serde(default = "default_attempts")]
-    pub max_attempts: u32,
-    /// Wait before the second attempt; doubled each time, with jitter.
-    #[serde(default = "default_initial_backoff")]
-    pub initial_backoff: HumanDuration,
-    /// The longest wait between attempts (`Retry-After` included).
-    #[serde(default = "default_max_backoff")]
-    pub max_backoff: HumanDuration,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        Self {
-            max_attempts: default_attempts(),
-            initial_backoff: default_initial_backoff(),
-            max_backoff: default_max_backoff(),
-        }
-    }
-}
-
-fn default_attempts() -> u32 {
-    5
-}
-fn default_initial_backoff() -> HumanDuration {
-    HumanDuration(Duration::from_millis(200))
-}
-fn default_max_backoff() -> HumanDuration {
-    HumanDuration(Duration::from_secs(30))
-}
 fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
 }
@@ -266,9 +235,9 @@ impl SinkFactory for HttpSinkFactory {
             config: Arc::clone(&self.config),
             url: self.url.clone(),
             client: self.client.clone(),
-            key_prefix: format!("{}-{instance}-{}", self.name, run_token()),
         };
-        let task = tokio::spawn(Arc::new(sender).run(rx));
+        let ids = ReplayIds::new(&self.name, instance);
+        let task = tokio::spawn(Arc::new(sender).run(rx, ids));
         Ok(Box::new(HttpSink {
             encoder: self.encoder.clone(),
             rows,
@@ -283,13 +252,15 @@ const QUEUE: usize = 64;
 
 /// What the sink tells its sending task.
 enum Command {
+    /// Continue the idempotency keys of the restored checkpoint.
+    Restore(Vec<serde_json::Value>),
     /// Encoded rows to send.
     Rows(Vec<Vec<u8>>),
     /// Send what is buffered and answer once every row so far is answered
-    /// for: with the dead letters of the failed ones, or the error.
+    /// for: with the dead letters of the failed ones and what a checkpoint
+    /// records of the keys, or the error.
     Flush {
-        epoch: u64,
-        done: oneshot::Sender<Result<Vec<DeadLetter>>>,
+        done: oneshot::Sender<Result<(Vec<DeadLetter>, serde_json::Value)>>,
     },
 }
 
@@ -301,38 +272,45 @@ struct HttpSink {
 }
 
 impl HttpSink {
-    async fn flush(&mut self, epoch: u64) -> Result<()> {
+    /// Waits until every row so far is answered for; what a checkpoint
+    /// records of the idempotency keys.
+    async fn flush(&mut self) -> Result<serde_json::Value> {
         let (done, answer) = oneshot::channel();
-        self.rows
-            .send(Command::Flush { epoch, done })
-            .await
-            .map_err(|_| Error::Other("http sink: the sending task ended".into()))?;
-        let dead = answer
+        self.command(Command::Flush { done }).await?;
+        let (dead, keys) = answer
             .await
             .map_err(|_| Error::Other("http sink: the sending task ended".into()))??;
         self.dead.extend(dead);
-        Ok(())
+        Ok(keys)
+    }
+
+    async fn command(&self, command: Command) -> Result<()> {
+        self.rows
+            .send(command)
+            .await
+            .map_err(|_| Error::Other("http sink: the sending task ended".into()))
     }
 }
 
 #[async_trait]
 impl Sink for HttpSink {
+    async fn open(&mut self, checkpointing: Option<Vec<serde_json::Value>>) -> Result<()> {
+        self.command(Command::Restore(checkpointing.unwrap_or_default()))
+            .await
+    }
+
     async fn write(&mut self, batch: RecordBatch) -> Result<()> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
         let rows = self.encoder.encode(&batch).await?;
-        self.rows
-            .send(Command::Rows(rows))
-            .await
-            .map_err(|_| Error::Other("http sink: the sending task ended".into()))
+        self.command(Command::Rows(rows)).await
     }
 
-    async fn pre_commit(&mut self, checkpoint: u64) -> Result<Vec<serde_json::Value>> {
+    async fn pre_commit(&mut self, _checkpoint: u64) -> Result<Vec<serde_json::Value>> {
         // Everything before the barrier is delivered (or dead-lettered)
         // before the checkpoint can complete.
-        self.flush(checkpoint).await?;
-        Ok(Vec::new())
+        Ok(vec![self.flush().await?])
     }
 
     fn take_dead_letters(&mut self) -> Vec<DeadLetter> {
@@ -340,7 +318,7 @@ impl Sink for HttpSink {
     }
 
     async fn finish(&mut self) -> Result<()> {
-        self.flush(u64::MAX).await?;
+        self.flush().await?;
         if let Some(task) = self.task.take() {
             task.abort();
         }
@@ -356,20 +334,11 @@ impl Drop for HttpSink {
     }
 }
 
-/// A token telling this run's idempotency keys from another run's.
-fn run_token() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    format!("{:x}", nanos ^ u128::from(std::process::id()))
-}
-
 /// The task that batches rows and sends them.
 struct Sender {
     config: Arc<HttpSinkConfig>,
     url: reqwest::Url,
     client: reqwest::Client,
-    key_prefix: String,
 }
 
 /// Requests in flight, and what those that ended left.
@@ -409,16 +378,15 @@ struct Pending {
 }
 
 impl Sender {
-    async fn run(self: Arc<Self>, mut commands: mpsc::Receiver<Command>) {
+    async fn run(self: Arc<Self>, mut commands: mpsc::Receiver<Command>, mut ids: ReplayIds) {
         let mut pending = Pending::default();
         let mut flights = Flights::default();
-        let (mut epoch, mut number) = (0u64, 0u64);
         loop {
             let linger = pending.since.map(|t| t + self.config.batch.linger.0);
             let command = tokio::select! {
                 c = commands.recv() => c,
                 () = sleep_until(linger) => {
-                    self.send_pending(&mut pending, epoch, &mut number, &mut flights).await;
+                    self.send_pending(&mut pending, &mut ids, &mut flights).await;
                     continue;
                 }
             };
@@ -431,7 +399,7 @@ impl Sender {
                             && (pending.rows.len() >= self.config.batch.max_rows
                                 || pending.bytes + len > self.config.batch.max_bytes.0 as usize)
                         {
-                            self.send_pending(&mut pending, epoch, &mut number, &mut flights)
+                            self.send_pending(&mut pending, &mut ids, &mut flights)
                                 .await;
                         }
                         pending.bytes += len;
@@ -439,18 +407,18 @@ impl Sender {
                         pending.rows.push(row);
                     }
                 }
-                Some(Command::Flush { epoch: next, done }) => {
-                    self.send_pending(&mut pending, epoch, &mut number, &mut flights)
+                Some(Command::Restore(staged)) => ids.restore(Some(&staged)),
+                Some(Command::Flush { done }) => {
+                    self.send_pending(&mut pending, &mut ids, &mut flights)
                         .await;
                     while !flights.requests.is_empty() {
                         flights.land_one(&self.url).await;
                     }
                     let answer = match flights.failure.take() {
                         Some(e) => Err(e),
-                        None => Ok(std::mem::take(&mut flights.dead)),
+                        None => Ok((std::mem::take(&mut flights.dead), ids.checkpoint())),
                     };
                     let _ = done.send(answer);
-                    (epoch, number) = (next, 0);
                 }
             }
         }
@@ -461,8 +429,7 @@ impl Sender {
     async fn send_pending(
         self: &Arc<Self>,
         pending: &mut Pending,
-        epoch: u64,
-        number: &mut u64,
+        ids: &mut ReplayIds,
         flights: &mut Flights,
     ) {
         let rows = std::mem::take(&mut pending.rows);
@@ -473,8 +440,7 @@ impl Sender {
         while flights.requests.len() >= self.config.concurrency {
             flights.land_one(&self.url).await;
         }
-        *number += 1;
-        let key = format!("{}-{epoch}-{}", self.key_prefix, number);
+        let key = ids.next_range(rows.len() as u64);
         let sender = Arc::clone(self);
         flights.requests.spawn(async move {
             let outcome = sender.deliver(&rows, &key).await;
@@ -511,7 +477,7 @@ impl Sender {
     async fn deliver(&self, rows: &[Vec<u8>], key: &str) -> std::result::Result<(), String> {
         let body = bytes_of(self.body(rows));
         let retry = &self.config.retry;
-        let mut backoff = retry.initial_backoff.0;
+        let mut backoff = retry.backoff();
         let mut attempt = 1;
         loop {
             let mut request = match self.config.method {
@@ -547,11 +513,10 @@ impl Sender {
                 tracing::warn!(url = %self.url, rows = rows.len(), reason = %reason, "http sink: a batch failed{tried}");
                 return Err(format!("{reason}{tried}"));
             }
-            let jittered = jitter(backoff);
+            let jittered = backoff.next_wait();
             let wait = wait.unwrap_or(jittered).min(retry.max_backoff.0);
             tracing::debug!(url = %self.url, attempt, ?wait, reason = %reason, "http sink: retrying");
             tokio::time::sleep(wait).await;
-            backoff = (backoff * 2).min(retry.max_backoff.0);
             attempt += 1;
         }
     }
@@ -574,15 +539,6 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
-/// `d` scaled by a random factor in [0.5, 1.5).
-fn jitter(d: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(d.as_nanos() as u64);
-    let unit = (h.finish() % 1000) as f64 / 1000.0;
-    d.mul_f64(0.5 + unit)
-}
-
 /// Sleeps until `at`; never returns for `None`.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
@@ -601,13 +557,5 @@ mod tests {
         assert_eq!(interpolate("p=${PATH}!"), Ok(format!("p={path}!")));
         assert!(interpolate("${STREAMFLOW_NOT_SET_ANYWHERE}").is_err());
         assert!(interpolate("${UNCLOSED").is_err());
-    }
-
-    #[test]
-    fn jitter_stays_within_half_to_one_and_a_half() {
-        for _ in 0..100 {
-            let j = jitter(Duration::from_millis(1000));
-            assert!(j >= Duration::from_millis(500) && j < Duration::from_millis(1500));
-        }
     }
 }

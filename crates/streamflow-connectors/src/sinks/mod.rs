@@ -12,11 +12,15 @@ pub mod mqtt;
 pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod stdout;
 
 mod encode;
+mod replay_ids;
+pub mod retry;
 
 /// Column `index` of `batch` as text, one value per row: where each row
 /// goes (a log segment, an MQTT topic) when a column names it. Fails when

@@ -1,7 +1,7 @@
 //! `nats`: publishes one JetStream message per row to `subject`.
 //!
-//! Every message carries a `Nats-Msg-Id` made of the run, the instance, the
-//! checkpoint epoch and the row's number within it; the publish
+//! Every message carries a `Nats-Msg-Id` made of the run (kept across
+//! restores), the instance and the row's number in the run; the publish
 //! acknowledgements are awaited before a checkpoint completes. After a
 //! crash the rows after the restored checkpoint are published again under
 //! the same ids, and the server's de-duplication window (`duplicate_window`
@@ -22,6 +22,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Sink};
 
+use super::replay_ids::ReplayIds;
 use crate::message::{MessageEncoder, MessageFormat};
 use crate::registry::{SinkContext, SinkFactory};
 use crate::sources::nats::NatsEndpoint;
@@ -86,12 +87,8 @@ impl SinkFactory for NatsSinkFactory {
         Ok(Box::new(NatsSink {
             config: Arc::clone(&self.config),
             encoder: self.encoder.clone(),
-            name: self.name.clone(),
-            instance,
             js: None,
-            run: String::new(),
-            epoch: 0,
-            row: 0,
+            ids: ReplayIds::new(&self.name, instance),
             in_flight: Vec::new(),
         }))
     }
@@ -100,15 +97,9 @@ impl SinkFactory for NatsSinkFactory {
 struct NatsSink {
     config: Arc<NatsSinkConfig>,
     encoder: MessageEncoder,
-    name: String,
-    instance: usize,
     js: Option<async_nats::jetstream::Context>,
-    /// This run's token in message ids (kept across restores).
-    run: String,
-    /// Checkpoints taken since the run began (part of message ids).
-    epoch: u64,
-    /// Rows published in this epoch.
-    row: u64,
+    /// The `Nats-Msg-Id` of each message.
+    ids: ReplayIds,
     in_flight: Vec<PublishAckFuture>,
 }
 
@@ -150,27 +141,7 @@ impl Sink for NatsSink {
             }
         }
         self.js = Some(js);
-        // A restore continues the ids of the run it restores.
-        let restored = checkpointing.iter().flatten().find_map(|s| {
-            Some((
-                s.get("run")?.as_str()?.to_string(),
-                s.get("epoch")?.as_u64()?,
-            ))
-        });
-        match restored {
-            Some((run, epoch)) => {
-                self.run = run;
-                self.epoch = epoch + 1;
-            }
-            None => {
-                let nanos = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos());
-                self.run = format!("{}-{nanos:x}", self.name);
-                self.epoch = 0;
-            }
-        }
-        self.row = 0;
+        self.ids.restore(checkpointing.as_deref());
         Ok(())
     }
 
@@ -181,9 +152,7 @@ impl Sink for NatsSink {
         };
         for m in messages {
             let mut headers = async_nats::HeaderMap::new();
-            let id = format!("{}:{}:{}:{}", self.run, self.instance, self.epoch, self.row);
-            headers.insert("Nats-Msg-Id", id.as_str());
-            self.row += 1;
+            headers.insert("Nats-Msg-Id", self.ids.next_id().as_str());
             let ack = js
                 .publish_with_headers(self.config.subject.clone(), headers, m.into())
                 .await
@@ -198,10 +167,7 @@ impl Sink for NatsSink {
 
     async fn pre_commit(&mut self, _checkpoint: u64) -> Result<Vec<serde_json::Value>> {
         self.settle().await?;
-        let staged = serde_json::json!({ "run": self.run, "epoch": self.epoch });
-        self.epoch += 1;
-        self.row = 0;
-        Ok(vec![staged])
+        Ok(vec![self.ids.checkpoint()])
     }
 
     async fn finish(&mut self) -> Result<()> {
