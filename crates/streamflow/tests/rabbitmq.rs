@@ -426,3 +426,42 @@ sinks:
         assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
     }
 }
+
+#[test]
+fn the_rabbitmq_examples_run_against_the_broker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = common::root();
+    let example = |name: &str| {
+        root.join("examples/connectors")
+            .join(name)
+            .to_string_lossy()
+            .into_owned()
+    };
+    // A queue of its own, so concurrent runs do not share orders.
+    let queue = common::unique("orders");
+    let run = |name: &str, set: &str| {
+        let out = streamflow()
+            .current_dir(dir.path())
+            .args(["run", &example(name), "--quiet", "--set", set])
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+    };
+    run(
+        "orders_to_rabbitmq.yaml",
+        &format!("sinks.out.config.queue={queue}"),
+    );
+    run(
+        "rabbitmq_order_totals.yaml",
+        &format!("sources.orders.config.queue={queue}"),
+    );
+    let totals = read_jsonl(&dir.path().join("out/rabbitmq-orders/totals"));
+    let orders: i64 = totals
+        .iter()
+        .map(|r| r["orders"].as_i64().expect("count"))
+        .sum();
+    assert_eq!(orders, 20_000, "every order counted once");
+    // 20 000 orders 10 ms apart: 200 s, 20 windows of 50 customers.
+    assert_eq!(totals.len(), 20 * 50);
+    delete_queue(&queue);
+}
