@@ -158,6 +158,12 @@ pub static SOURCES: &[SourceKind] = &[
         description: "a Kafka topic, its partitions dealt to the instances",
         plan: sources::kafka::plan,
     },
+    #[cfg(feature = "mysql")]
+    SourceKind {
+        name: "mysql",
+        description: "a MySQL/MariaDB table or query, then its new rows by an incremental column",
+        plan: sources::mysql::plan,
+    },
     #[cfg(feature = "nats")]
     SourceKind {
         name: "nats",
@@ -222,6 +228,12 @@ pub static SINKS: &[SinkKind] = &[
         name: "kafka",
         description: "produce to a Kafka topic (one transaction per checkpoint)",
         plan: sinks::kafka::plan,
+    },
+    #[cfg(feature = "mysql")]
+    SinkKind {
+        name: "mysql",
+        description: "append or upsert into a MySQL/MariaDB table (exactly-once with checkpoints)",
+        plan: sinks::mysql::plan,
     },
     #[cfg(feature = "nats")]
     SinkKind {

@@ -8,6 +8,8 @@ pub mod kafka;
 pub mod log;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "postgres")]
@@ -19,6 +21,17 @@ pub mod redis;
 pub mod stdout;
 
 mod encode;
+
+/// How rows reach a database table (`mode: append|upsert`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    /// Every row is inserted.
+    #[default]
+    Append,
+    /// A row replaces the row with the same key.
+    Upsert,
+}
 mod replay_ids;
 pub mod retry;
 

@@ -35,16 +35,7 @@ use tokio_postgres::{Client, NoTls};
 
 use crate::registry::{SinkContext, SinkFactory};
 
-/// How rows reach the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum WriteMode {
-    /// Every row is inserted.
-    #[default]
-    Append,
-    /// A row replaces the row with the same key.
-    Upsert,
-}
+pub use super::WriteMode;
 
 /// Settings of a `postgres` sink.
 #[derive(Debug, Clone, Deserialize)]

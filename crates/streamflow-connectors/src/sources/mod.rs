@@ -8,6 +8,8 @@ pub mod kafka;
 pub mod log;
 #[cfg(feature = "mqtt")]
 pub mod mqtt;
+#[cfg(feature = "mysql")]
+pub mod mysql;
 #[cfg(feature = "nats")]
 pub mod nats;
 pub mod nexmark;
