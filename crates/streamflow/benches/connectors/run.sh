@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Connector benchmarks against the local servers, through the release
+# binary: records/s in and out for ~100-byte JSON rows, with the client
+# tools' own ceiling where this machine has one. Figures: whole process
+# (start-up, connection and set-up included), wall and CPU from
+# /usr/bin/time, peak RSS.
+#   cargo build --release -p streamflow && crates/streamflow/benches/connectors/run.sh
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+bin="${STREAMFLOW_BIN:-${CARGO_TARGET_DIR:-$here/../../../../target}/release/streamflow}"
+runs="${RUNS:-3}"
+measure() { # label, command...
+  local label="$1"; shift
+  local out; out=$( { /usr/bin/time -f '%e %U %S %M' "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -1)
+  echo "$label wall_s=$(cut -d' ' -f1 <<<"$out") user_s=$(cut -d' ' -f2 <<<"$out") sys_s=$(cut -d' ' -f3 <<<"$out") peak_kib=$(cut -d' ' -f4 <<<"$out")"
+}
+sql() { mariadb -h 127.0.0.1 -u root test -N -B -e "$1"; }
+
+for i in $(seq "$runs"); do
+  rabbitmqctl -q purge_queue sf_bench >/dev/null 2>&1 || true
+  measure "rabbitmq-out rows=200000" "$bin" run "$here/rabbitmq_out.yaml" --quiet
+  rm -rf /tmp/streamflow-bench-rabbitmq-in
+  measure "rabbitmq-in rows=200000" "$bin" run "$here/rabbitmq_in.yaml" --quiet
+done
+
+# MySQL: the sink (exactly-once path), the source, and the ceiling of the
+# mariadb client loading the same rows as 1000-row INSERTs.
+sql "SELECT 1" >/dev/null
+for i in $(seq "$runs"); do
+  sql "DROP TABLE IF EXISTS sf_bench, sf_bench_streamflow_stage; DELETE FROM streamflow_ledger WHERE sink LIKE 'sf_bench/%'" || true
+  rm -rf /tmp/streamflow-bench-mysql-out
+  measure "mysql-out rows=200000" "$bin" run "$here/mysql_out.yaml" --quiet
+  measure "mysql-in rows=200000" "$bin" run "$here/mysql_in.yaml" --quiet
+done
+python3 - >/tmp/sf_bench_inserts.sql <<'PY'
+print("DROP TABLE IF EXISTS sf_bench_plain; CREATE TABLE sf_bench_plain (id BIGINT, customer TEXT, amount DOUBLE, ts DATETIME(6), note TEXT) ENGINE=InnoDB;")
+for start in range(0, 200000, 1000):
+    rows = ",".join(f"({i},'customer-{i % 5000}',{(i % 9973) * 0.25},'2026-01-01 00:00:00'+INTERVAL {i * 10000} MICROSECOND,'ok-padding-0123456789')" for i in range(start, start + 1000))
+    print(f"INSERT INTO sf_bench_plain VALUES {rows};")
+PY
+for i in $(seq "$runs"); do
+  measure "mariadb-client-ceiling rows=200000" sh -c 'mariadb -h 127.0.0.1 -u root test < /tmp/sf_bench_inserts.sql'
+done
