@@ -432,6 +432,83 @@ fn a_webhook_refuses_bad_tokens_large_bodies_and_non_json() {
 }
 
 #[test]
+fn a_webhook_answers_429_while_the_pipeline_is_backed_up() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = common::free_port();
+    // Downstream stalls: an HTTP sink posting to a listener that never
+    // answers, one row per request. Channels fill, the source stops
+    // pulling, and the webhook's queue of 1 is soon full.
+    let stalled = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let stalled_url = format!("http://{}/never", stalled.local_addr().expect("address"));
+    let flow = write(
+        dir.path(),
+        "backed_up.yaml",
+        &format!(
+            r#"
+name: backed-up
+sources:
+  - name: events
+    type: http
+    config: {{listen: "127.0.0.1:{port}", path: /events, ack: receipt, queue: 1, schema: {{id: int64}}}}
+sinks:
+  - {{name: out, type: http, input: events, config: {{url: "{stalled_url}", batch: {{max_rows: 1}}, concurrency: 1, timeout: 60s}}}}
+"#
+        ),
+    );
+    let mut child = streamflow()
+        .args(["run", &flow, "--quiet"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let url = format!("http://127.0.0.1:{port}/events");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = reqwest::Client::new();
+    let (statuses, retry_after) = rt.block_on(async {
+        let mut statuses = Vec::new();
+        let mut retry_after = None;
+        for request in 0..400i64 {
+            let body: Vec<String> = (0..50)
+                .map(|k| format!("{{\"id\":{}}}", request * 50 + k))
+                .collect();
+            let status = post(&client, &url, "", body.join("\n")).await;
+            if status == Some(429) && retry_after.is_none() {
+                let r = client
+                    .post(&url)
+                    .body("{\"id\":0}")
+                    .send()
+                    .await
+                    .expect("request");
+                retry_after = r
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap_or_default().to_string());
+            }
+            statuses.push(status);
+            if statuses.iter().filter(|s| **s == Some(429)).count() >= 5 {
+                break;
+            }
+        }
+        (statuses, retry_after)
+    });
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    assert_eq!(
+        statuses.first(),
+        Some(&Some(200)),
+        "accepted while there was room"
+    );
+    assert!(
+        statuses.iter().filter(|s| **s == Some(429)).count() >= 5,
+        "429 once backed up: {statuses:?}"
+    );
+    assert_eq!(retry_after.as_deref(), Some("1"), "429 says when to retry");
+}
+
+#[test]
 fn the_http_examples_run_against_each_other() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = common::root();

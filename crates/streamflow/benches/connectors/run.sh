@@ -11,7 +11,10 @@ bin="${STREAMFLOW_BIN:-${CARGO_TARGET_DIR:-$here/../../../../target}/release/str
 runs="${RUNS:-3}"
 measure() { # label, command...
   local label="$1"; shift
-  local out; out=$( { /usr/bin/time -f '%e %U %S %M' "$@" >/dev/null 2>/dev/null; } 2>&1 | tail -1)
+  if ! /usr/bin/time -o /tmp/sf_bench_time -f '%e %U %S %M' "$@" >/dev/null 2>/tmp/sf_bench_stderr; then
+    echo "$label FAILED: $(tail -3 /tmp/sf_bench_stderr)"; return 1
+  fi
+  local out; out=$(tail -1 /tmp/sf_bench_time)
   echo "$label wall_s=$(cut -d' ' -f1 <<<"$out") user_s=$(cut -d' ' -f2 <<<"$out") sys_s=$(cut -d' ' -f3 <<<"$out") peak_kib=$(cut -d' ' -f4 <<<"$out")"
 }
 sql() { mariadb -h 127.0.0.1 -u root test -N -B -e "$1"; }
