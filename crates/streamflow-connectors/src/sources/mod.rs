@@ -23,5 +23,7 @@ pub mod stdin;
 
 mod acknowledgements;
 pub mod decode;
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod incremental;
 mod json;
 mod sequence;

@@ -30,10 +30,10 @@ use mysql_async::consts::ColumnType;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, Value as Sql};
 use serde::Deserialize;
-use serde_json::Value;
-use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Source, SourceBatch, SourceOffset};
+use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Source};
 use streamflow_dsl::HumanDuration;
 
+use super::incremental::{IncrementalSource, Query};
 use crate::registry::{SourceContext, SourceFactory};
 use crate::sinks::mysql::{connect, ident, mysql_error};
 
@@ -238,35 +238,32 @@ impl SourceFactory for MysqlSourceFactory {
     }
 
     fn create(&self, instance: usize, _parallelism: usize) -> Result<Box<dyn Source>> {
-        Ok(Box::new(MysqlSource {
+        let query = MysqlQuery {
             config: Arc::clone(&self.config),
             query: self.query.clone(),
             schema: Arc::clone(&self.schema),
             kinds: self.kinds.clone(),
             cursor: self.cursor,
-            bounded: self.bounded,
             conn: None,
-            last: None,
-            read: 0,
-            // One instance reads the query.
-            done: instance > 0,
-        }))
+        };
+        let poll = self.config.poll.map_or(Duration::from_secs(1), |p| p.0);
+        Ok(Box::new(IncrementalSource::new(
+            query,
+            poll,
+            self.bounded,
+            instance == 0,
+            "mysql",
+        )))
     }
 }
 
-struct MysqlSource {
+struct MysqlQuery {
     config: Arc<MysqlSourceConfig>,
     query: String,
     schema: SchemaRef,
     kinds: Vec<Kind>,
     cursor: Option<usize>,
-    bounded: bool,
     conn: Option<Conn>,
-    /// The incremental column's last value read (integer, or microseconds).
-    last: Option<i64>,
-    /// Rows read (the snapshot's position).
-    read: u64,
-    done: bool,
 }
 
 /// A date and time value as microseconds since the epoch (UTC).
@@ -326,21 +323,21 @@ fn float(v: &Sql) -> Option<f64> {
     }
 }
 
-impl MysqlSource {
+impl MysqlQuery {
     fn err(&self, what: &str, e: mysql_async::Error) -> Error {
         mysql_error(&format!("source: {what}"), e)
     }
 
     /// The next rows of the query.
-    async fn fetch(&mut self) -> Result<Vec<Row>> {
+    async fn fetch(&mut self, last: Option<i64>, read: u64) -> Result<Vec<Row>> {
         if self.conn.is_none() {
             self.conn = Some(connect(&self.config.url, self.config.password_env.as_deref()).await?);
         }
         let n = self.config.batch_size as u64;
-        let (sql, params): (String, Vec<Sql>) = match (self.cursor, self.last) {
+        let (sql, params): (String, Vec<Sql>) = match (self.cursor, last) {
             (None, _) => (
                 format!("SELECT * FROM ({}) s LIMIT ? OFFSET ?", self.query),
-                vec![Sql::UInt(n), Sql::UInt(self.read)],
+                vec![Sql::UInt(n), Sql::UInt(read)],
             ),
             (Some(c), last) => {
                 let col = ident(self.schema.field(c).name());
@@ -452,51 +449,18 @@ impl MysqlSource {
 }
 
 #[async_trait]
-impl Source for MysqlSource {
-    async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
-        loop {
-            if self.done {
-                return Ok(None);
-            }
-            let rows = self.fetch().await?;
-            if !rows.is_empty() {
-                let data = self.to_batch(&rows)?;
-                if let Some(v) = self.last_of(&rows) {
-                    self.last = Some(v);
-                }
-                self.read += rows.len() as u64;
-                return Ok(Some(SourceBatch {
-                    data: Some(data),
-                    dead_letters: Vec::new(),
-                    splits: None,
-                }));
-            }
-            // Caught up.
-            if self.bounded {
-                self.done = true;
-                continue;
-            }
-            let poll = self.config.poll.map_or(Duration::from_secs(1), |p| p.0);
-            tokio::time::sleep(poll).await;
-            return Ok(Some(SourceBatch::default()));
+impl Query for MysqlQuery {
+    async fn next_rows(
+        &mut self,
+        last: Option<i64>,
+        read: u64,
+    ) -> Result<Option<(RecordBatch, Option<i64>)>> {
+        let rows = self.fetch(last, read).await?;
+        if rows.is_empty() {
+            return Ok(None);
         }
-    }
-
-    fn offset(&mut self, _checkpoint: u64) -> SourceOffset {
-        SourceOffset::Broker(serde_json::json!({ "last": self.last, "read": self.read }))
-    }
-
-    async fn seek(&mut self, offset: &SourceOffset) -> Result<()> {
-        match offset {
-            SourceOffset::None => Ok(()),
-            SourceOffset::Broker(v) => {
-                self.last = v.get("last").and_then(Value::as_i64);
-                self.read = v.get("read").and_then(Value::as_u64).unwrap_or(0);
-                Ok(())
-            }
-            other => Err(Error::Other(format!(
-                "a mysql source cannot resume from {other:?}"
-            ))),
-        }
+        let data = self.to_batch(&rows)?;
+        let last = self.last_of(&rows);
+        Ok(Some((data, last)))
     }
 }

@@ -25,12 +25,12 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use serde::Deserialize;
-use serde_json::Value;
-use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Source, SourceBatch, SourceOffset};
+use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Source};
 use streamflow_dsl::HumanDuration;
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
 
+use super::incremental::{IncrementalSource, Query};
 use crate::registry::{SourceContext, SourceFactory};
 use crate::sinks::postgres::connect;
 
@@ -186,35 +186,32 @@ impl SourceFactory for PostgresSourceFactory {
     }
 
     fn create(&self, instance: usize, _parallelism: usize) -> Result<Box<dyn Source>> {
-        Ok(Box::new(PostgresSource {
+        let query = PostgresQuery {
             config: Arc::clone(&self.config),
             query: self.query.clone(),
             schema: Arc::clone(&self.schema),
             types: self.types.clone(),
             cursor: self.cursor,
-            bounded: self.bounded,
             client: None,
-            last: None,
-            read: 0,
-            // One instance reads the query.
-            done: instance > 0,
-        }))
+        };
+        let poll = self.config.poll.map_or(Duration::from_secs(1), |p| p.0);
+        Ok(Box::new(IncrementalSource::new(
+            query,
+            poll,
+            self.bounded,
+            instance == 0,
+            "postgres",
+        )))
     }
 }
 
-struct PostgresSource {
+struct PostgresQuery {
     config: Arc<PostgresSourceConfig>,
     query: String,
     schema: SchemaRef,
     types: Vec<Type>,
     cursor: Option<usize>,
-    bounded: bool,
     client: Option<Client>,
-    /// The incremental column's last value read (integer, or microseconds).
-    last: Option<i64>,
-    /// Rows read (the snapshot's position).
-    read: u64,
-    done: bool,
 }
 
 /// Microseconds since the epoch of a `TIMESTAMP`/`TIMESTAMPTZ` value.
@@ -222,7 +219,7 @@ fn micros(t: chrono::NaiveDateTime) -> i64 {
     t.and_utc().timestamp_micros()
 }
 
-impl PostgresSource {
+impl PostgresQuery {
     fn err(&self, e: tokio_postgres::Error) -> Error {
         let detail = e
             .as_db_error()
@@ -231,7 +228,7 @@ impl PostgresSource {
     }
 
     /// The next rows of the query.
-    async fn fetch(&mut self) -> Result<Vec<tokio_postgres::Row>> {
+    async fn fetch(&mut self, last: Option<i64>, read: u64) -> Result<Vec<tokio_postgres::Row>> {
         if self.client.is_none() {
             self.client =
                 Some(connect(&self.config.url, self.config.password_env.as_deref()).await?);
@@ -241,12 +238,12 @@ impl PostgresSource {
             .as_ref()
             .ok_or_else(|| Error::Other("no connection".into()))?;
         let n = self.config.batch_size as i64;
-        let result = match (self.cursor, self.last) {
+        let result = match (self.cursor, last) {
             (None, _) => {
                 client
                     .query(
                         &format!("SELECT * FROM ({}) s OFFSET $1 LIMIT $2", self.query),
-                        &[&(self.read as i64), &n],
+                        &[&(read as i64), &n],
                     )
                     .await
             }
@@ -360,51 +357,18 @@ fn column<'r, T: tokio_postgres::types::FromSql<'r>>(
 }
 
 #[async_trait]
-impl Source for PostgresSource {
-    async fn next_batch(&mut self) -> Result<Option<SourceBatch>> {
-        loop {
-            if self.done {
-                return Ok(None);
-            }
-            let rows = self.fetch().await?;
-            if !rows.is_empty() {
-                let data = self.to_batch(&rows)?;
-                if let Some(v) = self.last_of(&data) {
-                    self.last = Some(v);
-                }
-                self.read += rows.len() as u64;
-                return Ok(Some(SourceBatch {
-                    data: Some(data),
-                    dead_letters: Vec::new(),
-                    splits: None,
-                }));
-            }
-            // Caught up.
-            if self.bounded {
-                self.done = true;
-                continue;
-            }
-            let poll = self.config.poll.map_or(Duration::from_secs(1), |p| p.0);
-            tokio::time::sleep(poll).await;
-            return Ok(Some(SourceBatch::default()));
+impl Query for PostgresQuery {
+    async fn next_rows(
+        &mut self,
+        last: Option<i64>,
+        read: u64,
+    ) -> Result<Option<(RecordBatch, Option<i64>)>> {
+        let rows = self.fetch(last, read).await?;
+        if rows.is_empty() {
+            return Ok(None);
         }
-    }
-
-    fn offset(&mut self, _checkpoint: u64) -> SourceOffset {
-        SourceOffset::Broker(serde_json::json!({ "last": self.last, "read": self.read }))
-    }
-
-    async fn seek(&mut self, offset: &SourceOffset) -> Result<()> {
-        match offset {
-            SourceOffset::None => Ok(()),
-            SourceOffset::Broker(v) => {
-                self.last = v.get("last").and_then(Value::as_i64);
-                self.read = v.get("read").and_then(Value::as_u64).unwrap_or(0);
-                Ok(())
-            }
-            other => Err(Error::Other(format!(
-                "a postgres source cannot resume from {other:?}"
-            ))),
-        }
+        let data = self.to_batch(&rows)?;
+        let last = self.last_of(&data);
+        Ok(Some((data, last)))
     }
 }
