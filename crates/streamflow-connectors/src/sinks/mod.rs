@@ -22,6 +22,57 @@ pub mod stdout;
 
 mod encode;
 
+/// The columns a database sink writes — each input column (but the
+/// changelog's `_op`) with its column type, `column_type(type, is_key)` —
+/// and whether the input is a changelog, checked against `mode` and `key`;
+/// every problem reported at once, at `ctx`'s paths.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn table_columns<T>(
+    ctx: &crate::registry::SinkContext<'_>,
+    mode: WriteMode,
+    key: &[String],
+    system: &str,
+    column_type: impl Fn(&arrow::datatypes::DataType, bool) -> Option<T>,
+) -> Result<(Vec<(String, T)>, bool), streamflow_core::Diagnostics> {
+    const OP: &str = "_op";
+    let mut d = streamflow_core::Diagnostics::new();
+    let changelog = ctx.input.field_with_name(OP).is_ok();
+    let mut columns = Vec::new();
+    for f in ctx.input.fields() {
+        if f.name() == OP {
+            continue;
+        }
+        match column_type(f.data_type(), key.contains(f.name())) {
+            Some(t) => columns.push((f.name().clone(), t)),
+            None => d.push(
+                ctx.at("table"),
+                format!(
+                    "column '{}' has type {}, which has no {system} column type here",
+                    f.name(),
+                    f.data_type()
+                ),
+            ),
+        }
+    }
+    match mode {
+        WriteMode::Upsert if key.is_empty() => d.push(ctx.at("key"), "upsert needs key columns"),
+        WriteMode::Append if changelog => d.push(
+            ctx.at("mode"),
+            "the input is a changelog (_op): use mode: upsert with a key",
+        ),
+        _ => {}
+    }
+    for k in key {
+        if !columns.iter().any(|(name, _)| name == k) {
+            d.push(
+                ctx.at("key"),
+                format!("key column '{k}' is not in the input"),
+            );
+        }
+    }
+    d.into_result((columns, changelog))
+}
+
 /// How rows reach a database table (`mode: append|upsert`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -125,46 +125,18 @@ pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagno
     if let Err(e) = Opts::from_url(&config.url) {
         d.push(ctx.at("url"), format!("'{}': {e}", config.url));
     }
-    let changelog = ctx.input.field_with_name(OP).is_ok();
-    let mut columns = Vec::new();
-    for f in ctx.input.fields() {
-        if f.name() == OP {
-            continue;
+    let planned = super::table_columns(ctx, config.mode, &config.key, "MySQL", sql_type);
+    let (columns, changelog) = match planned {
+        Ok(planned) => d.into_result(planned)?,
+        Err(more) => {
+            d.extend(more);
+            return Err(d);
         }
-        match sql_type(f.data_type(), config.key.contains(f.name())) {
-            Some(sql) => columns.push(Column {
-                name: f.name().clone(),
-                sql,
-            }),
-            None => d.push(
-                ctx.at("table"),
-                format!(
-                    "column '{}' has type {}, which has no MySQL column type here",
-                    f.name(),
-                    f.data_type()
-                ),
-            ),
-        }
-    }
-    match config.mode {
-        WriteMode::Upsert if config.key.is_empty() => {
-            d.push(ctx.at("key"), "upsert needs key columns")
-        }
-        WriteMode::Append if changelog => d.push(
-            ctx.at("mode"),
-            "the input is a changelog (_op): use mode: upsert with a key",
-        ),
-        _ => {}
-    }
-    for k in &config.key {
-        if !columns.iter().any(|c| &c.name == k) {
-            d.push(
-                ctx.at("key"),
-                format!("key column '{k}' is not in the input"),
-            );
-        }
-    }
-    d.into_result(())?;
+    };
+    let columns = columns
+        .into_iter()
+        .map(|(name, sql)| Column { name, sql })
+        .collect();
     Ok(Arc::new(MysqlSinkFactory {
         sink_id: format!("{}/{}", config.table, ctx.name),
         stage: format!("{}_streamflow_stage", config.table),

@@ -152,7 +152,7 @@ impl Sink for NatsSink {
         };
         for m in messages {
             let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", self.ids.next_id().as_str());
+            headers.insert("Nats-Msg-Id", self.ids.next_range(1).as_str());
             let ack = js
                 .publish_with_headers(self.config.subject.clone(), headers, m.into())
                 .await

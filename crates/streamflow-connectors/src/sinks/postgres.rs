@@ -67,47 +67,14 @@ const OP: &str = "_op";
 
 pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagnostics> {
     let config: PostgresSinkConfig = ctx.config()?;
-    let mut d = Diagnostics::new();
-    let changelog = ctx.input.field_with_name(OP).is_ok();
-    let mut columns = Vec::new();
-    for f in ctx.input.fields() {
-        if f.name() == OP {
-            continue;
-        }
-        match pg_type(f.data_type()) {
-            Some(t) => columns.push(Column {
-                name: f.name().clone(),
-                pg: t,
-            }),
-            None => d.push(
-                ctx.at("table"),
-                format!(
-                    "column '{}' has type {}, which has no PostgreSQL column type here",
-                    f.name(),
-                    f.data_type()
-                ),
-            ),
-        }
-    }
-    match config.mode {
-        WriteMode::Upsert if config.key.is_empty() => {
-            d.push(ctx.at("key"), "upsert needs key columns")
-        }
-        WriteMode::Append if changelog => d.push(
-            ctx.at("mode"),
-            "the input is a changelog (_op): use mode: upsert with a key",
-        ),
-        _ => {}
-    }
-    for k in &config.key {
-        if !columns.iter().any(|c| &c.name == k) {
-            d.push(
-                ctx.at("key"),
-                format!("key column '{k}' is not in the input"),
-            );
-        }
-    }
-    d.into_result(())?;
+    let (columns, changelog) =
+        super::table_columns(ctx, config.mode, &config.key, "PostgreSQL", |t, _| {
+            pg_type(t)
+        })?;
+    let columns = columns
+        .into_iter()
+        .map(|(name, pg)| Column { name, pg })
+        .collect();
     Ok(Arc::new(PostgresSinkFactory {
         sink_id: format!("{}/{}", config.table, ctx.name),
         stage: format!("{}_streamflow_stage", config.table.replace('.', "_")),

@@ -428,7 +428,7 @@ impl Sink for RabbitSink {
                 .map_or_else(|| literal_key.clone(), |k| k.value(row).into());
             let id = match &ids {
                 Some(ids) => ids.value(row).into(),
-                None => self.ids.next_id().into(),
+                None => self.ids.next_range(1).into(),
             };
             self.publish(Message {
                 routing_key: key,

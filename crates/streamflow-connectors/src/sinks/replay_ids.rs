@@ -41,13 +41,8 @@ impl ReplayIds {
         }
     }
 
-    /// The next id.
-    pub(crate) fn next_id(&mut self) -> String {
-        self.next_range(1)
-    }
-
-    /// The id of the first of the next `n` rows (a batch named by its
-    /// first row).
+    /// The id of the first of the next `n` rows: a row's own id for
+    /// `n = 1`, a batch named by its first row otherwise.
     pub(crate) fn next_range(&mut self, n: u64) -> String {
         let id = format!("{}:{}:{}", self.run, self.instance, self.number);
         self.number += n;
@@ -67,19 +62,19 @@ mod tests {
     #[test]
     fn a_restore_repeats_the_ids_after_the_checkpoint() {
         let mut first = ReplayIds::new("out", 1);
-        first.next_id();
+        first.next_range(1);
         let staged = first.checkpoint();
-        let after: Vec<String> = (0..3).map(|_| first.next_id()).collect();
+        let after: Vec<String> = (0..3).map(|_| first.next_range(1)).collect();
         // A later checkpoint the crash came before does not matter.
         let _ = first.checkpoint();
         let later = first.next_range(2);
         let mut again = ReplayIds::new("out", 1);
         again.restore(Some(&[staged]));
-        let replayed: Vec<String> = (0..3).map(|_| again.next_id()).collect();
+        let replayed: Vec<String> = (0..3).map(|_| again.next_range(1)).collect();
         assert_eq!(after, replayed);
-        assert_eq!(again.next_id(), later);
+        assert_eq!(again.next_range(1), later);
         let mut fresh = ReplayIds::new("out", 1);
         fresh.restore(Some(&[]));
-        assert_ne!(fresh.next_id(), after[0]);
+        assert_ne!(fresh.next_range(1), after[0]);
     }
 }
