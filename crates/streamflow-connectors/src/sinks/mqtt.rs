@@ -4,7 +4,9 @@
 //! A checkpoint completes only once the broker confirmed every message
 //! published before its barrier (PUBACK, or PUBCOMP at QoS 2):
 //! at-least-once (a replay after a crash publishes again; MQTT has no
-//! de-duplication).
+//! de-duplication). Without a `client_id`, each run of each instance
+//! connects under a fresh id with a clean session (a broker allows one
+//! connection per id).
 //!
 //! ```yaml
 //! - {name: out, type: mqtt, input: alerts, config: {url: "mqtt://127.0.0.1:1883", topic: alerts/high, qos: 1}}
@@ -77,11 +79,19 @@ pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagno
     })
     .map_err(|m| fail("format", m))?;
     Ok(Arc::new(MqttSinkFactory {
-        client_id: config
-            .endpoint
-            .client_id
-            .clone()
-            .unwrap_or_else(|| format!("streamflow-{}", ctx.name)),
+        // A broker allows one connection per client id: without a
+        // configured one, each run of each instance gets its own, so two
+        // flows (or two runs) writing at once do not throw each other off.
+        client_id: config.endpoint.client_id.clone().unwrap_or_else(|| {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            format!(
+                "streamflow-{}-{:x}",
+                ctx.name,
+                nanos ^ u128::from(std::process::id())
+            )
+        }),
         column,
         config: Arc::new(config),
         encoder,
@@ -159,7 +169,13 @@ impl MqttSink {
         if let Some(c) = &self.client {
             return Ok(c.clone());
         }
-        let options = self.config.endpoint.options(&self.client_id)?;
+        let mut options = self.config.endpoint.options(&self.client_id)?;
+        if self.config.endpoint.client_id.is_none() {
+            // A fresh id per run: nothing for the broker to keep after it.
+            options
+                .set_clean_start(true)
+                .set_session_expiry_interval(None);
+        }
         let (client, events) = AsyncClient::new(options, 1024);
         self.poller = Some(tokio::spawn(poll(
             events,
