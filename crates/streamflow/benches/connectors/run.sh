@@ -26,6 +26,17 @@ for i in $(seq "$runs"); do
   measure "rabbitmq-in rows=200000" "$bin" run "$here/rabbitmq_in.yaml" --quiet
 done
 
+# MQTT: a reader running while a paced writer publishes; the reader's
+# figures cover the whole run (its wall time includes waiting).
+for i in $(seq "$runs"); do
+  rm -rf /tmp/sf-bench-mqtt-in
+  /usr/bin/time -o /tmp/sf_bench_mqtt_in -f '%e %U %S %M' "$bin" run "$here/mqtt_in.yaml" --quiet --set checkpoint.interval=500ms >/dev/null 2>&1 &
+  sleep 2
+  measure "mqtt-out rows=90000 (paced 9000/s)" "$bin" run "$here/mqtt_out.yaml" --quiet
+  sleep 2; pkill -TERM -x streamflow || true; wait || true
+  echo "mqtt-in rows=90000 wall/user/sys/peak_kib: $(cat /tmp/sf_bench_mqtt_in)"
+done
+
 # MySQL: the sink (exactly-once path), the source, and the ceiling of the
 # mariadb client loading the same rows as 1000-row INSERTs.
 sql "SELECT 1" >/dev/null
