@@ -101,6 +101,21 @@ impl Values {
     }
 }
 
+/// A source's rows: decoded message `values`, then the metadata columns
+/// `extra`, in the `schema` [`Values::with_columns`] gave.
+///
+/// # Errors
+/// When the columns do not fit the schema.
+pub(crate) fn with_metadata(
+    schema: &SchemaRef,
+    values: &RecordBatch,
+    extra: impl IntoIterator<Item = ArrayRef>,
+) -> Result<RecordBatch> {
+    let columns: Vec<ArrayRef> = values.columns().iter().cloned().chain(extra).collect();
+    RecordBatch::try_new(Arc::clone(schema), columns)
+        .map_err(|e| Error::arrow("adding message metadata", e))
+}
+
 /// Where a source's message schema comes from.
 pub(crate) struct ValueSource<'a> {
     /// The format.

@@ -24,7 +24,6 @@ use std::time::Duration;
 
 use arrow::array::{ArrayRef, Int32Array, Int64Array, StringBuilder, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -562,22 +561,24 @@ impl Source for KafkaSource {
                         None => keys.append_null(),
                     }
                 }
-                let mut columns: Vec<ArrayRef> = values.columns().to_vec();
-                columns.push(Arc::new(keys.finish()));
                 let partitions =
                     Int32Array::from_iter_values(rows.iter().map(|&i| messages[i].partition()));
-                columns.push(Arc::new(partitions.clone()));
+                let rows_of = crate::message::with_metadata(
+                    &self.schema,
+                    &values,
+                    [
+                        Arc::new(keys.finish()) as ArrayRef,
+                        Arc::new(partitions.clone()),
+                        Arc::new(Int64Array::from_iter_values(
+                            rows.iter().map(|&i| messages[i].offset()),
+                        )),
+                        Arc::new(TimestampMillisecondArray::from_iter(
+                            rows.iter().map(|&i| messages[i].timestamp().to_millis()),
+                        )),
+                    ],
+                )?;
                 splits = Some(partitions);
-                columns.push(Arc::new(Int64Array::from_iter_values(
-                    rows.iter().map(|&i| messages[i].offset()),
-                )));
-                columns.push(Arc::new(TimestampMillisecondArray::from_iter(
-                    rows.iter().map(|&i| messages[i].timestamp().to_millis()),
-                )));
-                Some(
-                    RecordBatch::try_new(Arc::clone(&self.schema), columns)
-                        .map_err(|e| Error::arrow("adding message metadata", e))?,
-                )
+                Some(rows_of)
             }
         };
         Ok(Some(SourceBatch {

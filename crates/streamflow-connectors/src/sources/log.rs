@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -364,29 +363,31 @@ impl Source for LogSource {
                 format!("{space}/{}/{}", entries[i].segment, entries[i].sequence)
             })
             .await?;
-        let data = match decoded.batch {
-            None => None,
-            Some(values) => {
-                let rows = &decoded.rows;
-                let mut columns: Vec<ArrayRef> = values.columns().to_vec();
-                columns.push(Arc::new(StringArray::from_iter_values(
-                    rows.iter().map(|&i| entries[i].segment.as_str()),
-                )));
-                columns.push(Arc::new(Int64Array::from_iter_values(
-                    rows.iter().map(|&i| entries[i].sequence as i64),
-                )));
-                columns.push(Arc::new(Int64Array::from_iter_values(
-                    rows.iter().map(|&i| entries[i].offset as i64),
-                )));
-                columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
-                    rows.iter().map(|&i| entries[i].timestamp),
-                )));
-                Some(
-                    RecordBatch::try_new(Arc::clone(&self.schema), columns)
-                        .map_err(|e| Error::arrow("adding entry metadata", e))?,
+        let rows = &decoded.rows;
+        let data = decoded
+            .batch
+            .as_ref()
+            .map(|values| {
+                crate::message::with_metadata(
+                    &self.schema,
+                    values,
+                    [
+                        Arc::new(StringArray::from_iter_values(
+                            rows.iter().map(|&i| entries[i].segment.as_str()),
+                        )) as ArrayRef,
+                        Arc::new(Int64Array::from_iter_values(
+                            rows.iter().map(|&i| entries[i].sequence as i64),
+                        )),
+                        Arc::new(Int64Array::from_iter_values(
+                            rows.iter().map(|&i| entries[i].offset as i64),
+                        )),
+                        Arc::new(TimestampMillisecondArray::from_iter_values(
+                            rows.iter().map(|&i| entries[i].timestamp),
+                        )),
+                    ],
                 )
-            }
-        };
+            })
+            .transpose()?;
         Ok(Some(SourceBatch {
             data,
             dead_letters: decoded.dead_letters,

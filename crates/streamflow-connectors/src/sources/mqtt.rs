@@ -23,7 +23,6 @@ use std::time::Duration;
 
 use arrow::array::{ArrayRef, StringArray};
 use arrow::datatypes::{DataType, Field, SchemaRef};
-use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, Publish};
@@ -328,22 +327,19 @@ impl Source for MqttSource {
                 )
             })
             .await?;
-        let data = match decoded.batch {
-            None => None,
-            Some(values) => {
-                let mut columns: Vec<ArrayRef> = values.columns().to_vec();
-                columns.push(Arc::new(StringArray::from_iter_values(
+        let data = decoded
+            .batch
+            .as_ref()
+            .map(|values| {
+                let topics = StringArray::from_iter_values(
                     decoded
                         .rows
                         .iter()
                         .map(|&i| String::from_utf8_lossy(&taken[i].topic).into_owned()),
-                )));
-                Some(
-                    RecordBatch::try_new(Arc::clone(&self.schema), columns)
-                        .map_err(|e| Error::arrow("adding the topic", e))?,
-                )
-            }
-        };
+                );
+                crate::message::with_metadata(&self.schema, values, [Arc::new(topics) as ArrayRef])
+            })
+            .transpose()?;
         self.acks.handed_on(taken);
         Ok(Some(SourceBatch {
             data,

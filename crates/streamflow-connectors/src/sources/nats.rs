@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use arrow::array::{ArrayRef, Int64Array, StringArray, TimestampMillisecondArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use arrow::record_batch::RecordBatch;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -387,26 +386,28 @@ impl Source for NatsSource {
             .decoder
             .decode(&payloads, |i| format!("{stream}/{}", messages[i].0))
             .await?;
-        let data = match decoded.batch {
-            None => None,
-            Some(values) => {
-                let rows = &decoded.rows;
-                let mut columns: Vec<ArrayRef> = values.columns().to_vec();
-                columns.push(Arc::new(StringArray::from_iter_values(
-                    rows.iter().map(|&i| messages[i].2.as_str()),
-                )));
-                columns.push(Arc::new(Int64Array::from_iter_values(
-                    rows.iter().map(|&i| messages[i].0 as i64),
-                )));
-                columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
-                    rows.iter().map(|&i| messages[i].1),
-                )));
-                Some(
-                    RecordBatch::try_new(Arc::clone(&self.schema), columns)
-                        .map_err(|e| Error::arrow("adding message metadata", e))?,
+        let rows = &decoded.rows;
+        let data = decoded
+            .batch
+            .as_ref()
+            .map(|values| {
+                crate::message::with_metadata(
+                    &self.schema,
+                    values,
+                    [
+                        Arc::new(StringArray::from_iter_values(
+                            rows.iter().map(|&i| messages[i].2.as_str()),
+                        )) as ArrayRef,
+                        Arc::new(Int64Array::from_iter_values(
+                            rows.iter().map(|&i| messages[i].0 as i64),
+                        )),
+                        Arc::new(TimestampMillisecondArray::from_iter_values(
+                            rows.iter().map(|&i| messages[i].1),
+                        )),
+                    ],
                 )
-            }
-        };
+            })
+            .transpose()?;
         self.unacked = messages.pop().map(|(.., m)| m);
         Ok(Some(SourceBatch {
             data,

@@ -29,7 +29,6 @@ use std::time::Duration;
 
 use arrow::array::{ArrayRef, StringArray};
 use arrow::datatypes::{DataType, Field, SchemaRef};
-use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use lapin::message::Delivery;
@@ -406,28 +405,28 @@ impl RabbitSource {
                 format!("{}/{}", self.queue, fresh[i].delivery_tag)
             })
             .await?;
-        let data = match decoded.batch {
-            None => None,
-            Some(values) => {
-                let mut columns: Vec<ArrayRef> = values.columns().to_vec();
-                columns.push(Arc::new(StringArray::from_iter_values(
-                    decoded.rows.iter().map(|&i| fresh[i].routing_key.as_str()),
-                )));
-                columns.push(Arc::new(StringArray::from_iter(decoded.rows.iter().map(
-                    |&i| {
-                        fresh[i]
-                            .properties
-                            .message_id()
-                            .as_ref()
-                            .map(|m| m.as_str())
-                    },
-                ))));
-                Some(
-                    RecordBatch::try_new(Arc::clone(&self.schema), columns)
-                        .map_err(|e| Error::arrow("adding the message columns", e))?,
+        let rows = &decoded.rows;
+        let data = decoded
+            .batch
+            .as_ref()
+            .map(|values| {
+                let keys = StringArray::from_iter_values(
+                    rows.iter().map(|&i| fresh[i].routing_key.as_str()),
+                );
+                let ids = StringArray::from_iter(rows.iter().map(|&i| {
+                    fresh[i]
+                        .properties
+                        .message_id()
+                        .as_ref()
+                        .map(|m| m.as_str())
+                }));
+                crate::message::with_metadata(
+                    &self.schema,
+                    values,
+                    [Arc::new(keys) as ArrayRef, Arc::new(ids)],
                 )
-            }
-        };
+            })
+            .transpose()?;
         Ok(SourceBatch {
             data,
             dead_letters: decoded.dead_letters,

@@ -432,11 +432,11 @@ impl RedisSource {
         let times = TimestampMillisecondArray::from_iter_values(
             rows.iter().map(|&i| id_key(&entries[i].id).0 as i64),
         );
-        let mut columns: Vec<ArrayRef> = data.columns().to_vec();
-        columns.push(Arc::new(ids));
-        columns.push(Arc::new(times));
-        RecordBatch::try_new(Arc::clone(&self.schema), columns)
-            .map_err(|e| Error::arrow("adding the entry ids", e))
+        crate::message::with_metadata(
+            &self.schema,
+            &data,
+            [Arc::new(ids) as ArrayRef, Arc::new(times)],
+        )
     }
 }
 
