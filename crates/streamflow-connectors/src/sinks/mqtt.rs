@@ -82,16 +82,11 @@ pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagno
         // A broker allows one connection per client id: without a
         // configured one, each run of each instance gets its own, so two
         // flows (or two runs) writing at once do not throw each other off.
-        client_id: config.endpoint.client_id.clone().unwrap_or_else(|| {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            format!(
-                "streamflow-{}-{:x}",
-                ctx.name,
-                nanos ^ u128::from(std::process::id())
-            )
-        }),
+        client_id: config
+            .endpoint
+            .client_id
+            .clone()
+            .unwrap_or_else(|| super::replay_ids::run_token(&format!("streamflow-{}", ctx.name))),
         column,
         config: Arc::new(config),
         encoder,

@@ -5,6 +5,15 @@
 //! recorded. A replay that reproduces the rows after a checkpoint in the
 //! same order therefore reproduces their ids, wherever later barriers fell.
 
+/// `name` with a token telling this run from any other (the clock and the
+/// process id).
+pub(crate) fn run_token(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{name}-{:x}", nanos ^ u128::from(std::process::id()))
+}
+
 /// The ids of one sink instance.
 #[derive(Debug)]
 pub(crate) struct ReplayIds {
@@ -16,11 +25,8 @@ pub(crate) struct ReplayIds {
 impl ReplayIds {
     /// A fresh run of instance `instance` of sink `name`.
     pub(crate) fn new(name: &str, instance: usize) -> Self {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
         Self {
-            run: format!("{name}-{nanos:x}"),
+            run: run_token(name),
             instance,
             number: 0,
         }
