@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{read_jsonl, stderr, streamflow, write};
+use common::{read_jsonl, run, stderr, streamflow, write};
 use futures::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
@@ -202,10 +202,7 @@ sinks:
             url()
         ),
     );
-    let out = streamflow()
-        .args(["run", &writer, "--quiet"])
-        .output()
-        .expect("run");
+    let out = run(&["run", &writer, "--quiet"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let deadline = Instant::now() + Duration::from_secs(60);
     while read_jsonl(&dir.path().join("out")).len() < 3000 && Instant::now() < deadline {
@@ -261,10 +258,7 @@ fn without_a_window_repeats_come_through() {
     messages.extend(rows(100));
     publish(&queue, &messages);
     let flow = reader(dir.path(), &queue, ", bounded: true, dedup_window: 0");
-    let out = streamflow()
-        .args(["run", &flow, "--quiet"])
-        .output()
-        .expect("run");
+    let out = run(&["run", &flow, "--quiet"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let rows = read_jsonl(&dir.path().join("out"));
     assert_eq!(rows.len(), 1100, "at-least-once: the repeats are rows too");
@@ -335,10 +329,7 @@ sinks:
             url()
         ),
     );
-    let out = streamflow()
-        .args(["run", &flow, "--quiet"])
-        .output()
-        .expect("run");
+    let out = run(&["run", &flow, "--quiet"]);
     assert!(!out.status.success(), "the run failed");
     assert!(
         stderr(&out).contains("the broker refused message") && stderr(&out).contains("3 times"),
@@ -368,10 +359,7 @@ sinks:
             url()
         ),
     );
-    let out = streamflow()
-        .args(["run", &flow, "--quiet"])
-        .output()
-        .expect("run");
+    let out = run(&["run", &flow, "--quiet"]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains("no queue took a message") && stderr(&out).contains("nobody"),
@@ -380,10 +368,7 @@ sinks:
     );
     let missing = common::unique("missing_q");
     let reader = reader(dir.path(), &missing, ", bounded: true");
-    let out = streamflow()
-        .args(["run", &reader, "--quiet"])
-        .output()
-        .expect("run");
+    let out = run(&["run", &reader, "--quiet"]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).contains(&format!("queue '{missing}' (declare: true creates it)")),
@@ -439,7 +424,7 @@ fn the_rabbitmq_examples_run_against_the_broker() {
     };
     // A queue of its own, so concurrent runs do not share orders.
     let queue = common::unique("orders");
-    let run = |name: &str, set: &str| {
+    let run_example = |name: &str, set: &str| {
         let out = streamflow()
             .current_dir(dir.path())
             .args(["run", &example(name), "--quiet", "--set", set])
@@ -447,11 +432,11 @@ fn the_rabbitmq_examples_run_against_the_broker() {
             .expect("run");
         assert!(out.status.success(), "{name}: {}", stderr(&out));
     };
-    run(
+    run_example(
         "orders_to_rabbitmq.yaml",
         &format!("sinks.out.config.queue={queue}"),
     );
-    run(
+    run_example(
         "rabbitmq_order_totals.yaml",
         &format!("sources.orders.config.queue={queue}"),
     );
