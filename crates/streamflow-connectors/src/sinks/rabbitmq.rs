@@ -27,9 +27,7 @@ use std::time::Duration;
 use arrow::array::StringArray;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use lapin::options::{
-    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ExchangeKind, PublisherConfirm};
 use serde::Deserialize;
@@ -39,7 +37,7 @@ use super::replay_ids::ReplayIds;
 use super::retry::RetryConfig;
 use crate::message::{MessageEncoder, MessageFormat};
 use crate::registry::{SinkContext, SinkFactory};
-use crate::sources::rabbitmq::{RabbitEndpoint, broker_error};
+use crate::sources::rabbitmq::{RabbitEndpoint, broker_error, declare_queue, missing_hint};
 
 /// Settings of a `rabbitmq` sink.
 #[derive(Debug, Clone, Deserialize)]
@@ -247,27 +245,14 @@ impl RabbitSink {
 
     /// Checks (or declares) the queue or exchange.
     async fn declare(&self, channel: &Channel) -> Result<()> {
-        let passive = !self.config.declare;
-        let hint = if passive {
-            " (declare: true creates it)"
-        } else {
-            ""
-        };
+        let declare = self.config.declare;
         match &*self.target {
             Target::Queue(queue) => {
-                let options = QueueDeclareOptions {
-                    passive,
-                    durable: true,
-                    ..QueueDeclareOptions::default()
-                };
-                channel
-                    .queue_declare(queue.as_str().into(), options, FieldTable::default())
-                    .await
-                    .map_err(|e| broker_error(&format!("queue '{queue}'{hint}"), e))?;
+                declare_queue(channel, queue, declare).await?;
             }
             Target::Exchange { name, kind, .. } => {
                 let options = ExchangeDeclareOptions {
-                    passive,
+                    passive: !declare,
                     durable: true,
                     ..ExchangeDeclareOptions::default()
                 };
@@ -279,7 +264,9 @@ impl RabbitSink {
                         FieldTable::default(),
                     )
                     .await
-                    .map_err(|e| broker_error(&format!("exchange '{name}'{hint}"), e))?;
+                    .map_err(|e| {
+                        broker_error(&format!("exchange '{name}'{}", missing_hint(declare)), e)
+                    })?;
             }
         }
         Ok(())

@@ -322,6 +322,30 @@ async fn ack(channel: Option<Channel>, tags: Vec<u64>) -> Result<()> {
         .map_err(|e| broker_error("acknowledging", e))
 }
 
+/// Declares the durable `queue` (`declare`), or checks that it exists; how
+/// many messages it holds. Shared by the source and the sink.
+pub(crate) async fn declare_queue(channel: &Channel, queue: &str, declare: bool) -> Result<u32> {
+    let options = QueueDeclareOptions {
+        passive: !declare,
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared = channel
+        .queue_declare(queue.into(), options, FieldTable::default())
+        .await
+        .map_err(|e| broker_error(&format!("queue '{queue}'{}", missing_hint(declare)), e))?;
+    Ok(declared.message_count())
+}
+
+/// What an error about a missing queue or exchange adds when `declare` is off.
+pub(crate) fn missing_hint(declare: bool) -> &'static str {
+    if declare {
+        ""
+    } else {
+        " (declare: true creates it)"
+    }
+}
+
 /// Sets up `queue` (checked, declared, bound) and a consumer of it for
 /// node `node`; how many messages the queue held.
 async fn consume(
@@ -331,22 +355,7 @@ async fn consume(
     node: &str,
 ) -> Result<(Consumer, u32)> {
     let declare = config.declare || config.exchange.is_some();
-    let options = QueueDeclareOptions {
-        passive: !declare,
-        durable: true,
-        ..QueueDeclareOptions::default()
-    };
-    let declared = channel
-        .queue_declare(queue.into(), options, FieldTable::default())
-        .await
-        .map_err(|e| {
-            let hint = if declare {
-                ""
-            } else {
-                " (declare: true creates it)"
-            };
-            broker_error(&format!("queue '{queue}'{hint}"), e)
-        })?;
+    let held = declare_queue(channel, queue, declare).await?;
     if let Some(exchange) = &config.exchange {
         channel
             .queue_bind(
@@ -377,7 +386,7 @@ async fn consume(
         )
         .await
         .map_err(|e| broker_error(&format!("consuming queue '{queue}'"), e))?;
-    Ok((consumer, declared.message_count()))
+    Ok((consumer, held))
 }
 
 impl RabbitSource {
