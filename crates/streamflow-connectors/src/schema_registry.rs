@@ -77,7 +77,10 @@ impl RegistryClient {
         };
         RegistryClient {
             base,
-            http: reqwest::Client::new(),
+            http: streamflow_tls::http_client(None)
+                .ok()
+                .and_then(|b| b.build().ok())
+                .unwrap_or_default(),
             token,
             by_id: Arc::default(),
         }

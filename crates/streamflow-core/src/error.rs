@@ -85,3 +85,20 @@ impl Error {
         }
     }
 }
+
+/// An error and its causes as one line, `outer: cause: root cause`; a
+/// cause whose text the line already holds is not repeated. Client
+/// libraries often keep the telling part (`invalid peer certificate:
+/// UnknownIssuer`) in a cause their own message leaves out.
+pub fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = c.source();
+    }
+    text
+}

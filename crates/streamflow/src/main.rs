@@ -287,6 +287,8 @@ enum BenchSuite {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One crypto provider (ring) for every TLS client in the process.
+    streamflow_tls::install_default_provider();
     // The server's lifecycle events are info; a pipeline run stays quiet.
     let default_level = if matches!(cli.command, Command::Serve { .. }) {
         "warn,streamflow_server=info,streamflow::flow=info"

@@ -38,6 +38,8 @@ use streamflow_core::{DeadLetter, Diagnostic, Diagnostics, Error, Result, Sink};
 use streamflow_dsl::{ByteSize, HumanDuration};
 use tokio::sync::{mpsc, oneshot};
 
+use streamflow_tls::TlsOptions;
+
 use super::replay_ids::ReplayIds;
 use super::retry::RetryConfig;
 use crate::message::{MessageEncoder, MessageFormat};
@@ -131,6 +133,9 @@ pub struct HttpSinkConfig {
     pub timeout: HumanDuration,
     /// A header carrying a key unique to each batch (`Idempotency-Key`).
     pub idempotency_header: Option<String>,
+    /// TLS settings of `https://` requests (default: the system's trust
+    /// store).
+    pub tls: Option<TlsOptions>,
     /// Requests in flight at once (1 keeps batches in order).
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
@@ -171,6 +176,10 @@ pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagno
             format!("'{}' is not an http(s) url", config.url),
         ));
     }
+    if config.tls.is_some() && url.scheme() != "https" {
+        return Err(fail("tls", "tls settings need an https:// url".into()));
+    }
+    crate::server::check_tls(|k| ctx.at(k), config.tls.as_ref())?;
     if config.batch.max_rows == 0 {
         return Err(fail("batch.max_rows", "must be positive".into()));
     }
@@ -206,7 +215,8 @@ pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagno
         default_subject: String::new(),
     })
     .map_err(|m| fail("url", m))?;
-    let client = reqwest::Client::builder()
+    let client = streamflow_tls::http_client(config.tls.as_ref())
+        .map_err(|e| fail("tls", e.to_string()))?
         .timeout(config.timeout.0)
         .default_headers(headers)
         .build()
@@ -499,7 +509,7 @@ impl Sender {
                     (format!("HTTP {status}: {excerpt}"), retryable, after)
                 }
                 Err(e) => (
-                    format!("request failed: {e}"),
+                    format!("request failed: {}", streamflow_core::error::describe(&e)),
                     e.is_timeout() || e.is_connect() || e.is_request(),
                     None,
                 ),

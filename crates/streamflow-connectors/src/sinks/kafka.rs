@@ -76,6 +76,7 @@ const SLOTS: usize = 2;
 
 pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagnostics> {
     let config: KafkaSinkConfig = ctx.config()?;
+    config.endpoint.check(|k| ctx.at(k))?;
     let fail = |k: &str, m: String| Diagnostics::from(Diagnostic::new(ctx.at(k), m));
     if config.partitions < 1 {
         return Err(fail("partitions", "must be positive".into()));

@@ -12,8 +12,8 @@
 //! - {name: out, type: mqtt, input: alerts, config: {url: "mqtt://127.0.0.1:1883", topic: alerts/high, qos: 1}}
 //! ```
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arrow::record_batch::RecordBatch;
@@ -27,7 +27,7 @@ use tokio::sync::Notify;
 
 use crate::message::{MessageEncoder, MessageFormat};
 use crate::registry::{SinkContext, SinkFactory};
-use crate::sources::mqtt::{MqttEndpoint, qos};
+use crate::sources::mqtt::{MqttEndpoint, Reconnect, qos};
 
 /// Settings of an `mqtt` sink.
 #[derive(Debug, Clone, Deserialize)]
@@ -64,7 +64,7 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(60);
 pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagnostics> {
     let config: MqttSinkConfig = ctx.config()?;
     let fail = |k: &str, m: String| Diagnostics::from(Diagnostic::new(ctx.at(k), m));
-    config.endpoint.address().map_err(|m| fail("url", m))?;
+    config.endpoint.check(|k| ctx.at(k))?;
     qos(config.qos).map_err(|m| fail("qos", m))?;
     if config.topic.is_empty() {
         return Err(fail("topic", "must name a column or a topic".into()));
@@ -109,6 +109,7 @@ impl SinkFactory for MqttSinkFactory {
             encoder: self.encoder.clone(),
             client: None,
             poller: None,
+            failure: Arc::default(),
             confirmed: Arc::new(Confirmed::default()),
             published: 0,
         }))
@@ -129,6 +130,8 @@ struct MqttSink {
     encoder: MessageEncoder,
     client: Option<AsyncClient>,
     poller: Option<tokio::task::JoinHandle<()>>,
+    /// Why the connection ended, once it has.
+    failure: Arc<OnceLock<String>>,
     confirmed: Arc<Confirmed>,
     /// Messages published that the broker must confirm.
     published: u64,
@@ -143,17 +146,19 @@ impl Drop for MqttSink {
 }
 
 /// Polls the connection, counting the broker's confirmations.
-async fn poll(mut events: EventLoop, confirmed: Arc<Confirmed>, client_id: String) {
+async fn poll(mut events: EventLoop, confirmed: Arc<Confirmed>, mut reconnect: Reconnect) {
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_))) => {
                 confirmed.count.fetch_add(1, Ordering::Release);
                 confirmed.changed.notify_waiters();
             }
-            Ok(_) => {}
+            Ok(event) => reconnect.event(&event),
             Err(e) => {
-                tracing::warn!(client = %client_id, error = %e, "mqtt: connection lost; reconnecting");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                if !reconnect.retry(&e).await {
+                    confirmed.changed.notify_waiters();
+                    return;
+                }
             }
         }
     }
@@ -172,10 +177,12 @@ impl MqttSink {
                 .set_session_expiry_interval(None);
         }
         let (client, events) = AsyncClient::new(options, 1024);
+        let reconnect = Reconnect::new(self.client_id.clone());
+        self.failure = Arc::clone(&reconnect.failure);
         self.poller = Some(tokio::spawn(poll(
             events,
             Arc::clone(&self.confirmed),
-            self.client_id.clone(),
+            reconnect,
         )));
         self.client = Some(client.clone());
         Ok(client)
@@ -186,8 +193,11 @@ impl MqttSink {
         let wait = async {
             loop {
                 let changed = self.confirmed.changed.notified();
+                if let Some(why) = self.failure.get() {
+                    return Err(Error::Other(format!("mqtt sink: {why}")));
+                }
                 if self.confirmed.count.load(Ordering::Acquire) >= self.published {
-                    return;
+                    return Ok(());
                 }
                 // Woken by a confirmation, or look again shortly.
                 let _ = tokio::time::timeout(Duration::from_millis(50), changed).await;
@@ -201,7 +211,7 @@ impl MqttSink {
                     self.confirmed.count.load(Ordering::Acquire),
                     self.published
                 ))
-            })
+            })?
     }
 }
 
@@ -227,7 +237,10 @@ impl Sink for MqttSink {
             client
                 .publish(topic, qos, self.config.retain, message)
                 .await
-                .map_err(|e| Error::Other(format!("mqtt sink: publishing: {e}")))?;
+                .map_err(|e| {
+                    let why = Reconnect::why(&self.failure, &format!("publishing: {e}"));
+                    Error::Other(format!("mqtt sink: {why}"))
+                })?;
             if qos != QoS::AtMostOnce {
                 self.published += 1;
             }

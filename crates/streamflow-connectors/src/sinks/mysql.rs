@@ -33,6 +33,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, TxOpts};
 use serde::Deserialize;
 use streamflow_core::{Diagnostics, Error, Result, Sink};
+use streamflow_tls::TlsOptions;
 
 use super::WriteMode;
 use crate::registry::{SinkContext, SinkFactory};
@@ -41,10 +42,9 @@ use crate::registry::{SinkContext, SinkFactory};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MysqlSinkConfig {
-    /// `mysql://user[:password]@host:port/database`.
-    pub url: String,
-    /// Environment variable holding the password (never printed).
-    pub password_env: Option<String>,
+    /// The server.
+    #[serde(flatten)]
+    pub endpoint: MysqlEndpoint,
     /// The table.
     pub table: String,
     /// Append or upsert.
@@ -65,24 +65,83 @@ fn yes() -> bool {
 /// The changelog column of upsert input.
 const OP: &str = "_op";
 
-/// A connection to `url` (the password from `password_env` if set), its
-/// session in UTC with `NO_BACKSLASH_ESCAPES` (so quotes are the only thing
-/// literals escape); retried with backoff for about 10 s.
-pub(crate) async fn connect(url: &str, password_env: Option<&str>) -> Result<Conn> {
-    let opts =
-        Opts::from_url(url).map_err(|e| Error::Other(format!("invalid MySQL url '{url}': {e}")))?;
-    let mut builder = OptsBuilder::from_opts(opts.clone());
-    if let Some(var) = password_env {
-        let password = std::env::var(var)
-            .map_err(|_| Error::Other(format!("environment variable {var} is not set")))?;
-        builder = builder.pass(Some(password));
+/// How to reach a MySQL or MariaDB server (shared by the source and the
+/// sink).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlEndpoint {
+    /// `mysql://user[:password]@host:port/database` (`?require_ssl=true`
+    /// asks for TLS).
+    pub url: String,
+    /// Environment variable holding the password (never printed).
+    pub password_env: Option<String>,
+    /// TLS settings; present, the connection must use TLS.
+    pub tls: Option<TlsOptions>,
+}
+
+impl MysqlEndpoint {
+    fn opts(&self) -> std::result::Result<Opts, String> {
+        Opts::from_url(&self.url).map_err(|e| format!("invalid MySQL url '{}': {e}", self.url))
     }
-    let builder = builder.init(vec![
-        "SET time_zone = '+00:00'",
-        "SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')",
-    ]);
-    let address = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
-    crate::server::connect_with_backoff("MySQL", &address, || Conn::new(builder.clone())).await
+
+    /// Validation of the url and TLS settings, at `at(key)`.
+    pub(crate) fn check(
+        &self,
+        at: impl Fn(&str) -> String,
+    ) -> std::result::Result<(), Diagnostics> {
+        self.opts()
+            .map_err(|m| Diagnostics::from(streamflow_core::Diagnostic::new(at("url"), m)))?;
+        crate::server::check_tls(at, self.tls.as_ref())
+    }
+
+    /// A connection (the password from `password_env` if set), its session
+    /// in UTC with `NO_BACKSLASH_ESCAPES` (so quotes are the only thing
+    /// literals escape); retried with backoff for about 10 s.
+    pub(crate) async fn connect(&self) -> Result<Conn> {
+        let opts = self.opts().map_err(Error::Other)?;
+        let mut builder = OptsBuilder::from_opts(opts.clone());
+        if let Some(var) = &self.password_env {
+            let password = std::env::var(var)
+                .map_err(|_| Error::Other(format!("environment variable {var} is not set")))?;
+            builder = builder.pass(Some(password));
+        }
+        if let Some(tls) = &self.tls {
+            builder = builder.ssl_opts(Some(ssl_opts(tls)?));
+        }
+        let builder = builder.init(vec![
+            "SET time_zone = '+00:00'",
+            "SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')",
+        ]);
+        let address = format!("{}:{}", opts.ip_or_hostname(), opts.tcp_port());
+        crate::server::connect_with_backoff("MySQL", &address, || Conn::new(builder.clone())).await
+    }
+}
+
+/// The client's TLS settings: `ca_file`'s authorities (besides the
+/// built-in ones), a client identity, or no verification at all.
+#[cfg(feature = "tls")]
+fn ssl_opts(tls: &TlsOptions) -> Result<mysql_async::SslOpts> {
+    streamflow_tls::install_default_provider();
+    let mut ssl = mysql_async::SslOpts::default()
+        .with_danger_accept_invalid_certs(tls.insecure_skip_verify)
+        .with_danger_skip_domain_validation(tls.insecure_skip_verify);
+    if let Some(ca) = &tls.ca_file {
+        ssl = ssl.with_root_certs(vec![ca.clone().into()]);
+    }
+    if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+        ssl = ssl.with_client_identity(Some(mysql_async::ClientIdentity::new(
+            cert.clone().into(),
+            key.clone().into(),
+        )));
+    }
+    Ok(ssl)
+}
+
+#[cfg(not(feature = "tls"))]
+fn ssl_opts(_: &TlsOptions) -> Result<mysql_async::SslOpts> {
+    Err(Error::Other(
+        "mysql: this build has no TLS (cargo feature `tls`)".into(),
+    ))
 }
 
 /// A quoted identifier.
@@ -122,8 +181,8 @@ struct Column {
 pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagnostics> {
     let config: MysqlSinkConfig = ctx.config()?;
     let mut d = Diagnostics::new();
-    if let Err(e) = Opts::from_url(&config.url) {
-        d.push(ctx.at("url"), format!("'{}': {e}", config.url));
+    if let Err(more) = config.endpoint.check(|k| ctx.at(k)) {
+        d.extend(more);
     }
     let planned = super::table_columns(ctx, config.mode, &config.key, "MySQL", sql_type);
     let (columns, changelog) = match planned {
@@ -200,7 +259,7 @@ impl MysqlSink {
 
     async fn conn(&mut self) -> Result<&mut Conn> {
         if self.conn.is_none() {
-            self.conn = Some(connect(&self.config.url, self.config.password_env.as_deref()).await?);
+            self.conn = Some(self.config.endpoint.connect().await?);
         }
         self.conn
             .as_mut()

@@ -57,6 +57,7 @@ const IN_FLIGHT: usize = 4096;
 
 pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagnostics> {
     let config: NatsSinkConfig = ctx.config()?;
+    config.endpoint.check(|k| ctx.at(k))?;
     let fail = |k: &str, m: String| Diagnostics::from(Diagnostic::new(ctx.at(k), m));
     if config.create && config.stream.is_none() {
         return Err(fail("stream", "create needs the stream's name".into()));

@@ -29,6 +29,7 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use serde::Deserialize;
 use streamflow_core::{Diagnostics, Error, Result, Sink};
+use streamflow_tls::TlsOptions;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls};
@@ -41,10 +42,9 @@ pub use super::WriteMode;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSinkConfig {
-    /// `postgres://user@host:port/db` (or a `key=value` connection string).
-    pub url: String,
-    /// Environment variable holding the password (never printed).
-    pub password_env: Option<String>,
+    /// The server.
+    #[serde(flatten)]
+    pub endpoint: PostgresEndpoint,
     /// The table (`schema.table` allowed).
     pub table: String,
     /// Append or upsert.
@@ -58,6 +58,118 @@ pub struct PostgresSinkConfig {
     pub create: bool,
 }
 
+/// How to reach a PostgreSQL server (shared by the source and the sink).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresEndpoint {
+    /// `postgres://user@host:port/db` (or a `key=value` connection
+    /// string); `sslmode=require` asks for TLS.
+    pub url: String,
+    /// Environment variable holding the password (never printed).
+    pub password_env: Option<String>,
+    /// TLS settings; present, the connection must use TLS.
+    pub tls: Option<TlsOptions>,
+}
+
+impl PostgresEndpoint {
+    fn config(&self) -> std::result::Result<tokio_postgres::Config, String> {
+        self.url
+            .parse()
+            .map_err(|e| format!("invalid PostgreSQL url: {e}"))
+    }
+
+    /// The TLS of the connection, if any.
+    fn tls(&self) -> Option<TlsOptions> {
+        let required = self
+            .config()
+            .is_ok_and(|c| c.get_ssl_mode() == tokio_postgres::config::SslMode::Require);
+        crate::server::tls(self.tls.as_ref(), required)
+    }
+
+    /// Validation of the url and TLS settings, at `at(key)`.
+    pub(crate) fn check(
+        &self,
+        at: impl Fn(&str) -> String,
+    ) -> std::result::Result<(), Diagnostics> {
+        self.config()
+            .map_err(|m| Diagnostics::from(streamflow_core::Diagnostic::new(at("url"), m)))?;
+        crate::server::check_tls(at, self.tls().as_ref())
+    }
+
+    /// A connected client; the connection runs on its own task.
+    pub(crate) async fn connect(&self) -> Result<Client> {
+        let mut config = self.config().map_err(Error::Other)?;
+        if let Some(var) = &self.password_env {
+            let password = std::env::var(var)
+                .map_err(|_| Error::Other(format!("environment variable {var} is not set")))?;
+            config.password(password);
+        }
+        config.connect_timeout(std::time::Duration::from_secs(5));
+        let address = config
+            .get_hosts()
+            .iter()
+            .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
+            .map(|(h, p)| match h {
+                tokio_postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
+                tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let tls = self.tls();
+        let client = match tls {
+            None => {
+                let (client, connection) =
+                    crate::server::connect_with_backoff("PostgreSQL", &address, || {
+                        config.connect(NoTls)
+                    })
+                    .await?;
+                spawn_connection(connection);
+                client
+            }
+            Some(tls) => connect_tls(&mut config, &address, &tls).await?,
+        };
+        Ok(client)
+    }
+}
+
+/// Drives a connection on its own task until it closes.
+fn spawn_connection<F>(connection: F)
+where
+    F: std::future::Future<Output = std::result::Result<(), tokio_postgres::Error>>
+        + Send
+        + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "postgres connection closed");
+        }
+    });
+}
+
+#[cfg(feature = "tls")]
+async fn connect_tls(
+    config: &mut tokio_postgres::Config,
+    address: &str,
+    tls: &TlsOptions,
+) -> Result<Client> {
+    config.ssl_mode(tokio_postgres::config::SslMode::Require);
+    let connector =
+        tokio_postgres_rustls::MakeRustlsConnect::new(crate::server::tls_client_config(tls)?);
+    let (client, connection) = crate::server::connect_with_backoff("PostgreSQL", address, || {
+        config.connect(connector.clone())
+    })
+    .await?;
+    spawn_connection(connection);
+    Ok(client)
+}
+
+#[cfg(not(feature = "tls"))]
+async fn connect_tls(_: &mut tokio_postgres::Config, _: &str, _: &TlsOptions) -> Result<Client> {
+    Err(Error::Other(
+        "postgres: this build has no TLS (cargo feature `tls`)".into(),
+    ))
+}
+
 fn yes() -> bool {
     true
 }
@@ -67,6 +179,7 @@ const OP: &str = "_op";
 
 pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagnostics> {
     let config: PostgresSinkConfig = ctx.config()?;
+    config.endpoint.check(|k| ctx.at(k))?;
     let (columns, changelog) =
         super::table_columns(ctx, config.mode, &config.key, "PostgreSQL", |t, _| {
             pg_type(t)
@@ -185,7 +298,7 @@ impl PostgresSink {
 
     async fn client(&mut self) -> Result<&Client> {
         if self.client.is_none() {
-            let client = connect(&self.config.url, self.config.password_env.as_deref()).await?;
+            let client = self.config.endpoint.connect().await?;
             self.client = Some(client);
         }
         self.client
@@ -408,38 +521,6 @@ fn copy_err(e: &tokio_postgres::Error) -> Error {
         .as_db_error()
         .map_or_else(|| e.to_string(), |d| d.message().to_string());
     Error::Other(format!("postgres COPY: {detail}"))
-}
-
-/// A connected client; the connection runs on its own task.
-pub(crate) async fn connect(url: &str, password_env: Option<&str>) -> Result<Client> {
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| Error::Other(format!("invalid PostgreSQL url: {e}")))?;
-    if let Some(var) = password_env {
-        let password = std::env::var(var)
-            .map_err(|_| Error::Other(format!("environment variable {var} is not set")))?;
-        config.password(password);
-    }
-    config.connect_timeout(std::time::Duration::from_secs(5));
-    let address = config
-        .get_hosts()
-        .iter()
-        .zip(config.get_ports().iter().chain(std::iter::repeat(&5432)))
-        .map(|(h, p)| match h {
-            tokio_postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
-            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    let (client, connection) =
-        crate::server::connect_with_backoff("PostgreSQL", &address, || config.connect(NoTls))
-            .await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::warn!(error = %e, "postgres connection closed");
-        }
-    });
-    Ok(client)
 }
 
 /// One column's values, read row by row for `COPY`.

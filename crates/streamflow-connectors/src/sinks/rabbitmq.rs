@@ -110,7 +110,7 @@ fn exchange_kind(name: &str) -> std::result::Result<ExchangeKind, String> {
 pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagnostics> {
     let config: RabbitSinkConfig = ctx.config()?;
     let fail = |k: &str, m: String| Diagnostics::from(Diagnostic::new(ctx.at(k), m));
-    config.endpoint.uri().map_err(|m| fail("url", m))?;
+    config.endpoint.check(|k| ctx.at(k))?;
     let target = match (&config.queue, &config.exchange) {
         (Some(q), None) if !q.is_empty() => Target::Queue(q.clone()),
         (None, Some(e)) if !e.is_empty() => Target::Exchange {

@@ -101,7 +101,7 @@ return 0
 pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagnostics> {
     let config: RedisSinkConfig = ctx.config()?;
     let fail = |k: &str, m: String| Diagnostics::from(Diagnostic::new(ctx.at(k), m));
-    config.endpoint.client().map_err(|m| fail("url", m))?;
+    config.endpoint.check(|k| ctx.at(k))?;
     let encoder = MessageEncoder::new(&crate::message::EncoderSource {
         format: config.format,
         input: &ctx.input,

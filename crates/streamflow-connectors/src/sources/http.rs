@@ -35,6 +35,8 @@ use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Source, SourceBatc
 use streamflow_dsl::ByteSize;
 use tokio::sync::{mpsc, oneshot};
 
+use streamflow_tls::ServerTlsOptions;
+
 use super::acknowledgements::Acknowledgements;
 use crate::message::{MessageDecoder, MessageFormat};
 use crate::registry::{SourceContext, SourceFactory};
@@ -72,6 +74,8 @@ pub struct HttpSourceConfig {
     /// Requests queued for the pipeline before `429`.
     #[serde(default = "default_queue")]
     pub queue: usize,
+    /// Serve HTTPS with this certificate (`cert_file`, `key_file`).
+    pub tls: Option<ServerTlsOptions>,
 }
 
 fn default_path() -> String {
@@ -100,6 +104,21 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
             "token_env",
             format!("environment variable {var} is not set"),
         ));
+    }
+    if let Some(tls) = &config.tls {
+        if !cfg!(feature = "tls") {
+            return Err(fail(
+                "tls",
+                "this build of streamflow has no TLS (cargo feature `tls`)".into(),
+            ));
+        }
+        if let Err(e) = tls.server_config() {
+            let key = match &e {
+                streamflow_tls::TlsError::File { key, .. } => format!("tls.{key}"),
+                _ => "tls".into(),
+            };
+            return Err(fail(&key, e.to_string()));
+        }
     }
     let schema: Schema = crate::sources::file::declared_schema(&config.schema, &ctx.at("schema"))?;
     let values = crate::message::Values {
@@ -315,12 +334,15 @@ impl Source for HttpSource {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::Other(format!("http source: {e}")))?;
-        tracing::info!(%addr, path = %self.config.path, "http source listening");
-        self.server = Some(tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::warn!(error = %e, "http source: the server stopped");
-            }
-        }));
+        tracing::info!(%addr, path = %self.config.path, tls = self.config.tls.is_some(), "http source listening");
+        self.server = Some(match &self.config.tls {
+            None => tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::warn!(error = %e, "http source: the server stopped");
+                }
+            }),
+            Some(tls) => serve_tls(listener, app, tls)?,
+        });
         self.requests = Some(requests);
         Ok(())
     }
@@ -393,5 +415,106 @@ mod tests {
         assert!(rows_of(b"[1,2]").is_err());
         assert!(rows_of(b"hello").is_err());
         assert!(rows_of(&[0xff, 0xfe]).is_err());
+    }
+}
+
+/// Serves `app` over TLS on `listener`.
+#[cfg(feature = "tls")]
+fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    tls: &ServerTlsOptions,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let config = tls
+        .server_config()
+        .map_err(|e| Error::Other(format!("http source: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::Other(format!("http source: {e}")))?;
+    let (done, handshakes) = mpsc::channel(64);
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    Ok(tokio::spawn(async move {
+        let handshaking = tokio::spawn(handshake(listener, acceptor, done));
+        if let Err(e) = axum::serve(TlsListener { handshakes, local }, app).await {
+            tracing::warn!(error = %e, "http source: the server stopped");
+        }
+        handshaking.abort();
+    }))
+}
+
+#[cfg(not(feature = "tls"))]
+fn serve_tls(
+    _: tokio::net::TcpListener,
+    _: axum::Router,
+    _: &ServerTlsOptions,
+) -> Result<tokio::task::JoinHandle<()>> {
+    Err(Error::Other(
+        "http source: this build has no TLS (cargo feature `tls`)".into(),
+    ))
+}
+
+/// Bound on one client's TLS handshake.
+#[cfg(feature = "tls")]
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[cfg(feature = "tls")]
+type TlsConnection = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+/// Accepts connections and runs each TLS handshake on a task of its own
+/// (a slow client holds up no one), passing on those that succeed; failed
+/// handshakes are logged and dropped.
+#[cfg(feature = "tls")]
+async fn handshake(
+    listener: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    done: mpsc::Sender<(TlsConnection, SocketAddr)>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors and the like: wait, as axum does.
+                tracing::warn!(error = %e, "http source: accept failed");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let (acceptor, done) = (acceptor.clone(), done.clone());
+        tokio::spawn(async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let _ = done.send((tls, peer)).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "http source: TLS handshake failed")
+                }
+                Err(_) => tracing::debug!(%peer, "http source: TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// The connections whose TLS handshake succeeded, as an axum listener.
+#[cfg(feature = "tls")]
+struct TlsListener {
+    handshakes: mpsc::Receiver<(TlsConnection, SocketAddr)>,
+    local: SocketAddr,
+}
+
+#[cfg(feature = "tls")]
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsConnection;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.handshakes.recv().await {
+            Some(connection) => connection,
+            // The accepting task ended (aborted with the server): wait to be aborted too.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
     }
 }

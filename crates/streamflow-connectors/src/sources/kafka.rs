@@ -36,6 +36,7 @@ use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Source, SourceBatc
 
 use crate::message::{MessageDecoder, MessageFormat, Start};
 use crate::registry::{SourceContext, SourceFactory};
+use streamflow_tls::TlsOptions;
 
 /// How to reach a Kafka cluster (shared by the source and the sink).
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +49,9 @@ pub struct KafkaEndpoint {
     pub properties: Map<String, Value>,
     /// Environment variable holding `sasl.password` (never printed).
     pub password_env: Option<String>,
+    /// TLS settings: `security.protocol` becomes `ssl` (`sasl_ssl` with
+    /// `sasl.mechanisms`); librdkafka's own OpenSSL does the TLS.
+    pub tls: Option<TlsOptions>,
 }
 
 /// Bound on one metadata, offsets or transaction call to the cluster.
@@ -58,6 +62,18 @@ pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const METADATA_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl KafkaEndpoint {
+    /// Validation of the TLS settings, at `at(key)`.
+    pub(crate) fn check(
+        &self,
+        at: impl Fn(&str) -> String,
+    ) -> std::result::Result<(), Diagnostics> {
+        let mut problems = Diagnostics::new();
+        for (key, message) in self.tls.iter().flat_map(TlsOptions::problems) {
+            problems.push(at(&format!("tls.{key}")), message);
+        }
+        problems.into_result(())
+    }
+
     /// A client configuration: the brokers, `defaults` (which `properties`
     /// override) and the password.
     pub(crate) fn client_config(&self, defaults: &[(&str, &str)]) -> Result<ClientConfig> {
@@ -67,6 +83,22 @@ impl KafkaEndpoint {
         config.set("socket.connection.setup.timeout.ms", "5000");
         for (k, v) in defaults {
             config.set(*k, *v);
+        }
+        if let Some(tls) = &self.tls {
+            let sasl = self.properties.contains_key("sasl.mechanisms");
+            config.set("security.protocol", if sasl { "sasl_ssl" } else { "ssl" });
+            let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+            if let Some(ca) = &tls.ca_file {
+                config.set("ssl.ca.location", path(ca));
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                config.set("ssl.certificate.location", path(cert));
+                config.set("ssl.key.location", path(key));
+            }
+            if tls.insecure_skip_verify {
+                config.set("enable.ssl.certificate.verification", "false");
+                config.set("ssl.endpoint.identification.algorithm", "none");
+            }
         }
         for (k, v) in &self.properties {
             let v = match v {
@@ -160,6 +192,7 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
     if config.batch_size == 0 {
         return Err(fail("batch_size", "must be positive".into()));
     }
+    config.endpoint.check(|k| ctx.at(k))?;
     if config.endpoint.brokers.trim().is_empty() {
         return Err(fail("brokers", "must name at least one broker".into()));
     }

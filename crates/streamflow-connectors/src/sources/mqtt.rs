@@ -18,7 +18,7 @@
 //!   config: {url: "mqtt://127.0.0.1:1883", topic: "sensors/+/temp", qos: 1, schema: {sensor: string, celsius: float64}}
 //! ```
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use arrow::array::{ArrayRef, StringArray};
@@ -30,6 +30,7 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Source, SourceBatch};
+use streamflow_tls::TlsOptions;
 use tokio::sync::mpsc;
 
 use super::acknowledgements::Acknowledgements;
@@ -40,7 +41,8 @@ use crate::registry::{SourceContext, SourceFactory};
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttEndpoint {
-    /// `mqtt://host:port` (port 1883 when absent).
+    /// `mqtt://host:port` (port 1883 when absent), or `mqtts://host:port`
+    /// for TLS (port 8883).
     pub url: String,
     /// Client id (default `streamflow-<node name>`); a persistent session
     /// is kept per client id.
@@ -49,30 +51,49 @@ pub struct MqttEndpoint {
     pub user: Option<String>,
     /// Environment variable holding the password (never printed).
     pub password_env: Option<String>,
+    /// TLS settings (implied by `mqtts://`).
+    pub tls: Option<TlsOptions>,
 }
 
 impl MqttEndpoint {
-    /// Host and port of the url.
-    pub(crate) fn address(&self) -> std::result::Result<(String, u16), String> {
-        let rest = self
-            .url
-            .strip_prefix("mqtt://")
-            .or_else(|| self.url.strip_prefix("tcp://"))
-            .ok_or_else(|| format!("'{}' is not an mqtt:// url", self.url))?;
+    /// Host, port and whether the scheme asks for TLS.
+    pub(crate) fn address(&self) -> std::result::Result<(String, u16, bool), String> {
+        let (rest, tls) = match self.url.split_once("://") {
+            Some(("mqtt" | "tcp", rest)) => (rest, false),
+            Some(("mqtts" | "ssl", rest)) => (rest, true),
+            _ => return Err(format!("'{}' is not an mqtt:// or mqtts:// url", self.url)),
+        };
         let rest = rest.trim_end_matches('/');
         match rest.rsplit_once(':') {
             Some((host, port)) => Ok((
                 host.to_string(),
                 port.parse()
                     .map_err(|_| format!("'{}': the port is not a number", self.url))?,
+                tls,
             )),
-            None => Ok((rest.to_string(), 1883)),
+            None => Ok((rest.to_string(), if tls { 8883 } else { 1883 }, tls)),
         }
+    }
+
+    /// The TLS of the connection, if any.
+    pub(crate) fn tls(&self) -> Option<TlsOptions> {
+        let scheme_tls = self.address().is_ok_and(|(_, _, tls)| tls);
+        crate::server::tls(self.tls.as_ref(), scheme_tls)
+    }
+
+    /// Validation of the url and TLS settings, at `at(key)`.
+    pub(crate) fn check(
+        &self,
+        at: impl Fn(&str) -> String,
+    ) -> std::result::Result<(), Diagnostics> {
+        self.address()
+            .map_err(|m| Diagnostics::from(Diagnostic::new(at("url"), m)))?;
+        crate::server::check_tls(at, self.tls().as_ref())
     }
 
     /// Client options for `client_id` (persistent session, manual acks).
     pub(crate) fn options(&self, client_id: &str) -> Result<MqttOptions> {
-        let (host, port) = self.address().map_err(Error::Other)?;
+        let (host, port, _) = self.address().map_err(Error::Other)?;
         let mut options = MqttOptions::new(client_id, host, port);
         options
             .set_keep_alive(Duration::from_secs(30))
@@ -86,8 +107,26 @@ impl MqttEndpoint {
             };
             options.set_credentials(user.clone(), password);
         }
+        if let Some(tls) = self.tls() {
+            options.set_transport(tls_transport(&tls)?);
+        }
         Ok(options)
     }
+}
+
+#[cfg(feature = "tls")]
+fn tls_transport(tls: &TlsOptions) -> Result<rumqttc::Transport> {
+    let config = crate::server::tls_client_config(tls)?;
+    Ok(rumqttc::Transport::tls_with_config(
+        rumqttc::TlsConfiguration::Rustls(Arc::new(config)),
+    ))
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_transport(_: &TlsOptions) -> Result<rumqttc::Transport> {
+    Err(Error::Other(
+        "mqtt: this build has no TLS (cargo feature `tls`)".into(),
+    ))
 }
 
 /// How long the broker keeps a disconnected client's session.
@@ -143,7 +182,7 @@ pub struct MqttSourceConfig {
 pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Diagnostics> {
     let config: MqttSourceConfig = ctx.config()?;
     let fail = |k: &str, m: String| Diagnostics::from(Diagnostic::new(ctx.at(k), m));
-    config.endpoint.address().map_err(|m| fail("url", m))?;
+    config.endpoint.check(|k| ctx.at(k))?;
     qos(config.qos).map_err(|m| fail("qos", m))?;
     if config.topic.is_empty() {
         return Err(fail("topic", "must be named".into()));
@@ -204,6 +243,7 @@ impl SourceFactory for MqttSourceFactory {
             client: None,
             messages: None,
             poller: None,
+            failure: Arc::default(),
             checkpointing: false,
             acks: Acknowledgements::default(),
             done: instance > 0,
@@ -219,6 +259,8 @@ struct MqttSource {
     client: Option<AsyncClient>,
     messages: Option<mpsc::Receiver<Publish>>,
     poller: Option<tokio::task::JoinHandle<()>>,
+    /// Why the connection ended, once it has.
+    failure: Arc<OnceLock<String>>,
     checkpointing: bool,
     /// Messages handed on, acknowledged when checkpoints complete.
     acks: Acknowledgements<Publish>,
@@ -233,9 +275,63 @@ impl Drop for MqttSource {
     }
 }
 
+/// What a connection's polling makes of its errors: until the broker has
+/// accepted the connection once, a TLS failure (an untrusted certificate)
+/// or a refusal (bad credentials) will not go away by retrying and ends
+/// the connection, its reason kept in `failure`; other errors are logged
+/// and the connection retried.
+pub(crate) struct Reconnect {
+    client_id: String,
+    connected: bool,
+    /// Why the connection ended, once it has.
+    pub(crate) failure: Arc<OnceLock<String>>,
+}
+
+impl Reconnect {
+    pub(crate) fn new(client_id: String) -> Self {
+        Reconnect {
+            client_id,
+            connected: false,
+            failure: Arc::default(),
+        }
+    }
+
+    /// Notes a polled event (the broker's ConnAck).
+    pub(crate) fn event(&mut self, event: &Event) {
+        if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+            self.connected = true;
+        }
+    }
+
+    /// After a polling error: `true` to poll again (after a pause),
+    /// `false` when the connection is over.
+    pub(crate) async fn retry(&mut self, e: &rumqttc::v5::ConnectionError) -> bool {
+        let refused = matches!(e, rumqttc::v5::ConnectionError::ConnectionRefused(_));
+        #[cfg(feature = "tls")]
+        let refused = refused || matches!(e, rumqttc::v5::ConnectionError::Tls(_));
+        if refused && !self.connected {
+            let why = streamflow_core::error::describe(e);
+            tracing::error!(client = %self.client_id, error = %why, "mqtt: the broker cannot be used");
+            let _ = self.failure.set(why);
+            return false;
+        }
+        tracing::warn!(client = %self.client_id, error = %e, "mqtt: connection lost; reconnecting");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        true
+    }
+
+    /// The reason the connection ended, or `otherwise`.
+    pub(crate) fn why(failure: &OnceLock<String>, otherwise: &str) -> String {
+        failure
+            .get()
+            .cloned()
+            .unwrap_or_else(|| otherwise.to_string())
+    }
+}
+
 /// Polls the connection (reconnecting after errors), handing incoming
 /// publishes on; a full queue holds the connection back.
-async fn poll(mut events: EventLoop, messages: mpsc::Sender<Publish>, client_id: String) {
+async fn poll(mut events: EventLoop, messages: mpsc::Sender<Publish>, mut reconnect: Reconnect) {
     loop {
         match events.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -243,10 +339,11 @@ async fn poll(mut events: EventLoop, messages: mpsc::Sender<Publish>, client_id:
                     return;
                 }
             }
-            Ok(_) => {}
+            Ok(event) => reconnect.event(&event),
             Err(e) => {
-                tracing::warn!(client = %client_id, error = %e, "mqtt: connection lost; reconnecting");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                if !reconnect.retry(&e).await {
+                    return;
+                }
             }
         }
     }
@@ -287,7 +384,9 @@ impl Source for MqttSource {
             .await
             .map_err(|e| Error::Other(format!("mqtt source: subscribing: {e}")))?;
         let (tx, rx) = mpsc::channel(self.config.batch_size.max(1) * 4);
-        self.poller = Some(tokio::spawn(poll(events, tx, self.client_id.clone())));
+        let reconnect = Reconnect::new(self.client_id.clone());
+        self.failure = Arc::clone(&reconnect.failure);
+        self.poller = Some(tokio::spawn(poll(events, tx, reconnect)));
         self.client = Some(client);
         self.messages = Some(rx);
         Ok(())
@@ -307,7 +406,10 @@ impl Source for MqttSource {
         let mut taken = Vec::new();
         match tokio::time::timeout(WAIT, messages.recv()).await {
             Ok(Some(m)) => taken.push(m),
-            Ok(None) => return Err(Error::Other("mqtt source: the connection ended".into())),
+            Ok(None) => {
+                let why = Reconnect::why(&self.failure, "the connection ended");
+                return Err(Error::Other(format!("mqtt source: {why}")));
+            }
             Err(_) => return Ok(Some(SourceBatch::default())),
         }
         while taken.len() < self.config.batch_size {

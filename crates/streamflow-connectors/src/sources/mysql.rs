@@ -35,16 +35,15 @@ use streamflow_dsl::HumanDuration;
 
 use super::incremental::{IncrementalSource, Query};
 use crate::registry::{SourceContext, SourceFactory};
-use crate::sinks::mysql::{connect, ident, mysql_error};
+use crate::sinks::mysql::{MysqlEndpoint, ident, mysql_error};
 
 /// Settings of a `mysql` source.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MysqlSourceConfig {
-    /// `mysql://user[:password]@host:port/database`.
-    pub url: String,
-    /// Environment variable holding the password (never printed).
-    pub password_env: Option<String>,
+    /// The server.
+    #[serde(flatten)]
+    pub endpoint: MysqlEndpoint,
     /// A query (`SELECT …`); or `table`.
     pub query: Option<String>,
     /// A table to read whole; or `query`.
@@ -135,9 +134,7 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
     if config.batch_size == 0 {
         return Err(fail("batch_size", "must be positive".into()));
     }
-    if let Err(e) = mysql_async::Opts::from_url(&config.url) {
-        return Err(fail("url", format!("'{}': {e}", config.url)));
-    }
+    config.endpoint.check(|k| ctx.at(k))?;
     let bounded = config.bounded || config.incremental_column.is_none();
     let columns = describe(&config, &query).map_err(|m| fail("query", m))?;
     let mut fields = Vec::new();
@@ -198,15 +195,9 @@ fn describe(
     config: &MysqlSourceConfig,
     query: &str,
 ) -> std::result::Result<Vec<(String, ColumnType)>, String> {
-    let (url, password_env, query) = (
-        config.url.clone(),
-        config.password_env.clone(),
-        query.to_string(),
-    );
+    let (endpoint, query) = (config.endpoint.clone(), query.to_string());
     crate::server::at_plan_time(move || async move {
-        let mut conn = connect(&url, password_env.as_deref())
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut conn = endpoint.connect().await.map_err(|e| e.to_string())?;
         let statement = conn.prep(&query).await.map_err(|e| e.to_string())?;
         let columns = statement
             .columns()
@@ -331,7 +322,7 @@ impl MysqlQuery {
     /// The next rows of the query.
     async fn fetch(&mut self, last: Option<i64>, read: u64) -> Result<Vec<Row>> {
         if self.conn.is_none() {
-            self.conn = Some(connect(&self.config.url, self.config.password_env.as_deref()).await?);
+            self.conn = Some(self.config.endpoint.connect().await?);
         }
         let n = self.config.batch_size as u64;
         let (sql, params): (String, Vec<Sql>) = match (self.cursor, last) {

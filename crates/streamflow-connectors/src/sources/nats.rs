@@ -29,6 +29,7 @@ use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Source, SourceBatc
 
 use crate::message::{MessageDecoder, MessageFormat, Start};
 use crate::registry::{SourceContext, SourceFactory};
+use streamflow_tls::TlsOptions;
 
 /// How to reach a NATS server (shared by the source and the sink).
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +43,8 @@ pub struct NatsEndpoint {
     pub password_env: Option<String>,
     /// Environment variable holding a token (never printed).
     pub token_env: Option<String>,
+    /// TLS settings (implied by `tls://`).
+    pub tls: Option<TlsOptions>,
 }
 
 impl NatsEndpoint {
@@ -59,6 +62,19 @@ impl NatsEndpoint {
         }
     }
 
+    /// The TLS of the connection, if any.
+    pub(crate) fn tls(&self) -> Option<TlsOptions> {
+        crate::server::tls(self.tls.as_ref(), self.url.starts_with("tls://"))
+    }
+
+    /// Validation of the TLS settings, at `at(key)`.
+    pub(crate) fn check(
+        &self,
+        at: impl Fn(&str) -> String,
+    ) -> std::result::Result<(), Diagnostics> {
+        crate::server::check_tls(at, self.tls().as_ref())
+    }
+
     /// A JetStream context; retried with backoff for about 10 s.
     pub(crate) async fn connect(&self) -> Result<async_nats::jetstream::Context> {
         let env = |var: &str| {
@@ -70,6 +86,10 @@ impl NatsEndpoint {
             _ => None,
         };
         let token = self.token_env.as_deref().map(env).transpose()?;
+        let tls = self
+            .tls()
+            .map(|tls| tls.client_config().map_err(|e| Error::Other(e.to_string())))
+            .transpose()?;
         let client = crate::server::connect_with_backoff("NATS", &self.address(), || {
             let mut options =
                 async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(5));
@@ -78,6 +98,9 @@ impl NatsEndpoint {
             }
             if let Some(token) = token.clone() {
                 options = options.token(token);
+            }
+            if let Some(tls) = tls.clone() {
+                options = options.tls_client_config(tls).require_tls(true);
             }
             options.connect(self.url.as_str())
         })
@@ -125,6 +148,7 @@ fn default_batch() -> usize {
 
 pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Diagnostics> {
     let config: NatsSourceConfig = ctx.config()?;
+    config.endpoint.check(|k| ctx.at(k))?;
     let fail = |k: &str, m: String| Diagnostics::from(Diagnostic::new(ctx.at(k), m));
     if config.batch_size == 0 {
         return Err(fail("batch_size", "must be positive".into()));
@@ -468,6 +492,7 @@ mod tests {
                 user: None,
                 password_env: None,
                 token_env: None,
+                tls: None,
             }
             .address()
         };

@@ -32,16 +32,15 @@ use tokio_postgres::types::Type;
 
 use super::incremental::{IncrementalSource, Query};
 use crate::registry::{SourceContext, SourceFactory};
-use crate::sinks::postgres::connect;
+use crate::sinks::postgres::PostgresEndpoint;
 
 /// Settings of a `postgres` source.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSourceConfig {
-    /// `postgres://user@host:port/db`.
-    pub url: String,
-    /// Environment variable holding the password (never printed).
-    pub password_env: Option<String>,
+    /// The server.
+    #[serde(flatten)]
+    pub endpoint: PostgresEndpoint,
     /// A query (`SELECT …`); or `table`.
     pub query: Option<String>,
     /// A table to read whole; or `query`.
@@ -65,6 +64,7 @@ fn default_batch() -> usize {
 
 pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Diagnostics> {
     let config: PostgresSourceConfig = ctx.config()?;
+    config.endpoint.check(|k| ctx.at(k))?;
     let fail = |k: &str, m: String| Diagnostics::from(Diagnostic::new(ctx.at(k), m));
     let query = match (&config.query, &config.table) {
         (Some(q), None) => q.trim().trim_end_matches(';').to_string(),
@@ -130,15 +130,9 @@ fn describe(
     config: &PostgresSourceConfig,
     query: &str,
 ) -> std::result::Result<Vec<(String, Type)>, String> {
-    let (url, password_env, query) = (
-        config.url.clone(),
-        config.password_env.clone(),
-        query.to_string(),
-    );
+    let (endpoint, query) = (config.endpoint.clone(), query.to_string());
     crate::server::at_plan_time(move || async move {
-        let client = connect(&url, password_env.as_deref())
-            .await
-            .map_err(|e| e.to_string())?;
+        let client = endpoint.connect().await.map_err(|e| e.to_string())?;
         let statement = client.prepare(&query).await.map_err(|e| {
             e.as_db_error()
                 .map_or_else(|| e.to_string(), |d| d.message().to_string())
@@ -230,8 +224,7 @@ impl PostgresQuery {
     /// The next rows of the query.
     async fn fetch(&mut self, last: Option<i64>, read: u64) -> Result<Vec<tokio_postgres::Row>> {
         if self.client.is_none() {
-            self.client =
-                Some(connect(&self.config.url, self.config.password_env.as_deref()).await?);
+            self.client = Some(self.config.endpoint.connect().await?);
         }
         let client = self
             .client

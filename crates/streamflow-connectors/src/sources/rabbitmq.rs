@@ -45,6 +45,7 @@ use streamflow_core::{Diagnostic, Diagnostics, Error, Result, Source, SourceBatc
 use super::acknowledgements::Acknowledgements;
 use crate::message::{MessageDecoder, MessageFormat};
 use crate::registry::{SourceContext, SourceFactory};
+use streamflow_tls::TlsOptions;
 
 /// How to reach a RabbitMQ broker (shared by the source and the sink).
 #[derive(Debug, Clone, Deserialize)]
@@ -56,13 +57,15 @@ pub struct RabbitEndpoint {
     /// Environment variable holding the password, which replaces the url's
     /// (never printed).
     pub password_env: Option<String>,
+    /// TLS settings (implied by `amqps://`, whose default port is 5671).
+    pub tls: Option<TlsOptions>,
 }
 
 impl RabbitEndpoint {
     /// The parsed url, or why it is not one.
     pub(crate) fn uri(&self) -> std::result::Result<AMQPUri, String> {
-        if !self.url.starts_with("amqp://") {
-            return Err(format!("'{}' is not an amqp:// url", self.url));
+        if !self.url.starts_with("amqp://") && !self.url.starts_with("amqps://") {
+            return Err(format!("'{}' is not an amqp:// or amqps:// url", self.url));
         }
         self.url
             .parse::<AMQPUri>()
@@ -77,6 +80,21 @@ impl RabbitEndpoint {
         )
     }
 
+    /// The TLS of the connection, if any.
+    fn tls(&self) -> Option<TlsOptions> {
+        crate::server::tls(self.tls.as_ref(), self.url.starts_with("amqps://"))
+    }
+
+    /// Validation of the url and TLS settings, at `at(key)`.
+    pub(crate) fn check(
+        &self,
+        at: impl Fn(&str) -> String,
+    ) -> std::result::Result<(), Diagnostics> {
+        self.uri()
+            .map_err(|m| Diagnostics::from(Diagnostic::new(at("url"), m)))?;
+        crate::server::check_tls(at, self.tls().as_ref())
+    }
+
     /// A connection named `name` (shown in the broker's management UI);
     /// retried with backoff for about 10 s.
     pub(crate) async fn connect(&self, name: &str) -> Result<Connection> {
@@ -85,12 +103,71 @@ impl RabbitEndpoint {
             uri.authority.userinfo.password = std::env::var(var)
                 .map_err(|_| Error::Other(format!("environment variable {var} is not set")))?;
         }
+        let tls = self.tls().map(|tls| tls_connector(&tls)).transpose()?;
         crate::server::connect_with_backoff("RabbitMQ", &self.address(), || {
             let properties = ConnectionProperties::default().with_connection_name(name.into());
-            Connection::connect_uri(uri.clone(), properties)
+            let (uri, tls) = (uri.clone(), tls.clone());
+            async move {
+                match tls {
+                    Some(tls) => connect_tls(uri, properties, tls).await,
+                    None => Connection::connect_uri(uri, properties).await,
+                }
+            }
         })
         .await
     }
+}
+
+#[cfg(feature = "tls")]
+type TlsConnector = Arc<lapin::tcp::RustlsConnector>;
+#[cfg(not(feature = "tls"))]
+type TlsConnector = Arc<()>;
+
+#[cfg(feature = "tls")]
+fn tls_connector(tls: &TlsOptions) -> Result<TlsConnector> {
+    let config = crate::server::tls_client_config(tls)?;
+    Ok(Arc::new(lapin::tcp::RustlsConnector::from(Arc::new(
+        config,
+    ))))
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_connector(_: &TlsOptions) -> Result<TlsConnector> {
+    Err(Error::Other(
+        "rabbitmq: this build has no TLS (cargo feature `tls`)".into(),
+    ))
+}
+
+/// Connects over TLS with StreamFlow's rustls configuration (the url's
+/// host is the name the certificate must carry); reconnects the same way.
+#[cfg(feature = "tls")]
+async fn connect_tls(
+    uri: AMQPUri,
+    properties: ConnectionProperties,
+    tls: TlsConnector,
+) -> lapin::Result<Connection> {
+    let runtime = lapin::runtime::default_runtime()?;
+    Connection::connector(
+        uri,
+        runtime,
+        async move |uri: AMQPUri, runtime| {
+            let host = uri.authority.host.clone();
+            let address = runtime.to_socket_addrs((host.clone(), uri.authority.port));
+            let stream = lapin::tcp::AsyncTcpStream::connect(&runtime, address).await?;
+            Ok(stream.into_rustls(&tls, &host).await?)
+        },
+        properties,
+    )
+    .await
+}
+
+#[cfg(not(feature = "tls"))]
+async fn connect_tls(
+    _: AMQPUri,
+    _: ConnectionProperties,
+    _: TlsConnector,
+) -> lapin::Result<Connection> {
+    Err(std::io::Error::other("this build has no TLS (cargo feature `tls`)").into())
 }
 
 /// A broker error as a pipeline error saying what was being done.
@@ -162,7 +239,7 @@ impl RabbitSourceConfig {
 pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Diagnostics> {
     let config: RabbitSourceConfig = ctx.config()?;
     let fail = |k: &str, m: String| Diagnostics::from(Diagnostic::new(ctx.at(k), m));
-    config.endpoint.uri().map_err(|m| fail("url", m))?;
+    config.endpoint.check(|k| ctx.at(k))?;
     match (&config.queue, &config.exchange) {
         (None, None) => {
             return Err(fail(

@@ -36,6 +36,7 @@ use streamflow_core::{
 
 use crate::message::{MessageDecoder, MessageFormat, Start};
 use crate::registry::{SourceContext, SourceFactory};
+use streamflow_tls::TlsOptions;
 
 /// How to reach a Redis server (shared by the source and the sink).
 #[derive(Debug, Clone, Deserialize)]
@@ -45,9 +46,27 @@ pub struct RedisEndpoint {
     pub url: String,
     /// Environment variable holding the password (never printed).
     pub password_env: Option<String>,
+    /// TLS settings (implied by `rediss://`).
+    pub tls: Option<TlsOptions>,
 }
 
 impl RedisEndpoint {
+    /// The TLS of the connection, if any.
+    fn tls(&self) -> Option<TlsOptions> {
+        crate::server::tls(self.tls.as_ref(), self.url.starts_with("rediss://"))
+    }
+
+    /// Validation of the url and TLS settings, at `at(key)`.
+    pub(crate) fn check(
+        &self,
+        at: impl Fn(&str) -> String,
+    ) -> std::result::Result<(), Diagnostics> {
+        crate::server::check_tls(&at, self.tls().as_ref())?;
+        self.client()
+            .map(|_| ())
+            .map_err(|m| Diagnostics::from(Diagnostic::new(at("url"), m)))
+    }
+
     /// The client; the password comes from `password_env`.
     pub(crate) fn client(&self) -> std::result::Result<redis::Client, String> {
         let mut info: redis::ConnectionInfo = self
@@ -61,7 +80,10 @@ impl RedisEndpoint {
             let settings = info.redis_settings().clone().set_password(password);
             info = info.set_redis_settings(settings);
         }
-        redis::Client::open(info).map_err(|e| format!("invalid Redis url: {e}"))
+        match self.tls() {
+            Some(tls) => tls_client(info, &tls),
+            None => redis::Client::open(info).map_err(|e| format!("invalid Redis url: {e}")),
+        }
     }
 
     /// The server's address, for messages (no credentials).
@@ -87,6 +109,54 @@ impl RedisEndpoint {
             .get_connection_with_timeout(Duration::from_secs(5))
             .map_err(|e| format!("cannot connect to Redis at {}: {e}", self.address()))
     }
+}
+
+/// A client connecting with TLS: verified against `ca_file` (or the
+/// system's authorities), or not at all with `insecure_skip_verify`.
+#[cfg(feature = "tls")]
+fn tls_client(
+    info: redis::ConnectionInfo,
+    tls: &TlsOptions,
+) -> std::result::Result<redis::Client, String> {
+    streamflow_tls::install_default_provider();
+    let (host, port) = match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port)
+        | redis::ConnectionAddr::TcpTls { host, port, .. } => (host.clone(), *port),
+        other => return Err(format!("TLS needs a TCP address, not {other}")),
+    };
+    let info = info.set_addr(redis::ConnectionAddr::TcpTls {
+        host,
+        port,
+        insecure: tls.insecure_skip_verify,
+        tls_params: None,
+    });
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("cannot read '{}': {e}", path.display()))
+    };
+    let client_tls = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        _ => None,
+    };
+    let root_cert = tls.ca_pem().map_err(|e| e.to_string())?;
+    redis::Client::build_with_tls(
+        info,
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| format!("invalid Redis TLS settings: {e}"))
+}
+
+#[cfg(not(feature = "tls"))]
+fn tls_client(
+    _: redis::ConnectionInfo,
+    _: &TlsOptions,
+) -> std::result::Result<redis::Client, String> {
+    Err("this build has no TLS (cargo feature `tls`)".into())
 }
 
 /// Settings of a `redis` source.
@@ -141,7 +211,7 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
     if config.batch_size == 0 {
         return Err(fail("batch_size", "must be positive".into()));
     }
-    config.endpoint.client().map_err(|m| fail("url", m))?;
+    config.endpoint.check(|k| ctx.at(k))?;
     let values = crate::message::value_schema(
         &crate::message::ValueSource {
             format: config.format,

@@ -11,11 +11,13 @@
 //! response: {owner: string, region: string}   # response fields taken as columns
 //! prefix: "owner_"           # prepended to those columns (default none)
 //! concurrency: 8             # requests in flight per call, per: record (default 8)
+//! tls: {ca_file: ca.pem}     # https: trusted authorities (default the system's), insecure_skip_verify, cert_file/key_file
 //! ```
 //!
 //! A record whose request fails (connection error, non-2xx status, a
 //! response that is not the expected JSON) fails alone. Response fields
-//! that are missing are null. Plain `http://` only (no TLS in this build).
+//! that are missing are null. `https://` needs the `tls` cargo feature (on
+//! in the binary).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,14 +179,32 @@ pub(crate) fn plan(
             ));
         }
     }
-    let client = reqwest::Client::builder().timeout(timeout).build();
+    let tls = match settings.get("tls") {
+        None => None,
+        Some(v) => match serde_json::from_value::<streamflow_tls::TlsOptions>(v.clone()) {
+            Ok(tls) => {
+                for (key, message) in tls.problems() {
+                    errors.push((format!("tls.{key}"), message));
+                }
+                Some(tls)
+            }
+            Err(e) => {
+                errors.push(("tls".into(), e.to_string()));
+                None
+            }
+        },
+    };
+    let client = streamflow_tls::http_client(tls.as_ref())
+        .map_err(|e| ("tls", e.to_string()))
+        .and_then(|b| {
+            b.timeout(timeout)
+                .build()
+                .map_err(|e| ("timeout", format!("cannot build an HTTP client: {e}")))
+        });
     let client = match client {
         Ok(c) => c,
-        Err(e) => {
-            errors.push((
-                "timeout".into(),
-                format!("cannot build an HTTP client: {e}"),
-            ));
+        Err((key, message)) => {
+            errors.push((key.into(), message));
             return Err(errors);
         }
     };
@@ -231,6 +251,7 @@ pub(crate) const HTTP_KEYS: &[&str] = &[
     "response",
     "prefix",
     "concurrency",
+    "tls",
 ];
 
 /// Splits `http://h/{col}/x` into text and column references.
@@ -348,16 +369,11 @@ impl Http {
 
 /// A request error without the URL repeated.
 fn without_url(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    if let Some(url) = e.url() {
-        text = text.replace(&format!(" ({url})"), "");
+    let text = streamflow_core::error::describe(e);
+    match e.url() {
+        Some(url) => text.replace(&format!(" ({url})"), ""),
+        None => text,
     }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
 }
 
 #[async_trait]
