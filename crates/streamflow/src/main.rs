@@ -1,6 +1,7 @@
 //! The `streamflow` command line.
 #![allow(clippy::print_stdout)] // the CLI layer is where output is printed
 
+mod cluster;
 mod flows;
 mod log;
 mod schemas;
@@ -135,6 +136,25 @@ enum Command {
         target: log::Target,
         #[command(subcommand)]
         action: log::LogAction,
+    },
+    /// Join a cluster as a worker (coordinated through NATS JetStream) and
+    /// stay until stopped.
+    Worker {
+        #[command(flatten)]
+        target: cluster::Target,
+        /// Unique name in the cluster (default: host-pid).
+        #[arg(long)]
+        name: Option<String>,
+        /// Operator instances it runs at once (default: its cores).
+        #[arg(long)]
+        slots: Option<usize>,
+    },
+    /// Look at a cluster of workers.
+    Cluster {
+        #[command(flatten)]
+        target: cluster::Target,
+        #[command(subcommand)]
+        action: cluster::ClusterAction,
     },
     /// Benchmarks.
     Bench {
@@ -355,6 +375,18 @@ fn main() -> ExitCode {
             events,
         }),
         Command::Log { target, action } => log::run(target, action),
+        Command::Worker {
+            target,
+            name,
+            slots,
+        } => cluster::worker(
+            target,
+            name,
+            slots.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }),
+        ),
+        Command::Cluster { target, action } => cluster::run(target, action),
         Command::Flows { connection, action } => flows::run(connection, action),
         Command::Schemas { connection, action } => schemas::run(connection, action),
         Command::Bench {
@@ -1096,4 +1128,15 @@ fn bench_jsonl(events: u64, cores: usize, json: bool) -> anyhow::Result<ExitCode
     let outcome = measure("jsonl-filter", &spec, cores, json, None);
     let _ = std::fs::remove_dir_all(&dir);
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every subcommand's arguments are consistent (clap checks names,
+    /// ids and groups only when a subcommand is parsed).
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

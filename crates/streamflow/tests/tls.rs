@@ -492,6 +492,30 @@ fn http_sink_posts_to_a_tls_webhook() {
     );
     // A batch that finally fails goes to the dlq, or without one fails the run.
     assert_certificate_refused(ok, &err);
+
+    // The `http` processor of a `process` stage calls the same endpoint
+    // over TLS, one POST per record; the webhook's answer `{"rows": 1}`
+    // becomes a column.
+    let called = d.join("called.jsonl");
+    let (ok, err) = job(
+        d,
+        "process.yaml",
+        &format!(
+            "name: c\nmode: job\nsources:\n  - {{name: g, type: generator, config: {{count: 20, columns: {{id: 'i + 1000'}}}}}}\nstages:\n  - name: p\n    type: process\n    input: g\n    node: {{type: http, method: POST, url: 'https://127.0.0.1:{port}/in', response: {{rows: int64}}, tls: {{ca_file: '{}'}}}}\nsinks:\n  - {{name: f, type: file, input: p, config: {{path: '{}'}}}}\n",
+            pki.file("ca.pem"),
+            called.display()
+        ),
+    );
+    assert!(ok, "called over TLS: {err}");
+    let answers = read_jsonl(&called);
+    assert_eq!(answers.len(), 20);
+    assert!(answers.iter().all(|r| r["rows"] == 1), "{answers:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ids(&out).len() < 720 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let expected: Vec<i64> = (0..700).chain(1000..1020).collect();
+    assert_eq!(ids(&out), expected, "the webhook received the records");
     drop(receiver);
 }
 

@@ -179,7 +179,10 @@ pub(crate) fn plan(ctx: &SinkContext<'_>) -> Result<Arc<dyn SinkFactory>, Diagno
     if config.tls.is_some() && url.scheme() != "https" {
         return Err(fail("tls", "tls settings need an https:// url".into()));
     }
-    crate::server::check_tls(|k| ctx.at(k), config.tls.as_ref())?;
+    crate::server::check_tls(
+        |k| ctx.at(k),
+        crate::server::tls(config.tls.as_ref(), url.scheme() == "https").as_ref(),
+    )?;
     if config.batch.max_rows == 0 {
         return Err(fail("batch.max_rows", "must be positive".into()));
     }

@@ -400,24 +400,6 @@ impl Source for HttpSource {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bodies_become_rows() {
-        assert_eq!(rows_of(br#"{"a":1}"#).expect("object").len(), 1);
-        assert_eq!(rows_of(br#"[{"a":1},{"a":2}]"#).expect("array").len(), 2);
-        assert_eq!(
-            rows_of(b"{\"a\":1}\n\n{\"a\":2}\n").expect("lines").len(),
-            2
-        );
-        assert!(rows_of(b"[1,2]").is_err());
-        assert!(rows_of(b"hello").is_err());
-        assert!(rows_of(&[0xff, 0xfe]).is_err());
-    }
-}
-
 /// Serves `app` over TLS on `listener`.
 #[cfg(feature = "tls")]
 fn serve_tls(
@@ -516,5 +498,23 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.local)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_become_rows() {
+        assert_eq!(rows_of(br#"{"a":1}"#).expect("object").len(), 1);
+        assert_eq!(rows_of(br#"[{"a":1},{"a":2}]"#).expect("array").len(), 2);
+        assert_eq!(
+            rows_of(b"{\"a\":1}\n\n{\"a\":2}\n").expect("lines").len(),
+            2
+        );
+        assert!(rows_of(b"[1,2]").is_err());
+        assert!(rows_of(b"hello").is_err());
+        assert!(rows_of(&[0xff, 0xfe]).is_err());
     }
 }

@@ -1,0 +1,235 @@
+//! Scale-out on NATS JetStream (DESIGN.md, "Scale-out"): the workers of a
+//! cluster, and the leases that make one process the holder of a role —
+//! a worker of its name, the coordinator of a flow.
+//!
+//! Both are [leases](lease) in JetStream key-value buckets whose entries
+//! expire after the cluster's `ttl`: a key is created only if absent and
+//! renewed every `ttl / 3` by compare-and-swap on its revision. The revision
+//! at which a lease was won is its **epoch**; epochs only grow, so a holder
+//! that was paused past the `ttl` (a stopped process, a partition) finds
+//! its next renewal refused and must stop acting — it is fenced, and
+//! whatever it tagged with its old epoch can be refused. A worker is a
+//! lease on its name carrying a [`Member`] description; the membership of
+//! the cluster is the set of unexpired worker leases. Several clusters share
+//! one server under different names (buckets `streamflow-<name>-…`).
+//!
+//! What is not here yet (the scale-out issue goes on): assignments of
+//! operator instances to workers, exchanges between processes, distributed
+//! checkpoints.
+
+mod lease;
+mod membership;
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+
+pub use lease::{Acquired, HeldLease, Lease};
+pub use membership::{Member, Membership};
+
+/// What can go wrong talking to a cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The NATS server cannot be reached.
+    #[error("cannot reach the cluster's NATS server at {url}: {reason}")]
+    Connect {
+        /// The server.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A JetStream request failed.
+    #[error("cluster '{cluster}': {what}: {reason}")]
+    JetStream {
+        /// The cluster's name.
+        cluster: String,
+        /// What was being done.
+        what: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// A name or setting that cannot be used.
+    #[error("{0}")]
+    Invalid(String),
+    /// The lease was taken over by another holder (this one was paused or
+    /// cut off for longer than the ttl): the holder must stop acting.
+    #[error("lost the lease '{key}' (epoch {epoch}): {reason}")]
+    LeaseLost {
+        /// The lease's key.
+        key: String,
+        /// The epoch it was held at.
+        epoch: u64,
+        /// How it was lost.
+        reason: String,
+    },
+}
+
+/// Results of cluster operations.
+pub type Result<T, E = ClusterError> = std::result::Result<T, E>;
+
+/// The buckets of a cluster: `streamflow-<cluster>-<kind>`.
+const KINDS: [&str; 2] = ["workers", "leases"];
+
+/// Default time after which a worker or lease that is not renewed is gone.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(6);
+
+/// A connection to one cluster: a name on a NATS JetStream server.
+#[derive(Clone)]
+pub struct Cluster {
+    name: String,
+    ttl: Duration,
+    js: jetstream::Context,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("name", &self.name)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks a name used in keys and bucket names: letters, digits, `-`, `_`.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(ClusterError::Invalid(format!(
+            "{what} '{name}': use 1 to 64 letters, digits, '-' or '_'"
+        )))
+    }
+}
+
+impl Cluster {
+    /// Connects to the cluster `name` on the server at `url`
+    /// (`nats://host:4222`), whose workers and leases expire after `ttl`.
+    ///
+    /// # Errors
+    /// A bad name or ttl, or a server that cannot be reached.
+    pub async fn connect(url: &str, name: &str, ttl: Duration) -> Result<Cluster> {
+        check_name("cluster name", name)?;
+        if ttl < Duration::from_millis(300) {
+            return Err(ClusterError::Invalid(format!(
+                "ttl {ttl:?} is too short (at least 300ms)"
+            )));
+        }
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|e| ClusterError::Connect {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Cluster {
+            name: name.to_string(),
+            ttl,
+            js: jetstream::new(client),
+        })
+    }
+
+    /// The cluster's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The time after which an unrenewed worker or lease is gone.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    fn error(&self, what: impl Into<String>, reason: impl std::fmt::Display) -> ClusterError {
+        ClusterError::JetStream {
+            cluster: self.name.clone(),
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The bucket `streamflow-<cluster>-<kind>`, created on first use with
+    /// the cluster's ttl as its entries' age limit.
+    async fn bucket(&self, kind: &str) -> Result<kv::Store> {
+        let bucket = format!("streamflow-{}-{kind}", self.name);
+        if let Ok(store) = self.js.get_key_value(&bucket).await {
+            let status = store
+                .status()
+                .await
+                .map_err(|e| self.error(format!("reading bucket {bucket}"), e))?;
+            let max_age = status.max_age();
+            if max_age != self.ttl {
+                return Err(ClusterError::Invalid(format!(
+                    "cluster '{}' runs with a ttl of {max_age:?}, not {:?}: use --ttl {}ms",
+                    self.name,
+                    self.ttl,
+                    max_age.as_millis()
+                )));
+            }
+            return Ok(store);
+        }
+        // The bucket's stream is made here rather than by the client's
+        // `create_key_value`, which first asks for account details that a
+        // 2.9 server answers in a shape the client no longer reads; the
+        // stream is the one a key-value bucket is.
+        self.js
+            .create_stream(jetstream::stream::Config {
+                name: format!("KV_{bucket}"),
+                description: Some(format!("StreamFlow cluster '{}': {kind}", self.name)),
+                subjects: vec![format!("$KV.{bucket}.>")],
+                max_messages_per_subject: 1,
+                max_age: self.ttl,
+                storage: jetstream::stream::StorageType::File,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: jetstream::stream::DiscardPolicy::New,
+                num_replicas: 1,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| self.error(format!("creating bucket {bucket}"), e))?;
+        self.js
+            .get_key_value(&bucket)
+            .await
+            .map_err(|e| self.error(format!("opening bucket {bucket}"), e))
+    }
+
+    /// Removes the cluster's buckets: every worker and lease is gone (the
+    /// processes holding them find out at their next renewal).
+    ///
+    /// # Errors
+    /// The server failing.
+    pub async fn dissolve(&self) -> Result<()> {
+        for kind in KINDS {
+            let bucket = format!("streamflow-{}-{kind}", self.name);
+            if self.js.get_key_value(&bucket).await.is_ok() {
+                self.js
+                    .delete_key_value(&bucket)
+                    .await
+                    .map_err(|e| self.error(format!("deleting bucket {bucket}"), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tries to take the lease `key` (letters, digits, `-`, `_`, `.`; say
+    /// `coordinator.<flow>`), carrying `value` (who holds it).
+    ///
+    /// # Errors
+    /// A bad key or the server failing; a lease held by someone else is
+    /// not an error but [`Acquired::Held`].
+    pub async fn acquire(&self, key: &str, value: &[u8]) -> Result<Acquired> {
+        self.acquire_in("leases", key, value).await
+    }
+
+    /// [`Cluster::acquire`] in the bucket of `kind`.
+    async fn acquire_in(&self, kind: &str, key: &str, value: &[u8]) -> Result<Acquired> {
+        let store = self.bucket(kind).await?;
+        Lease::acquire(self.clone(), store, key, value).await
+    }
+}

@@ -1,0 +1,146 @@
+//! `streamflow worker` and `streamflow cluster …`: joining a cluster on
+//! NATS JetStream and looking at it.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Subcommand;
+use streamflow_cluster::{Cluster, Member};
+
+/// Which cluster.
+#[derive(clap::Args)]
+pub struct Target {
+    /// The NATS JetStream server the cluster coordinates through.
+    #[arg(
+        long = "cluster",
+        env = "STREAMFLOW_CLUSTER",
+        value_name = "URL",
+        global = true
+    )]
+    url: Option<String>,
+    /// The cluster's name (several clusters can share a server).
+    #[arg(long = "cluster-name", default_value = "default", global = true)]
+    cluster_name: String,
+    /// Time after which a worker that stopped renewing is gone; every
+    /// process of a cluster uses the same.
+    #[arg(long, default_value = "6s", value_parser = streamflow_dsl::parse_duration, global = true)]
+    ttl: Duration,
+}
+
+/// What to look at.
+#[derive(Subcommand)]
+pub enum ClusterAction {
+    /// The workers in the cluster now, one per line.
+    Members {
+        /// As JSON lines.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove the cluster's state on the server: every worker and lease is
+    /// gone (running workers find out at their next renewal and stop).
+    Dissolve,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+async fn connect(target: &Target) -> anyhow::Result<Cluster> {
+    let url = target.url.as_deref().context(
+        "name the cluster's NATS server: --cluster nats://HOST:4222 (or STREAMFLOW_CLUSTER)",
+    )?;
+    Ok(Cluster::connect(url, &target.cluster_name, target.ttl).await?)
+}
+
+/// `streamflow cluster …`.
+pub fn run(target: Target, action: ClusterAction) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let cluster = connect(&target).await?;
+        match action {
+            ClusterAction::Members { json } => {
+                for m in cluster.members().await? {
+                    if json {
+                        println!("{}", serde_json::to_string(&m)?);
+                    } else {
+                        println!("{}\tslots={}\t{} pid {}", m.name, m.slots, m.host, m.pid);
+                    }
+                }
+            }
+            ClusterAction::Dissolve => {
+                cluster.dissolve().await?;
+                eprintln!("cluster '{}' dissolved", target.cluster_name);
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// This machine's name.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// `streamflow worker`: joins the cluster and stays until stopped
+/// (SIGTERM or Ctrl-C: leaves at once) or removed (its membership expired
+/// while it was stopped or cut off: exits with an error, as it must no
+/// longer act).
+pub fn worker(target: Target, name: Option<String>, slots: usize) -> anyhow::Result<ExitCode> {
+    let host = host_name();
+    let name = name.unwrap_or_else(|| {
+        let host: String = host
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        format!("{host}-{}", std::process::id())
+    });
+    runtime()?.block_on(async move {
+        let cluster = connect(&target).await?;
+        let joined_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut membership = cluster
+            .join(Member {
+                name: name.clone(),
+                slots,
+                host,
+                pid: std::process::id(),
+                joined_ms,
+            })
+            .await?;
+        tracing::info!(worker = %name, cluster = %target.cluster_name, epoch = membership.epoch(), slots, "joined");
+        eprintln!(
+            "worker '{name}' joined cluster '{}' (epoch {})",
+            target.cluster_name,
+            membership.epoch()
+        );
+        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            why = membership.removed() => {
+                anyhow::bail!("worker '{name}' was removed from cluster '{}': {why}", target.cluster_name);
+            }
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        membership.leave().await;
+        eprintln!("worker '{name}' left cluster '{}'", target.cluster_name);
+        Ok(ExitCode::SUCCESS)
+    })
+}

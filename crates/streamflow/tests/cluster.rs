@@ -1,0 +1,171 @@
+//! `streamflow worker` and `streamflow cluster members` against the local
+//! NATS JetStream server (127.0.0.1:4222, started by `.ci/run`): workers
+//! join, a killed one vanishes after the ttl, a stopped (SIGSTOP) one is
+//! removed and, resumed, finds itself fenced and exits; a stopped one
+//! (SIGTERM) leaves at once.
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{stderr, streamflow};
+
+fn url() -> String {
+    std::env::var("STREAMFLOW_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+struct Workers {
+    cluster: String,
+    children: Vec<(String, Child)>,
+}
+
+impl Workers {
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--cluster".into(),
+            url(),
+            "--cluster-name".into(),
+            self.cluster.clone(),
+            "--ttl".into(),
+            "2s".into(),
+        ]
+    }
+
+    fn start(&mut self, name: &str) {
+        let child = streamflow()
+            .arg("worker")
+            .args(self.args())
+            .args(["--name", name, "--slots", "2"])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn worker");
+        self.children.push((name.to_string(), child));
+    }
+
+    fn child(&mut self, name: &str) -> &mut Child {
+        &mut self
+            .children
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .expect("a started worker")
+            .1
+    }
+
+    fn signal(&mut self, name: &str, signal: &str) {
+        let pid = self.child(name).id().to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    fn members(&self) -> Vec<String> {
+        let out = streamflow()
+            .args(["cluster", "members", "--json"])
+            .args(self.args())
+            .output()
+            .expect("members");
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let m: serde_json::Value = serde_json::from_str(l).expect("json member");
+                assert_eq!(m["slots"], 2);
+                m["name"].as_str().expect("name").to_string()
+            })
+            .collect()
+    }
+
+    /// Waits until the members are `want`.
+    fn await_members(&self, want: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.members();
+            if now == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members {now:?}, expected {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = std::process::Command::new("kill")
+                .args(["-CONT", &child.id().to_string()])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = streamflow()
+            .args(["cluster", "dissolve"])
+            .args(self.args())
+            .output();
+    }
+}
+
+#[test]
+fn workers_join_expire_are_fenced_and_leave() {
+    let mut w = Workers {
+        cluster: common::unique("cluster"),
+        children: Vec::new(),
+    };
+    for name in ["w1", "w2", "w3"] {
+        w.start(name);
+    }
+    w.await_members(&["w1", "w2", "w3"]);
+
+    // A second worker under a live name is refused.
+    let out = streamflow()
+        .arg("worker")
+        .args(w.args())
+        .args(["--name", "w3"])
+        .output()
+        .expect("duplicate");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("a worker named 'w3' is already in cluster"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Killed: gone once its ttl has passed.
+    w.signal("w1", "-KILL");
+    w.await_members(&["w2", "w3"]);
+
+    // Stopped past the ttl: removed; resumed, it finds its membership taken
+    // away (its renewal is refused) and exits rather than act.
+    w.signal("w2", "-STOP");
+    w.await_members(&["w3"]);
+    w.signal("w2", "-CONT");
+    let w2 = w.child("w2");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = w2.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the fenced worker exits");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut w2.stderr.take().expect("stderr"), &mut err).expect("read");
+    assert!(
+        err.contains("worker 'w2' was removed from cluster"),
+        "{err}"
+    );
+    assert!(err.contains("lost the lease 'w2'"), "{err}");
+
+    // SIGTERM: leaves at once, without waiting for the ttl.
+    w.signal("w3", "-TERM");
+    let w3 = w.child("w3");
+    assert!(w3.wait().expect("wait").success());
+    assert!(w.members().is_empty(), "left at once");
+}
