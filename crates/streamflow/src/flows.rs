@@ -124,7 +124,8 @@ pub(crate) async fn call(
     body: Option<&Value>,
 ) -> anyhow::Result<(reqwest::StatusCode, Value)> {
     let url = format!("{}{path}", connection.server.trim_end_matches('/'));
-    let mut request = reqwest::Client::new().request(method, &url);
+    let client = streamflow_tls::http_client(None)?.build()?;
+    let mut request = client.request(method, &url);
     if let Some(token) = &connection.token {
         request = request.bearer_auth(token);
     }

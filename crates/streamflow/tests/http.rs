@@ -345,7 +345,7 @@ fn a_webhook_answers_after_the_checkpoint_so_answered_rows_survive_a_crash() {
         .enable_all()
         .build()
         .expect("runtime");
-    let client = reqwest::Client::new();
+    let client = common::http();
     let mut answered: Vec<i64> = Vec::new();
     let mut child = start(&flow);
     for request in 0..30i64 {
@@ -407,7 +407,7 @@ fn a_webhook_refuses_bad_tokens_large_bodies_and_non_json() {
         .enable_all()
         .build()
         .expect("runtime");
-    let client = reqwest::Client::new();
+    let client = common::http();
     let row = "{\"id\":1,\"kind\":\"a\"}".to_string();
     assert_eq!(
         rt.block_on(post(&client, &url, "hook", row.clone())),
@@ -466,7 +466,7 @@ sinks:
         .enable_all()
         .build()
         .expect("runtime");
-    let client = reqwest::Client::new();
+    let client = common::http();
     let (statuses, retry_after) = rt.block_on(async {
         let mut statuses = Vec::new();
         let mut retry_after = None;

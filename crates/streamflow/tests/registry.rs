@@ -204,7 +204,7 @@ fn reqwest_get(url: &str) -> (String, String) {
         .build()
         .expect("runtime")
         .block_on(async {
-            let r = reqwest::get(url).await?;
+            let r = common::http().get(url).send().await?;
             let ct = r
                 .headers()
                 .get("content-type")

@@ -740,7 +740,15 @@ fn run_serves_its_metrics_when_asked() {
             .enable_all()
             .build()
             .expect("runtime")
-            .block_on(async { reqwest::get(&url).await?.error_for_status()?.text().await })
+            .block_on(async {
+                common::http()
+                    .get(&url)
+                    .send()
+                    .await?
+                    .error_for_status()?
+                    .text()
+                    .await
+            })
             .expect("GET /metrics");
         prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
             .expect("Prometheus text format")

@@ -170,6 +170,15 @@ pub fn python() -> String {
     path
 }
 
+/// An HTTP client for the tests' own requests (the one StreamFlow's
+/// connectors use: rustls on ring, no process-wide provider needed).
+pub fn http() -> reqwest::Client {
+    streamflow_tls::http_client(None)
+        .expect("http client settings")
+        .build()
+        .expect("http client")
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -70,7 +70,7 @@ impl Server {
             .expect("runtime");
         rt.block_on(async {
             let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-            let mut request = reqwest::Client::new().request(method, format!("{}{path}", self.url));
+            let mut request = super::http().request(method, format!("{}{path}", self.url));
             for (k, v) in headers {
                 request = request.header(*k, *v);
             }
