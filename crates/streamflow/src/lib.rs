@@ -30,3 +30,4 @@ pub mod process {
 }
 
 pub mod bench;
+pub mod k8s;

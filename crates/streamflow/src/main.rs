@@ -149,6 +149,11 @@ enum Command {
         #[arg(long)]
         slots: Option<usize>,
     },
+    /// Kubernetes resources for a flow.
+    K8s {
+        #[command(subcommand)]
+        action: K8sAction,
+    },
     /// Look at a cluster of workers.
     Cluster {
         #[command(flatten)]
@@ -160,6 +165,39 @@ enum Command {
     Bench {
         #[command(subcommand)]
         suite: BenchSuite,
+    },
+}
+
+#[derive(Subcommand)]
+enum K8sAction {
+    /// Print the resources that run a flow (ConfigMap, Deployment or Job,
+    /// a volume for local checkpoints) as YAML, for `kubectl apply -f -`.
+    /// The file is parsed and its structure checked first; `validate`
+    /// checks the rest against the servers it names.
+    Render {
+        /// Flow file (.yaml, .yml or .json).
+        file: PathBuf,
+        /// Override a setting, as for `run` (baked into the rendered flow).
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        overrides: Vec<String>,
+        /// Container image with the streamflow binary.
+        #[arg(long)]
+        image: Option<String>,
+        /// Namespace of the resources.
+        #[arg(long)]
+        namespace: Option<String>,
+        /// Name of the resources (default: the flow's).
+        #[arg(long)]
+        name: Option<String>,
+        /// Size of the checkpoint volume.
+        #[arg(long, default_value = "1Gi")]
+        storage: String,
+        /// CPU requested.
+        #[arg(long, default_value = "1")]
+        cpu: String,
+        /// Memory requested and allowed.
+        #[arg(long, default_value = "1Gi")]
+        memory: String,
     },
 }
 
@@ -387,6 +425,42 @@ fn main() -> ExitCode {
             }),
         ),
         Command::Cluster { target, action } => cluster::run(target, action),
+        Command::K8s {
+            action:
+                K8sAction::Render {
+                    file,
+                    overrides,
+                    image,
+                    namespace,
+                    name,
+                    storage,
+                    cpu,
+                    memory,
+                },
+        } => {
+            let spec = match streamflow_dsl::load_file(&file, &overrides) {
+                Ok(spec) => spec,
+                Err(d) => {
+                    print_diagnostics(&d);
+                    return ExitCode::from(2);
+                }
+            };
+            let defaults = streamflow::k8s::RenderOptions::default();
+            let options = streamflow::k8s::RenderOptions {
+                image: image.unwrap_or(defaults.image),
+                namespace,
+                name,
+                storage,
+                cpu,
+                memory,
+            };
+            streamflow::k8s::render(&spec, &options)
+                .map(|yaml| {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                })
+                .map_err(|e| anyhow!(e))
+        }
         Command::Flows { connection, action } => flows::run(connection, action),
         Command::Schemas { connection, action } => schemas::run(connection, action),
         Command::Bench {

@@ -286,7 +286,10 @@ sinks:
             url()
         ),
     );
-    let resumed = common::run_with_kills(&flow, &[800, 700, 900]);
+    // The first kill comes after the first checkpoint has surely completed:
+    // rows published before any checkpoint holds the run's token get new
+    // ids when replayed (documented; a `message_id` column avoids it).
+    let resumed = common::run_with_kills(&flow, &[1500, 700, 900]);
     assert!(resumed >= 1, "a run resumed from a checkpoint");
     let messages = drain(&queue);
     let mut by_id = BTreeMap::<String, i64>::new();
@@ -402,7 +405,7 @@ sinks:
     assert!(!out.status.success());
     let text = stderr(&out);
     for expected in [
-        "sources[0].config.url: 'http://x' is not an amqp:// url",
+        "sources[0].config.url: 'http://x' is not an amqp:// or amqps:// url",
         "sources[1].config.queue: name a queue, or an exchange to bind one to",
         "sinks[0].config.exchange: publish to a queue or to an exchange, not both",
         "sinks[1].config.exchange_type: 'ring' is not an exchange type",
