@@ -13,10 +13,13 @@
 //! the cluster is the set of unexpired worker leases. Several clusters share
 //! one server under different names (buckets `streamflow-<name>-…`).
 //!
-//! What is not here yet (the scale-out issue goes on): assignments of
-//! operator instances to workers, exchanges between processes, distributed
-//! checkpoints.
+//! A flow's coordinator places its operator instances on the workers
+//! ([`Assignment`], tagged with its lease epoch) and publishes the
+//! assignment; one made at an older epoch than the published one is
+//! refused. Not here yet (the scale-out issue goes on): workers running
+//! their tasks, exchanges between processes, distributed checkpoints.
 
+mod assignment;
 mod lease;
 mod membership;
 
@@ -24,6 +27,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 
+pub use assignment::{Assignment, NodeSpec, Task};
 pub use lease::{Acquired, HeldLease, Lease};
 pub use membership::{Member, Membership};
 
@@ -68,7 +72,7 @@ pub enum ClusterError {
 pub type Result<T, E = ClusterError> = std::result::Result<T, E>;
 
 /// The buckets of a cluster: `streamflow-<cluster>-<kind>`.
-const KINDS: [&str; 2] = ["workers", "leases"];
+const KINDS: [&str; 3] = ["workers", "leases", "assignments"];
 
 /// Default time after which a worker or lease that is not renewed is gone.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(6);
@@ -152,22 +156,28 @@ impl Cluster {
         }
     }
 
-    /// The bucket `streamflow-<cluster>-<kind>`, created on first use with
-    /// the cluster's ttl as its entries' age limit.
+    /// The bucket `streamflow-<cluster>-<kind>`, created on first use; its
+    /// entries expire after the cluster's ttl, but for assignments, which
+    /// stay until replaced.
     async fn bucket(&self, kind: &str) -> Result<kv::Store> {
         let bucket = format!("streamflow-{}-{kind}", self.name);
+        let max_age = if kind == "assignments" {
+            Duration::ZERO
+        } else {
+            self.ttl
+        };
         if let Ok(store) = self.js.get_key_value(&bucket).await {
             let status = store
                 .status()
                 .await
                 .map_err(|e| self.error(format!("reading bucket {bucket}"), e))?;
-            let max_age = status.max_age();
-            if max_age != self.ttl {
+            let found = status.max_age();
+            if found != max_age {
                 return Err(ClusterError::Invalid(format!(
-                    "cluster '{}' runs with a ttl of {max_age:?}, not {:?}: use --ttl {}ms",
+                    "cluster '{}' runs with a ttl of {found:?}, not {:?}: use --ttl {}ms",
                     self.name,
                     self.ttl,
-                    max_age.as_millis()
+                    found.as_millis()
                 )));
             }
             return Ok(store);
@@ -182,7 +192,7 @@ impl Cluster {
                 description: Some(format!("StreamFlow cluster '{}': {kind}", self.name)),
                 subjects: vec![format!("$KV.{bucket}.>")],
                 max_messages_per_subject: 1,
-                max_age: self.ttl,
+                max_age,
                 storage: jetstream::stream::StorageType::File,
                 allow_rollup: true,
                 deny_delete: true,
@@ -197,6 +207,70 @@ impl Cluster {
             .get_key_value(&bucket)
             .await
             .map_err(|e| self.error(format!("opening bucket {bucket}"), e))
+    }
+
+    /// Publishes `assignment` for its flow, unless one of a later epoch is
+    /// there (its coordinator lost the lease to a newer one: fenced).
+    ///
+    /// # Errors
+    /// [`ClusterError::LeaseLost`] when fenced; the server failing.
+    pub async fn publish_assignment(&self, assignment: &Assignment) -> Result<()> {
+        check_name("flow name", &assignment.flow)?;
+        let store = self.bucket("assignments").await?;
+        let value = serde_json::to_vec(assignment)
+            .map_err(|e| ClusterError::Invalid(format!("assignment: {e}")))?;
+        let key = assignment.flow.as_str();
+        let fenced = |epoch: u64| ClusterError::LeaseLost {
+            key: format!("coordinator of {key}"),
+            epoch: assignment.epoch,
+            reason: format!("an assignment of epoch {epoch} is published already"),
+        };
+        let current = store
+            .entry(key)
+            .await
+            .map_err(|e| self.error(format!("reading the assignment of {key}"), e))?
+            .filter(|e| e.operation == kv::Operation::Put);
+        let written = match current {
+            None => store
+                .create(key, value.into())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            Some(entry) => {
+                let published: Assignment = serde_json::from_slice(&entry.value)
+                    .map_err(|e| self.error(format!("reading the assignment of {key}"), e))?;
+                if published.epoch > assignment.epoch {
+                    return Err(fenced(published.epoch));
+                }
+                store
+                    .update(key, value.into(), entry.revision)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        };
+        // Failing the compare-and-swap means another coordinator wrote meanwhile.
+        written.map_err(|why| self.error(format!("publishing the assignment of {key}"), why))
+    }
+
+    /// The published assignment of `flow`, if any.
+    ///
+    /// # Errors
+    /// The server failing.
+    pub async fn assignment(&self, flow: &str) -> Result<Option<Assignment>> {
+        check_name("flow name", flow)?;
+        let store = self.bucket("assignments").await?;
+        let entry = store
+            .entry(flow)
+            .await
+            .map_err(|e| self.error(format!("reading the assignment of {flow}"), e))?;
+        entry
+            .filter(|e| e.operation == kv::Operation::Put)
+            .map(|e| {
+                serde_json::from_slice(&e.value)
+                    .map_err(|e| self.error(format!("reading the assignment of {flow}"), e))
+            })
+            .transpose()
     }
 
     /// Removes the cluster's buckets: every worker and lease is gone (the

@@ -188,6 +188,45 @@ async fn members_join_and_leave_and_vanish_when_they_stop_renewing() {
 }
 
 #[tokio::test]
+async fn assignments_of_an_older_epoch_are_refused() {
+    let c = cluster(&unique("assign")).await;
+    let members = [member("w1", 4), member("w2", 2)];
+    let nodes = [
+        streamflow_cluster::NodeSpec {
+            name: "bids".into(),
+            parallelism: 2,
+        },
+        streamflow_cluster::NodeSpec {
+            name: "window".into(),
+            parallelism: 4,
+        },
+    ];
+    assert!(c.assignment("q5").await.expect("read").is_none());
+    // The coordinator at epoch 5 publishes; workers read it back.
+    let at5 = streamflow_cluster::Assignment::new("q5", 5, &nodes, &members).expect("fits");
+    c.publish_assignment(&at5).await.expect("publish");
+    assert_eq!(c.assignment("q5").await.expect("read"), Some(at5.clone()));
+    // A stale coordinator (epoch 3) is fenced; the newer one (6) replaces it.
+    let at3 = streamflow_cluster::Assignment::new("q5", 3, &nodes, &members).expect("fits");
+    match c.publish_assignment(&at3).await {
+        Err(ClusterError::LeaseLost {
+            epoch: 3, reason, ..
+        }) => assert!(reason.contains("epoch 5"), "{reason}"),
+        other => panic!("a stale coordinator must be refused, got {other:?}"),
+    }
+    let at6 =
+        streamflow_cluster::Assignment::new("q5", 6, &nodes, &members[..1]).expect("fits in 2");
+    c.publish_assignment(&at6).await.expect("publish");
+    let read = c.assignment("q5").await.expect("read").expect("published");
+    assert_eq!(read.epoch, 6);
+    assert_eq!(read.workers.len(), 1, "w2 left: everything on w1");
+    // Assignments do not expire with the ttl.
+    tokio::time::sleep(TTL * 2).await;
+    assert!(c.assignment("q5").await.expect("read").is_some());
+    c.dissolve().await.expect("dissolve");
+}
+
+#[tokio::test]
 async fn bad_names_and_ttls_are_refused() {
     let e = Cluster::connect(&url(), "no spaces", TTL)
         .await

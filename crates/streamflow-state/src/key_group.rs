@@ -25,6 +25,15 @@ pub fn instance_for_key_group(key_group: u32, parallelism: usize) -> usize {
     (key_group as usize * parallelism) / MAX_KEY_GROUPS as usize
 }
 
+/// The key groups instance `instance` of `parallelism` owns: the range
+/// [`instance_for_key_group`] maps to it (empty when `parallelism` exceeds
+/// the key groups).
+pub fn key_group_range(instance: usize, parallelism: usize) -> std::ops::Range<u32> {
+    let groups = MAX_KEY_GROUPS as usize;
+    let first = |i: usize| (i * groups).div_ceil(parallelism.max(1)) as u32;
+    first(instance)..first(instance + 1).min(MAX_KEY_GROUPS)
+}
+
 /// Hashes of the keys made of `columns` (one per row), into `hashes`.
 ///
 /// # Errors
@@ -95,6 +104,19 @@ mod tests {
         fn groups_cover_every_instance_range(g in 0u32..MAX_KEY_GROUPS, p in 1usize..=128) {
             let i = instance_for_key_group(g, p);
             prop_assert!(i < p);
+            prop_assert!(key_group_range(i, p).contains(&g), "the owner's range holds the group");
+        }
+
+        #[test]
+        fn instance_ranges_partition_the_key_groups(p in 1usize..=128) {
+            let mut next = 0;
+            for i in 0..p {
+                let r = key_group_range(i, p);
+                prop_assert_eq!(r.start, next, "contiguous");
+                prop_assert!(!r.is_empty(), "every instance owns a group when p <= 128");
+                next = r.end;
+            }
+            prop_assert_eq!(next, MAX_KEY_GROUPS);
         }
     }
 
