@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
+use streamflow_dsl::FlowSpec;
 use streamflow_state::key_group_range;
 
 use crate::{ClusterError, Member, Result};
@@ -43,7 +44,7 @@ pub struct Task {
 /// The tasks of each worker for one flow, valid at one epoch: a worker
 /// acts on an assignment only while its epoch is the coordinator's current
 /// lease epoch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Assignment {
     /// The flow.
     pub flow: String,
@@ -51,6 +52,13 @@ pub struct Assignment {
     pub epoch: u64,
     /// Worker name → its tasks (by slot group, then node order).
     pub workers: BTreeMap<String, Vec<Task>>,
+    /// The flow itself, for the workers to plan (every worker plans the
+    /// same flow and runs its tasks of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<FlowSpec>,
+    /// The coordinator asks the sources to stop (the run drains and ends).
+    #[serde(default)]
+    pub stopping: bool,
 }
 
 impl Assignment {
@@ -98,6 +106,8 @@ impl Assignment {
             flow: flow.to_string(),
             epoch,
             workers,
+            spec: None,
+            stopping: false,
         })
     }
 

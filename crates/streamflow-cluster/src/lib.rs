@@ -16,10 +16,14 @@
 //! A flow's coordinator places its operator instances on the workers
 //! ([`Assignment`], tagged with its lease epoch) and publishes the
 //! assignment; one made at an older epoch than the published one is
-//! refused. Not here yet (the scale-out issue goes on): workers running
-//! their tasks, exchanges between processes, distributed checkpoints.
+//! refused. The instances on different workers talk over NATS
+//! ([`NatsTransport`], credit-based flow control). Not here yet (the
+//! scale-out issue goes on): workers running their tasks by themselves,
+//! distributed checkpoints.
 
 mod assignment;
+pub mod exchange;
+mod job;
 mod lease;
 mod membership;
 
@@ -28,6 +32,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 
 pub use assignment::{Assignment, NodeSpec, Task};
+pub use exchange::NatsTransport;
+pub use job::{Outcome, Report, RunState, StageCount};
 pub use lease::{Acquired, HeldLease, Lease};
 pub use membership::{Member, Membership};
 
@@ -72,7 +78,7 @@ pub enum ClusterError {
 pub type Result<T, E = ClusterError> = std::result::Result<T, E>;
 
 /// The buckets of a cluster: `streamflow-<cluster>-<kind>`.
-const KINDS: [&str; 3] = ["workers", "leases", "assignments"];
+const KINDS: [&str; 4] = ["workers", "leases", "assignments", "runs"];
 
 /// Default time after which a worker or lease that is not renewed is gone.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(6);
@@ -138,6 +144,24 @@ impl Cluster {
         })
     }
 
+    /// The connection to the cluster's server.
+    pub fn client(&self) -> async_nats::Client {
+        self.js.client()
+    }
+
+    /// Whether someone holds the lease `key` now.
+    ///
+    /// # Errors
+    /// The server failing.
+    pub async fn lease_held(&self, key: &str) -> Result<bool> {
+        let store = self.bucket("leases").await?;
+        let entry = store
+            .entry(key)
+            .await
+            .map_err(|e| self.error(format!("reading lease {key}"), e))?;
+        Ok(entry.is_some_and(|e| e.operation == kv::Operation::Put))
+    }
+
     /// The cluster's name.
     pub fn name(&self) -> &str {
         &self.name
@@ -157,11 +181,11 @@ impl Cluster {
     }
 
     /// The bucket `streamflow-<cluster>-<kind>`, created on first use; its
-    /// entries expire after the cluster's ttl, but for assignments, which
-    /// stay until replaced.
+    /// entries expire after the cluster's ttl, but for assignments and
+    /// workers' reports, which stay until replaced.
     async fn bucket(&self, kind: &str) -> Result<kv::Store> {
         let bucket = format!("streamflow-{}-{kind}", self.name);
-        let max_age = if kind == "assignments" {
+        let max_age = if matches!(kind, "assignments" | "runs") {
             Duration::ZERO
         } else {
             self.ttl

@@ -5,10 +5,10 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use streamflow_core::{Diagnostics, Error, Message, Result};
+use streamflow_core::{Diagnostics, Error, Result};
 use streamflow_dsl::{FlowSpec, Mode, Role};
 use streamflow_state::CheckpointStore;
-use tokio::sync::mpsc::{Receiver, Sender, channel, unbounded_channel};
+use tokio::sync::mpsc::{channel, unbounded_channel};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
@@ -22,6 +22,7 @@ use crate::tasks::{
     OperatorCheckpoints, Outputs, SinkCheckpoints, SourceCheckpoints, SourceTime, run_operator,
     run_sink, run_source,
 };
+use crate::transport::{Bridge, ChannelId, Placement};
 use streamflow_operators::process::Components;
 
 /// A validated pipeline, ready to start.
@@ -78,8 +79,29 @@ impl Pipeline {
     /// # Errors
     /// When a source or sink cannot be opened, or a checkpoint cannot be restored.
     pub async fn start_with(&self, options: &RecoveryOptions) -> Result<RunHandle> {
+        self.start_placed(options, None).await
+    }
+
+    /// Starts the instances `placement` puts in this process (all of them
+    /// without one), their channels to instances elsewhere carried by its
+    /// transport. Every process of a run plans the same flow.
+    ///
+    /// # Errors
+    /// When a source or sink cannot be opened, or a checkpoint cannot be
+    /// restored; checkpoints across processes are not supported yet.
+    pub async fn start_placed(
+        &self,
+        options: &RecoveryOptions,
+        placement: Option<&Placement>,
+    ) -> Result<RunHandle> {
         let plan = &self.plan;
         let graph = &plan.graph;
+        if placement.is_some() && graph.checkpoint.is_some() {
+            return Err(Error::Other(format!(
+                "flow '{}': checkpoints across several workers are not supported yet",
+                graph.name
+            )));
+        }
         let mut checkpointing = None;
         let mut restored = None;
         if let Some(config) = &graph.checkpoint {
@@ -131,64 +153,95 @@ impl Pipeline {
             .map(|node| (0..node.parallelism).map(|_| None).collect())
             .collect();
         let mut queues: Vec<Vec<InputQueues>> = graph.nodes.iter().map(|_| Vec::new()).collect();
+        // Each channel links one producer instance to one consumer instance.
+        // Where only one end runs here, the other end of its local channel
+        // goes to the transport (a bridge task); where neither does, it is
+        // not made.
+        let local = |node: usize, instance: usize| placement.is_none_or(|p| p.runs(node, instance));
+        let mut bridges: Vec<Bridge> = Vec::new();
         for (c, consumer) in graph.nodes.iter().enumerate() {
-            for (logical, &p) in consumer.inputs.iter().enumerate() {
+            let side_inputs = consumer.dead_letter_inputs.iter().map(|&p| (p, Some(true)));
+            let side_inputs =
+                side_inputs.chain(consumer.late_inputs.iter().map(|&p| (p, Some(false))));
+            let all_inputs = consumer
+                .inputs
+                .iter()
+                .map(|&p| (p, None))
+                .chain(side_inputs);
+            for (input, (p, side)) in all_inputs.enumerate() {
                 let producer = &graph.nodes[p];
                 let mut watched = InputQueues {
                     from: producer.name.clone(),
-                    kind: EdgeKind::Data,
-                    queues: Vec::new(),
-                };
-                let key_by = plan.nodes[c]
-                    .key_by
-                    .get(logical)
-                    .cloned()
-                    .unwrap_or_default();
-                for (i, producer_edges) in edges[p].iter_mut().enumerate() {
-                    let (senders, receivers) =
-                        channels(consumer.parallelism, consumer.queue_capacity);
-                    watched.queues.extend(senders.iter().map(Sender::downgrade));
-                    for (j, rx) in receivers.into_iter().enumerate() {
-                        inputs[c][j].push(InputChannel {
-                            receiver: rx,
-                            logical,
-                        });
-                    }
-                    let partitioning = if !key_by.is_empty() {
-                        Partitioning::Hash(Arc::new(key_by.clone()))
-                    } else if producer.parallelism == consumer.parallelism {
-                        Partitioning::Forward(i)
-                    } else {
-                        Partitioning::RoundRobin
-                    };
-                    producer_edges.push(Exchange::new(senders, partitioning));
-                }
-                queues[c].push(watched);
-            }
-            let side_inputs = consumer.dead_letter_inputs.iter().map(|&p| (p, true));
-            let side_inputs = side_inputs.chain(consumer.late_inputs.iter().map(|&p| (p, false)));
-            for (p, is_dlq) in side_inputs {
-                let slots = if is_dlq { &mut dlqs[p] } else { &mut lates[p] };
-                let mut watched = InputQueues {
-                    from: graph.nodes[p].name.clone(),
-                    kind: if is_dlq {
-                        EdgeKind::DeadLetters
-                    } else {
-                        EdgeKind::Late
+                    kind: match side {
+                        None => EdgeKind::Data,
+                        Some(true) => EdgeKind::DeadLetters,
+                        Some(false) => EdgeKind::Late,
                     },
                     queues: Vec::new(),
                 };
-                for slot in slots.iter_mut() {
-                    let (senders, receivers) =
-                        channels(consumer.parallelism, consumer.queue_capacity);
-                    watched.queues.extend(senders.iter().map(Sender::downgrade));
-                    for (j, rx) in receivers.into_iter().enumerate() {
-                        inputs[c][j].push(InputChannel {
-                            receiver: rx,
-                            logical: 0,
-                        });
+                // Side inputs are one logical input of their consumer.
+                let logical = if side.is_none() { input } else { 0 };
+                let key_by = match side {
+                    None => plan.nodes[c].key_by.get(input).cloned().unwrap_or_default(),
+                    Some(_) => Vec::new(),
+                };
+                for i in 0..producer.parallelism {
+                    let mut senders = Vec::with_capacity(consumer.parallelism);
+                    for j in 0..consumer.parallelism {
+                        let (tx, rx) = channel(consumer.queue_capacity);
+                        let id = ChannelId {
+                            producer: p,
+                            producer_instance: i,
+                            consumer: c,
+                            consumer_instance: j,
+                            input,
+                        };
+                        match (local(p, i), local(c, j), placement) {
+                            (true, true, _) | (_, _, None) => {
+                                watched.queues.push(tx.downgrade());
+                                senders.push(tx);
+                                inputs[c][j].push(InputChannel {
+                                    receiver: rx,
+                                    logical,
+                                });
+                            }
+                            (true, false, Some(placement)) => {
+                                senders.push(tx);
+                                bridges.push(placement.transport().outbound(id, rx));
+                            }
+                            (false, true, Some(placement)) => {
+                                watched.queues.push(tx.downgrade());
+                                bridges.push(placement.transport().inbound(id, tx));
+                                inputs[c][j].push(InputChannel {
+                                    receiver: rx,
+                                    logical,
+                                });
+                            }
+                            (false, false, Some(_)) => {}
+                        }
                     }
-                    *slot = Some(Exchange::new(senders, Partitioning::RoundRobin));
+                    if !local(p, i) {
+                        continue;
+                    }
+                    let exchange = match side {
+                        None => {
+                            let partitioning = if !key_by.is_empty() {
+                                Partitioning::Hash(Arc::new(key_by.clone()))
+                            } else if producer.parallelism == consumer.parallelism {
+                                Partitioning::Forward(i)
+                            } else {
+                                Partitioning::RoundRobin
+                            };
+                            edges[p][i].push(Exchange::new(senders, partitioning));
+                            continue;
+                        }
+                        Some(_) => Exchange::new(senders, Partitioning::RoundRobin),
+                    };
+                    if side == Some(true) {
+                        dlqs[p][i] = Some(exchange);
+                    } else {
+                        lates[p][i] = Some(exchange);
+                    }
                 }
                 queues[c].push(watched);
             }
@@ -212,6 +265,9 @@ impl Pipeline {
                 .zip(node_lates)
                 .enumerate()
             {
+                if !local(id, instance) {
+                    continue;
+                }
                 let outputs = Outputs {
                     node: node.name.clone(),
                     metrics: Arc::clone(&metrics[id]),
@@ -302,6 +358,9 @@ impl Pipeline {
             }
         }
         drop(acks);
+        for bridge in bridges {
+            tasks.spawn(bridge.instrument(span.clone()));
+        }
         let restored_from = restored.as_ref().map(|r| r.meta.id);
         let checkpoint_metrics = Arc::new(crate::metrics::CheckpointMetrics::default());
         if let Some((config, store, next_id, _, ack_rx)) = checkpointing {
@@ -344,10 +403,6 @@ impl Pipeline {
             mode: graph.mode,
         })
     }
-}
-
-fn channels(n: usize, capacity: usize) -> (Vec<Sender<Message>>, Vec<Receiver<Message>>) {
-    (0..n).map(|_| channel(capacity)).unzip()
 }
 
 /// A node as seen by monitoring.

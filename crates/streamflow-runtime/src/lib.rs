@@ -9,6 +9,8 @@
 //!   aligned barriers, end of stream;
 //! - [`checkpoint`] coordinates checkpoints (barriers, acknowledgements,
 //!   two-phase sink commits) and chooses what to restore;
+//! - [`transport`] carries the channels whose two ends run in different
+//!   processes, so that one pipeline can span several workers;
 //! - [`engine`] spawns the tasks, propagates failures and shutdown, and
 //!   reports per-stage metrics.
 
@@ -20,8 +22,10 @@ pub mod metrics;
 pub mod plan;
 pub mod resources;
 mod tasks;
+pub mod transport;
 
 pub use checkpoint::RecoveryOptions;
 pub use engine::{InputFill, Pipeline, RunHandle, RunSummary, StageSummary};
 pub use metrics::{CheckpointMetrics, EdgeKind, InputQueues, LastCheckpoint, NodeMetrics};
 pub use plan::{PhysicalPlan, Planned, PlannedNode, plan, validate_spec, validate_spec_with};
+pub use transport::{Bridge, ChannelId, Placement, Transport};

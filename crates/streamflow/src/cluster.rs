@@ -1,5 +1,6 @@
-//! `streamflow worker` and `streamflow cluster …`: joining a cluster on
-//! NATS JetStream and looking at it.
+//! `streamflow worker`, `streamflow run --cluster` and `streamflow cluster
+//! …`: joining a cluster on NATS JetStream, running flows over it, looking
+//! at it.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -42,6 +43,13 @@ pub enum ClusterAction {
     Dissolve,
 }
 
+impl Target {
+    /// Whether a cluster was named.
+    pub fn is_set(&self) -> bool {
+        self.url.is_some()
+    }
+}
+
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -75,6 +83,41 @@ pub fn run(target: Target, action: ClusterAction) -> anyhow::Result<ExitCode> {
                 cluster.dissolve().await?;
                 eprintln!("cluster '{}' dissolved", target.cluster_name);
             }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `streamflow run FLOW --cluster …`: runs a validated flow over the
+/// cluster's workers, coordinating it from this process, and prints what
+/// went through each node. Ctrl-C asks the sources to stop; a second one
+/// withdraws the flow.
+pub fn run_flow(
+    target: Target,
+    spec: &streamflow::FlowSpec,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async move {
+        let cluster = connect(&target).await?;
+        let started = std::time::Instant::now();
+        let outcome = cluster
+            .run_flow(spec, || async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await?;
+        if !quiet {
+            eprintln!("{:<20} {:>12} {:>12}", "node", "in", "out");
+            for s in outcome.stages() {
+                eprintln!("{:<20} {:>12} {:>12}", s.name, s.records_in, s.records_out);
+            }
+            eprintln!(
+                "flow '{}' ran on {} workers of cluster '{}' (epoch {}) in {:.3}s",
+                outcome.flow,
+                outcome.reports.len(),
+                target.cluster_name,
+                outcome.epoch,
+                started.elapsed().as_secs_f64()
+            );
         }
         Ok(ExitCode::SUCCESS)
     })
@@ -132,10 +175,13 @@ pub fn worker(target: Target, name: Option<String>, slots: usize) -> anyhow::Res
         );
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("installing the SIGTERM handler")?;
+        // Runs its shares of the flows assigned to it until told to stop.
+        let serving = cluster.serve_assignments(&name, std::future::pending());
         tokio::select! {
             why = membership.removed() => {
                 anyhow::bail!("worker '{name}' was removed from cluster '{}': {why}", target.cluster_name);
             }
+            served = serving => served?,
             _ = tokio::signal::ctrl_c() => {}
             _ = terminate.recv() => {}
         }

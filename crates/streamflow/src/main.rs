@@ -80,6 +80,10 @@ enum Command {
         /// `http://ADDR/metrics` (as `serve` does for its flows).
         #[arg(long, value_name = "ADDR")]
         metrics: Option<std::net::SocketAddr>,
+        /// Run the flow over the workers of a cluster (`--cluster
+        /// nats://HOST:4222`); this process coordinates and waits.
+        #[command(flatten)]
+        cluster: cluster::Target,
     },
     /// List or inspect the checkpoints of a flow.
     Checkpoints {
@@ -385,16 +389,26 @@ fn main() -> ExitCode {
             allow_state_drop,
             watch,
             metrics,
+            cluster: target,
         } => {
-            let recovery = RecoveryOptions {
-                fresh,
-                from_checkpoint,
-                allow_state_drop,
-            };
-            if watch {
-                run_watching(&file, &overrides, workers, &recovery, metrics)
+            if target.is_set() {
+                let unsupported = watch
+                    || fresh
+                    || from_checkpoint.is_some()
+                    || allow_state_drop
+                    || metrics.is_some();
+                run_on_cluster(target, &file, &overrides, quiet, unsupported)
             } else {
-                run(&file, &overrides, workers, quiet, &recovery, metrics)
+                let recovery = RecoveryOptions {
+                    fresh,
+                    from_checkpoint,
+                    allow_state_drop,
+                };
+                if watch {
+                    run_watching(&file, &overrides, workers, &recovery, metrics)
+                } else {
+                    run(&file, &overrides, workers, quiet, &recovery, metrics)
+                }
             }
         }
         Command::Checkpoints { action } => checkpoints(action),
@@ -567,6 +581,30 @@ fn report(e: &anyhow::Error) -> String {
         text.push_str(&cause);
     }
     text
+}
+
+/// `run --cluster`: validates here, then runs over the cluster's workers.
+fn run_on_cluster(
+    target: cluster::Target,
+    file: &Path,
+    overrides: &[String],
+    quiet: bool,
+    unsupported: bool,
+) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        !unsupported,
+        "--watch, --fresh, --from-checkpoint, --allow-state-drop and --metrics do not work with --cluster yet"
+    );
+    let spec = match streamflow_dsl::load_file(file, overrides)
+        .and_then(|spec| Pipeline::from_spec(&spec).map(|_| spec))
+    {
+        Ok(spec) => spec,
+        Err(d) => {
+            print_diagnostics(&d);
+            return Ok(ExitCode::from(2));
+        }
+    };
+    cluster::run_flow(target, &spec, quiet)
 }
 
 fn print_diagnostics(d: &Diagnostics) {

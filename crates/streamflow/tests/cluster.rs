@@ -1,8 +1,9 @@
-//! `streamflow worker` and `streamflow cluster members` against the local
-//! NATS JetStream server (127.0.0.1:4222, started by `.ci/run`): workers
-//! join, a killed one vanishes after the ttl, a stopped (SIGSTOP) one is
-//! removed and, resumed, finds itself fenced and exits; a stopped one
-//! (SIGTERM) leaves at once.
+//! `streamflow worker`, `streamflow run --cluster` and `streamflow cluster
+//! members` against the local NATS JetStream server (127.0.0.1:4222,
+//! started by `.ci/run`): workers join, a killed one vanishes after the
+//! ttl, a stopped (SIGSTOP) one is removed and, resumed, finds itself
+//! fenced and exits; a stopped one (SIGTERM) leaves at once. Flows run over
+//! three worker processes give what one process gives.
 
 mod common;
 
@@ -33,11 +34,16 @@ impl Workers {
     }
 
     fn start(&mut self, name: &str) {
+        self.start_with(name, Stdio::piped());
+    }
+
+    fn start_with(&mut self, name: &str, stderr: impl Into<Stdio>) {
         let child = streamflow()
             .arg("worker")
             .args(self.args())
             .args(["--name", name, "--slots", "2"])
-            .stderr(Stdio::piped())
+            .env("STREAMFLOW_LOG", "info")
+            .stderr(stderr)
             .spawn()
             .expect("spawn worker");
         self.children.push((name.to_string(), child));
@@ -168,4 +174,109 @@ fn workers_join_expire_are_fenced_and_leave() {
     let w3 = w.child("w3");
     assert!(w3.wait().expect("wait").success());
     assert!(w.members().is_empty(), "left at once");
+}
+
+/// Sorted lines of every file under `dir`.
+fn lines_under(dir: &std::path::Path) -> Vec<String> {
+    let mut rows: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flat_map(|f| {
+            std::fs::read_to_string(f.expect("entry").path())
+                .expect("read")
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[test]
+fn flows_run_over_three_workers_as_in_one_process() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut w = Workers {
+        cluster: common::unique("jobs"),
+        children: Vec::new(),
+    };
+    let logs: Vec<_> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|n| dir.path().join(format!("{n}.log")))
+        .collect();
+    for (name, log) in ["w1", "w2", "w3"].iter().zip(&logs) {
+        w.start_with(name, std::fs::File::create(log).expect("log"));
+    }
+    w.await_members(&["w1", "w2", "w3"]);
+    let worker_logs = || {
+        logs.iter()
+            .map(|l| std::fs::read_to_string(l).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // Nexmark q5's keyed sliding windows and q3's join, each node with three
+    // instances: every keyed channel between instances on different workers
+    // crosses NATS.
+    let root = common::root();
+    for (query, parallel) in [
+        (
+            "q5",
+            "sources.bids.parallelism=3,stages.q5.parallelism=3,sources.bids.config.events=200000",
+        ),
+        (
+            "q3",
+            "sources.auctions.parallelism=3,sources.persons.parallelism=3,stages.joined.parallelism=3,sources.auctions.config.events=200000,sources.persons.config.events=200000",
+        ),
+    ] {
+        let flow = root.join(format!("examples/nexmark/{query}.yaml"));
+        let flow = flow.to_str().expect("path");
+        let sets: Vec<String> = parallel.split(',').map(str::to_string).collect();
+        let single = dir.path().join(format!("{query}-single"));
+        let spread = dir.path().join(format!("{query}-cluster"));
+        let with_out = |out: &std::path::Path| {
+            let mut args = vec!["run".to_string(), flow.to_string()];
+            for s in sets
+                .iter()
+                .cloned()
+                .chain([format!("sinks.out.config.path={}", out.display())])
+            {
+                args.push("--set".into());
+                args.push(s);
+            }
+            args
+        };
+        let one = streamflow()
+            .args(with_out(&single))
+            .arg("--quiet")
+            .output()
+            .expect("run");
+        assert!(one.status.success(), "{}", stderr(&one));
+        let many = streamflow()
+            .args(with_out(&spread))
+            .args(w.args())
+            .output()
+            .expect("run --cluster");
+        assert!(
+            many.status.success(),
+            "{query}: {}\nworkers:\n{}",
+            stderr(&many),
+            worker_logs()
+        );
+        assert!(
+            stderr(&many).contains("ran on 3 workers"),
+            "{}",
+            stderr(&many)
+        );
+        let (expected, got) = (lines_under(&single), lines_under(&spread));
+        assert!(
+            expected.len() > 100,
+            "{query}: only {} rows",
+            expected.len()
+        );
+        assert_eq!(got.len(), expected.len(), "{query}");
+        assert!(got == expected, "{query}: the rows differ");
+    }
+    // The workers ran their shares and are still there for the next flow.
+    assert_eq!(w.members(), ["w1", "w2", "w3"]);
+    let logs = worker_logs();
+    assert_eq!(logs.matches("share finished").count(), 6, "{logs}");
 }
