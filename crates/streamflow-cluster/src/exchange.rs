@@ -105,20 +105,28 @@ impl NatsTransport {
         let mut credits = u64::from(self.open(channel).await?);
         let mut encoder = Encoder::default();
         let mut frames = Vec::new();
+        let started = Instant::now();
+        let (mut sent_frames, mut sent_bytes, mut waited) = (0u64, 0u64, Duration::ZERO);
         while let Some(message) = messages.recv().await {
             let end = matches!(message, Message::EndOfStream);
             encoder
                 .encode(&message, self.chunk, &mut frames)
                 .map_err(|e| broken(channel, e))?;
             for frame in frames.drain(..) {
-                while credits == 0 {
-                    let grant = grants
-                        .next()
-                        .await
-                        .ok_or_else(|| broken(channel, "the connection closed"))?;
-                    credits += u64::from(read_u32(&grant.payload));
+                if credits == 0 {
+                    let waiting = Instant::now();
+                    while credits == 0 {
+                        let grant = grants
+                            .next()
+                            .await
+                            .ok_or_else(|| broken(channel, "the connection closed"))?;
+                        credits += u64::from(read_u32(&grant.payload));
+                    }
+                    waited += waiting.elapsed();
                 }
                 credits -= 1;
+                sent_frames += 1;
+                sent_bytes += frame.len() as u64;
                 self.client
                     .publish(data.clone(), frame)
                     .await
@@ -126,6 +134,14 @@ impl NatsTransport {
             }
             if end {
                 self.client.flush().await.map_err(|e| broken(channel, e))?;
+                tracing::info!(
+                    channel = %channel,
+                    frames = sent_frames,
+                    bytes = sent_bytes,
+                    seconds = started.elapsed().as_secs_f64(),
+                    waited_for_credit = waited.as_secs_f64(),
+                    "remote channel ended"
+                );
                 return Ok(());
             }
         }

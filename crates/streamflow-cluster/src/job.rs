@@ -120,6 +120,11 @@ impl Cluster {
         let pipeline = Pipeline::from_spec(spec).map_err(invalid_flow)?;
         let flow = pipeline.plan().graph.name.clone();
         check_name("flow name", &flow)?;
+        if pipeline.plan().graph.checkpoint.is_some() {
+            return Err(ClusterError::Invalid(format!(
+                "flow '{flow}' takes checkpoints, which do not work across workers yet: run it without --cluster"
+            )));
+        }
         let nodes: Vec<NodeSpec> = pipeline
             .plan()
             .graph
@@ -261,10 +266,15 @@ impl Cluster {
             .map_err(|e| self.error("watching assignments", e))?;
         let mut shares: HashMap<String, Share> = HashMap::new();
         tokio::pin!(shutdown);
+        let mut check = tokio::time::interval(self.ttl());
         loop {
             let entry = tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 entry = published.next() => entry,
+                _ = check.tick() => {
+                    self.drop_orphans(&mut shares).await;
+                    continue;
+                }
             };
             let entry = match entry {
                 Some(Ok(e)) => e,
@@ -317,6 +327,33 @@ impl Cluster {
                 stopped,
             ));
             shares.insert(flow, Share { epoch, stop, task });
+        }
+    }
+}
+
+impl Cluster {
+    /// Drops the shares whose coordinator is gone (its lease expired: it
+    /// was killed or cut off without withdrawing the flow), and forgets
+    /// the shares that ended.
+    async fn drop_orphans(&self, shares: &mut HashMap<String, Share>) {
+        let mut gone = Vec::new();
+        for (flow, share) in shares.iter() {
+            if share.task.is_finished() {
+                gone.push(flow.clone());
+                continue;
+            }
+            match self.lease_held(&format!("coordinator.{flow}")).await {
+                Ok(false) => {
+                    tracing::warn!(flow = %flow, epoch = share.epoch, "the flow's coordinator is gone: share dropped");
+                    share.task.abort();
+                    gone.push(flow.clone());
+                }
+                Ok(true) => {}
+                Err(e) => tracing::warn!(flow = %flow, error = %e, "checking the coordinator"),
+            }
+        }
+        for flow in gone {
+            shares.remove(&flow);
         }
     }
 }

@@ -280,3 +280,117 @@ fn flows_run_over_three_workers_as_in_one_process() {
     let logs = worker_logs();
     assert_eq!(logs.matches("share finished").count(), 6, "{logs}");
 }
+
+#[test]
+fn a_killed_worker_fails_the_run_and_frees_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut w = Workers {
+        cluster: common::unique("killed"),
+        children: Vec::new(),
+    };
+    let logs: Vec<_> = ["w1", "w2", "w3"]
+        .iter()
+        .map(|n| dir.path().join(format!("{n}.log")))
+        .collect();
+    for (name, log) in ["w1", "w2", "w3"].iter().zip(&logs) {
+        w.start_with(name, std::fs::File::create(log).expect("log"));
+    }
+    w.await_members(&["w1", "w2", "w3"]);
+    let flow = common::root().join("examples/nexmark/q5.yaml");
+    let cluster_args = w.args();
+    let run = |events: u64, out: &str| {
+        let mut cmd = streamflow();
+        cmd.arg("run")
+            .arg(&flow)
+            .args(&cluster_args)
+            .args(["--set", "sources.bids.parallelism=3"])
+            .args(["--set", "stages.q5.parallelism=3"])
+            .args(["--set", &format!("sources.bids.config.events={events}")])
+            .args(["--set", "sources.bids.config.rate=100000"])
+            .args([
+                "--set",
+                &format!("sinks.out.config.path={}", dir.path().join(out).display()),
+            ]);
+        cmd
+    };
+    // Paced to run for about a minute; one worker is killed on the way.
+    let running = run(6_000_000, "long")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run --cluster");
+    let shares_started = || {
+        logs.iter()
+            .map(|l| {
+                std::fs::read_to_string(l)
+                    .unwrap_or_default()
+                    .matches("share started")
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shares_started() < 3 {
+        assert!(Instant::now() < deadline, "the shares did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    w.signal("w2", "-KILL");
+    let killed = Instant::now();
+    let out = running.wait_with_output().expect("wait");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out)
+            .contains("worker 'w2' left the cluster while running its share of 'nexmark-q5'"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        killed.elapsed() < Duration::from_secs(20),
+        "noticed after {:?}",
+        killed.elapsed()
+    );
+    // The others dropped their shares and take the next flow.
+    w.await_members(&["w1", "w3"]);
+    let next = run(50_000, "next").output().expect("run");
+    assert!(next.status.success(), "{}", stderr(&next));
+    assert!(
+        stderr(&next).contains("ran on 2 workers"),
+        "{}",
+        stderr(&next)
+    );
+    for log in [&logs[0], &logs[2]] {
+        let text = std::fs::read_to_string(log).expect("log");
+        assert!(text.contains("assignment withdrawn"), "{text}");
+    }
+
+    // A killed coordinator: the workers drop their shares once its lease
+    // has expired, and the flow can be run again.
+    let before = shares_started();
+    let mut coordinator = run(6_000_000, "orphaned")
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run --cluster");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while shares_started() < before + 2 {
+        assert!(Instant::now() < deadline, "the shares did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    coordinator.kill().expect("kill");
+    coordinator.wait().expect("wait");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let orphaned = || {
+        [&logs[0], &logs[2]].iter().all(|l| {
+            std::fs::read_to_string(l)
+                .unwrap_or_default()
+                .contains("coordinator is gone")
+        })
+    };
+    while !orphaned() {
+        assert!(
+            Instant::now() < deadline,
+            "the shares of a dead coordinator were kept"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let again = run(50_000, "again").output().expect("run");
+    assert!(again.status.success(), "{}", stderr(&again));
+}
