@@ -192,21 +192,29 @@ fn lines_under(dir: &std::path::Path) -> Vec<String> {
     rows
 }
 
+/// Workers w1, w2 and w3 of a new cluster, each logging (at info) to
+/// `<dir>/<name>.log`; returns them once all three are members.
+fn three_logged_workers(
+    cluster: &str,
+    dir: &std::path::Path,
+) -> (Workers, Vec<std::path::PathBuf>) {
+    let mut w = Workers {
+        cluster: common::unique(cluster),
+        children: Vec::new(),
+    };
+    let names = ["w1", "w2", "w3"];
+    let logs: Vec<_> = names.iter().map(|n| dir.join(format!("{n}.log"))).collect();
+    for (name, log) in names.iter().zip(&logs) {
+        w.start_with(name, std::fs::File::create(log).expect("log"));
+    }
+    w.await_members(&names);
+    (w, logs)
+}
+
 #[test]
 fn flows_run_over_three_workers_as_in_one_process() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut w = Workers {
-        cluster: common::unique("jobs"),
-        children: Vec::new(),
-    };
-    let logs: Vec<_> = ["w1", "w2", "w3"]
-        .iter()
-        .map(|n| dir.path().join(format!("{n}.log")))
-        .collect();
-    for (name, log) in ["w1", "w2", "w3"].iter().zip(&logs) {
-        w.start_with(name, std::fs::File::create(log).expect("log"));
-    }
-    w.await_members(&["w1", "w2", "w3"]);
+    let (mut w, logs) = three_logged_workers("jobs", dir.path());
     let worker_logs = || {
         logs.iter()
             .map(|l| std::fs::read_to_string(l).unwrap_or_default())
@@ -284,18 +292,7 @@ fn flows_run_over_three_workers_as_in_one_process() {
 #[test]
 fn a_killed_worker_fails_the_run_and_frees_the_others() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut w = Workers {
-        cluster: common::unique("killed"),
-        children: Vec::new(),
-    };
-    let logs: Vec<_> = ["w1", "w2", "w3"]
-        .iter()
-        .map(|n| dir.path().join(format!("{n}.log")))
-        .collect();
-    for (name, log) in ["w1", "w2", "w3"].iter().zip(&logs) {
-        w.start_with(name, std::fs::File::create(log).expect("log"));
-    }
-    w.await_members(&["w1", "w2", "w3"]);
+    let (mut w, logs) = three_logged_workers("killed", dir.path());
     let flow = common::root().join("examples/nexmark/q5.yaml");
     let cluster_args = w.args();
     let run = |events: u64, out: &str| {
