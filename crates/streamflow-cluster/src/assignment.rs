@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 use streamflow_dsl::FlowSpec;
-use streamflow_state::key_group_range;
+use streamflow_state::{CheckpointMeta, key_group_range};
 
 use crate::{ClusterError, Member, Result};
 
@@ -59,6 +59,9 @@ pub struct Assignment {
     /// The coordinator asks the sources to stop (the run drains and ends).
     #[serde(default)]
     pub stopping: bool,
+    /// The checkpoint every instance restores (chosen by the coordinator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore: Option<CheckpointMeta>,
 }
 
 impl Assignment {
@@ -108,6 +111,7 @@ impl Assignment {
             workers,
             spec: None,
             stopping: false,
+            restore: None,
         })
     }
 

@@ -23,6 +23,7 @@
 //!   the bridge and with it the run, which then restarts from its last
 //!   checkpoint.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
@@ -33,8 +34,8 @@ use arrow::ipc::writer::StreamEncoder;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures::StreamExt;
 use streamflow_core::{CheckpointBarrier, Error, Message, Result, Watermark};
-use streamflow_runtime::{Bridge, ChannelId, Transport};
-use tokio::sync::mpsc::{Receiver, Sender};
+use streamflow_runtime::{Bridge, ChannelId, CheckpointCommand, CheckpointReport, Transport};
+use tokio::sync::mpsc::{Receiver, Sender, UnboundedReceiver, UnboundedSender};
 
 /// Frames a channel may have in flight when not configured.
 pub const DEFAULT_WINDOW: u32 = 8;
@@ -60,6 +61,8 @@ pub struct NatsTransport {
     prefix: String,
     window: u32,
     chunk: usize,
+    /// The run's checkpoint commands, subscribed to before the run starts.
+    commands: Arc<Mutex<Option<async_nats::Subscriber>>>,
 }
 
 impl NatsTransport {
@@ -72,7 +75,20 @@ impl NatsTransport {
             prefix: prefix.into(),
             window: window.max(2),
             chunk: max_payload.min(1 << 20) - HEADER - 64,
+            commands: Arc::default(),
         }
+    }
+
+    /// Listens for the run's checkpoint commands from now on: call it
+    /// before starting a checkpointed share, whose coordinator may send
+    /// its first barrier as soon as the share is up.
+    ///
+    /// # Errors
+    /// The server failing.
+    pub async fn listen_for_checkpoints(&self) -> Result<()> {
+        let subscriber = crate::checkpoints::listen(&self.client, &self.prefix).await?;
+        *self.commands.lock().unwrap_or_else(|e| e.into_inner()) = Some(subscriber);
+        Ok(())
     }
 
     fn subject(&self, channel: ChannelId, what: &str) -> String {
@@ -87,6 +103,27 @@ impl Transport for NatsTransport {
 
     fn inbound(&self, channel: ChannelId, into: Sender<Message>) -> Bridge {
         Box::pin(self.clone().receive(channel, into))
+    }
+
+    fn checkpoints(
+        &self,
+        reports: UnboundedReceiver<CheckpointReport>,
+        commands: UnboundedSender<CheckpointCommand>,
+    ) -> Bridge {
+        let listening = self
+            .commands
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let client = self.client.clone();
+        let prefix = self.prefix.clone();
+        Box::pin(async move {
+            let listening = match listening {
+                Some(s) => s,
+                None => crate::checkpoints::listen(&client, &prefix).await?,
+            };
+            crate::checkpoints::worker_link(client, listening, prefix, reports, commands).await
+        })
     }
 }
 

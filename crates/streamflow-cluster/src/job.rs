@@ -18,12 +18,13 @@ use async_nats::jetstream::kv;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use streamflow_dsl::FlowSpec;
-use streamflow_runtime::{Pipeline, Placement, RecoveryOptions};
+use streamflow_runtime::{CheckpointCoordinator, Pipeline, Placement, RecoveryOptions};
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
+use crate::checkpoints::coordinator_link;
 use crate::exchange::{DEFAULT_WINDOW, NatsTransport};
-use crate::{Acquired, Assignment, Cluster, ClusterError, NodeSpec, Result, check_name};
+use crate::{Acquired, Assignment, Cluster, ClusterError, HeldLease, NodeSpec, Result, check_name};
 
 /// The bucket of workers' reports.
 const RUNS: &str = "runs";
@@ -104,15 +105,48 @@ fn invalid_flow(e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Invalid(format!("the flow does not plan: {e}"))
 }
 
+/// Restarts after failures a checkpointed flow is allowed before its run fails.
+const MAX_RESTARTS: u64 = 10;
+
+/// The low bits of an epoch number a run's restarts: the epoch of an
+/// assignment is its coordinator's lease epoch shifted left by these, plus
+/// the restart, so a restart outranks the run it replaces and a new
+/// coordinator outranks every run of the old one.
+const RESTART_BITS: u32 = 16;
+
+/// Why one attempt at running a flow ended without its outcome.
+enum Ended {
+    /// The run can go on from its last complete checkpoint.
+    Restart(ClusterError),
+    /// Rescaling: the workers present would take a different assignment.
+    Rescale(String),
+    /// The run ends with this error.
+    Fail(ClusterError),
+}
+
+/// Where an attempt is.
+struct Attempt<'a> {
+    flow: &'a str,
+    spec: &'a FlowSpec,
+    nodes: &'a [NodeSpec],
+    epoch: u64,
+}
+
 impl Cluster {
     /// Runs `spec` over the workers of the cluster and waits for it to end.
     /// `stop` resolving once asks the sources to stop (everything in flight
     /// drains); resolving again withdraws the flow at once.
     ///
+    /// A flow with checkpoints is checkpointed across the workers; when a
+    /// worker is lost or a share fails, it restarts from its last complete
+    /// checkpoint on the workers present (at most ten times), and when
+    /// workers join it moves onto them after its next checkpoint.
+    ///
     /// # Errors
     /// The flow coordinated elsewhere already, too few slots, a worker's
-    /// share failing (its error) or its worker leaving, the lease lost.
-    pub async fn run_flow<S, F>(&self, spec: &FlowSpec, mut stop: S) -> Result<Outcome>
+    /// share failing (its error) or its worker leaving (without
+    /// checkpoints, or too often), the lease lost.
+    pub async fn run_flow<S, F>(&self, spec: &FlowSpec, stop: S) -> Result<Outcome>
     where
         S: FnMut() -> F,
         F: Future<Output = ()>,
@@ -120,21 +154,6 @@ impl Cluster {
         let pipeline = Pipeline::from_spec(spec).map_err(invalid_flow)?;
         let flow = pipeline.plan().graph.name.clone();
         check_name("flow name", &flow)?;
-        if pipeline.plan().graph.checkpoint.is_some() {
-            return Err(ClusterError::Invalid(format!(
-                "flow '{flow}' takes checkpoints, which do not work across workers yet: run it without --cluster"
-            )));
-        }
-        let nodes: Vec<NodeSpec> = pipeline
-            .plan()
-            .graph
-            .nodes
-            .iter()
-            .map(|n| NodeSpec {
-                name: n.name.clone(),
-                parallelism: n.parallelism,
-            })
-            .collect();
         let holder = format!("coordinator pid {}", std::process::id());
         let lease = match self
             .acquire(&format!("coordinator.{flow}"), holder.as_bytes())
@@ -148,35 +167,149 @@ impl Cluster {
                 )));
             }
         };
-        let mut lease = lease.keep();
-        let epoch = lease.epoch();
-        let members = self.members().await?;
-        let mut assignment = Assignment::new(&flow, epoch, &nodes, &members)?;
-        assignment.spec = Some(spec.clone());
+        self.coordinate(spec, &pipeline, lease.keep(), stop).await
+    }
+
+    /// Coordinates the run of `pipeline` (planned from `spec`) holding its
+    /// coordinator lease, restarting it from its last complete checkpoint
+    /// when it can; withdraws it and gives the lease up at the end.
+    async fn coordinate<S, F>(
+        &self,
+        spec: &FlowSpec,
+        pipeline: &Pipeline,
+        mut lease: HeldLease,
+        mut stop: S,
+    ) -> Result<Outcome>
+    where
+        S: FnMut() -> F,
+        F: Future<Output = ()>,
+    {
+        let graph = &pipeline.plan().graph;
+        let flow = graph.name.clone();
+        let nodes: Vec<NodeSpec> = graph
+            .nodes
+            .iter()
+            .map(|n| NodeSpec {
+                name: n.name.clone(),
+                parallelism: n.parallelism,
+            })
+            .collect();
+        let mut restarts = 0u64;
+        let mut failures = 0u64;
+        let mut stopping = false;
+        let result = loop {
+            let attempt = Attempt {
+                flow: &flow,
+                spec,
+                nodes: &nodes,
+                epoch: (lease.epoch() << RESTART_BITS) | restarts,
+            };
+            let checkpoints =
+                match CheckpointCoordinator::prepare(graph, &RecoveryOptions::default()).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        break Err(ClusterError::Invalid(format!(
+                            "flow '{flow}': checkpoints: {e}"
+                        )));
+                    }
+                };
+            let checkpointed = checkpoints.is_some();
+            let why = match self
+                .attempt(&attempt, checkpoints, &mut lease, &mut stop, &mut stopping)
+                .await
+            {
+                Ok(outcome) => break Ok(outcome),
+                Err(Ended::Fail(e)) => break Err(e),
+                Err(Ended::Restart(e)) if !checkpointed || stopping || failures >= MAX_RESTARTS => {
+                    break Err(e);
+                }
+                Err(Ended::Restart(e)) => {
+                    failures += 1;
+                    e.to_string()
+                }
+                Err(Ended::Rescale(why)) => why,
+            };
+            restarts += 1;
+            tracing::warn!(flow = %flow, reason = %why, restart = restarts, "restarting the flow from its last complete checkpoint");
+            // The shares of the run stop at once; a moment for them to go.
+            if let Err(e) = self.withdraw(&flow).await {
+                tracing::warn!(error = %e, flow = %flow, "withdrawing the assignment");
+            }
+            tokio::time::sleep(self.ttl().min(std::time::Duration::from_secs(1))).await;
+        };
+        // Withdrawn either way: workers drop what is left of their shares.
+        if let Err(e) = self.withdraw(&flow).await {
+            tracing::warn!(error = %e, flow = %flow, "withdrawing the assignment");
+        }
+        lease.release().await;
+        result
+    }
+
+    /// One run of a flow at one epoch: assigns it to the workers present,
+    /// coordinates its checkpoints once every share runs, and waits for
+    /// every share to finish.
+    async fn attempt<S, F>(
+        &self,
+        run: &Attempt<'_>,
+        mut checkpoints: Option<CheckpointCoordinator>,
+        lease: &mut HeldLease,
+        stop: &mut S,
+        stopping: &mut bool,
+    ) -> Result<Outcome, Ended>
+    where
+        S: FnMut() -> F,
+        F: Future<Output = ()>,
+    {
+        let (flow, epoch) = (run.flow, run.epoch);
+        let members = self.members().await.map_err(Ended::Fail)?;
+        let mut assignment =
+            Assignment::new(flow, epoch, run.nodes, &members).map_err(Ended::Restart)?;
+        assignment.spec = Some(run.spec.clone());
+        assignment.restore = checkpoints.as_ref().and_then(|c| c.restore().cloned());
         let shares: Vec<String> = assignment
             .workers
             .iter()
             .filter(|(_, tasks)| !tasks.is_empty())
             .map(|(w, _)| w.clone())
             .collect();
-        let runs = self.bucket(RUNS).await?;
+        let runs = self.bucket(RUNS).await.map_err(Ended::Fail)?;
         let mut reports_in = runs
             .watch_with_history(format!("{flow}.>"))
             .await
-            .map_err(|e| self.error("watching reports", e))?;
-        self.publish_assignment(&assignment).await?;
-        tracing::info!(flow = %flow, epoch, workers = shares.len(), "flow assigned");
+            .map_err(|e| Ended::Fail(self.error("watching reports", e)))?;
+        let mut link = match &checkpoints {
+            Some(_) => Some(
+                coordinator_link(&self.client(), &self.run_prefix(flow, epoch))
+                    .await
+                    .map_err(|e| Ended::Fail(self.error("listening for checkpoint reports", e)))?,
+            ),
+            None => None,
+        };
+        self.publish_assignment(&assignment)
+            .await
+            .map_err(Ended::Fail)?;
+        tracing::info!(
+            flow = %flow,
+            epoch,
+            workers = shares.len(),
+            restore = assignment.restore.as_ref().map(|m| m.id),
+            "flow assigned"
+        );
 
         let mut reports: BTreeMap<String, Report> = BTreeMap::new();
         let mut check = tokio::time::interval(self.ttl());
-        let mut stopping = false;
-        let result = loop {
+        // The checkpoint coordinator's task; dropped (aborted) with the attempt.
+        let mut checkpointing: JoinSet<streamflow_core::Result<()>> = JoinSet::new();
+        let mut metrics = None;
+        let mut checkpoints_over = checkpoints.is_none();
+        let mut rescale_after: Option<u64> = None;
+        loop {
             tokio::select! {
                 entry = reports_in.next() => {
                     let entry = match entry {
                         Some(Ok(e)) => e,
-                        Some(Err(e)) => break Err(self.error("watching reports", e)),
-                        None => break Err(self.error("watching reports", "the watch ended")),
+                        Some(Err(e)) => return Err(Ended::Fail(self.error("watching reports", e))),
+                        None => return Err(Ended::Fail(self.error("watching reports", "the watch ended"))),
                     };
                     if entry.operation != kv::Operation::Put {
                         continue;
@@ -188,54 +321,98 @@ impl Cluster {
                         continue;
                     }
                     if report.state == RunState::Failed {
-                        break Err(ClusterError::Invalid(format!(
+                        return Err(Ended::Restart(ClusterError::Invalid(format!(
                             "worker '{}' failed: {}",
                             report.worker,
                             report.error.as_deref().unwrap_or("no reason given")
-                        )));
+                        ))));
                     }
                     reports.insert(report.worker.clone(), report);
+                    // Every share up: barriers can reach every source.
+                    if reports.len() == shares.len()
+                        && let Some(coordinator) = checkpoints.take()
+                        && let Some(link) = link.as_mut()
+                    {
+                        let (commands, incoming) = link.channels();
+                        metrics = Some(coordinator.metrics());
+                        checkpointing.spawn(coordinator.run(commands, incoming));
+                    }
                     let finished = reports.values().filter(|r| r.state == RunState::Finished).count();
-                    if finished == shares.len() {
-                        break Ok(());
+                    if finished == shares.len() && checkpoints_over {
+                        break;
+                    }
+                }
+                Some(ended) = checkpointing.join_next(), if !checkpoints_over => {
+                    match ended {
+                        Ok(Ok(())) => {
+                            checkpoints_over = true;
+                            let finished = reports.values().filter(|r| r.state == RunState::Finished).count();
+                            if finished == shares.len() {
+                                break;
+                            }
+                        }
+                        Ok(Err(e)) => return Err(Ended::Restart(ClusterError::Invalid(format!("flow '{flow}': {e}")))),
+                        Err(e) => return Err(Ended::Restart(ClusterError::Invalid(format!("flow '{flow}': the checkpoint coordinator stopped: {e}")))),
                     }
                 }
                 _ = check.tick() => {
-                    let present = self.members().await?;
+                    let present = self.members().await.map_err(Ended::Fail)?;
                     if let Some(gone) = shares.iter().find(|w| !present.iter().any(|m| &m.name == *w)) {
-                        break Err(ClusterError::Invalid(format!(
+                        return Err(Ended::Restart(ClusterError::Invalid(format!(
                             "worker '{gone}' left the cluster while running its share of '{flow}'"
-                        )));
+                        ))));
+                    }
+                    let Some(metrics) = &metrics else { continue };
+                    if *stopping {
+                        continue;
+                    }
+                    match rescale_after {
+                        Some(seen) if metrics.completed() > seen => {
+                            return Err(Ended::Rescale(format!(
+                                "moving onto the {} workers present after checkpoint {}",
+                                present.len(),
+                                metrics.last().map_or(0, |l| l.id)
+                            )));
+                        }
+                        Some(_) => {}
+                        None => {
+                            let wanted = Assignment::new(flow, epoch, run.nodes, &present);
+                            if wanted.is_ok_and(|w| w.workers != assignment.workers) {
+                                tracing::info!(flow = %flow, workers = present.len(), "workers changed: rescaling after the next checkpoint");
+                                rescale_after = Some(metrics.completed());
+                            }
+                        }
                     }
                 }
                 why = lease.until_lost() => {
-                    break Err(ClusterError::LeaseLost {
+                    return Err(Ended::Fail(ClusterError::LeaseLost {
                         key: format!("coordinator.{flow}"),
                         epoch,
                         reason: why.to_string(),
-                    });
+                    }));
                 }
                 () = stop() => {
-                    if stopping {
-                        break Err(ClusterError::Invalid(format!("flow '{flow}' withdrawn")));
+                    if *stopping {
+                        return Err(Ended::Fail(ClusterError::Invalid(format!("flow '{flow}' withdrawn"))));
                     }
-                    stopping = true;
+                    *stopping = true;
                     assignment.stopping = true;
-                    self.publish_assignment(&assignment).await?;
+                    self.publish_assignment(&assignment).await.map_err(Ended::Fail)?;
                     tracing::info!(flow = %flow, "stopping: sources asked to stop");
                 }
             }
-        };
-        // Withdrawn either way: workers drop what is left of their shares.
-        if let Err(e) = self.withdraw(&flow).await {
-            tracing::warn!(error = %e, flow = %flow, "withdrawing the assignment");
         }
-        lease.release().await;
-        result.map(|()| Outcome {
-            flow,
+        drop(link);
+        Ok(Outcome {
+            flow: flow.to_string(),
             epoch,
             reports: reports.into_values().collect(),
         })
+    }
+
+    /// The subject prefix of the run of `flow` at `epoch`.
+    fn run_prefix(&self, flow: &str, epoch: u64) -> String {
+        format!("streamflow.{}.{flow}.{epoch}", self.name())
     }
 
     /// Removes the published assignment of `flow`.
@@ -317,6 +494,11 @@ impl Cluster {
             if !has_tasks || assignment.stopping {
                 continue;
             }
+            let Some(spec) = assignment.spec.clone() else {
+                tracing::warn!(flow = %flow, "an assignment without its flow: ignored");
+                continue;
+            };
+            let checkpointed = spec.checkpoint.is_some();
             let (stop, stopped) = watch::channel(false);
             let epoch = assignment.epoch;
             let task = tokio::spawn(run_share(
@@ -326,15 +508,26 @@ impl Cluster {
                 assignment,
                 stopped,
             ));
-            shares.insert(flow, Share { epoch, stop, task });
+            shares.insert(
+                flow,
+                Share {
+                    epoch,
+                    spec,
+                    checkpointed,
+                    stop,
+                    task,
+                },
+            );
         }
     }
 }
 
 impl Cluster {
-    /// Drops the shares whose coordinator is gone (its lease expired: it
-    /// was killed or cut off without withdrawing the flow), and forgets
-    /// the shares that ended.
+    /// Looks after the shares whose coordinator is gone (its lease expired:
+    /// it was killed or cut off without withdrawing the flow): a
+    /// checkpointed flow is taken over — the worker that wins its
+    /// coordinator lease coordinates it from its last complete checkpoint —
+    /// and the share of any other is dropped. Forgets the shares that ended.
     async fn drop_orphans(&self, shares: &mut HashMap<String, Share>) {
         let mut gone = Vec::new();
         for (flow, share) in shares.iter() {
@@ -342,13 +535,15 @@ impl Cluster {
                 gone.push(flow.clone());
                 continue;
             }
-            match self.lease_held(&format!("coordinator.{flow}")).await {
+            let key = format!("coordinator.{flow}");
+            match self.lease_held(&key).await {
+                Ok(true) => {}
+                Ok(false) if share.checkpointed => self.take_over(flow, &share.spec).await,
                 Ok(false) => {
                     tracing::warn!(flow = %flow, epoch = share.epoch, "the flow's coordinator is gone: share dropped");
                     share.task.abort();
                     gone.push(flow.clone());
                 }
-                Ok(true) => {}
                 Err(e) => tracing::warn!(flow = %flow, error = %e, "checking the coordinator"),
             }
         }
@@ -356,11 +551,52 @@ impl Cluster {
             shares.remove(&flow);
         }
     }
+
+    /// Tries to become the coordinator of `flow`, whose coordinator is
+    /// gone; the winner coordinates it to its end in the background.
+    async fn take_over(&self, flow: &str, spec: &FlowSpec) {
+        let holder = format!("worker pid {} (took over)", std::process::id());
+        let lease = match self
+            .acquire(&format!("coordinator.{flow}"), holder.as_bytes())
+            .await
+        {
+            Ok(Acquired::Won(lease)) => lease.keep(),
+            Ok(Acquired::Held { .. }) => return,
+            Err(e) => {
+                tracing::warn!(flow = %flow, error = %e, "taking over the coordination");
+                return;
+            }
+        };
+        let pipeline = match Pipeline::from_spec(spec) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(flow = %flow, error = %e, "the flow to take over does not plan");
+                return;
+            }
+        };
+        tracing::warn!(flow = %flow, epoch = lease.epoch(), "the flow's coordinator is gone: coordinating it from its last complete checkpoint");
+        let cluster = self.clone();
+        let spec = spec.clone();
+        let flow = flow.to_string();
+        tokio::spawn(async move {
+            match cluster
+                .coordinate(&spec, &pipeline, lease, std::future::pending::<()>)
+                .await
+            {
+                Ok(outcome) => tracing::info!(flow = %flow, epoch = outcome.epoch, "flow taken over ended"),
+                Err(e) => tracing::error!(flow = %flow, error = %e, "flow taken over failed"),
+            }
+        });
+    }
 }
 
 /// A share of a flow this worker runs.
 struct Share {
     epoch: u64,
+    /// The flow, for a worker to take over its coordination.
+    spec: FlowSpec,
+    /// Whether the flow takes checkpoints (only then is it taken over).
+    checkpointed: bool,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -417,14 +653,16 @@ async fn run_share(
                 .ok_or_else(|| format!("node '{}' of the assignment is not in the flow", t.node))?;
             local.push((node, t.instance));
         }
-        let prefix = format!(
-            "streamflow.{}.{}.{}",
-            cluster.name(),
-            assignment.flow,
-            assignment.epoch
-        );
+        let prefix = cluster.run_prefix(&assignment.flow, assignment.epoch);
         let transport = NatsTransport::new(cluster.client(), prefix, DEFAULT_WINDOW);
-        let placement = Placement::new(local, std::sync::Arc::new(transport));
+        if graph.checkpoint.is_some() {
+            transport
+                .listen_for_checkpoints()
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let placement = Placement::new(local, std::sync::Arc::new(transport))
+            .restoring(assignment.restore.clone());
         pipeline
             .start_placed(&RecoveryOptions::default(), Some(&placement))
             .await

@@ -17,11 +17,14 @@
 //! ([`Assignment`], tagged with its lease epoch) and publishes the
 //! assignment; one made at an older epoch than the published one is
 //! refused. The instances on different workers talk over NATS
-//! ([`NatsTransport`], credit-based flow control). Not here yet (the
-//! scale-out issue goes on): workers running their tasks by themselves,
-//! distributed checkpoints.
+//! ([`NatsTransport`], credit-based flow control); the flow's checkpoints
+//! are coordinated by the process coordinating the run, over NATS too.
+//! A checkpointed flow whose worker is lost restarts from its last
+//! complete checkpoint on the workers left; one whose coordinator is lost
+//! is taken over by a worker.
 
 mod assignment;
+mod checkpoints;
 pub mod exchange;
 mod job;
 mod lease;

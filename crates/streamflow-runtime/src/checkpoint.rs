@@ -1,8 +1,10 @@
-//! The checkpoint coordinator: injects numbered barriers at the sources,
-//! collects every instance's acknowledgement (source positions, operator
-//! state, sink commits staged), persists the state as it arrives, commits
-//! the checkpoint's metadata once all have acknowledged, and then tells the
-//! sinks to publish. Also: choosing and loading the checkpoint to restore.
+//! Checkpoints: the coordinator injects numbered barriers at the sources,
+//! collects every instance's report (source positions, operator state,
+//! sink commits staged), commits the checkpoint's metadata once all have
+//! reported, and then tells the sinks to publish. Each process running
+//! instances has an agent that writes its instances' state as it arrives
+//! and relays between them and the coordinator, which may run in another
+//! process. Also: choosing and loading the checkpoint to restore.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -10,8 +12,9 @@ use std::time::Instant;
 
 use streamflow_core::{CheckpointBarrier, Error, OperatorSnapshot, Result, processing_time_ms};
 use streamflow_dsl::{CheckpointConfig, FlowGraph, Role};
+use serde::{Deserialize, Serialize};
 use streamflow_state::{
-    CheckpointMeta, CheckpointStore, InstanceState, NodeInfo, SourcePosition,
+    CheckpointMeta, CheckpointStore, InstanceState, NodeInfo, SourcePosition, StateFiles,
     instance_for_key_group,
 };
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
@@ -19,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::tasks::sleep_until;
 
-/// What an instance reports to the coordinator.
+/// What an instance reports to its process's checkpoint agent.
 pub(crate) enum Ack {
     /// A source emitted barrier `id` at `position`.
     Source {
@@ -50,7 +53,7 @@ pub(crate) enum Ack {
     SourceFinished,
 }
 
-/// What the coordinator tells a source instance.
+/// What the agent tells a source instance.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum SourceControl {
     /// Emit this barrier after the records pulled so far.
@@ -59,7 +62,7 @@ pub(crate) enum SourceControl {
     Complete(u64),
 }
 
-/// How each task talks to the coordinator.
+/// How each task talks to its process's checkpoint agent.
 #[derive(Clone)]
 pub(crate) struct AckSender {
     pub(crate) sender: UnboundedSender<Ack>,
@@ -74,120 +77,92 @@ impl AckSender {
     }
 }
 
-struct InFlight {
-    started: Instant,
-    started_ms: i64,
-    is_final: bool,
-    instances: Vec<InstanceState>,
-    bytes: u64,
+/// What the instances of one process report to the checkpoint coordinator
+/// (their state is written by then: a report carries references only).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointReport {
+    /// One instance's part of checkpoint `id`: a source's position, an
+    /// operator's state files or a sink's staged commits.
+    Instance {
+        /// The checkpoint.
+        id: u64,
+        /// The instance's part.
+        state: InstanceState,
+    },
+    /// A source instance has no more input (or was asked to stop); once
+    /// every source instance has said so, the final checkpoint is taken.
+    SourceFinished,
 }
 
-/// The coordinator task's state.
-pub(crate) struct Coordinator {
-    pub(crate) store: Arc<CheckpointStore>,
-    pub(crate) config: CheckpointConfig,
-    pub(crate) nodes: Vec<NodeInfo>,
-    pub(crate) instances: usize,
+/// What the checkpoint coordinator tells the processes running a flow's
+/// instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointCommand {
+    /// Every source instance emits this barrier after what it has read.
+    Inject {
+        /// The checkpoint.
+        id: u64,
+        /// When the coordinator started it (ms since epoch).
+        timestamp_ms: i64,
+        /// The run ends after it.
+        is_final: bool,
+    },
+    /// Checkpoint `id` is committed: sinks publish what they staged for it.
+    Complete(u64),
+}
+
+/// A process's checkpoint agent: it writes the state its instances
+/// snapshot, reports to the coordinator (in this process or another) and
+/// relays the coordinator's commands to its sources and sinks. It ends
+/// when every local instance has ended.
+pub(crate) struct Agent {
+    pub(crate) files: Arc<StateFiles>,
     pub(crate) sources: Vec<UnboundedSender<SourceControl>>,
     pub(crate) sinks: Vec<UnboundedSender<u64>>,
     pub(crate) acks: UnboundedReceiver<Ack>,
-    pub(crate) next_id: u64,
-    pub(crate) metrics: Arc<crate::metrics::CheckpointMetrics>,
+    pub(crate) reports: UnboundedSender<CheckpointReport>,
+    pub(crate) commands: UnboundedReceiver<CheckpointCommand>,
 }
 
-impl Coordinator {
-    /// Runs until the final checkpoint is complete (or every instance is
-    /// gone). A checkpoint that cannot be written, or is not complete within
-    /// the configured timeout, fails the run (which then restarts from the
-    /// last complete one); it is counted and reported as failed.
-    pub(crate) async fn run(self) -> Result<()> {
-        let metrics = Arc::clone(&self.metrics);
-        let result = self.coordinate().await;
-        if let Err(e) = &result {
-            metrics.record_failure();
-            tracing::warn!(target: "streamflow::checkpoint", event = "checkpoint_failed", error = %e, "checkpoint failed");
-        }
-        result
-    }
-
-    async fn coordinate(mut self) -> Result<()> {
-        let mut tick = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.config.interval,
-            self.config.interval,
-        );
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut in_flight: BTreeMap<u64, InFlight> = BTreeMap::new();
-        let mut finished = 0;
-        let mut final_id = None;
+impl Agent {
+    pub(crate) async fn run(mut self) -> Result<()> {
+        let mut commands_open = true;
         loop {
-            let oldest = in_flight.iter().next().map(|(id, f)| (*id, f.started));
-            let deadline = oldest
-                .map(|(_, started)| tokio::time::Instant::from_std(started) + self.config.timeout);
             tokio::select! {
-                _ = sleep_until(deadline), if deadline.is_some() => {
-                    let id = oldest.map_or(0, |(id, _)| id);
-                    return Err(Error::Other(format!(
-                        "checkpoint {id} was not complete after {:?} (checkpoint.timeout)",
-                        self.config.timeout
-                    )));
-                }
-                _ = tick.tick(), if final_id.is_none() && in_flight.is_empty() => {
-                    let id = self.trigger(false, &mut in_flight);
-                    tracing::debug!(checkpoint = id, "checkpoint triggered");
-                }
                 ack = self.acks.recv() => {
                     let Some(ack) = ack else { return Ok(()) };
-                    let id = match ack {
-                        Ack::SourceFinished => {
-                            finished += 1;
-                            if finished == self.sources.len() && final_id.is_none() {
-                                final_id = Some(self.trigger(true, &mut in_flight));
-                            }
-                            continue;
-                        }
-                        ack => self.record(ack, &mut in_flight).await?,
-                    };
-                    let complete = in_flight
-                        .get(&id)
-                        .is_some_and(|f| f.instances.len() == self.instances);
-                    if complete && let Some(done) = in_flight.remove(&id) {
-                        self.complete(id, done).await?;
-                        if final_id == Some(id) {
-                            return Ok(());
+                    let report = self.report(ack).await?;
+                    self.reports.send(report).map_err(|_| {
+                        Error::ChannelClosed("checkpoint coordinator stopped".into())
+                    })?;
+                }
+                command = self.commands.recv(), if commands_open => match command {
+                    Some(CheckpointCommand::Inject { id, timestamp_ms, is_final }) => {
+                        let barrier = CheckpointBarrier { id, timestamp_ms, is_final };
+                        for s in &self.sources {
+                            // A source that has gone away fails the run elsewhere.
+                            let _ = s.send(SourceControl::Inject(barrier));
                         }
                     }
-                }
+                    Some(CheckpointCommand::Complete(id)) => {
+                        for sink in &self.sinks {
+                            let _ = sink.send(id);
+                        }
+                        for source in &self.sources {
+                            let _ = source.send(SourceControl::Complete(id));
+                        }
+                    }
+                    None => commands_open = false,
+                },
             }
         }
     }
 
-    fn trigger(&mut self, is_final: bool, in_flight: &mut BTreeMap<u64, InFlight>) -> u64 {
-        let id = self.next_id;
-        self.next_id += 1;
-        let barrier = CheckpointBarrier {
-            id,
-            timestamp_ms: processing_time_ms(),
-            is_final,
-        };
-        in_flight.insert(
-            id,
-            InFlight {
-                started: Instant::now(),
-                started_ms: barrier.timestamp_ms,
-                is_final,
-                instances: Vec::new(),
-                bytes: 0,
-            },
-        );
-        for s in &self.sources {
-            // A source that has gone away fails the pipeline elsewhere.
-            let _ = s.send(SourceControl::Inject(barrier));
-        }
-        id
-    }
-
-    async fn record(&mut self, ack: Ack, in_flight: &mut BTreeMap<u64, InFlight>) -> Result<u64> {
+    async fn report(&self, ack: Ack) -> Result<CheckpointReport> {
         let (id, state) = match ack {
+            Ack::SourceFinished => return Ok(CheckpointReport::SourceFinished),
             Ack::Source {
                 id,
                 node,
@@ -211,7 +186,7 @@ impl Coordinator {
                 stored,
             } => {
                 let blobs = self
-                    .store
+                    .files
                     .write_state(id, &node, instance, &snapshot)
                     .await?;
                 if let Some(done) = stored {
@@ -242,17 +217,193 @@ impl Coordinator {
                     ..InstanceState::default()
                 },
             ),
-            Ack::SourceFinished => return Err(Error::Other("unexpected ack".into())),
         };
-        let flight = in_flight
-            .get_mut(&id)
-            .ok_or_else(|| Error::Other(format!("acknowledgement for unknown checkpoint {id}")))?;
-        flight.bytes += state.blobs.iter().map(|b| b.bytes).sum::<u64>();
-        flight.instances.push(state);
-        Ok(id)
+        Ok(CheckpointReport::Instance { id, state })
+    }
+}
+
+struct InFlight {
+    started: Instant,
+    started_ms: i64,
+    is_final: bool,
+    instances: Vec<InstanceState>,
+    bytes: u64,
+}
+
+/// A flow's checkpoint coordinator: it triggers numbered checkpoints,
+/// collects every instance's report, commits the checkpoint's metadata
+/// once all have reported, and then tells the sinks to publish. It talks
+/// to the instances only through commands and reports, so the instances
+/// may run in this process or in others.
+pub struct CheckpointCoordinator {
+    store: Arc<CheckpointStore>,
+    config: CheckpointConfig,
+    nodes: Vec<NodeInfo>,
+    instances: usize,
+    source_instances: usize,
+    next_id: u64,
+    restore: Option<CheckpointMeta>,
+    metrics: Arc<crate::metrics::CheckpointMetrics>,
+}
+
+impl CheckpointCoordinator {
+    /// Opens the flow's checkpoint storage, removes what a crash left of
+    /// incomplete checkpoints and chooses the checkpoint to restore.
+    /// `None` when the flow takes no checkpoints.
+    ///
+    /// # Errors
+    /// The storage cannot be opened, or the chosen checkpoint does not fit
+    /// the flow (see [`RecoveryOptions`]).
+    pub async fn prepare(graph: &FlowGraph, options: &RecoveryOptions) -> Result<Option<Self>> {
+        let Some(config) = &graph.checkpoint else {
+            return Ok(None);
+        };
+        let store = Arc::new(CheckpointStore::open(&config.storage)?);
+        store.clean_incomplete().await;
+        let next_id = store.list()?.last().map_or(1, |m| m.id + 1);
+        let restore = choose(&store, graph, options).await?;
+        Ok(Some(Self {
+            store,
+            config: config.clone(),
+            nodes: node_infos(graph),
+            instances: graph.nodes.iter().map(|n| n.parallelism).sum(),
+            source_instances: graph
+                .nodes
+                .iter()
+                .filter(|n| n.role == Role::Source)
+                .map(|n| n.parallelism)
+                .sum(),
+            next_id,
+            restore,
+            metrics: Arc::default(),
+        }))
     }
 
-    async fn complete(&mut self, id: u64, done: InFlight) -> Result<()> {
+    /// The checkpoint the run restores, if any.
+    pub fn restore(&self) -> Option<&CheckpointMeta> {
+        self.restore.as_ref()
+    }
+
+    /// The checkpoint counters of the run.
+    pub fn metrics(&self) -> Arc<crate::metrics::CheckpointMetrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Coordinates the run's checkpoints until the final one is complete
+    /// (or the reports end). A checkpoint that cannot be committed, or is
+    /// not complete within the configured timeout, fails the run (which
+    /// then restarts from the last complete one); it is counted and
+    /// reported as failed.
+    ///
+    /// # Errors
+    /// A checkpoint failed.
+    pub async fn run(
+        self,
+        commands: UnboundedSender<CheckpointCommand>,
+        reports: UnboundedReceiver<CheckpointReport>,
+    ) -> Result<()> {
+        let metrics = Arc::clone(&self.metrics);
+        let result = self.coordinate(commands, reports).await;
+        if let Err(e) = &result {
+            metrics.record_failure();
+            tracing::warn!(target: "streamflow::checkpoint", event = "checkpoint_failed", error = %e, "checkpoint failed");
+        }
+        result
+    }
+
+    async fn coordinate(
+        mut self,
+        commands: UnboundedSender<CheckpointCommand>,
+        mut reports: UnboundedReceiver<CheckpointReport>,
+    ) -> Result<()> {
+        let mut tick = tokio::time::interval_at(
+            tokio::time::Instant::now() + self.config.interval,
+            self.config.interval,
+        );
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut in_flight: BTreeMap<u64, InFlight> = BTreeMap::new();
+        let mut finished = 0;
+        let mut final_id = None;
+        loop {
+            let oldest = in_flight.iter().next().map(|(id, f)| (*id, f.started));
+            let deadline = oldest
+                .map(|(_, started)| tokio::time::Instant::from_std(started) + self.config.timeout);
+            tokio::select! {
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    let id = oldest.map_or(0, |(id, _)| id);
+                    return Err(Error::Other(format!(
+                        "checkpoint {id} was not complete after {:?} (checkpoint.timeout)",
+                        self.config.timeout
+                    )));
+                }
+                _ = tick.tick(), if final_id.is_none() && in_flight.is_empty() => {
+                    let id = self.trigger(false, &mut in_flight, &commands);
+                    tracing::debug!(checkpoint = id, "checkpoint triggered");
+                }
+                report = reports.recv() => {
+                    let (id, state) = match report {
+                        None => return Ok(()),
+                        Some(CheckpointReport::SourceFinished) => {
+                            finished += 1;
+                            if finished == self.source_instances && final_id.is_none() {
+                                final_id = Some(self.trigger(true, &mut in_flight, &commands));
+                            }
+                            continue;
+                        }
+                        Some(CheckpointReport::Instance { id, state }) => (id, state),
+                    };
+                    let flight = in_flight.get_mut(&id).ok_or_else(|| {
+                        Error::Other(format!("acknowledgement for unknown checkpoint {id}"))
+                    })?;
+                    flight.bytes += state.blobs.iter().map(|b| b.bytes).sum::<u64>();
+                    flight.instances.push(state);
+                    if flight.instances.len() == self.instances
+                        && let Some(done) = in_flight.remove(&id)
+                    {
+                        self.complete(id, done, &commands).await?;
+                        if final_id == Some(id) {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn trigger(
+        &mut self,
+        is_final: bool,
+        in_flight: &mut BTreeMap<u64, InFlight>,
+        commands: &UnboundedSender<CheckpointCommand>,
+    ) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let timestamp_ms = processing_time_ms();
+        in_flight.insert(
+            id,
+            InFlight {
+                started: Instant::now(),
+                started_ms: timestamp_ms,
+                is_final,
+                instances: Vec::new(),
+                bytes: 0,
+            },
+        );
+        // Instances that have gone away fail the run elsewhere.
+        let _ = commands.send(CheckpointCommand::Inject {
+            id,
+            timestamp_ms,
+            is_final,
+        });
+        id
+    }
+
+    async fn complete(
+        &mut self,
+        id: u64,
+        done: InFlight,
+        commands: &UnboundedSender<CheckpointCommand>,
+    ) -> Result<()> {
         let duration = done.started.elapsed();
         let meta = CheckpointMeta {
             id,
@@ -280,12 +431,7 @@ impl Coordinator {
             is_final = meta.is_final,
             "checkpoint complete"
         );
-        for sink in &self.sinks {
-            let _ = sink.send(id);
-        }
-        for source in &self.sources {
-            let _ = source.send(SourceControl::Complete(id));
-        }
+        let _ = commands.send(CheckpointCommand::Complete(id));
         self.store.prune(self.config.retain).await
     }
 }
@@ -353,7 +499,7 @@ impl Restored {
 }
 
 /// The nodes of `graph` as recorded in checkpoints.
-pub(crate) fn node_infos(graph: &FlowGraph) -> Vec<NodeInfo> {
+fn node_infos(graph: &FlowGraph) -> Vec<NodeInfo> {
     graph
         .nodes
         .iter()
@@ -365,13 +511,13 @@ pub(crate) fn node_infos(graph: &FlowGraph) -> Vec<NodeInfo> {
         .collect()
 }
 
-/// Picks the checkpoint to restore and loads its state, refusing restores
-/// that would silently lose state.
-pub(crate) async fn restore(
+/// Picks the checkpoint to restore, refusing restores that would silently
+/// lose state.
+async fn choose(
     store: &CheckpointStore,
     graph: &FlowGraph,
     options: &RecoveryOptions,
-) -> Result<Option<Restored>> {
+) -> Result<Option<CheckpointMeta>> {
     if options.fresh {
         return Ok(None);
     }
@@ -390,6 +536,12 @@ pub(crate) async fn restore(
         return Ok(None);
     };
     check_compatible(&meta, graph, options.allow_state_drop)?;
+    Ok(Some(meta))
+}
+
+/// Loads the state of checkpoint `meta`, split over the flow's instances
+/// as they are now (key groups to their owners).
+pub(crate) async fn load(files: &StateFiles, graph: &FlowGraph, meta: CheckpointMeta) -> Result<Restored> {
     let mut operators: BTreeMap<(String, usize), OperatorSnapshot> = BTreeMap::new();
     for node in graph.nodes.iter().filter(|n| n.role == Role::Stage) {
         let old = meta
@@ -400,7 +552,7 @@ pub(crate) async fn restore(
             continue;
         }
         for inst in meta.instances.iter().filter(|i| i.node == node.name) {
-            let snapshot = store.read_state(&inst.blobs).await?;
+            let snapshot = files.read_state(&inst.blobs).await?;
             for (name, entries) in snapshot.entries {
                 for (group, batch) in entries {
                     let target = match group {
@@ -415,7 +567,7 @@ pub(crate) async fn restore(
             }
         }
     }
-    Ok(Some(Restored { meta, operators }))
+    Ok(Restored { meta, operators })
 }
 
 fn check_compatible(meta: &CheckpointMeta, graph: &FlowGraph, allow_drop: bool) -> Result<()> {

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 
 use streamflow_core::{Diagnostics, Error, Result};
 use streamflow_dsl::{FlowSpec, Mode, Role};
-use streamflow_state::CheckpointStore;
+use streamflow_state::StateFiles;
 use tokio::sync::mpsc::{channel, unbounded_channel};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::checkpoint::{self, AckSender, Coordinator, RecoveryOptions};
+use crate::checkpoint::{self, AckSender, Agent, CheckpointCoordinator, RecoveryOptions};
 use crate::exchange::{Exchange, Partitioning};
 use crate::input::{InputChannel, InputSet};
 use crate::metrics::{EdgeKind, InputQueues, NodeMetrics};
@@ -86,9 +86,13 @@ impl Pipeline {
     /// without one), their channels to instances elsewhere carried by its
     /// transport. Every process of a run plans the same flow.
     ///
+    /// With checkpoints, the flow's [`CheckpointCoordinator`] runs
+    /// elsewhere, reached through the transport, and the checkpoint to
+    /// restore is the placement's.
+    ///
     /// # Errors
     /// When a source or sink cannot be opened, or a checkpoint cannot be
-    /// restored; checkpoints across processes are not supported yet.
+    /// restored.
     pub async fn start_placed(
         &self,
         options: &RecoveryOptions,
@@ -96,37 +100,37 @@ impl Pipeline {
     ) -> Result<RunHandle> {
         let plan = &self.plan;
         let graph = &plan.graph;
-        if placement.is_some() && graph.checkpoint.is_some() {
-            return Err(Error::Other(format!(
-                "flow '{}': checkpoints across several workers are not supported yet",
-                graph.name
-            )));
-        }
-        let mut checkpointing = None;
+        // Checkpoints: this process's agent, and the coordinator here
+        // unless the instances are placed over several processes (then it
+        // runs elsewhere and chose the checkpoint to restore).
         let mut restored = None;
+        let mut coordinator = None;
+        let mut agent = None;
         if let Some(config) = &graph.checkpoint {
-            let store = Arc::new(CheckpointStore::open(&config.storage)?);
-            store.clean_incomplete().await;
-            let next_id = store.list()?.last().map_or(1, |m| m.id + 1);
-            restored = checkpoint::restore(&store, graph, options).await?;
-            if let Some(r) = &restored {
-                tracing::info!(checkpoint = r.meta.id, storage = %config.storage, "restoring from checkpoint");
+            let meta = match placement {
+                None => {
+                    let c = CheckpointCoordinator::prepare(graph, options).await?;
+                    let meta = c.as_ref().and_then(|c| c.restore().cloned());
+                    coordinator = c;
+                    meta
+                }
+                Some(p) => p.restore().cloned(),
+            };
+            let files = Arc::new(StateFiles::open(&config.storage)?);
+            if let Some(meta) = meta {
+                tracing::info!(checkpoint = meta.id, storage = %config.storage, "restoring from checkpoint");
+                restored = Some(checkpoint::load(&files, graph, meta).await?);
             }
             let (acks, ack_rx) = unbounded_channel();
-            checkpointing = Some((
-                config.clone(),
-                store,
-                next_id,
-                AckSender {
-                    sender: acks,
-                    asynchronous: config.asynchronous,
-                },
-                ack_rx,
-            ));
+            let acks = AckSender {
+                sender: acks,
+                asynchronous: config.asynchronous,
+            };
+            agent = Some((files, acks, ack_rx));
         }
         let mut source_injects = Vec::new();
         let mut sink_commits = Vec::new();
-        let acks = checkpointing.as_ref().map(|c| c.3.clone());
+        let acks = agent.as_ref().map(|a| a.1.clone());
         let n = graph.nodes.len();
         let metrics: Vec<Arc<NodeMetrics>> =
             (0..n).map(|_| Arc::new(NodeMetrics::default())).collect();
@@ -362,20 +366,43 @@ impl Pipeline {
             tasks.spawn(bridge.instrument(span.clone()));
         }
         let restored_from = restored.as_ref().map(|r| r.meta.id);
-        let checkpoint_metrics = Arc::new(crate::metrics::CheckpointMetrics::default());
-        if let Some((config, store, next_id, _, ack_rx)) = checkpointing {
-            let coordinator = Coordinator {
-                store,
-                nodes: checkpoint::node_infos(graph),
-                instances: graph.nodes.iter().map(|n| n.parallelism).sum(),
-                config,
+        let mut checkpoint_metrics = Arc::default();
+        if let Some((files, acks, ack_rx)) = agent {
+            drop(acks);
+            let (reports, reports_rx) = unbounded_channel();
+            let (commands_tx, commands) = unbounded_channel();
+            let agent = Agent {
+                files,
                 sources: source_injects,
                 sinks: sink_commits,
                 acks: ack_rx,
-                next_id,
-                metrics: Arc::clone(&checkpoint_metrics),
+                reports,
+                commands,
             };
-            tasks.spawn(coordinator.run().instrument(span.clone()));
+            tasks.spawn(agent.run().instrument(span.clone()));
+            match (coordinator, placement) {
+                (Some(coordinator), _) => {
+                    checkpoint_metrics = coordinator.metrics();
+                    tasks.spawn(
+                        coordinator
+                            .run(commands_tx, reports_rx)
+                            .instrument(span.clone()),
+                    );
+                }
+                (None, Some(placement)) => {
+                    tasks.spawn(
+                        placement
+                            .transport()
+                            .checkpoints(reports_rx, commands_tx)
+                            .instrument(span.clone()),
+                    );
+                }
+                (None, None) => {
+                    return Err(Error::Other(
+                        "checkpoints without a coordinator".into(),
+                    ));
+                }
+            }
         }
         tracing::info!(pipeline = %graph.name, mode = ?graph.mode, tasks = tasks.len(), "pipeline started");
         let nodes = graph

@@ -24,7 +24,7 @@ pub mod resources;
 mod tasks;
 pub mod transport;
 
-pub use checkpoint::RecoveryOptions;
+pub use checkpoint::{CheckpointCommand, CheckpointCoordinator, CheckpointReport, RecoveryOptions};
 pub use engine::{InputFill, Pipeline, RunHandle, RunSummary, StageSummary};
 pub use metrics::{CheckpointMetrics, EdgeKind, InputQueues, LastCheckpoint, NodeMetrics};
 pub use plan::{PhysicalPlan, Planned, PlannedNode, plan, validate_spec, validate_spec_with};

@@ -16,7 +16,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use streamflow_core::{Message, Result};
-use tokio::sync::mpsc::{Receiver, Sender};
+use streamflow_state::CheckpointMeta;
+use tokio::sync::mpsc::{Receiver, Sender, UnboundedReceiver, UnboundedSender};
+
+use crate::checkpoint::{CheckpointCommand, CheckpointReport};
 
 /// One channel of the pipeline: from one instance of a producing node to
 /// one instance of a consuming node, on one of the consumer's inputs.
@@ -69,6 +72,15 @@ pub trait Transport: Send + Sync {
 
     /// Delivers the channel's messages from its producer into `into`.
     fn inbound(&self, channel: ChannelId, into: Sender<Message>) -> Bridge;
+
+    /// Links this process's instances to the flow's checkpoint coordinator
+    /// in another process: carries their `reports` to it, and its commands
+    /// into `commands`, each in order. Ends when `reports` does.
+    fn checkpoints(
+        &self,
+        reports: UnboundedReceiver<CheckpointReport>,
+        commands: UnboundedSender<CheckpointCommand>,
+    ) -> Bridge;
 }
 
 /// Which instances this process runs, and the transport to the others.
@@ -76,6 +88,7 @@ pub trait Transport: Send + Sync {
 pub struct Placement {
     local: HashSet<(usize, usize)>,
     transport: Arc<dyn Transport>,
+    restore: Option<CheckpointMeta>,
 }
 
 impl fmt::Debug for Placement {
@@ -96,7 +109,20 @@ impl Placement {
         Self {
             local: local.into_iter().collect(),
             transport,
+            restore: None,
         }
+    }
+
+    /// Restores checkpoint `checkpoint` (the one the flow's coordinator chose).
+    #[must_use]
+    pub fn restoring(mut self, checkpoint: Option<CheckpointMeta>) -> Self {
+        self.restore = checkpoint;
+        self
+    }
+
+    /// The checkpoint the instances restore.
+    pub fn restore(&self) -> Option<&CheckpointMeta> {
+        self.restore.as_ref()
     }
 
     /// Whether instance `instance` of node `node` runs in this process.

@@ -14,5 +14,5 @@ pub use key_group::{
     MAX_KEY_GROUPS, instance_for_key_group, key_group, key_group_range, key_groups, put_keyed,
 };
 pub use store::{
-    BlobRef, CheckpointMeta, CheckpointStore, InstanceState, NodeInfo, SourcePosition,
+    BlobRef, CheckpointMeta, CheckpointStore, InstanceState, NodeInfo, SourcePosition, StateFiles,
 };

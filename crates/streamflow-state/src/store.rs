@@ -102,20 +102,21 @@ fn io(context: &str, e: impl std::fmt::Display) -> Error {
     Error::Other(format!("checkpoint storage: {context}: {e}"))
 }
 
-/// The checkpoints of one flow.
+/// The state files of a flow's checkpoints. Every process of a run opens
+/// them (each writes the state of its own instances); only the checkpoint
+/// coordinator keeps the metadata ([`CheckpointStore`]).
 #[derive(Debug)]
-pub struct CheckpointStore {
+pub struct StateFiles {
     root: PathBuf,
     objects: Arc<LocalFileSystem>,
-    db: Database,
 }
 
-impl CheckpointStore {
-    /// Opens (creating if needed) the storage at `location`: a directory or
-    /// a `file://` URL.
+impl StateFiles {
+    /// Opens (creating if needed) the state files at `location`: a
+    /// directory or a `file://` URL.
     ///
     /// # Errors
-    /// Other URL schemes, or when the directory or database cannot be opened.
+    /// Other URL schemes, or when the directory cannot be made.
     pub fn open(location: &str) -> Result<Self> {
         let root = match location.split_once("://") {
             None => PathBuf::from(location),
@@ -129,12 +130,9 @@ impl CheckpointStore {
         std::fs::create_dir_all(&root).map_err(|e| io(&root.display().to_string(), e))?;
         let objects = LocalFileSystem::new_with_prefix(&root)
             .map_err(|e| io(&root.display().to_string(), e))?;
-        let db = Database::create(root.join("checkpoints.redb"))
-            .map_err(|e| io("opening checkpoints.redb", e))?;
         Ok(Self {
             root,
             objects: Arc::new(objects),
-            db,
         })
     }
 
@@ -223,6 +221,40 @@ impl CheckpointStore {
         Ok(())
     }
 
+}
+
+/// The checkpoints of one flow: their state files and, committed
+/// atomically in an embedded database, their metadata. One process at a
+/// time opens it: the run's checkpoint coordinator.
+#[derive(Debug)]
+pub struct CheckpointStore {
+    files: StateFiles,
+    db: Database,
+}
+
+impl CheckpointStore {
+    /// Opens (creating if needed) the storage at `location`: a directory or
+    /// a `file://` URL.
+    ///
+    /// # Errors
+    /// Other URL schemes, or when the directory or database cannot be opened.
+    pub fn open(location: &str) -> Result<Self> {
+        let files = StateFiles::open(location)?;
+        let db = Database::create(files.root.join("checkpoints.redb"))
+            .map_err(|e| io("opening checkpoints.redb", e))?;
+        Ok(Self { files, db })
+    }
+
+    /// The state files.
+    pub fn files(&self) -> &StateFiles {
+        &self.files
+    }
+
+    /// The storage root.
+    pub fn root(&self) -> &Path {
+        &self.files.root
+    }
+
     /// Records a checkpoint as complete (atomically).
     ///
     /// # Errors
@@ -274,7 +306,7 @@ impl CheckpointStore {
             if at_most.is_some_and(|m| meta.id > m) {
                 continue;
             }
-            match self.verify(&meta).await {
+            match self.files.verify(&meta).await {
                 Ok(()) => return Ok(Some(meta)),
                 Err(e) => on_skip(&meta, &e),
             }
@@ -296,7 +328,7 @@ impl CheckpointStore {
                 table.remove(meta.id).map_err(|e| io("remove", e))?;
             }
             txn.commit().map_err(|e| io("commit", e))?;
-            let _ = tokio::fs::remove_dir_all(self.root.join(format!("chk-{}", meta.id))).await;
+            let _ = tokio::fs::remove_dir_all(self.files.root.join(format!("chk-{}", meta.id))).await;
         }
         Ok(())
     }
@@ -307,7 +339,7 @@ impl CheckpointStore {
             .list()
             .map(|l| l.iter().map(|m| m.id).collect())
             .unwrap_or_default();
-        let Ok(mut dir) = tokio::fs::read_dir(&self.root).await else {
+        let Ok(mut dir) = tokio::fs::read_dir(&self.files.root).await else {
             return;
         };
         while let Ok(Some(entry)) = dir.next_entry().await {
@@ -436,7 +468,7 @@ mod tests {
         let store = CheckpointStore::open(&dir.path().display().to_string()).expect("open");
         let snap = snapshot();
         for id in 1..=3 {
-            let blobs = store.write_state(id, "w", 0, &snap).await.expect("write");
+            let blobs = store.files().write_state(id, "w", 0, &snap).await.expect("write");
             store.commit(&meta(id, blobs)).expect("commit");
         }
         let latest = store.list().expect("list");
@@ -445,7 +477,7 @@ mod tests {
             vec![1, 2, 3]
         );
         let back = store
-            .read_state(&latest[2].instances[0].blobs)
+            .files().read_state(&latest[2].instances[0].blobs)
             .await
             .expect("read");
         let rows = |s: &OperatorSnapshot| {

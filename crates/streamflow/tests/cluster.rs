@@ -214,7 +214,7 @@ fn three_logged_workers(
 #[test]
 fn flows_run_over_three_workers_as_in_one_process() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (mut w, logs) = three_logged_workers("jobs", dir.path());
+    let (w, logs) = three_logged_workers("jobs", dir.path());
     let worker_logs = || {
         logs.iter()
             .map(|l| std::fs::read_to_string(l).unwrap_or_default())
@@ -390,4 +390,175 @@ fn a_killed_worker_fails_the_run_and_frees_the_others() {
     }
     let again = run(50_000, "again").output().expect("run");
     assert!(again.status.success(), "{}", stderr(&again));
+}
+
+/// Sorted lines of the published files under `dir` (not the `.inprogress`
+/// ones an exactly-once sink has not committed).
+fn published_under(dir: &std::path::Path) -> Vec<String> {
+    let mut rows: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|f| f.expect("entry").path())
+        .filter(|p| p.extension().is_none_or(|e| e != "inprogress"))
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
+                .expect("read")
+                .lines()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Waits until `file` holds `text` `times` times.
+fn await_text(files: &[std::path::PathBuf], text: &str, times: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let all: String = files
+            .iter()
+            .map(|f| std::fs::read_to_string(f).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n");
+        if all.matches(text).count() >= times {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "'{text}' seen {} times, expected {times}:\n{all}",
+            all.matches(text).count()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The exactly-once acceptance of scale-out: a checkpointed keyed window
+/// with an exactly-once file sink, every node with three instances, over
+/// three workers; one worker is SIGKILLed mid-run (the flow restarts from
+/// its last checkpoint on the other two), then the coordinator (a worker
+/// takes the flow over through its lease), then a fourth worker joins (the
+/// flow moves onto it after a checkpoint). The published rows are exactly
+/// those of one uninterrupted process.
+#[test]
+fn a_checkpointed_flow_outlives_a_killed_worker_and_coordinator_and_takes_in_a_new_worker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut w, mut logs) = three_logged_workers("exactly", dir.path());
+    let run = |tag: &str, rate: u64| exactly_once_flow(dir.path(), tag, rate, 4_000_000);
+    let expected = uninterrupted(run("single", 100_000_000), &dir.path().join("single"));
+
+    // Paced to about 40 s: time for the three blows below.
+    let coordinator_log = dir.path().join("coordinator.log");
+    let mut coordinator = run("cluster", 100_000)
+        .args(w.args())
+        .env("STREAMFLOW_LOG", "info")
+        .stderr(std::fs::File::create(&coordinator_log).expect("log"))
+        .spawn()
+        .expect("run --cluster");
+    let coordinator_logs = [coordinator_log.clone()];
+    await_text(&coordinator_logs, "checkpoint complete", 2, Duration::from_secs(30));
+
+    // 1. A worker killed: the run restarts from its last checkpoint on w1, w3.
+    w.signal("w2", "-KILL");
+    await_text(&coordinator_logs, "restarting the flow", 1, Duration::from_secs(20));
+    let completed = std::fs::read_to_string(&coordinator_log)
+        .expect("log")
+        .matches("checkpoint complete")
+        .count();
+    await_text(
+        &coordinator_logs,
+        "checkpoint complete",
+        completed + 2,
+        Duration::from_secs(30),
+    );
+
+    // 2. The coordinator killed: a worker takes the flow over.
+    coordinator.kill().expect("kill");
+    coordinator.wait().expect("wait");
+    await_text(
+        &logs,
+        "coordinating it from its last complete checkpoint",
+        1,
+        Duration::from_secs(30),
+    );
+    await_text(&logs, "checkpoint complete", 1, Duration::from_secs(30));
+
+    // 3. A fourth worker joins: the flow moves onto it after a checkpoint.
+    let w4_log = dir.path().join("w4.log");
+    w.start_with("w4", std::fs::File::create(&w4_log).expect("log"));
+    logs.push(w4_log.clone());
+    await_text(&logs, "moving onto the 3 workers present", 1, Duration::from_secs(30));
+    await_text(&[w4_log], "share started", 1, Duration::from_secs(30));
+
+    await_text(&logs, "flow taken over ended", 1, Duration::from_secs(120));
+    let got = published_under(&dir.path().join("cluster"));
+    assert_eq!(got.len(), expected.len(), "rows published");
+    assert!(got == expected, "the rows differ from one uninterrupted run");
+}
+
+/// `examples/exactly_once.yaml` with every node at three instances,
+/// `events` bids paced at `rate` a second, its state and output under
+/// `dir/<tag>-state` and `dir/<tag>`.
+fn exactly_once_flow(dir: &std::path::Path, tag: &str, rate: u64, events: u64) -> std::process::Command {
+    let mut cmd = streamflow();
+    cmd.arg("run")
+        .arg(common::root().join("examples/exactly_once.yaml"));
+    for set in [
+        "sources.bids.parallelism=3".to_string(),
+        "stages.per_auction.parallelism=3".into(),
+        "sinks.out.parallelism=3".into(),
+        format!("sources.bids.config.events={events}"),
+        format!("sources.bids.config.rate={rate}"),
+        "checkpoint.interval=500ms".into(),
+        format!("checkpoint.storage={}", dir.join(format!("{tag}-state")).display()),
+        format!("sinks.out.config.path={}", dir.join(tag).display()),
+    ] {
+        cmd.args(["--set", &set]);
+    }
+    cmd
+}
+
+/// Runs `cmd` in one process to its end; the rows it published in `out`.
+fn uninterrupted(mut cmd: std::process::Command, out: &std::path::Path) -> Vec<String> {
+    let done = cmd.arg("--quiet").output().expect("run");
+    assert!(done.status.success(), "{}", stderr(&done));
+    let rows = published_under(out);
+    assert!(rows.len() > 1000, "only {} rows", rows.len());
+    rows
+}
+
+/// A worker paused (SIGSTOP) past the ttl is removed and the flow restarts
+/// without it; resumed, the worker finds its lease gone and exits, and
+/// nothing its old share still held is published: the rows are exactly
+/// those of one uninterrupted process.
+#[test]
+fn a_paused_worker_is_fenced_and_the_checkpointed_flow_goes_on_without_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut w, _logs) = three_logged_workers("paused", dir.path());
+    let run = |tag: &str, rate: u64| exactly_once_flow(dir.path(), tag, rate, 2_000_000);
+    let expected = uninterrupted(run("single", 100_000_000), &dir.path().join("single"));
+    let coordinator_log = dir.path().join("coordinator.log");
+    let coordinator = run("cluster", 100_000)
+        .args(w.args())
+        .env("STREAMFLOW_LOG", "info")
+        .stderr(std::fs::File::create(&coordinator_log).expect("log"))
+        .spawn()
+        .expect("run --cluster");
+    let coordinator_logs = [coordinator_log.clone()];
+    await_text(&coordinator_logs, "checkpoint complete", 2, Duration::from_secs(30));
+    w.signal("w2", "-STOP");
+    await_text(&coordinator_logs, "restarting the flow", 1, Duration::from_secs(20));
+    w.signal("w2", "-CONT");
+    let w2 = w.child("w2");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while w2.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the fenced worker exits");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ended = coordinator.wait_with_output().expect("wait");
+    let log = std::fs::read_to_string(&coordinator_log).expect("log");
+    assert!(ended.status.success(), "{log}");
+    assert!(log.contains("left the cluster while running its share"), "{log}");
+    let got = published_under(&dir.path().join("cluster"));
+    assert_eq!(got.len(), expected.len(), "rows published");
+    assert!(got == expected, "the rows differ from one uninterrupted run");
 }
