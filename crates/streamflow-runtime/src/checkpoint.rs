@@ -129,6 +129,7 @@ pub(crate) struct Agent {
 impl Agent {
     pub(crate) async fn run(mut self) -> Result<()> {
         let mut commands_open = true;
+        let mut final_id = None;
         loop {
             tokio::select! {
                 ack = self.acks.recv() => {
@@ -140,6 +141,9 @@ impl Agent {
                 }
                 command = self.commands.recv(), if commands_open => match command {
                     Some(CheckpointCommand::Inject { id, timestamp_ms, is_final }) => {
+                        if is_final {
+                            final_id = Some(id);
+                        }
                         let barrier = CheckpointBarrier { id, timestamp_ms, is_final };
                         for s in &self.sources {
                             // A source that has gone away fails the run elsewhere.
@@ -153,8 +157,18 @@ impl Agent {
                         for source in &self.sources {
                             let _ = source.send(SourceControl::Complete(id));
                         }
+                        if final_id == Some(id) {
+                            // Nothing follows the final checkpoint: sources
+                            // and sinks end once they see their control closed.
+                            self.sources.clear();
+                            self.sinks.clear();
+                        }
                     }
-                    None => commands_open = false,
+                    None => {
+                        commands_open = false;
+                        self.sources.clear();
+                        self.sinks.clear();
+                    }
                 },
             }
         }
