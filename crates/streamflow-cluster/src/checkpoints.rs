@@ -56,10 +56,7 @@ impl CoordinatorLink {
         UnboundedSender<CheckpointCommand>,
         UnboundedReceiver<CheckpointReport>,
     ) {
-        let reports = self
-            .reports
-            .take()
-            .unwrap_or_else(|| unbounded_channel().1);
+        let reports = self.reports.take().unwrap_or_else(|| unbounded_channel().1);
         (self.commands.clone(), reports)
     }
 }

@@ -337,20 +337,10 @@ impl Cluster {
                         metrics = Some(coordinator.metrics());
                         checkpointing.spawn(coordinator.run(commands, incoming));
                     }
-                    let finished = reports.values().filter(|r| r.state == RunState::Finished).count();
-                    if finished == shares.len() && checkpoints_over {
-                        break;
-                    }
                 }
                 Some(ended) = checkpointing.join_next(), if !checkpoints_over => {
                     match ended {
-                        Ok(Ok(())) => {
-                            checkpoints_over = true;
-                            let finished = reports.values().filter(|r| r.state == RunState::Finished).count();
-                            if finished == shares.len() {
-                                break;
-                            }
-                        }
+                        Ok(Ok(())) => checkpoints_over = true,
                         Ok(Err(e)) => return Err(Ended::Restart(ClusterError::Invalid(format!("flow '{flow}': {e}")))),
                         Err(e) => return Err(Ended::Restart(ClusterError::Invalid(format!("flow '{flow}': the checkpoint coordinator stopped: {e}")))),
                     }
@@ -400,6 +390,15 @@ impl Cluster {
                     self.publish_assignment(&assignment).await.map_err(Ended::Fail)?;
                     tracing::info!(flow = %flow, "stopping: sources asked to stop");
                 }
+            }
+            // Done once every share has finished and, with checkpoints, the
+            // final one is committed.
+            let finished = reports
+                .values()
+                .filter(|r| r.state == RunState::Finished)
+                .count();
+            if finished == shares.len() && checkpoints_over {
+                break;
             }
         }
         drop(link);
@@ -583,7 +582,9 @@ impl Cluster {
                 .coordinate(&spec, &pipeline, lease, std::future::pending::<()>)
                 .await
             {
-                Ok(outcome) => tracing::info!(flow = %flow, epoch = outcome.epoch, "flow taken over ended"),
+                Ok(outcome) => {
+                    tracing::info!(flow = %flow, epoch = outcome.epoch, "flow taken over ended")
+                }
                 Err(e) => tracing::error!(flow = %flow, error = %e, "flow taken over failed"),
             }
         });

@@ -10,9 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
 use streamflow_core::{CheckpointBarrier, Error, OperatorSnapshot, Result, processing_time_ms};
 use streamflow_dsl::{CheckpointConfig, FlowGraph, Role};
-use serde::{Deserialize, Serialize};
 use streamflow_state::{
     CheckpointMeta, CheckpointStore, InstanceState, NodeInfo, SourcePosition, StateFiles,
     instance_for_key_group,
@@ -555,7 +555,11 @@ async fn choose(
 
 /// Loads the state of checkpoint `meta`, split over the flow's instances
 /// as they are now (key groups to their owners).
-pub(crate) async fn load(files: &StateFiles, graph: &FlowGraph, meta: CheckpointMeta) -> Result<Restored> {
+pub(crate) async fn load(
+    files: &StateFiles,
+    graph: &FlowGraph,
+    meta: CheckpointMeta,
+) -> Result<Restored> {
     let mut operators: BTreeMap<(String, usize), OperatorSnapshot> = BTreeMap::new();
     for node in graph.nodes.iter().filter(|n| n.role == Role::Stage) {
         let old = meta

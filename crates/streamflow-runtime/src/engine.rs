@@ -398,9 +398,7 @@ impl Pipeline {
                     );
                 }
                 (None, None) => {
-                    return Err(Error::Other(
-                        "checkpoints without a coordinator".into(),
-                    ));
+                    return Err(Error::Other("checkpoints without a coordinator".into()));
                 }
             }
         }

@@ -220,7 +220,6 @@ impl StateFiles {
         }
         Ok(())
     }
-
 }
 
 /// The checkpoints of one flow: their state files and, committed
@@ -328,7 +327,8 @@ impl CheckpointStore {
                 table.remove(meta.id).map_err(|e| io("remove", e))?;
             }
             txn.commit().map_err(|e| io("commit", e))?;
-            let _ = tokio::fs::remove_dir_all(self.files.root.join(format!("chk-{}", meta.id))).await;
+            let _ =
+                tokio::fs::remove_dir_all(self.files.root.join(format!("chk-{}", meta.id))).await;
         }
         Ok(())
     }
@@ -468,7 +468,11 @@ mod tests {
         let store = CheckpointStore::open(&dir.path().display().to_string()).expect("open");
         let snap = snapshot();
         for id in 1..=3 {
-            let blobs = store.files().write_state(id, "w", 0, &snap).await.expect("write");
+            let blobs = store
+                .files()
+                .write_state(id, "w", 0, &snap)
+                .await
+                .expect("write");
             store.commit(&meta(id, blobs)).expect("commit");
         }
         let latest = store.list().expect("list");
@@ -477,7 +481,8 @@ mod tests {
             vec![1, 2, 3]
         );
         let back = store
-            .files().read_state(&latest[2].instances[0].blobs)
+            .files()
+            .read_state(&latest[2].instances[0].blobs)
             .await
             .expect("read");
         let rows = |s: &OperatorSnapshot| {

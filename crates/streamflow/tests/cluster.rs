@@ -101,6 +101,31 @@ impl Workers {
     }
 }
 
+impl Workers {
+    /// Waits (20 s at most) until worker `name` has exited.
+    fn await_exit(&mut self, name: &str) -> std::process::ExitStatus {
+        let child = self.child(name);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "worker '{name}' exits");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Starts `run` (a `streamflow run`) on the cluster, its coordinator
+    /// logging at info to `log`.
+    fn coordinate(&self, mut run: std::process::Command, log: &std::path::Path) -> Child {
+        run.args(self.args())
+            .env("STREAMFLOW_LOG", "info")
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .expect("run --cluster")
+    }
+}
+
 impl Drop for Workers {
     fn drop(&mut self) {
         for (_, child) in &mut self.children {
@@ -151,17 +176,10 @@ fn workers_join_expire_are_fenced_and_leave() {
     w.signal("w2", "-STOP");
     w.await_members(&["w3"]);
     w.signal("w2", "-CONT");
-    let w2 = w.child("w2");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = w2.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the fenced worker exits");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = w.await_exit("w2");
     assert!(!status.success());
     let mut err = String::new();
+    let w2 = w.child("w2");
     std::io::Read::read_to_string(&mut w2.stderr.take().expect("stderr"), &mut err).expect("read");
     assert!(
         err.contains("worker 'w2' was removed from cluster"),
@@ -178,10 +196,17 @@ fn workers_join_expire_are_fenced_and_leave() {
 
 /// Sorted lines of every file under `dir`.
 fn lines_under(dir: &std::path::Path) -> Vec<String> {
+    sorted_lines(dir, |_| true)
+}
+
+/// Sorted lines of the files under `dir` that `keep` accepts.
+fn sorted_lines(dir: &std::path::Path, keep: impl Fn(&std::path::Path) -> bool) -> Vec<String> {
     let mut rows: Vec<String> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .flat_map(|f| {
-            std::fs::read_to_string(f.expect("entry").path())
+        .map(|f| f.expect("entry").path())
+        .filter(|p| keep(p))
+        .flat_map(|p| {
+            std::fs::read_to_string(p)
                 .expect("read")
                 .lines()
                 .map(str::to_string)
@@ -395,23 +420,10 @@ fn a_killed_worker_fails_the_run_and_frees_the_others() {
 /// Sorted lines of the published files under `dir` (not the `.inprogress`
 /// ones an exactly-once sink has not committed).
 fn published_under(dir: &std::path::Path) -> Vec<String> {
-    let mut rows: Vec<String> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|f| f.expect("entry").path())
-        .filter(|p| p.extension().is_none_or(|e| e != "inprogress"))
-        .flat_map(|p| {
-            std::fs::read_to_string(p)
-                .expect("read")
-                .lines()
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    rows.sort();
-    rows
+    sorted_lines(dir, |p| p.extension().is_none_or(|e| e != "inprogress"))
 }
 
-/// Waits until `file` holds `text` `times` times.
+/// Waits until `files` together hold `text` `times` times.
 fn await_text(files: &[std::path::PathBuf], text: &str, times: usize, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
@@ -448,18 +460,23 @@ fn a_checkpointed_flow_outlives_a_killed_worker_and_coordinator_and_takes_in_a_n
 
     // Paced to about 40 s: time for the three blows below.
     let coordinator_log = dir.path().join("coordinator.log");
-    let mut coordinator = run("cluster", 100_000)
-        .args(w.args())
-        .env("STREAMFLOW_LOG", "info")
-        .stderr(std::fs::File::create(&coordinator_log).expect("log"))
-        .spawn()
-        .expect("run --cluster");
+    let mut coordinator = w.coordinate(run("cluster", 100_000), &coordinator_log);
     let coordinator_logs = [coordinator_log.clone()];
-    await_text(&coordinator_logs, "checkpoint complete", 2, Duration::from_secs(30));
+    await_text(
+        &coordinator_logs,
+        "checkpoint complete",
+        2,
+        Duration::from_secs(30),
+    );
 
     // 1. A worker killed: the run restarts from its last checkpoint on w1, w3.
     w.signal("w2", "-KILL");
-    await_text(&coordinator_logs, "restarting the flow", 1, Duration::from_secs(20));
+    await_text(
+        &coordinator_logs,
+        "restarting the flow",
+        1,
+        Duration::from_secs(20),
+    );
     let completed = std::fs::read_to_string(&coordinator_log)
         .expect("log")
         .matches("checkpoint complete")
@@ -486,19 +503,32 @@ fn a_checkpointed_flow_outlives_a_killed_worker_and_coordinator_and_takes_in_a_n
     let w4_log = dir.path().join("w4.log");
     w.start_with("w4", std::fs::File::create(&w4_log).expect("log"));
     logs.push(w4_log.clone());
-    await_text(&logs, "moving onto the 3 workers present", 1, Duration::from_secs(30));
+    await_text(
+        &logs,
+        "moving onto the 3 workers present",
+        1,
+        Duration::from_secs(30),
+    );
     await_text(&[w4_log], "share started", 1, Duration::from_secs(30));
 
     await_text(&logs, "flow taken over ended", 1, Duration::from_secs(120));
     let got = published_under(&dir.path().join("cluster"));
     assert_eq!(got.len(), expected.len(), "rows published");
-    assert!(got == expected, "the rows differ from one uninterrupted run");
+    assert!(
+        got == expected,
+        "the rows differ from one uninterrupted run"
+    );
 }
 
 /// `examples/exactly_once.yaml` with every node at three instances,
 /// `events` bids paced at `rate` a second, its state and output under
 /// `dir/<tag>-state` and `dir/<tag>`.
-fn exactly_once_flow(dir: &std::path::Path, tag: &str, rate: u64, events: u64) -> std::process::Command {
+fn exactly_once_flow(
+    dir: &std::path::Path,
+    tag: &str,
+    rate: u64,
+    events: u64,
+) -> std::process::Command {
     let mut cmd = streamflow();
     cmd.arg("run")
         .arg(common::root().join("examples/exactly_once.yaml"));
@@ -509,7 +539,10 @@ fn exactly_once_flow(dir: &std::path::Path, tag: &str, rate: u64, events: u64) -
         format!("sources.bids.config.events={events}"),
         format!("sources.bids.config.rate={rate}"),
         "checkpoint.interval=500ms".into(),
-        format!("checkpoint.storage={}", dir.join(format!("{tag}-state")).display()),
+        format!(
+            "checkpoint.storage={}",
+            dir.join(format!("{tag}-state")).display()
+        ),
         format!("sinks.out.config.path={}", dir.join(tag).display()),
     ] {
         cmd.args(["--set", &set]);
@@ -537,28 +570,34 @@ fn a_paused_worker_is_fenced_and_the_checkpointed_flow_goes_on_without_it() {
     let run = |tag: &str, rate: u64| exactly_once_flow(dir.path(), tag, rate, 2_000_000);
     let expected = uninterrupted(run("single", 100_000_000), &dir.path().join("single"));
     let coordinator_log = dir.path().join("coordinator.log");
-    let coordinator = run("cluster", 100_000)
-        .args(w.args())
-        .env("STREAMFLOW_LOG", "info")
-        .stderr(std::fs::File::create(&coordinator_log).expect("log"))
-        .spawn()
-        .expect("run --cluster");
+    let coordinator = w.coordinate(run("cluster", 100_000), &coordinator_log);
     let coordinator_logs = [coordinator_log.clone()];
-    await_text(&coordinator_logs, "checkpoint complete", 2, Duration::from_secs(30));
+    await_text(
+        &coordinator_logs,
+        "checkpoint complete",
+        2,
+        Duration::from_secs(30),
+    );
     w.signal("w2", "-STOP");
-    await_text(&coordinator_logs, "restarting the flow", 1, Duration::from_secs(20));
+    await_text(
+        &coordinator_logs,
+        "restarting the flow",
+        1,
+        Duration::from_secs(20),
+    );
     w.signal("w2", "-CONT");
-    let w2 = w.child("w2");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while w2.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "the fenced worker exits");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    w.await_exit("w2");
     let ended = coordinator.wait_with_output().expect("wait");
     let log = std::fs::read_to_string(&coordinator_log).expect("log");
     assert!(ended.status.success(), "{log}");
-    assert!(log.contains("left the cluster while running its share"), "{log}");
+    assert!(
+        log.contains("left the cluster while running its share"),
+        "{log}"
+    );
     let got = published_under(&dir.path().join("cluster"));
     assert_eq!(got.len(), expected.len(), "rows published");
-    assert!(got == expected, "the rows differ from one uninterrupted run");
+    assert!(
+        got == expected,
+        "the rows differ from one uninterrupted run"
+    );
 }
