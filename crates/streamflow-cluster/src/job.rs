@@ -137,7 +137,9 @@ impl Cluster {
     /// `stop` resolving once asks the sources to stop (everything in flight
     /// drains); resolving again withdraws the flow at once.
     ///
-    /// A flow with checkpoints is checkpointed across the workers; when a
+    /// A flow with checkpoints is checkpointed across the workers (in its
+    /// `checkpoint.storage`, which every worker must reach, else in
+    /// [`default_checkpoint_storage`](Cluster::default_checkpoint_storage)); when a
     /// worker is lost or a share fails, it restarts from its last complete
     /// checkpoint on the workers present (at most ten times), and when
     /// workers join it moves onto them after its next checkpoint.
@@ -151,9 +153,18 @@ impl Cluster {
         S: FnMut() -> F,
         F: Future<Output = ()>,
     {
-        let pipeline = Pipeline::from_spec(spec).map_err(invalid_flow)?;
+        let mut pipeline = Pipeline::from_spec(spec).map_err(invalid_flow)?;
         let flow = pipeline.plan().graph.name.clone();
         check_name("flow name", &flow)?;
+        // Checkpoints go where every worker reaches them.
+        let mut spec = spec.clone();
+        if let Some(c) = spec.checkpoint.as_mut()
+            && c.storage.is_none()
+        {
+            c.storage = Some(self.default_checkpoint_storage(&flow));
+            pipeline = Pipeline::from_spec(&spec).map_err(invalid_flow)?;
+        }
+        let spec = &spec;
         let holder = format!("coordinator pid {}", std::process::id());
         let lease = match self
             .acquire(&format!("coordinator.{flow}"), holder.as_bytes())
@@ -335,7 +346,8 @@ impl Cluster {
                     {
                         let (commands, incoming) = link.channels();
                         metrics = Some(coordinator.metrics());
-                        checkpointing.spawn(coordinator.run(commands, incoming));
+                        // In the caller's span: its events are the flow's.
+                        checkpointing.spawn(tracing::Instrument::in_current_span(coordinator.run(commands, incoming)));
                     }
                 }
                 Some(ended) = checkpointing.join_next(), if !checkpoints_over => {

@@ -90,6 +90,7 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(6);
 #[derive(Clone)]
 pub struct Cluster {
     name: String,
+    url: String,
     ttl: Duration,
     js: jetstream::Context,
 }
@@ -142,6 +143,7 @@ impl Cluster {
             })?;
         Ok(Cluster {
             name: name.to_string(),
+            url: url.to_string(),
             ttl,
             js: jetstream::new(client),
         })
@@ -168,6 +170,25 @@ impl Cluster {
     /// The cluster's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Where the checkpoints of a flow that names no `checkpoint.storage`
+    /// go when it runs on the cluster: the JetStream object store
+    /// `streamflow-<cluster>-checkpoints` on the cluster's own server (which
+    /// every worker reaches), under the flow's name.
+    pub fn default_checkpoint_storage(&self, flow: &str) -> String {
+        let server = self.url.split(',').next().unwrap_or(&self.url);
+        let server = server.split_once("://").map_or(server, |(_, rest)| rest);
+        format!(
+            "nats://{}/{}/{flow}",
+            server.trim_end_matches('/'),
+            self.checkpoints_bucket()
+        )
+    }
+
+    /// The object store of [`default_checkpoint_storage`](Self::default_checkpoint_storage).
+    fn checkpoints_bucket(&self) -> String {
+        format!("streamflow-{}-checkpoints", self.name)
     }
 
     /// The time after which an unrenewed worker or lease is gone.
@@ -314,6 +335,13 @@ impl Cluster {
                     .await
                     .map_err(|e| self.error(format!("deleting bucket {bucket}"), e))?;
             }
+        }
+        let bucket = self.checkpoints_bucket();
+        if self.js.get_object_store(&bucket).await.is_ok() {
+            self.js
+                .delete_object_store(&bucket)
+                .await
+                .map_err(|e| self.error(format!("deleting bucket {bucket}"), e))?;
         }
         Ok(())
     }

@@ -274,7 +274,7 @@ impl CheckpointCoordinator {
         };
         let store = Arc::new(CheckpointStore::open(&config.storage)?);
         store.clean_incomplete().await;
-        let next_id = store.list()?.last().map_or(1, |m| m.id + 1);
+        let next_id = store.list().await?.last().map_or(1, |m| m.id + 1);
         let restore = choose(&store, graph, options).await?;
         Ok(Some(Self {
             store,
@@ -428,7 +428,7 @@ impl CheckpointCoordinator {
             nodes: self.nodes.clone(),
             instances: done.instances,
         };
-        self.store.commit(&meta)?;
+        self.store.commit(&meta).await?;
         crash_point(id);
         self.metrics.record(crate::metrics::LastCheckpoint {
             id,
@@ -544,7 +544,7 @@ async fn choose(
         if let Some(id) = options.from_checkpoint {
             return Err(Error::Other(format!(
                 "no intact checkpoint at or before {id} in {}",
-                store.root().display()
+                store.location()
             )));
         }
         return Ok(None);

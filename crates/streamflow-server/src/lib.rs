@@ -33,6 +33,9 @@ pub struct ServeOptions {
     /// [`layer`](events::EventLog::layer) to have events raised inside
     /// flows, such as checkpoints, recorded too).
     pub events: events::EventLog,
+    /// Run the flows over this cluster's workers (the server coordinates
+    /// them) instead of in this process.
+    pub cluster: Option<streamflow_cluster::Cluster>,
 }
 
 /// Why the server could not run.
@@ -75,8 +78,12 @@ pub async fn serve(
     }
     let store = Arc::new(store::FlowStore::open(&options.data)?);
     let registry = Arc::new(streamflow_registry::Registry::open(store.database())?);
-    let supervisor =
-        supervisor::Supervisor::new(options.data.clone(), Arc::clone(&store), options.events);
+    let supervisor = supervisor::Supervisor::new(
+        options.data.clone(),
+        Arc::clone(&store),
+        options.events,
+        options.cluster,
+    );
     let listener = tokio::net::TcpListener::bind(options.listen)
         .await
         .map_err(|source| ServeError::Listen {

@@ -8,9 +8,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::Serialize;
+use streamflow_cluster::Cluster;
 use streamflow_dsl::{FileFormat, FlowSpec};
 use streamflow_runtime::engine::NodeInfo;
-use streamflow_runtime::{CheckpointMetrics, LastCheckpoint, Pipeline, RecoveryOptions};
+use streamflow_runtime::{CheckpointMetrics, LastCheckpoint, Pipeline, RecoveryOptions, RunHandle};
 use tokio::sync::watch;
 
 use crate::events::{Event, EventLog, SUPERVISOR_TARGET};
@@ -182,7 +183,35 @@ pub struct Supervisor {
     /// Checkpoint counts of runs that have ended, per flow.
     totals: Mutex<HashMap<String, CheckpointTotals>>,
     events: EventLog,
+    /// Where flows run: over this cluster's workers, or in this process.
+    cluster: Option<Cluster>,
 }
+
+/// A flow started: in this process, or coordinated over a cluster.
+enum Started {
+    Here(RunHandle),
+    Cluster(Cluster, Box<FlowSpec>),
+}
+
+/// The `stop` of [`Cluster::run_flow`] for a flow the supervisor stops by
+/// `stopped` becoming true: the first stop drains the flow; there is no
+/// second (a drain is always waited for).
+fn drain_once(stopped: watch::Receiver<bool>) -> impl FnMut() -> BoxFuture + Send {
+    let fired = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    move || {
+        let (mut stopped, fired) = (stopped.clone(), Arc::clone(&fired));
+        Box::pin(async move {
+            if fired.load(std::sync::atomic::Ordering::Acquire)
+                || stopped.wait_for(|s| *s).await.is_err()
+            {
+                std::future::pending::<()>().await;
+            }
+            fired.store(true, std::sync::atomic::Ordering::Release);
+        })
+    }
+}
+
+type BoxFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Plans `spec` (which may ask servers for schemas) off the async threads.
 ///
@@ -205,8 +234,15 @@ pub fn spec_of(doc: &serde_json::Value) -> Result<FlowSpec, SupervisorError> {
 }
 
 impl Supervisor {
-    /// A supervisor keeping checkpoints under `data/checkpoints/<flow>`.
-    pub fn new(data: PathBuf, store: Arc<FlowStore>, events: EventLog) -> Arc<Self> {
+    /// A supervisor running flows here, their checkpoints under
+    /// `data/checkpoints/<flow>`, or, given a cluster, over its workers with
+    /// this process coordinating them.
+    pub fn new(
+        data: PathBuf,
+        store: Arc<FlowStore>,
+        events: EventLog,
+        cluster: Option<Cluster>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             data,
             store,
@@ -214,6 +250,7 @@ impl Supervisor {
             refused: Mutex::new(HashMap::new()),
             totals: Mutex::new(HashMap::new()),
             events,
+            cluster,
         })
     }
 
@@ -254,10 +291,14 @@ impl Supervisor {
     }
 
     /// The declaration as it runs here: named `name`, its checkpoints (if it
-    /// takes any) in the server's data directory.
+    /// takes any) in the server's data directory — but on a cluster, where
+    /// they go where every worker reaches them: the flow's own storage, else
+    /// the cluster's object store.
     fn prepare(&self, name: &str, mut spec: FlowSpec) -> FlowSpec {
         spec.name = Some(name.to_string());
-        if let Some(c) = spec.checkpoint.as_mut() {
+        if let Some(c) = spec.checkpoint.as_mut()
+            && self.cluster.is_none()
+        {
             c.storage = Some(
                 self.data
                     .join("checkpoints")
@@ -321,14 +362,18 @@ impl Supervisor {
         let started = async {
             let version = self.store.version(name, record.active)?;
             let spec = self.prepare(name, spec_of(&version.spec)?);
-            let pipeline = plan(spec).await?;
-            pipeline
-                .start_with(&options)
-                .await
-                .map_err(|e| SupervisorError::Start(e.to_string()))
+            let pipeline = plan(spec.clone()).await?;
+            match &self.cluster {
+                Some(cluster) => Ok(Started::Cluster(cluster.clone(), Box::new(spec))),
+                None => pipeline
+                    .start_with(&options)
+                    .await
+                    .map(Started::Here)
+                    .map_err(|e| SupervisorError::Start(e.to_string())),
+            }
         }
         .await;
-        let handle = match started {
+        let started = match started {
             Ok(h) => h,
             Err(e) => {
                 self.live().remove(name);
@@ -343,25 +388,60 @@ impl Supervisor {
                 return Err(e);
             }
         };
-        self.event(
-            name,
-            "started",
-            Some(match handle.restored_from() {
-                Some(c) => format!("version {} from checkpoint {c}", record.active),
-                None => format!("version {}", record.active),
-            }),
-        );
-        if let Some(l) = self.live().get_mut(name) {
-            l.state = State::Running;
-            l.nodes = handle.nodes().to_vec();
-            l.checkpoints = Some(handle.checkpoints());
-            l.restored_from = handle.restored_from();
-            l.stop = Some(handle.stopper());
-        }
+        let ended: std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>> =
+            match started {
+                Started::Here(handle) => {
+                    self.event(
+                        name,
+                        "started",
+                        Some(match handle.restored_from() {
+                            Some(c) => format!("version {} from checkpoint {c}", record.active),
+                            None => format!("version {}", record.active),
+                        }),
+                    );
+                    if let Some(l) = self.live().get_mut(name) {
+                        l.state = State::Running;
+                        l.nodes = handle.nodes().to_vec();
+                        l.checkpoints = Some(handle.checkpoints());
+                        l.restored_from = handle.restored_from();
+                        l.stop = Some(handle.stopper());
+                    }
+                    Box::pin(
+                        async move { handle.wait().await.map(drop).map_err(|e| e.to_string()) },
+                    )
+                }
+                Started::Cluster(cluster, spec) => {
+                    self.event(
+                        name,
+                        "started",
+                        Some(format!(
+                            "version {} on cluster '{}'",
+                            record.active,
+                            cluster.name()
+                        )),
+                    );
+                    let (stop, stopped) = watch::channel(false);
+                    if let Some(l) = self.live().get_mut(name) {
+                        l.state = State::Running;
+                        l.stop = Some(stop);
+                    }
+                    let span = tracing::info_span!("flow", flow = %name);
+                    Box::pin(tracing::Instrument::instrument(
+                        async move {
+                            cluster
+                                .run_flow(&spec, drain_once(stopped))
+                                .await
+                                .map(drop)
+                                .map_err(|e| e.to_string())
+                        },
+                        span,
+                    ))
+                }
+            };
         let this = Arc::clone(self);
         let name = name.to_string();
         tokio::spawn(async move {
-            let result = handle.wait().await;
+            let result = ended.await;
             let stopping = this.live().get(&name).is_some_and(|l| l.stopping);
             let outcome = match result {
                 Err(e) => {

@@ -5,9 +5,11 @@
 //! ([`key_groups`]); operators tag the state of each key with the same key
 //! group when they snapshot ([`put_keyed`]), so a checkpoint taken at one
 //! parallelism can be restored at another. [`CheckpointStore`] persists
-//! checkpoints: state files in an object store, metadata in redb.
+//! checkpoints: state files and metadata in a directory or an object store
+//! (S3, GCS, Azure, NATS JetStream).
 
 pub mod key_group;
+mod objects;
 pub mod store;
 
 pub use key_group::{

@@ -1,26 +1,25 @@
-//! Checkpoint storage: state blobs as Arrow IPC files in an object store
-//! (the local disk today), and checkpoint metadata committed atomically in
-//! an embedded redb database. A checkpoint exists only once its metadata is
-//! committed, and every blob carries a CRC-32 so that a corrupted or
-//! truncated file is detected before it is restored.
+//! Checkpoint storage: state blobs as Arrow IPC files, and the metadata of
+//! each complete checkpoint, in a directory or an object store (S3, GCS,
+//! Azure, NATS JetStream). A checkpoint exists only once its metadata
+//! object is written (each object write is atomic), and every blob carries
+//! a CRC-32 so that a corrupted or truncated file is detected before it is
+//! restored. Any process that can reach the storage sees the same
+//! checkpoints: a flow's coordinator can move to another host.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::ipc::reader::FileReader;
 use arrow::ipc::writer::FileWriter;
-use object_store::local::LocalFileSystem;
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStoreExt, PutPayload};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use streamflow_core::{Error, OperatorSnapshot, Result, SourceOffset};
 
-/// Checkpoint id → metadata (JSON).
-const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
+use crate::objects::Objects;
+
+/// Where the metadata of complete checkpoints lives: `meta/<id>.json`.
+const META: &str = "meta";
 
 /// Column added to every state batch on disk: the entry's key group.
 const KEY_GROUP_COLUMN: &str = "_key_group";
@@ -107,38 +106,29 @@ fn io(context: &str, e: impl std::fmt::Display) -> Error {
 /// coordinator keeps the metadata ([`CheckpointStore`]).
 #[derive(Debug)]
 pub struct StateFiles {
-    root: PathBuf,
-    objects: Arc<LocalFileSystem>,
+    objects: Objects,
 }
 
 impl StateFiles {
     /// Opens (creating if needed) the state files at `location`: a
-    /// directory or a `file://` URL.
+    /// directory or `file:///dir`; `s3://bucket/prefix`, `gs://…`,
+    /// `az://…` (credentials and endpoint from the usual `AWS_*`,
+    /// `GOOGLE_*`, `AZURE_*` variables); `nats://HOST:PORT/bucket/prefix`
+    /// or `nats://bucket/prefix` (a JetStream object store, on the server
+    /// of `STREAMFLOW_CLUSTER`, else 127.0.0.1:4222).
     ///
     /// # Errors
-    /// Other URL schemes, or when the directory cannot be made.
+    /// An unknown scheme, a bad URL, or a directory that cannot be made.
+    /// A server that cannot be reached fails the first read or write.
     pub fn open(location: &str) -> Result<Self> {
-        let root = match location.split_once("://") {
-            None => PathBuf::from(location),
-            Some(("file", path)) => PathBuf::from(path),
-            Some((scheme, _)) => {
-                return Err(Error::Other(format!(
-                    "checkpoint storage '{location}': only local directories are supported for now, not {scheme}://"
-                )));
-            }
-        };
-        std::fs::create_dir_all(&root).map_err(|e| io(&root.display().to_string(), e))?;
-        let objects = LocalFileSystem::new_with_prefix(&root)
-            .map_err(|e| io(&root.display().to_string(), e))?;
         Ok(Self {
-            root,
-            objects: Arc::new(objects),
+            objects: Objects::open(location)?,
         })
     }
 
-    /// The storage root.
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// Where the storage is, as given to [`open`](Self::open).
+    pub fn location(&self) -> &str {
+        self.objects.location()
     }
 
     /// Writes one operator instance's state for checkpoint `id`, one Arrow
@@ -159,10 +149,7 @@ impl StateFiles {
             let path = format!("chk-{id}/{node}/{instance}/{name}.arrow");
             let crc32 = crc32fast::hash(&bytes);
             let size = bytes.len() as u64;
-            self.objects
-                .put(&ObjectPath::from(path.as_str()), PutPayload::from(bytes))
-                .await
-                .map_err(|e| io(&path, e))?;
+            self.objects.put(&path, bytes::Bytes::from(bytes)).await?;
             blobs.push(BlobRef {
                 name: name.clone(),
                 path,
@@ -189,14 +176,7 @@ impl StateFiles {
     }
 
     async fn read_checked(&self, blob: &BlobRef) -> Result<bytes::Bytes> {
-        let bytes = self
-            .objects
-            .get(&ObjectPath::from(blob.path.as_str()))
-            .await
-            .map_err(|e| io(&blob.path, e))?
-            .bytes()
-            .await
-            .map_err(|e| io(&blob.path, e))?;
+        let bytes = self.objects.get(&blob.path).await?;
         if bytes.len() as u64 != blob.bytes || crc32fast::hash(&bytes) != blob.crc32 {
             return Err(io(
                 &blob.path,
@@ -220,28 +200,32 @@ impl StateFiles {
         }
         Ok(())
     }
+
+    /// Deletes every file of checkpoint `id`.
+    async fn remove_files(&self, id: u64) -> Result<()> {
+        self.objects.delete_all(&format!("chk-{id}")).await
+    }
 }
 
-/// The checkpoints of one flow: their state files and, committed
-/// atomically in an embedded database, their metadata. One process at a
-/// time opens it: the run's checkpoint coordinator.
-#[derive(Debug)]
+/// The checkpoints of one flow: their state files and the metadata of the
+/// complete ones. One process at a time writes it: the run's checkpoint
+/// coordinator (the coordinator lease of a cluster, or the one process
+/// running the flow, makes sure of that).
+#[derive(Debug, Clone)]
 pub struct CheckpointStore {
-    files: StateFiles,
-    db: Database,
+    files: Arc<StateFiles>,
 }
 
 impl CheckpointStore {
-    /// Opens (creating if needed) the storage at `location`: a directory or
-    /// a `file://` URL.
+    /// Opens (creating if needed) the storage at `location` (see
+    /// [`StateFiles::open`]).
     ///
     /// # Errors
-    /// Other URL schemes, or when the directory or database cannot be opened.
+    /// See [`StateFiles::open`].
     pub fn open(location: &str) -> Result<Self> {
-        let files = StateFiles::open(location)?;
-        let db = Database::create(files.root.join("checkpoints.redb"))
-            .map_err(|e| io("opening checkpoints.redb", e))?;
-        Ok(Self { files, db })
+        Ok(Self {
+            files: Arc::new(StateFiles::open(location)?),
+        })
     }
 
     /// The state files.
@@ -249,43 +233,52 @@ impl CheckpointStore {
         &self.files
     }
 
-    /// The storage root.
-    pub fn root(&self) -> &Path {
-        &self.files.root
+    /// Where the storage is.
+    pub fn location(&self) -> &str {
+        self.files.location()
     }
 
-    /// Records a checkpoint as complete (atomically).
+    /// Records a checkpoint as complete: its metadata object is written
+    /// in one atomic put, after every state file it names.
     ///
     /// # Errors
-    /// When the database cannot commit.
-    pub fn commit(&self, meta: &CheckpointMeta) -> Result<()> {
+    /// When the metadata cannot be written.
+    pub async fn commit(&self, meta: &CheckpointMeta) -> Result<()> {
         let json = serde_json::to_vec(meta).map_err(|e| io("encoding metadata", e))?;
-        let txn = self.db.begin_write().map_err(|e| io("begin", e))?;
-        {
-            let mut table = txn.open_table(CHECKPOINTS).map_err(|e| io("table", e))?;
-            table
-                .insert(meta.id, json.as_slice())
-                .map_err(|e| io("insert", e))?;
-        }
-        txn.commit().map_err(|e| io("commit", e))
+        self.files
+            .objects
+            .put(
+                &format!("{META}/{}.json", meta.id),
+                bytes::Bytes::from(json),
+            )
+            .await
     }
 
     /// Every complete checkpoint, oldest first.
     ///
     /// # Errors
-    /// When the database cannot be read.
-    pub fn list(&self) -> Result<Vec<CheckpointMeta>> {
-        let txn = self.db.begin_read().map_err(|e| io("begin", e))?;
-        let table = match txn.open_table(CHECKPOINTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(io("table", e)),
-        };
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(|e| io("scan", e))? {
-            let (_, value) = entry.map_err(|e| io("scan", e))?;
+    /// When the storage cannot be listed or a metadata object read.
+    pub async fn list(&self) -> Result<Vec<CheckpointMeta>> {
+        let mut ids: Vec<u64> = self
+            .files
+            .objects
+            .list(META)
+            .await?
+            .iter()
+            .filter_map(|p| {
+                p.strip_prefix(&format!("{META}/"))?
+                    .strip_suffix(".json")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        ids.sort_unstable();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let bytes = self.files.objects.get(&format!("{META}/{id}.json")).await?;
             out.push(
-                serde_json::from_slice(value.value()).map_err(|e| io("decoding metadata", e))?,
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| io(&format!("decoding the metadata of checkpoint {id}"), e))?,
             );
         }
         Ok(out)
@@ -295,13 +288,13 @@ impl CheckpointStore {
     /// `at_most`; skipped checkpoints are reported through `on_skip`.
     ///
     /// # Errors
-    /// When the database cannot be read.
+    /// When the storage cannot be listed.
     pub async fn latest_valid(
         &self,
         at_most: Option<u64>,
         mut on_skip: impl FnMut(&CheckpointMeta, &Error),
     ) -> Result<Option<CheckpointMeta>> {
-        for meta in self.list()?.into_iter().rev() {
+        for meta in self.list().await?.into_iter().rev() {
             if at_most.is_some_and(|m| meta.id > m) {
                 continue;
             }
@@ -313,22 +306,21 @@ impl CheckpointStore {
         Ok(None)
     }
 
-    /// Keeps the newest `retain` checkpoints and deletes the others' files and metadata.
+    /// Keeps the newest `retain` checkpoints and deletes the others'
+    /// metadata, then their files.
     ///
     /// # Errors
-    /// When the database cannot be updated (file deletion failures are ignored).
+    /// When the storage cannot be listed or a metadata object deleted
+    /// (state file deletion failures are ignored).
     pub async fn prune(&self, retain: usize) -> Result<()> {
-        let all = self.list()?;
+        let all = self.list().await?;
         let drop_count = all.len().saturating_sub(retain.max(1));
         for meta in &all[..drop_count] {
-            let txn = self.db.begin_write().map_err(|e| io("begin", e))?;
-            {
-                let mut table = txn.open_table(CHECKPOINTS).map_err(|e| io("table", e))?;
-                table.remove(meta.id).map_err(|e| io("remove", e))?;
-            }
-            txn.commit().map_err(|e| io("commit", e))?;
-            let _ =
-                tokio::fs::remove_dir_all(self.files.root.join(format!("chk-{}", meta.id))).await;
+            self.files
+                .objects
+                .delete(&format!("{META}/{}.json", meta.id))
+                .await?;
+            let _ = self.files.remove_files(meta.id).await;
         }
         Ok(())
     }
@@ -337,20 +329,19 @@ impl CheckpointStore {
     pub async fn clean_incomplete(&self) {
         let complete: Vec<u64> = self
             .list()
+            .await
             .map(|l| l.iter().map(|m| m.id).collect())
             .unwrap_or_default();
-        let Ok(mut dir) = tokio::fs::read_dir(&self.files.root).await else {
+        let Ok(all) = self.files.objects.list("").await else {
             return;
         };
-        while let Ok(Some(entry)) = dir.next_entry().await {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(id) = name
-                .strip_prefix("chk-")
-                .and_then(|i| i.parse::<u64>().ok())
-                && !complete.contains(&id)
-            {
-                let _ = tokio::fs::remove_dir_all(entry.path()).await;
-            }
+        let incomplete: std::collections::BTreeSet<u64> = all
+            .iter()
+            .filter_map(|p| p.strip_prefix("chk-")?.split('/').next()?.parse().ok())
+            .filter(|id| !complete.contains(id))
+            .collect();
+        for id in incomplete {
+            let _ = self.files.remove_files(id).await;
         }
     }
 }
@@ -462,10 +453,11 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn state_round_trips_and_corruption_falls_back_to_the_previous_checkpoint() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = CheckpointStore::open(&dir.path().display().to_string()).expect("open");
+    /// Writes three checkpoints, reads one back, truncates a file of the
+    /// newest (the one before is chosen), prunes to one, and drops the files
+    /// of a checkpoint that never completed.
+    async fn round_trip(location: &str) {
+        let store = CheckpointStore::open(location).expect("open");
         let snap = snapshot();
         for id in 1..=3 {
             let blobs = store
@@ -473,9 +465,9 @@ mod tests {
                 .write_state(id, "w", 0, &snap)
                 .await
                 .expect("write");
-            store.commit(&meta(id, blobs)).expect("commit");
+            store.commit(&meta(id, blobs)).await.expect("commit");
         }
-        let latest = store.list().expect("list");
+        let latest = store.list().await.expect("list");
         assert_eq!(
             latest.iter().map(|m| m.id).collect::<Vec<_>>(),
             vec![1, 2, 3]
@@ -496,13 +488,13 @@ mod tests {
         assert_eq!(rows(&back), rows(&snap));
 
         // Truncate checkpoint 3's file: 2 is used instead, and 3 is reported.
-        let path = dir.path().join(&latest[2].instances[0].blobs[0].path);
-        let len = std::fs::metadata(&path).expect("meta").len();
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .expect("open");
-        file.set_len(len / 2).expect("truncate");
+        let objects = &store.files().objects;
+        let path = &latest[2].instances[0].blobs[0].path;
+        let whole = objects.get(path).await.expect("get");
+        objects
+            .put(path, whole.slice(..whole.len() / 2))
+            .await
+            .expect("truncate");
         let mut skipped = Vec::new();
         let chosen = store
             .latest_valid(None, |m, _| skipped.push(m.id))
@@ -512,15 +504,59 @@ mod tests {
         assert_eq!(skipped, vec![3]);
 
         store.prune(1).await.expect("prune");
-        assert_eq!(
-            store
-                .list()
-                .expect("list")
-                .iter()
-                .map(|m| m.id)
-                .collect::<Vec<_>>(),
-            vec![3]
-        );
+        let ids = |l: Vec<CheckpointMeta>| l.iter().map(|m| m.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.list().await.expect("list")), vec![3]);
+        assert!(objects.list("chk-1").await.expect("list").is_empty());
+        assert!(!objects.list("chk-3").await.expect("list").is_empty());
+
+        // Files of checkpoint 4, never committed, go at the next start.
+        store
+            .files()
+            .write_state(4, "w", 0, &snap)
+            .await
+            .expect("write");
+        store.clean_incomplete().await;
+        assert!(objects.list("chk-4").await.expect("list").is_empty());
+        assert!(!objects.list("chk-3").await.expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn checkpoints_round_trip_in_a_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        round_trip(&dir.path().display().to_string()).await;
         assert!(!dir.path().join("chk-1").exists());
+    }
+
+    /// Against the local NATS server (started by `.ci/run`), in a bucket
+    /// of its own, under a prefix.
+    #[tokio::test]
+    async fn checkpoints_round_trip_in_a_nats_object_store() {
+        let server =
+            std::env::var("STREAMFLOW_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let host = server.trim_start_matches("nats://");
+        let bucket = format!("sf-test-{}", std::process::id());
+        round_trip(&format!("nats://{host}/{bucket}/flows/one")).await;
+        let client = async_nats::connect(server.as_str()).await.expect("connect");
+        async_nats::jetstream::new(client)
+            .delete_object_store(&bucket)
+            .await
+            .expect("delete the bucket");
+    }
+
+    #[test]
+    fn bad_locations_are_refused_with_the_reason() {
+        for (location, reason) in [
+            ("nats://", "naming the bucket"),
+            ("nats://127.0.0.1:4222/bad.bucket", "naming the bucket"),
+            ("ftp://host/dir", "opening"),
+        ] {
+            let e = CheckpointStore::open(location)
+                .expect_err(location)
+                .to_string();
+            assert!(
+                e.contains(reason) && e.contains(location),
+                "{location}: {e}"
+            );
+        }
     }
 }

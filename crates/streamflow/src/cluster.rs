@@ -58,7 +58,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the runtime")
 }
 
-async fn connect(target: &Target) -> anyhow::Result<Cluster> {
+/// Connects to the cluster named by `target`.
+pub async fn connect(target: &Target) -> anyhow::Result<Cluster> {
     let url = target.url.as_deref().context(
         "name the cluster's NATS server: --cluster nats://HOST:4222 (or STREAMFLOW_CLUSTER)",
     )?;

@@ -117,6 +117,11 @@ enum Command {
         /// token covers every store.
         #[arg(long, env = "STREAMFLOW_LOG_SECRET", hide_env_values = true)]
         log_secret: Option<String>,
+        /// Run the flows over the workers of a cluster (`--cluster
+        /// nats://HOST:4222`), this server coordinating them, instead of in
+        /// this process.
+        #[command(flatten)]
+        cluster: cluster::Target,
     },
     /// Talk to a `streamflow serve` server.
     Flows {
@@ -353,13 +358,16 @@ fn main() -> ExitCode {
     streamflow_tls::install_default_provider();
     // The server's lifecycle events are info; a pipeline run stays quiet.
     let default_level = if matches!(cli.command, Command::Serve { .. }) {
-        "warn,streamflow_server=info,streamflow::flow=info"
+        "warn,streamflow_server=info,streamflow_cluster=info,streamflow::flow=info"
     } else {
         "warn"
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("STREAMFLOW_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colours only on a terminal: logs sent to a file or a collector stay plain text.
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let logs = match cli.log_format {
         LogFormat::Text => logs.with_filter(filter).boxed(),
         LogFormat::Json => logs.json().with_filter(filter).boxed(),
@@ -418,14 +426,19 @@ fn main() -> ExitCode {
             token,
             insecure,
             log_secret,
-        } => serve(streamflow_server::ServeOptions {
-            data,
-            listen,
-            token,
-            insecure,
-            log_secret,
-            events,
-        }),
+            cluster,
+        } => serve(
+            streamflow_server::ServeOptions {
+                data,
+                listen,
+                token,
+                insecure,
+                log_secret,
+                events,
+                cluster: None,
+            },
+            cluster,
+        ),
         Command::Log { target, action } => log::run(target, action),
         Command::Worker {
             target,
@@ -663,6 +676,17 @@ fn validate(file: &Path, overrides: &[String]) -> ExitCode {
     }
 }
 
+/// The complete checkpoints in `storage`, oldest first.
+fn checkpoints_in(storage: &str) -> anyhow::Result<Vec<streamflow_state::CheckpointMeta>> {
+    let store = CheckpointStore::open(storage).map_err(|e| anyhow!(e))?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(store.list())
+        .map_err(|e| anyhow!(e))
+}
+
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut b = tokio::runtime::Builder::new_multi_thread();
     if let Some(w) = workers {
@@ -819,11 +843,21 @@ fn run_watching(
 }
 
 /// `streamflow serve`: prints the address it listens on once ready.
-fn serve(options: streamflow_server::ServeOptions) -> anyhow::Result<ExitCode> {
+fn serve(
+    mut options: streamflow_server::ServeOptions,
+    cluster: cluster::Target,
+) -> anyhow::Result<ExitCode> {
     let rt = runtime(None)?;
-    rt.block_on(streamflow_server::serve(options, |addr| {
-        eprintln!("listening on http://{addr}");
-    }))?;
+    rt.block_on(async move {
+        if cluster.is_set() {
+            options.cluster = Some(cluster::connect(&cluster).await?);
+        }
+        streamflow_server::serve(options, |addr| {
+            eprintln!("listening on http://{addr}");
+        })
+        .await
+        .map_err(anyhow::Error::from)
+    })?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -847,8 +881,7 @@ fn checkpoints(action: CheckpointsAction) -> anyhow::Result<ExitCode> {
     let Some(config) = &pipeline.plan().graph.checkpoint else {
         anyhow::bail!("{} declares no checkpoint", file.display());
     };
-    let store = CheckpointStore::open(&config.storage).map_err(|e| anyhow!(e))?;
-    let all = store.list().map_err(|e| anyhow!(e))?;
+    let all = checkpoints_in(&config.storage)?;
     match action {
         CheckpointsAction::List { .. } => {
             if all.is_empty() {
@@ -1057,8 +1090,7 @@ fn bench(
     }
     let outcome = measure(query, &spec, cores, json, Some(events));
     if checkpoint_interval.is_some()
-        && let Ok(store) = CheckpointStore::open(&state.display().to_string())
-        && let Ok(all) = store.list()
+        && let Ok(all) = checkpoints_in(&state.display().to_string())
     {
         for m in all {
             eprintln!(

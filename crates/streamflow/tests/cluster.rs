@@ -532,7 +532,15 @@ fn exactly_once_flow(
     let mut cmd = streamflow();
     cmd.arg("run")
         .arg(common::root().join("examples/exactly_once.yaml"));
-    for set in [
+    for set in exactly_once_settings(dir, tag, rate, events) {
+        cmd.args(["--set", &set]);
+    }
+    cmd
+}
+
+/// The `--set`s of [`exactly_once_flow`].
+fn exactly_once_settings(dir: &std::path::Path, tag: &str, rate: u64, events: u64) -> Vec<String> {
+    vec![
         "sources.bids.parallelism=3".to_string(),
         "stages.per_auction.parallelism=3".into(),
         "sinks.out.parallelism=3".into(),
@@ -544,10 +552,7 @@ fn exactly_once_flow(
             dir.join(format!("{tag}-state")).display()
         ),
         format!("sinks.out.config.path={}", dir.join(tag).display()),
-    ] {
-        cmd.args(["--set", &set]);
-    }
-    cmd
+    ]
 }
 
 /// Runs `cmd` in one process to its end; the rows it published in `out`.
@@ -599,5 +604,216 @@ fn a_paused_worker_is_fenced_and_the_checkpointed_flow_goes_on_without_it() {
     assert!(
         got == expected,
         "the rows differ from one uninterrupted run"
+    );
+}
+
+/// `serve --cluster`: a flow submitted to the control plane runs over the
+/// cluster's workers, the server coordinating it, its checkpoints in the
+/// cluster's JetStream object store, and ends SUCCEEDED with exactly the
+/// rows of one uninterrupted process.
+#[test]
+fn serve_with_a_cluster_runs_submitted_flows_over_its_workers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (w, logs) = three_logged_workers("served", dir.path());
+    let expected = uninterrupted(
+        exactly_once_flow(dir.path(), "single", 400_000, 1_000_000),
+        &dir.path().join("single"),
+    );
+    let cluster = w.args();
+    let server = common::server::Server::start(
+        &dir.path().join("data"),
+        &cluster.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let flow = common::root().join("examples/exactly_once.yaml");
+    let mut submit = vec!["submit".to_string(), flow.display().to_string()];
+    // No storage of its own: its checkpoints go to the cluster's object store.
+    for set in exactly_once_settings(dir.path(), "served", 400_000, 1_000_000)
+        .into_iter()
+        .filter(|s| !s.starts_with("checkpoint.storage="))
+    {
+        submit.extend(["--set".to_string(), set]);
+    }
+    let submitted = server.cli(&submit.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(submitted.status.success(), "{}", stderr(&submitted));
+    let status = server.wait_status("exactly-once", |s| {
+        s["state"] == "SUCCEEDED" || s["state"] == "FAILED"
+    });
+    assert_eq!(status["state"], "SUCCEEDED", "{status}");
+    assert!(
+        published_under(&dir.path().join("served")) == expected,
+        "the rows differ from one process's"
+    );
+    // Every worker ran a share; the server said where the flow ran.
+    await_text(&logs, "share finished", 3, Duration::from_secs(10));
+    let (_, events) = server.call("GET", "/v1/events?flow=exactly-once", None, &[]);
+    let kinds: Vec<&str> = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    assert!(kinds.contains(&"checkpoint_completed"), "{events}");
+    let started = events
+        .as_array()
+        .expect("events")
+        .iter()
+        .find(|e| e["event"] == "started")
+        .expect("a started event");
+    assert!(
+        started["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("on cluster")),
+        "{started}"
+    );
+}
+
+/// Resident memory of process `pid`, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_string();
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Backpressure across processes: the one `stdout` sink of a flow sits on
+/// one of three workers, whose standard output nobody reads for a while;
+/// the sources on every worker (1 KiB rows, far more than fits in memory
+/// budgets) are held back through the channels' credits instead of
+/// buffering, so every worker's memory stays bounded, and once the output
+/// is read everything arrives, each row once.
+#[test]
+fn a_stalled_sink_on_one_worker_holds_back_the_sources_on_every_worker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut w = Workers {
+        cluster: common::unique("stalled"),
+        children: Vec::new(),
+    };
+    let names = ["w1", "w2", "w3"];
+    let logs: Vec<_> = names
+        .iter()
+        .map(|n| dir.path().join(format!("{n}.log")))
+        .collect();
+    for (name, log) in names.iter().zip(&logs) {
+        let child = streamflow()
+            .arg("worker")
+            .args(w.args())
+            .args(["--name", name, "--slots", "2"])
+            .env("STREAMFLOW_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).expect("log"))
+            .spawn()
+            .expect("spawn worker");
+        w.children.push((name.to_string(), child));
+    }
+    w.await_members(&names);
+    // 1.2 M rows of about 1 KiB: 400 MB from each worker's source.
+    let rows = 1_200_000u64;
+    let flow = common::write(
+        dir.path(),
+        "stalled.yaml",
+        &format!(
+            "name: stalled\nmode: job\nsources:\n  - {{name: g, type: generator, parallelism: 3, config: {{count: {rows}, batch_size: 1024, columns: {{id: i, pad: \"repeat('x', 1000)\"}}}}}}\nsinks:\n  - {{name: out, type: stdout, input: g}}\n"
+        ),
+    );
+    let mut run = w.coordinate(
+        {
+            let mut c = streamflow();
+            c.args(["run", &flow]);
+            c
+        },
+        &dir.path().join("coordinator.log"),
+    );
+    // Nobody reads the sink's output: its pipe fills, the sink blocks.
+    let mut peak = vec![0u64; names.len()];
+    for _ in 0..30 {
+        std::thread::sleep(Duration::from_millis(100));
+        for (p, (_, child)) in peak.iter_mut().zip(&w.children) {
+            *p = (*p).max(rss_kib(child.id()));
+        }
+    }
+    assert!(
+        peak.iter().all(|&p| p > 0),
+        "could not read the workers' memory"
+    );
+    for (name, p) in names.iter().zip(&peak) {
+        assert!(
+            *p < 250 * 1024,
+            "worker {name} grew to {p} KiB while the sink was stalled"
+        );
+    }
+    assert!(
+        run.try_wait().expect("wait").is_none(),
+        "the run ended while its sink was stalled"
+    );
+    // Read every worker's output now: the flow drains to its end.
+    let readers: Vec<_> = w
+        .children
+        .iter_mut()
+        .map(|(_, child)| {
+            let out = child.stdout.take().expect("stdout");
+            std::thread::spawn(move || {
+                use std::io::BufRead;
+                std::io::BufReader::new(out)
+                    .lines()
+                    .map_while(Result::ok)
+                    .map(|l| {
+                        // `{"id":N,"pad":"xxx…"}`: the id alone is read.
+                        let id = l
+                            .strip_prefix("{\"id\":")
+                            .and_then(|r| r.split(',').next())
+                            .unwrap_or_else(|| panic!("a row: {}", &l[..l.len().min(80)]));
+                        id.parse::<i64>().expect("id")
+                    })
+                    .collect::<Vec<i64>>()
+            })
+        })
+        .collect();
+    let status = run.wait().expect("run");
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(dir.path().join("coordinator.log")).unwrap_or_default()
+    );
+    // The run is over: the workers' output ends when they are stopped.
+    for name in names {
+        w.signal(name, "-TERM");
+    }
+    let mut ids: Vec<i64> = readers
+        .into_iter()
+        .flat_map(|r| r.join().expect("reader"))
+        .collect();
+    ids.sort_unstable();
+    let sent = ids.len();
+    ids.dedup();
+    assert_eq!(sent, ids.len(), "rows arrived twice");
+    assert_eq!(ids.len() as u64, rows, "rows were lost");
+    // The sources on the other workers waited for credit from the sink's.
+    let waited: f64 = logs
+        .iter()
+        .flat_map(|l| {
+            std::fs::read_to_string(l)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("remote channel ended"))
+                .filter_map(|l| {
+                    l.split("waited_for_credit=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse::<f64>()
+                        .ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum();
+    assert!(
+        waited > 2.0,
+        "the remote senders waited {waited} s for credit"
+    );
+    eprintln!(
+        "while stalled: peak RSS {peak:?} KiB; remote senders waited {waited:.1} s for credit"
     );
 }

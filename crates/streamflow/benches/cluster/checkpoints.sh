@@ -10,6 +10,8 @@
 # worker: time until the coordinator notices (bounded by the ttl, 2 s
 # here), and until the restarted flow has completed a checkpoint on the two
 # survivors (restore and re-placement included).
+# STORAGE=nats://127.0.0.1:4222/bench-ck (or s3://…) keeps the state in an
+# object store instead of the local disk (each run under its own prefix).
 #   cargo build --release -p streamflow && crates/streamflow/benches/cluster/checkpoints.sh
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -17,6 +19,7 @@ bin="${STREAMFLOW_BIN:-${CARGO_TARGET_DIR:-$here/../../../../target}/release/str
 url="${NATS:-nats://127.0.0.1:4222}"
 events="${EVENTS:-6000000}"
 rate="${RATE:-300000}"
+storage="${STORAGE:-}"
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -25,7 +28,7 @@ flow() { # tag
   cat > "$work/$1.yaml" <<YAML
 name: bench-checkpoints-$1
 mode: job
-checkpoint: {interval: 1s, storage: $work/$1-state, retain: 2}
+checkpoint: {interval: 1s, storage: ${storage:-$work}/$1-state-$$, retain: 2}
 sources:
   - name: bids
     type: nexmark

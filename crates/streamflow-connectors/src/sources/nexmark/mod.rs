@@ -119,25 +119,53 @@ pub(crate) fn plan(ctx: &SourceContext<'_>) -> Result<Arc<dyn SourceFactory>, Di
     d.into_result(())?;
     Ok(Arc::new(NexmarkFactory {
         generator: Arc::new(NexmarkGenerator::new(config)),
+        projection: None,
     }))
 }
 
 struct NexmarkFactory {
     generator: Arc<NexmarkGenerator>,
+    /// The columns kept (with their schema) when the flow reads only some.
+    projection: Option<(Vec<usize>, SchemaRef)>,
 }
 
 impl SourceFactory for NexmarkFactory {
     fn schema(&self) -> SchemaRef {
-        self.generator.schema()
+        self.projection
+            .as_ref()
+            .map_or_else(|| self.generator.schema(), |(_, s)| Arc::clone(s))
     }
     fn bounded(&self) -> bool {
         self.generator.config.events.is_some()
+    }
+    /// Emits only the top-level columns the flow reads (the events are
+    /// generated whole, so they stay the same; what travels downstream and
+    /// across workers shrinks). Narrowed nested fields are not pruned.
+    fn project(&self, schema: &Schema) -> Option<Arc<dyn SourceFactory>> {
+        let full = self.generator.schema();
+        let indices = schema
+            .fields()
+            .iter()
+            .map(|f| {
+                let (i, whole) = full.column_with_name(f.name())?;
+                (whole.data_type() == f.data_type()).then_some(i)
+            })
+            .collect::<Option<Vec<usize>>>()?;
+        if indices.len() == full.fields().len() {
+            return None;
+        }
+        let projected = Arc::new(full.project(&indices).ok()?);
+        Some(Arc::new(NexmarkFactory {
+            generator: Arc::clone(&self.generator),
+            projection: Some((indices, projected)),
+        }))
     }
     fn create(&self, instance: usize, parallelism: usize) -> Result<Box<dyn Source>> {
         let c = &self.generator.config;
         Ok(Box::new(NexmarkSource {
             generator: Arc::clone(&self.generator),
             cursor: ChunkCursor::new(instance, parallelism, c.batch_size, c.events, c.rate),
+            columns: self.projection.as_ref().map(|(i, _)| i.clone()),
         }))
     }
 }
@@ -146,6 +174,8 @@ impl SourceFactory for NexmarkFactory {
 struct NexmarkSource {
     generator: Arc<NexmarkGenerator>,
     cursor: ChunkCursor,
+    /// The columns emitted, when not all.
+    columns: Option<Vec<usize>>,
 }
 
 #[async_trait]
@@ -154,7 +184,12 @@ impl Source for NexmarkSource {
         let Some(range) = self.cursor.next().await else {
             return Ok(None);
         };
-        let batch = self.generator.generate(range)?;
+        let mut batch = self.generator.generate(range)?;
+        if let Some(columns) = &self.columns {
+            batch = batch
+                .project(columns)
+                .map_err(|e| Error::arrow("nexmark: projecting", e))?;
+        }
         Ok(Some(SourceBatch {
             data: Some(batch),
             dead_letters: Vec::new(),
