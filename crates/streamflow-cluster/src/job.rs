@@ -157,11 +157,17 @@ impl Cluster {
         let flow = pipeline.plan().graph.name.clone();
         check_name("flow name", &flow)?;
         // Checkpoints go where every worker reaches them.
+        // A relative directory is this process's: the workers get it whole.
         let mut spec = spec.clone();
-        if let Some(c) = spec.checkpoint.as_mut()
-            && c.storage.is_none()
-        {
-            c.storage = Some(self.default_checkpoint_storage(&flow));
+        if let Some(c) = spec.checkpoint.as_mut() {
+            let storage = match c.storage.take() {
+                None => self.default_checkpoint_storage(&flow),
+                Some(dir) if !dir.contains("://") && std::path::Path::new(&dir).is_relative() => {
+                    std::path::absolute(&dir).map_or(dir, |p| p.display().to_string())
+                }
+                Some(other) => other,
+            };
+            c.storage = Some(storage);
             pipeline = Pipeline::from_spec(&spec).map_err(invalid_flow)?;
         }
         let spec = &spec;

@@ -624,9 +624,20 @@ fn serve_with_a_cluster_runs_submitted_flows_over_its_workers() {
         &dir.path().join("data"),
         &cluster.iter().map(String::as_str).collect::<Vec<_>>(),
     );
-    let flow = common::root().join("examples/exactly_once.yaml");
-    let mut submit = vec!["submit".to_string(), flow.display().to_string()];
-    // No storage of its own: its checkpoints go to the cluster's object store.
+    // The example without its storage: its checkpoints go to the cluster's
+    // object store.
+    let example = std::fs::read_to_string(common::root().join("examples/exactly_once.yaml"))
+        .expect("the example");
+    let flow = common::write(
+        dir.path(),
+        "served.yaml",
+        &example
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("storage:"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    );
+    let mut submit = vec!["submit".to_string(), flow];
     for set in exactly_once_settings(dir.path(), "served", 400_000, 1_000_000)
         .into_iter()
         .filter(|s| !s.starts_with("checkpoint.storage="))
@@ -639,10 +650,17 @@ fn serve_with_a_cluster_runs_submitted_flows_over_its_workers() {
         s["state"] == "SUCCEEDED" || s["state"] == "FAILED"
     });
     assert_eq!(status["state"], "SUCCEEDED", "{status}");
-    assert!(
-        published_under(&dir.path().join("served")) == expected,
-        "the rows differ from one process's"
-    );
+    let got = published_under(&dir.path().join("served"));
+    if got != expected {
+        let missing = expected.iter().filter(|r| !got.contains(r)).count();
+        let extra = got.iter().filter(|r| !expected.contains(r)).count();
+        panic!(
+            "the rows differ from one process's: {} rows, expected {} ({missing} missing, {extra} not expected)\nserver:\n{}",
+            got.len(),
+            expected.len(),
+            server.log.lock().expect("log").join("\n")
+        );
+    }
     // Every worker ran a share; the server said where the flow ran.
     await_text(&logs, "share finished", 3, Duration::from_secs(10));
     let (_, events) = server.call("GET", "/v1/events?flow=exactly-once", None, &[]);
