@@ -23,6 +23,7 @@
 //!   the bridge and with it the run, which then restarts from its last
 //!   checkpoint.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -127,6 +128,61 @@ impl Transport for NatsTransport {
     }
 }
 
+/// Data batches following one within [`LINGER`] are sent with it, up to
+/// these many rows or bytes.
+const COALESCE_ROWS: usize = 8192;
+const COALESCE_BYTES: usize = 1 << 20;
+/// How long a batch waits for more to share its frame (as Flink's buffer
+/// timeout, much shorter): the latency a remote edge adds at most.
+const LINGER: Duration = Duration::from_millis(5);
+
+/// `first` and the data batches that follow it within [`LINGER`], as one
+/// batch, with the messages to send after it queued in `after`: the newest
+/// watermark seen while gathering (a watermark may move later past data,
+/// never earlier: no record becomes late, and older ones are superseded),
+/// then the message that stopped the gathering, if any (a barrier, idle
+/// marker or end keeps its place). Fewer, larger frames cost less to
+/// encode and to relay than many small ones.
+async fn coalesce(
+    first: RecordBatch,
+    messages: &mut Receiver<Message>,
+    after: &mut VecDeque<Message>,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let mut rows = first.num_rows();
+    let mut bytes = first.get_array_memory_size();
+    let mut batches = vec![first];
+    let mut watermark = None;
+    let deadline = tokio::time::Instant::now() + LINGER;
+    while rows < COALESCE_ROWS && bytes < COALESCE_BYTES {
+        let next = match messages.try_recv() {
+            Ok(m) => Some(m),
+            Err(_) => tokio::time::timeout_at(deadline, messages.recv())
+                .await
+                .ok()
+                .flatten(),
+        };
+        match next {
+            Some(Message::Data(b)) => {
+                rows += b.num_rows();
+                bytes += b.get_array_memory_size();
+                batches.push(b);
+            }
+            Some(Message::Watermark(w)) => watermark = Some(Message::Watermark(w)),
+            Some(other) => {
+                after.extend(watermark.take());
+                after.push_back(other);
+                break;
+            }
+            None => break,
+        }
+    }
+    after.extend(watermark);
+    match batches.len() {
+        1 => Ok(batches.swap_remove(0)),
+        _ => arrow::compute::concat_batches(&batches[0].schema(), &batches),
+    }
+}
+
 fn broken(channel: ChannelId, what: impl std::fmt::Display) -> Error {
     Error::Other(format!("remote channel {channel}: {what}"))
 }
@@ -144,7 +200,23 @@ impl NatsTransport {
         let mut frames = Vec::new();
         let started = Instant::now();
         let (mut sent_frames, mut sent_bytes, mut waited) = (0u64, 0u64, Duration::ZERO);
-        while let Some(message) = messages.recv().await {
+        let mut next: VecDeque<Message> = VecDeque::new();
+        loop {
+            let message = match next.pop_front() {
+                Some(m) => m,
+                None => match messages.recv().await {
+                    Some(m) => m,
+                    None => break,
+                },
+            };
+            let message = match message {
+                Message::Data(batch) if next.is_empty() => Message::Data(
+                    coalesce(batch, &mut messages, &mut next)
+                        .await
+                        .map_err(|e| broken(channel, e))?,
+                ),
+                other => other,
+            };
             let end = matches!(message, Message::EndOfStream);
             encoder
                 .encode(&message, self.chunk, &mut frames)
