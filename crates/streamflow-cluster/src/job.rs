@@ -320,6 +320,34 @@ impl Cluster {
         let mut metrics = None;
         let mut checkpoints_over = checkpoints.is_none();
         let mut rescale_after: Option<u64> = None;
+        // A worker's report of this run: a failure restarts it; once every
+        // share is up, barriers can reach every source.
+        macro_rules! absorb {
+            ($report:expr) => {{
+                let report: Report = $report;
+                if report.epoch == epoch {
+                    if report.state == RunState::Failed {
+                        return Err(Ended::Restart(ClusterError::Invalid(format!(
+                            "worker '{}' failed: {}",
+                            report.worker,
+                            report.error.as_deref().unwrap_or("no reason given")
+                        ))));
+                    }
+                    reports.insert(report.worker.clone(), report);
+                    if reports.len() == shares.len()
+                        && let Some(coordinator) = checkpoints.take()
+                        && let Some(link) = link.as_mut()
+                    {
+                        let (commands, incoming) = link.channels();
+                        metrics = Some(coordinator.metrics());
+                        // In the caller's span: its events are the flow's.
+                        checkpointing.spawn(tracing::Instrument::in_current_span(
+                            coordinator.run(commands, incoming),
+                        ));
+                    }
+                }
+            }};
+        }
         loop {
             tokio::select! {
                 entry = reports_in.next() => {
@@ -334,27 +362,7 @@ impl Cluster {
                     let Ok(report) = serde_json::from_slice::<Report>(&entry.value) else {
                         continue;
                     };
-                    if report.epoch != epoch {
-                        continue;
-                    }
-                    if report.state == RunState::Failed {
-                        return Err(Ended::Restart(ClusterError::Invalid(format!(
-                            "worker '{}' failed: {}",
-                            report.worker,
-                            report.error.as_deref().unwrap_or("no reason given")
-                        ))));
-                    }
-                    reports.insert(report.worker.clone(), report);
-                    // Every share up: barriers can reach every source.
-                    if reports.len() == shares.len()
-                        && let Some(coordinator) = checkpoints.take()
-                        && let Some(link) = link.as_mut()
-                    {
-                        let (commands, incoming) = link.channels();
-                        metrics = Some(coordinator.metrics());
-                        // In the caller's span: its events are the flow's.
-                        checkpointing.spawn(tracing::Instrument::in_current_span(coordinator.run(commands, incoming)));
-                    }
+                    absorb!(report);
                 }
                 Some(ended) = checkpointing.join_next(), if !checkpoints_over => {
                     match ended {
@@ -364,6 +372,18 @@ impl Cluster {
                     }
                 }
                 _ = check.tick() => {
+                    // The watch may lag or miss an update under load: read
+                    // the reports of the shares not finished yet as well.
+                    for worker in &shares {
+                        if reports.get(worker).is_some_and(|r| r.state == RunState::Finished) {
+                            continue;
+                        }
+                        if let Ok(Some(value)) = runs.get(format!("{flow}.{worker}")).await
+                            && let Ok(report) = serde_json::from_slice::<Report>(&value)
+                        {
+                            absorb!(report);
+                        }
+                    }
                     let present = self.members().await.map_err(Ended::Fail)?;
                     if let Some(gone) = shares.iter().find(|w| !present.iter().any(|m| &m.name == *w)) {
                         return Err(Ended::Restart(ClusterError::Invalid(format!(

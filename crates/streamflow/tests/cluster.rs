@@ -789,7 +789,20 @@ fn a_stalled_sink_on_one_worker_holds_back_the_sources_on_every_worker() {
             })
         })
         .collect();
-    let status = run.wait().expect("run");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = run.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = run.kill();
+            panic!(
+                "the run did not end once its output was read:\n{}",
+                std::fs::read_to_string(dir.path().join("coordinator.log")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert!(
         status.success(),
         "{}",
