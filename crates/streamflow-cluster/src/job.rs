@@ -153,24 +153,23 @@ impl Cluster {
         S: FnMut() -> F,
         F: Future<Output = ()>,
     {
-        let mut pipeline = Pipeline::from_spec(spec).map_err(invalid_flow)?;
-        let flow = pipeline.plan().graph.name.clone();
-        check_name("flow name", &flow)?;
-        // Checkpoints go where every worker reaches them.
-        // A relative directory is this process's: the workers get it whole.
+        // Checkpoints go where every worker reaches them (the flow is named
+        // by `name`, which planning requires). A relative directory is this
+        // process's: the workers get it whole.
         let mut spec = spec.clone();
-        if let Some(c) = spec.checkpoint.as_mut() {
-            let storage = match c.storage.take() {
-                None => self.default_checkpoint_storage(&flow),
+        if let (Some(name), Some(c)) = (spec.name.clone(), spec.checkpoint.as_mut()) {
+            c.storage = Some(match c.storage.take() {
+                None => self.default_checkpoint_storage(&name),
                 Some(dir) if !dir.contains("://") && std::path::Path::new(&dir).is_relative() => {
                     std::path::absolute(&dir).map_or(dir, |p| p.display().to_string())
                 }
                 Some(other) => other,
-            };
-            c.storage = Some(storage);
-            pipeline = Pipeline::from_spec(&spec).map_err(invalid_flow)?;
+            });
         }
         let spec = &spec;
+        let pipeline = Pipeline::from_spec(spec).map_err(invalid_flow)?;
+        let flow = pipeline.plan().graph.name.clone();
+        check_name("flow name", &flow)?;
         let holder = format!("coordinator pid {}", std::process::id());
         let lease = match self
             .acquire(&format!("coordinator.{flow}"), holder.as_bytes())

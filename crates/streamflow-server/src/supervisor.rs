@@ -362,10 +362,15 @@ impl Supervisor {
         let started = async {
             let version = self.store.version(name, record.active)?;
             let spec = self.prepare(name, spec_of(&version.spec)?);
-            let pipeline = plan(spec.clone()).await?;
             match &self.cluster {
-                Some(cluster) => Ok(Started::Cluster(cluster.clone(), Box::new(spec))),
-                None => pipeline
+                // Planned here to refuse an invalid flow at once; the
+                // coordinator plans its own.
+                Some(cluster) => {
+                    plan(spec.clone()).await?;
+                    Ok(Started::Cluster(cluster.clone(), Box::new(spec)))
+                }
+                None => plan(spec)
+                    .await?
                     .start_with(&options)
                     .await
                     .map(Started::Here)

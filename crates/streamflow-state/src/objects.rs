@@ -36,13 +36,28 @@ enum Backend {
         /// The directory, when local (emptied directories are removed too).
         local: Option<std::path::PathBuf>,
     },
-    /// A JetStream object store, connected on first use.
-    Nats {
-        url: String,
-        bucket: String,
-        prefix: String,
-        store: OnceCell<nats::ObjectStore>,
-    },
+    /// A JetStream object store.
+    Nats(Box<NatsBucket>),
+}
+
+/// A bucket of a JetStream object store, connected on first use.
+struct NatsBucket {
+    url: String,
+    bucket: String,
+    /// The root within the bucket (no `/` at either end; may be empty).
+    prefix: String,
+    store: OnceCell<nats::ObjectStore>,
+}
+
+impl NatsBucket {
+    /// The object name of `path` (relative to the root).
+    fn name(&self, path: &str) -> String {
+        if self.prefix.is_empty() {
+            path.to_string()
+        } else {
+            format!("{}/{path}", self.prefix)
+        }
+    }
 }
 
 impl std::fmt::Debug for Objects {
@@ -91,7 +106,7 @@ impl Objects {
                         "use nats://[HOST:PORT/]BUCKET[/PREFIX], the bucket of letters, digits, '-' or '_'",
                     ));
                 }
-                Backend::Nats {
+                Backend::Nats(Box::new(NatsBucket {
                     url: server,
                     bucket,
                     prefix: parts
@@ -100,7 +115,7 @@ impl Objects {
                         .trim_matches('/')
                         .to_string(),
                     store: OnceCell::new(),
-                }
+                }))
             }
             Some(_) => {
                 let url = url::Url::parse(location).map_err(|e| fail(location, "parsing", e))?;
@@ -128,13 +143,10 @@ impl Objects {
         fail(&self.location, context, e)
     }
 
-    async fn nats<'a>(
-        &self,
-        url: &str,
-        bucket: &str,
-        store: &'a OnceCell<nats::ObjectStore>,
-    ) -> Result<&'a nats::ObjectStore> {
-        store
+    /// The bucket's store, connecting (and creating the bucket) the first time.
+    async fn nats<'a>(&self, n: &'a NatsBucket) -> Result<&'a nats::ObjectStore> {
+        let (url, bucket) = (&n.url, &n.bucket);
+        n.store
             .get_or_try_init(|| async {
                 let client = async_nats::ConnectOptions::new()
                     .connection_timeout(std::time::Duration::from_secs(5))
@@ -165,15 +177,10 @@ impl Objects {
                 .await
                 .map(drop)
                 .map_err(|e| self.fail(path, e)),
-            Backend::Nats {
-                url,
-                bucket,
-                prefix,
-                store,
-            } => {
-                let store = self.nats(url, bucket, store).await?;
+            Backend::Nats(n) => {
+                let store = self.nats(n).await?;
                 store
-                    .put(joined(prefix, path).as_str(), &mut bytes.as_ref())
+                    .put(n.name(path).as_str(), &mut bytes.as_ref())
                     .await
                     .map(drop)
                     .map_err(|e| self.fail(path, e))
@@ -191,15 +198,10 @@ impl Objects {
                 .bytes()
                 .await
                 .map_err(|e| self.fail(path, e)),
-            Backend::Nats {
-                url,
-                bucket,
-                prefix,
-                store,
-            } => {
-                let store = self.nats(url, bucket, store).await?;
+            Backend::Nats(n) => {
+                let store = self.nats(n).await?;
                 let mut object = store
-                    .get(joined(prefix, path))
+                    .get(n.name(path))
                     .await
                     .map_err(|e| self.fail(path, e))?;
                 let mut out = Vec::with_capacity(object.info().size);
@@ -230,18 +232,9 @@ impl Objects {
                 }
                 Ok(out)
             }
-            Backend::Nats {
-                url,
-                bucket,
-                prefix,
-                store,
-            } => {
-                let store = self.nats(url, bucket, store).await?;
-                let root = if prefix.is_empty() {
-                    String::new()
-                } else {
-                    format!("{prefix}/")
-                };
+            Backend::Nats(n) => {
+                let store = self.nats(n).await?;
+                let root = n.name("");
                 let under = if dir.is_empty() {
                     root.clone()
                 } else {
@@ -291,14 +284,9 @@ impl Objects {
                     Err(e) => Err(self.fail(path, e)),
                 }
             }
-            Backend::Nats {
-                url,
-                bucket,
-                prefix,
-                store,
-            } => {
-                let store = self.nats(url, bucket, store).await?;
-                match store.delete(joined(prefix, path)).await {
+            Backend::Nats(n) => {
+                let store = self.nats(n).await?;
+                match store.delete(n.name(path)).await {
                     Ok(()) => Ok(()),
                     Err(e) if e.kind() == nats::DeleteErrorKind::NotFound => Ok(()),
                     Err(e) => Err(self.fail(path, e)),
@@ -324,13 +312,4 @@ fn child(prefix: &ObjectPath, path: &str) -> ObjectPath {
     path.split('/')
         .filter(|p| !p.is_empty())
         .fold(prefix.clone(), |p, part| p.join(part))
-}
-
-/// `path` under a NATS object-name prefix.
-fn joined(prefix: &str, path: &str) -> String {
-    if prefix.is_empty() {
-        path.to_string()
-    } else {
-        format!("{prefix}/{path}")
-    }
 }

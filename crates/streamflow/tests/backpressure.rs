@@ -11,12 +11,6 @@ use std::time::Duration;
 
 use common::{streamflow, write};
 
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
 #[test]
 fn stalled_sink_blocks_the_producer_and_memory_stays_bounded() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -37,7 +31,7 @@ fn stalled_sink_blocks_the_producer_and_memory_stays_bounded() {
     let mut peak = 0;
     for _ in 0..20 {
         std::thread::sleep(Duration::from_millis(100));
-        peak = peak.max(rss_kib(pid).unwrap_or(0));
+        peak = peak.max(common::rss_kib(pid).unwrap_or(0));
     }
     assert!(peak > 0, "could not read the child's memory");
     assert!(

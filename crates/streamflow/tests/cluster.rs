@@ -663,13 +663,8 @@ fn serve_with_a_cluster_runs_submitted_flows_over_its_workers() {
     }
     // Every worker ran a share; the server said where the flow ran.
     await_text(&logs, "share finished", 3, Duration::from_secs(10));
-    let (_, events) = server.call("GET", "/v1/events?flow=exactly-once", None, &[]);
-    let kinds: Vec<&str> = events
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter_map(|e| e["event"].as_str())
-        .collect();
+    let events = server.events("exactly-once");
+    let kinds = common::server::kinds(&events);
     assert!(kinds.contains(&"checkpoint_completed"), "{events}");
     let started = events
         .as_array()
@@ -683,17 +678,6 @@ fn serve_with_a_cluster_runs_submitted_flows_over_its_workers() {
             .is_some_and(|d| d.contains("on cluster")),
         "{started}"
     );
-}
-
-/// Resident memory of process `pid`, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_string();
-            line.split_whitespace().nth(1)?.parse().ok()
-        })
-        .unwrap_or(0)
 }
 
 /// Backpressure across processes: the one `stdout` sink of a flow sits on
@@ -749,7 +733,7 @@ fn a_stalled_sink_on_one_worker_holds_back_the_sources_on_every_worker() {
     for _ in 0..30 {
         std::thread::sleep(Duration::from_millis(100));
         for (p, (_, child)) in peak.iter_mut().zip(&w.children) {
-            *p = (*p).max(rss_kib(child.id()));
+            *p = (*p).max(common::rss_kib(child.id()).unwrap_or(0));
         }
     }
     assert!(

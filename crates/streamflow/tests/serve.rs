@@ -525,14 +525,8 @@ fn metrics_and_events_show_a_running_flow() {
             .iter()
             .any(|s| s.metric == "process_resident_memory_bytes")
     );
-    let (code, events) = server.call("GET", "/v1/events?flow=metered", None, &[]);
-    assert_eq!(code, 200);
-    let kinds: Vec<&str> = events
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter_map(|e| e["event"].as_str())
-        .collect();
+    let events = server.events("metered");
+    let kinds = common::server::kinds(&events);
     assert_eq!(kinds[..2], ["submitted", "started"], "{events}");
     // Events raised inside the running flow are kept with the flow's.
     assert!(
@@ -688,13 +682,8 @@ fn a_checkpoint_past_its_timeout_fails_the_flow_and_is_reported() {
     let error = status["error"].as_str().expect("error");
     assert!(error.contains("checkpoint.timeout"), "{error}");
     assert_eq!(status["checkpoints_failed"], 1, "{status}");
-    let (_, events) = server.call("GET", "/v1/events?flow=hasty", None, &[]);
-    let kinds: Vec<&str> = events
-        .as_array()
-        .expect("events")
-        .iter()
-        .filter_map(|e| e["event"].as_str())
-        .collect();
+    let events = server.events("hasty");
+    let kinds = common::server::kinds(&events);
     assert!(kinds.contains(&"checkpoint_failed"), "{events}");
     assert_eq!(kinds.last(), Some(&"failed"), "{events}");
     let (_, text) = server.call("GET", "/metrics", None, &[]);

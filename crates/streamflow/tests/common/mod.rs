@@ -198,3 +198,10 @@ pub fn stop_gracefully(mut child: std::process::Child) {
     assert!(status.success());
     assert!(child.wait().expect("reap").success(), "stopped cleanly");
 }
+
+/// Resident memory of process `pid`, KiB (`None` once it is gone).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}

@@ -94,6 +94,13 @@ impl Server {
         })
     }
 
+    /// `GET /v1/events?flow=<flow>` (must answer 200): the flow's events.
+    pub fn events(&self, flow: &str) -> Value {
+        let (code, events) = self.call("GET", &format!("/v1/events?flow={flow}"), None, &[]);
+        assert_eq!(code, 200, "{events}");
+        events
+    }
+
     /// `streamflow flows <args> --json` against this server.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
         super::streamflow()
@@ -124,4 +131,14 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `event` of each of `events` (as [`Server::events`] gives them), in order.
+pub fn kinds(events: &Value) -> Vec<&str> {
+    events
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect()
 }
