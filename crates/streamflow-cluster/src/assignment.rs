@@ -166,6 +166,7 @@ mod tests {
             host: "h".into(),
             pid: 1,
             joined_ms: 0,
+            exchange: None,
         }
     }
 

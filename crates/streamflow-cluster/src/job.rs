@@ -5,7 +5,7 @@
 //! the flow's instances on the workers present ([`Assignment`]) and
 //! publishes the assignment, with the flow, at its lease epoch. Every
 //! worker watches the published assignments, starts its share of a flow
-//! (channels to the other workers over NATS, [`NatsTransport`]) and reports
+//! (channels to the other workers, [`NatsTransport`]) and reports
 //! in the `runs` bucket under `<flow>.<worker>`; the coordinator waits for
 //! every share to finish, and on the first failure withdraws the
 //! assignment, which stops the others. A newer epoch replaces a worker's
@@ -683,16 +683,28 @@ async fn run_share(
         let pipeline = Pipeline::from_spec(spec).map_err(|e| e.to_string())?;
         let graph = &pipeline.plan().graph;
         let mut local = Vec::new();
-        for t in assignment.workers.get(&worker).into_iter().flatten() {
-            let node = graph
-                .nodes
-                .iter()
-                .position(|n| n.name == t.node && n.parallelism == t.parallelism)
-                .ok_or_else(|| format!("node '{}' of the assignment is not in the flow", t.node))?;
-            local.push((node, t.instance));
+        let mut peers = HashMap::new();
+        for (runner, tasks) in &assignment.workers {
+            for t in tasks {
+                let node = graph
+                    .nodes
+                    .iter()
+                    .position(|n| n.name == t.node && n.parallelism == t.parallelism)
+                    .ok_or_else(|| {
+                        format!("node '{}' of the assignment is not in the flow", t.node)
+                    })?;
+                if *runner == worker {
+                    local.push((node, t.instance));
+                }
+                peers.insert((node, t.instance), runner.clone());
+            }
         }
         let prefix = cluster.run_prefix(&assignment.flow, assignment.epoch);
-        let transport = NatsTransport::new(cluster.client(), prefix, DEFAULT_WINDOW);
+        let mut transport =
+            NatsTransport::new(cluster.client(), prefix, DEFAULT_WINDOW).peers(peers);
+        if let Some(exchange) = cluster.direct.clone() {
+            transport = transport.direct(exchange);
+        }
         if graph.checkpoint.is_some() {
             transport
                 .listen_for_checkpoints()

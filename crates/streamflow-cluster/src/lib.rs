@@ -16,9 +16,11 @@
 //! A flow's coordinator places its operator instances on the workers
 //! ([`Assignment`], tagged with its lease epoch) and publishes the
 //! assignment; one made at an older epoch than the published one is
-//! refused. The instances on different workers talk over NATS
-//! ([`NatsTransport`], credit-based flow control); the flow's checkpoints
-//! are coordinated by the process coordinating the run, over NATS too.
+//! refused. The instances on different workers find each other through
+//! NATS ([`NatsTransport`]) and talk directly over TCP (a worker's
+//! [`DirectExchange`]) or, where workers cannot reach each other, through
+//! the NATS server; the flow's checkpoints are coordinated by the process
+//! coordinating the run, over NATS.
 //! A checkpointed flow whose worker is lost restarts from its last
 //! complete checkpoint on the workers left; one whose coordinator is lost
 //! is taken over by a worker.
@@ -30,12 +32,14 @@ mod job;
 mod lease;
 mod membership;
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
 
 pub use assignment::{Assignment, NodeSpec, Task};
-pub use exchange::NatsTransport;
+pub use exchange::{DirectExchange, NatsTransport};
 pub use job::{Outcome, Report, RunState, StageCount};
 pub use lease::{Acquired, HeldLease, Lease};
 pub use membership::{Member, Membership};
@@ -93,6 +97,8 @@ pub struct Cluster {
     url: String,
     ttl: Duration,
     js: jetstream::Context,
+    /// Where the channels into this process's shares arrive directly.
+    direct: Option<Arc<DirectExchange>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -146,7 +152,56 @@ impl Cluster {
             url: url.to_string(),
             ttl,
             js: jetstream::new(client),
+            direct: None,
         })
+    }
+
+    /// Has the channels into the shares this process runs come straight
+    /// from their producers over TCP, through a listener on `listen`
+    /// (port 0: any free one) reached at `advertise` — by default the
+    /// address this host reaches the cluster's NATS server from. Without
+    /// it, they are relayed by the NATS server.
+    ///
+    /// # Errors
+    /// The address cannot be listened on, or (with no `advertise`) the
+    /// server's address does not resolve.
+    pub async fn exchange_directly(
+        mut self,
+        listen: SocketAddr,
+        advertise: Option<&str>,
+    ) -> Result<Cluster> {
+        let failed = |what: &str, e: std::io::Error| {
+            ClusterError::Invalid(format!("direct exchange: {what}: {e}"))
+        };
+        let host = match advertise {
+            Some(host) => host.to_string(),
+            None if !listen.ip().is_unspecified() => listen.ip().to_string(),
+            None => exchange::local_ip_toward(self.server())
+                .map_err(|e| {
+                    failed(
+                        &format!("finding this host's address toward {}", self.server()),
+                        e,
+                    )
+                })?
+                .to_string(),
+        };
+        let exchange = DirectExchange::bind(listen, &host)
+            .await
+            .map_err(|e| failed(&format!("listening on {listen}"), e))?;
+        self.direct = Some(exchange);
+        Ok(self)
+    }
+
+    /// Where producers reach this process's direct exchange, if it has one.
+    pub fn direct_exchange(&self) -> Option<&str> {
+        self.direct.as_deref().map(DirectExchange::address)
+    }
+
+    /// The first server of the cluster's URL, as `host:port`.
+    fn server(&self) -> &str {
+        let server = self.url.split(',').next().unwrap_or(&self.url);
+        let server = server.split_once("://").map_or(server, |(_, rest)| rest);
+        server.trim_end_matches('/')
     }
 
     /// The connection to the cluster's server.
@@ -177,11 +232,9 @@ impl Cluster {
     /// `streamflow-<cluster>-checkpoints` on the cluster's own server (which
     /// every worker reaches), under the flow's name.
     pub fn default_checkpoint_storage(&self, flow: &str) -> String {
-        let server = self.url.split(',').next().unwrap_or(&self.url);
-        let server = server.split_once("://").map_or(server, |(_, rest)| rest);
         format!(
             "nats://{}/{}/{flow}",
-            server.trim_end_matches('/'),
+            self.server(),
             self.checkpoints_bucket()
         )
     }

@@ -23,6 +23,9 @@ pub struct Member {
     pub pid: u32,
     /// When it joined, milliseconds since the Unix epoch.
     pub joined_ms: u64,
+    /// Where producers send it channels directly (`host:port`), if they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exchange: Option<String>,
 }
 
 /// This process's place in the cluster: a worker lease renewed in the
@@ -90,13 +93,24 @@ impl Cluster {
     /// The server failing.
     pub async fn members(&self) -> Result<Vec<Member>> {
         let store = self.bucket(WORKERS).await?;
-        let keys: Vec<String> = match store.keys().await {
-            Ok(keys) => keys
-                .try_collect()
-                .await
-                .map_err(|e| self.error("listing workers", e))?,
-            Err(e) => return Err(self.error("listing workers", e)),
-        };
+        // The subjects the bucket's stream holds, in one request. (The
+        // client's `keys()` runs a consumer that waits for every entry it
+        // counted at its start, forever if one expires meanwhile.)
+        let prefix = format!("$KV.{}.", store.name);
+        let keys: Vec<String> = store
+            .stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(|e| self.error("listing workers", e))?
+            .map_ok(|(subject, _)| {
+                subject
+                    .strip_prefix(&prefix)
+                    .unwrap_or(&subject)
+                    .to_string()
+            })
+            .try_collect()
+            .await
+            .map_err(|e| self.error("listing workers", e))?;
         let mut members = Vec::with_capacity(keys.len());
         for key in keys {
             let entry = store

@@ -1,13 +1,14 @@
-//! Channels between processes over the local NATS server (127.0.0.1:4222),
-//! each end on its own connection as two workers would be; and a pipeline
-//! split over two engines that talk only through them.
+//! Channels between processes found through the local NATS server
+//! (127.0.0.1:4222), each end on its own connection as two workers would
+//! be, both ways: relayed by the server, and direct over TCP; and a
+//! pipeline split over two engines that talk only through them.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
-use streamflow_cluster::NatsTransport;
+use streamflow_cluster::{DirectExchange, NatsTransport};
 use streamflow_core::{CheckpointBarrier, Message, Watermark};
 use streamflow_runtime::{ChannelId, Pipeline, Placement, RecoveryOptions, Transport};
 use tokio::sync::mpsc::channel;
@@ -41,6 +42,26 @@ fn batch(first: i64, rows: usize, width: usize) -> RecordBatch {
     .expect("batch")
 }
 
+/// How the channel under test travels.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Way {
+    Relay,
+    Direct,
+}
+
+/// A consumer's transport: listening for direct channels on loopback, or not.
+async fn consumer(prefix: &str, window: u32, way: Way) -> NatsTransport {
+    let transport = NatsTransport::new(connect().await, prefix, window);
+    match way {
+        Way::Relay => transport,
+        Way::Direct => transport.direct(
+            DirectExchange::bind("127.0.0.1:0".parse().expect("addr"), "127.0.0.1")
+                .await
+                .expect("listen"),
+        ),
+    }
+}
+
 const CHANNEL: ChannelId = ChannelId {
     producer: 0,
     producer_instance: 1,
@@ -50,12 +71,21 @@ const CHANNEL: ChannelId = ChannelId {
 };
 
 #[tokio::test]
-async fn messages_cross_in_order_with_batches_larger_than_a_payload() {
-    let (a, b) = (connect().await, connect().await);
+async fn relayed_messages_cross_in_order_with_batches_larger_than_a_payload() {
+    messages_cross_in_order(Way::Relay).await;
+}
+
+#[tokio::test]
+async fn direct_messages_cross_in_order_with_large_batches() {
+    messages_cross_in_order(Way::Direct).await;
+}
+
+async fn messages_cross_in_order(way: Way) {
+    let a = connect().await;
     let max_payload = a.server_info().max_payload;
-    let prefix = prefix("order");
+    let prefix = prefix(&format!("order-{way:?}"));
     let sending = NatsTransport::new(a, prefix.clone(), 4);
-    let receiving = NatsTransport::new(b, prefix, 4);
+    let receiving = consumer(&prefix, 4, way).await;
     let (to_bridge, from_producer) = channel(2);
     let (to_consumer, mut received) = channel(2);
     // The producer's side starts first: it waits for the consumer.
@@ -158,16 +188,38 @@ fn shape(messages: &[Message]) -> Shape {
 }
 
 #[tokio::test]
-async fn a_consumer_that_does_not_take_holds_up_the_producer() {
-    let (a, b) = (connect().await, connect().await);
-    let prefix = prefix("backpressure");
+async fn a_consumer_that_does_not_take_holds_up_its_relayed_producer() {
+    // Queue of 1 at each end, `window` frames in flight, one in each
+    // bridge's hands; a frame holds up to 9 of these batches (coalesced
+    // up to 8192 rows).
+    let window = 4;
+    holds_up_the_producer(Way::Relay, 1 + (i64::from(window) + 1 + 2) * 9).await;
+}
+
+#[tokio::test]
+async fn a_consumer_that_does_not_take_holds_up_its_direct_producer() {
+    // What the two sockets' kernel buffers (1 MiB asked, doubled by Linux)
+    // and the two 64 KiB user buffers hold, at 28 000 bytes of data a
+    // batch at least; plus a queue of 1 at each end and a coalesced
+    // frame of up to 9 batches in each bridge's hands.
+    let in_flight = 2 * 2 * (1 << 20) + 2 * 64 * 1024;
+    holds_up_the_producer(Way::Direct, 1 + in_flight / 28_000 + 2 * 9).await;
+}
+
+async fn holds_up_the_producer(way: Way, bound: i64) {
+    let prefix = prefix(&format!("backpressure-{way:?}"));
     let window = 4;
     let (to_bridge, from_producer) = channel(1);
     let (to_consumer, mut received) = channel(1);
     let out = tokio::spawn(
-        NatsTransport::new(a, prefix.clone(), window).outbound(CHANNEL, from_producer),
+        NatsTransport::new(connect().await, prefix.clone(), window)
+            .outbound(CHANNEL, from_producer),
     );
-    let inb = tokio::spawn(NatsTransport::new(b, prefix, window).inbound(CHANNEL, to_consumer));
+    let inb = tokio::spawn(
+        consumer(&prefix, window, way)
+            .await
+            .inbound(CHANNEL, to_consumer),
+    );
     let mut accepted = 0;
     // Nobody reads `received`: the producer can hand over only what fits in
     // the queues and the window, however long it tries.
@@ -186,10 +238,6 @@ async fn a_consumer_that_does_not_take_holds_up_the_producer() {
             Err(_) => continue,
         }
     }
-    // Queue of 1 at each end, `window` frames in flight, one in each
-    // bridge's hands; a frame holds up to 9 of these batches (coalesced
-    // up to 8192 rows).
-    let bound = 1 + (window as i64 + 1 + 2) * 9;
     assert!(
         accepted <= bound,
         "the producer handed over {accepted} batches with nobody reading (bound {bound})"
@@ -231,9 +279,31 @@ async fn a_producer_without_consumer_gives_up_with_the_channel_named() {
     );
 }
 
+#[tokio::test]
+async fn a_direct_producer_nobody_waits_for_is_refused() {
+    let exchange = DirectExchange::bind("127.0.0.1:0".parse().expect("addr"), "127.0.0.1")
+        .await
+        .expect("listen");
+    let mut stream = tokio::net::TcpStream::connect(exchange.address())
+        .await
+        .expect("connect");
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let key = b"streamflow.c.flow.1.0.0.1.0.0";
+    stream
+        .write_all(&(key.len() as u16).to_le_bytes())
+        .await
+        .expect("write");
+    stream.write_all(key).await.expect("write");
+    assert_eq!(stream.read_u8().await.expect("answer"), 0, "accepted");
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).await.expect("closed");
+    assert!(rest.is_empty());
+}
+
 /// The keyed windows of Nexmark q5 over two engines: sources, window
 /// instances and the sink spread over both, every keyed channel between
-/// them crossing NATS.
+/// them crossing processes: direct into the first engine, relayed by NATS
+/// into the second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pipeline_split_over_two_engines_gives_the_single_process_output() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -295,11 +365,11 @@ sinks:
     let (bids, q5, out) = (index("bids"), index("q5"), index("out"));
     let first = Placement::new(
         [(bids, 0), (q5, 1), (out, 0)],
-        Arc::new(NatsTransport::new(connect().await, prefix.clone(), 8)),
+        Arc::new(consumer(&prefix, 8, Way::Direct).await),
     );
     let second = Placement::new(
         [(bids, 1), (q5, 0)],
-        Arc::new(NatsTransport::new(connect().await, prefix, 8)),
+        Arc::new(consumer(&prefix, 8, Way::Relay).await),
     );
     let options = RecoveryOptions::default();
     let a = pipeline

@@ -34,6 +34,7 @@ fn member(name: &str, slots: usize) -> Member {
         host: "test-host".into(),
         pid: std::process::id(),
         joined_ms: 0,
+        exchange: None,
     }
 }
 

@@ -29,6 +29,32 @@ pub struct Target {
     ttl: Duration,
 }
 
+/// How the channels into a worker's shares travel.
+#[derive(clap::Args)]
+pub struct ExchangeArgs {
+    /// `direct`: producers on other workers connect to this worker over
+    /// TCP; `nats`: the NATS server relays them (for workers that cannot
+    /// reach each other).
+    #[arg(long, value_enum, default_value_t = Exchange::Direct)]
+    exchange: Exchange,
+    /// Where it listens for direct channels (port 0: any free one).
+    #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR")]
+    listen: std::net::SocketAddr,
+    /// The host or IP other workers reach it at (default: its address
+    /// toward the NATS server).
+    #[arg(long, env = "STREAMFLOW_ADVERTISE", value_name = "HOST")]
+    advertise: Option<String>,
+}
+
+/// Ways channels between workers travel.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Exchange {
+    /// Over TCP, worker to worker.
+    Direct,
+    /// Relayed by the NATS server.
+    Nats,
+}
+
 /// What to look at.
 #[derive(Subcommand)]
 pub enum ClusterAction {
@@ -76,7 +102,11 @@ pub fn run(target: Target, action: ClusterAction) -> anyhow::Result<ExitCode> {
                     if json {
                         println!("{}", serde_json::to_string(&m)?);
                     } else {
-                        println!("{}\tslots={}\t{} pid {}", m.name, m.slots, m.host, m.pid);
+                        let exchange = m.exchange.as_deref().unwrap_or("relayed by NATS");
+                        println!(
+                            "{}\tslots={}\t{} pid {}\texchange {exchange}",
+                            m.name, m.slots, m.host, m.pid
+                        );
                     }
                 }
             }
@@ -138,7 +168,12 @@ fn host_name() -> String {
 /// (SIGTERM or Ctrl-C: leaves at once) or removed (its membership expired
 /// while it was stopped or cut off: exits with an error, as it must no
 /// longer act).
-pub fn worker(target: Target, name: Option<String>, slots: usize) -> anyhow::Result<ExitCode> {
+pub fn worker(
+    target: Target,
+    name: Option<String>,
+    slots: usize,
+    exchange: ExchangeArgs,
+) -> anyhow::Result<ExitCode> {
     let host = host_name();
     let name = name.unwrap_or_else(|| {
         let host: String = host
@@ -154,7 +189,12 @@ pub fn worker(target: Target, name: Option<String>, slots: usize) -> anyhow::Res
         format!("{host}-{}", std::process::id())
     });
     runtime()?.block_on(async move {
-        let cluster = connect(&target).await?;
+        let mut cluster = connect(&target).await?;
+        if exchange.exchange == Exchange::Direct {
+            cluster = cluster
+                .exchange_directly(exchange.listen, exchange.advertise.as_deref())
+                .await?;
+        }
         let joined_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
@@ -166,9 +206,10 @@ pub fn worker(target: Target, name: Option<String>, slots: usize) -> anyhow::Res
                 host,
                 pid: std::process::id(),
                 joined_ms,
+                exchange: cluster.direct_exchange().map(str::to_string),
             })
             .await?;
-        tracing::info!(worker = %name, cluster = %target.cluster_name, epoch = membership.epoch(), slots, "joined");
+        tracing::info!(worker = %name, cluster = %target.cluster_name, epoch = membership.epoch(), slots, exchange = cluster.direct_exchange().unwrap_or("nats"), "joined");
         eprintln!(
             "worker '{name}' joined cluster '{}' (epoch {})",
             target.cluster_name,

@@ -157,6 +157,8 @@ enum Command {
         /// Operator instances it runs at once (default: its cores).
         #[arg(long)]
         slots: Option<usize>,
+        #[command(flatten)]
+        exchange: cluster::ExchangeArgs,
     },
     /// Kubernetes resources for a flow.
     K8s {
@@ -444,12 +446,14 @@ fn main() -> ExitCode {
             target,
             name,
             slots,
+            exchange,
         } => cluster::worker(
             target,
             name,
             slots.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             }),
+            exchange,
         ),
         Command::Cluster { target, action } => cluster::run(target, action),
         Command::K8s {

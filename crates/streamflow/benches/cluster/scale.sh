@@ -4,9 +4,11 @@
 # stay in each process and q5's keyed edge crosses between them) run
 # with `streamflow run --cluster` on 1 worker and on 2 workers, each worker
 # pinned to a core of its own with taskset and given one slot; the
-# coordinator (the `run` process) on the same cores, mostly idle. The local
-# NATS server carries the channels between the workers (its own CPU is not
-# in the workers' figures, and is printed apart). Prints, per run: wall time of the whole run
+# coordinator (the `run` process) on the same cores, mostly idle. The
+# channels between the workers go direct over TCP (EXCHANGE=direct, the
+# default) or through the local NATS server (EXCHANGE=nats; the server's own
+# CPU is not in the workers' figures, and is printed apart either way; with
+# direct channels it only coordinates). Prints, per run: wall time of the whole run
 # (assignment, start-up and drain included), CPU seconds of each worker,
 # and for q5 the frames and bytes the workers sent each other (summed from
 # their "remote channel ended" log lines).
@@ -17,6 +19,7 @@ bin="${STREAMFLOW_BIN:-${CARGO_TARGET_DIR:-$here/../../../../target}/release/str
 runs="${RUNS:-3}"
 events="${EVENTS:-20000000}"
 url="${NATS:-nats://127.0.0.1:4222}"
+exchange="${EXCHANGE:-direct}"
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -67,7 +70,7 @@ for n in 1 2; do
   pids=()
   for i in $(seq 0 $((n - 1))); do
     STREAMFLOW_LOG=info taskset -c "$i" "$bin" worker --cluster "$url" --cluster-name "$cluster" \
-      --name "w$i" --slots 1 2>"$work/w$n-$i.log" &
+      --name "w$i" --slots 1 --exchange "$exchange" 2>"$work/w$n-$i.log" &
     pids+=($!)
   done
   for _ in $(seq 100); do
@@ -90,7 +93,7 @@ for n in 1 2; do
       sent=$(cat "$work"/w$n-*.log | { grep -a "remote channel ended" || true; } | sed -E 's/.*frames=([0-9]+) bytes=([0-9]+).*/\1 \2/' \
         | awk '{f += $1; b += $2} END {printf "frames=%d MB=%.1f", f, b / 1e6}')
       nats=$(echo "scale=2; ($(cpu_of "$(pgrep -x nats-server | head -1)") - $nats_before) / $tck" | bc)
-      echo "$q workers=$n events=$events run=$r wall_s=$wall cpu:$cpus nats-server=${nats}s exchanged: $sent"
+      echo "$q workers=$n exchange=$exchange events=$events run=$r wall_s=$wall cpu:$cpus nats-server=${nats}s exchanged: $sent"
     done
   done
   for i in "${!pids[@]}"; do
