@@ -118,6 +118,14 @@ const RESTART_BITS: u32 = 16;
 enum Ended {
     /// The run can go on from its last complete checkpoint.
     Restart(ClusterError),
+    /// A share failed; the run can go on from its last complete checkpoint
+    /// once the cluster has settled (a share failing at once because a
+    /// peer's worker died must not be placed on that worker again).
+    ShareFailed {
+        error: ClusterError,
+        /// The workers the run was on.
+        workers: Vec<String>,
+    },
     /// Rescaling: the workers present would take a different assignment.
     Rescale(String),
     /// The run ends with this error.
@@ -230,18 +238,26 @@ impl Cluster {
                     }
                 };
             let checkpointed = checkpoints.is_some();
+            let mut settle = Vec::new();
             let why = match self
                 .attempt(&attempt, checkpoints, &mut lease, &mut stop, &mut stopping)
                 .await
             {
                 Ok(outcome) => break Ok(outcome),
                 Err(Ended::Fail(e)) => break Err(e),
-                Err(Ended::Restart(e)) if !checkpointed || stopping || failures >= MAX_RESTARTS => {
+                Err(Ended::Restart(e) | Ended::ShareFailed { error: e, .. })
+                    if !checkpointed || stopping || failures >= MAX_RESTARTS =>
+                {
                     break Err(e);
                 }
                 Err(Ended::Restart(e)) => {
                     failures += 1;
                     e.to_string()
+                }
+                Err(Ended::ShareFailed { error, workers }) => {
+                    failures += 1;
+                    settle = workers;
+                    error.to_string()
                 }
                 Err(Ended::Rescale(why)) => why,
             };
@@ -252,6 +268,9 @@ impl Cluster {
                 tracing::warn!(error = %e, flow = %flow, "withdrawing the assignment");
             }
             tokio::time::sleep(self.ttl().min(std::time::Duration::from_secs(1))).await;
+            if !settle.is_empty() {
+                self.await_departure(&settle).await;
+            }
         };
         // Withdrawn either way: workers drop what is left of their shares.
         if let Err(e) = self.withdraw(&flow).await {
@@ -326,11 +345,14 @@ impl Cluster {
                 let report: Report = $report;
                 if report.epoch == epoch {
                     if report.state == RunState::Failed {
-                        return Err(Ended::Restart(ClusterError::Invalid(format!(
-                            "worker '{}' failed: {}",
-                            report.worker,
-                            report.error.as_deref().unwrap_or("no reason given")
-                        ))));
+                        return Err(Ended::ShareFailed {
+                            error: ClusterError::Invalid(format!(
+                                "worker '{}' failed: {}",
+                                report.worker,
+                                report.error.as_deref().unwrap_or("no reason given")
+                            )),
+                            workers: shares.clone(),
+                        });
                     }
                     reports.insert(report.worker.clone(), report);
                     if reports.len() == shares.len()
@@ -444,6 +466,27 @@ impl Cluster {
             epoch,
             reports: reports.into_values().collect(),
         })
+    }
+
+    /// Waits until one of `workers` has left the cluster, for a ttl at
+    /// most: a worker that died has by then (its lease expired), and is
+    /// not given a share of the next attempt.
+    async fn await_departure(&self, workers: &[String]) {
+        let deadline = tokio::time::Instant::now() + self.ttl();
+        while tokio::time::Instant::now() < deadline {
+            match self.members().await {
+                Ok(present)
+                    if workers
+                        .iter()
+                        .any(|w| !present.iter().any(|m| &m.name == w)) =>
+                {
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "reading the members"),
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
     }
 
     /// The subject prefix of the run of `flow` at `epoch`.

@@ -278,6 +278,12 @@ impl Answer {
     }
 }
 
+/// A direct connection that broke: its other end's worker is the
+/// likeliest cause.
+fn lost(e: std::io::Error) -> String {
+    format!("the connection broke ({e}): its worker stopped or was lost")
+}
+
 /// Where a producer's frames go.
 enum Outlet {
     /// Published to the NATS server against the consumer's credits.
@@ -319,7 +325,7 @@ impl Outlet {
             }
             Outlet::Direct(sending) => {
                 let writing = Instant::now();
-                sending.send(&frame).await.map_err(|e| e.to_string())?;
+                sending.send(&frame).await.map_err(lost)?;
                 Ok(writing.elapsed())
             }
         }
@@ -330,7 +336,7 @@ impl Outlet {
     async fn idle(&mut self) -> Result<(), String> {
         match self {
             Outlet::Relay { .. } => Ok(()),
-            Outlet::Direct(sending) => sending.flush().await.map_err(|e| e.to_string()),
+            Outlet::Direct(sending) => sending.flush().await.map_err(lost),
         }
     }
 
@@ -338,7 +344,7 @@ impl Outlet {
     async fn finish(&mut self) -> Result<(), String> {
         match self {
             Outlet::Relay { client, .. } => client.flush().await.map_err(|e| e.to_string()),
-            Outlet::Direct(sending) => sending.flush().await.map_err(|e| e.to_string()),
+            Outlet::Direct(sending) => sending.flush().await.map_err(lost),
         }
     }
 
@@ -484,7 +490,11 @@ impl NatsTransport {
         };
         drop(opens);
         let mut decoder = Decoder::default();
-        while let Some(frame) = receiving.next().await.map_err(|e| broken(&label, e))? {
+        while let Some(frame) = receiving
+            .next()
+            .await
+            .map_err(|e| broken(&label, lost(e)))?
+        {
             let message = decoder.decode(frame).map_err(|e| broken(&label, e))?;
             let end = matches!(message, Some(Message::EndOfStream));
             if let Some(message) = message {
