@@ -195,8 +195,9 @@ pub(super) struct Sending {
 pub(super) async fn connect(address: &str, key: &str) -> Result<Sending, String> {
     let cannot = |e: &dyn std::fmt::Display| {
         format!(
-            "cannot connect to its consumer at {address} ({e}); workers must reach each \
-             other's exchange port, or run with --exchange nats"
+            "cannot connect to its consumer at {address} ({e}): its worker stopped or was lost, \
+             or the workers cannot reach each other's exchange port (then run them with \
+             --exchange nats)"
         )
     };
     let handshake = async {
