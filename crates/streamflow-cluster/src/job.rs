@@ -24,7 +24,9 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use crate::checkpoints::coordinator_link;
 use crate::exchange::{DEFAULT_WINDOW, NatsTransport};
-use crate::{Acquired, Assignment, Cluster, ClusterError, HeldLease, NodeSpec, Result, check_name};
+use crate::{
+    Acquired, Assignment, Cluster, ClusterError, HeldLease, Member, NodeSpec, Result, check_name,
+};
 
 /// The bucket of workers' reports.
 const RUNS: &str = "runs";
@@ -406,7 +408,7 @@ impl Cluster {
                         }
                     }
                     let present = self.members().await.map_err(Ended::Fail)?;
-                    if let Some(gone) = shares.iter().find(|w| !present.iter().any(|m| &m.name == *w)) {
+                    if let Some(gone) = departed(&shares, &present) {
                         return Err(Ended::Restart(ClusterError::Invalid(format!(
                             "worker '{gone}' left the cluster while running its share of '{flow}'"
                         ))));
@@ -475,13 +477,7 @@ impl Cluster {
         let deadline = tokio::time::Instant::now() + self.ttl();
         while tokio::time::Instant::now() < deadline {
             match self.members().await {
-                Ok(present)
-                    if workers
-                        .iter()
-                        .any(|w| !present.iter().any(|m| &m.name == w)) =>
-                {
-                    return;
-                }
+                Ok(present) if departed(workers, &present).is_some() => return,
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "reading the members"),
             }
@@ -669,6 +665,13 @@ impl Cluster {
             }
         });
     }
+}
+
+/// The first of `workers` that is not among the members `present`.
+fn departed<'a>(workers: &'a [String], present: &[Member]) -> Option<&'a String> {
+    workers
+        .iter()
+        .find(|w| !present.iter().any(|m| &m.name == *w))
 }
 
 /// A share of a flow this worker runs.

@@ -53,10 +53,7 @@ impl DirectExchange {
     /// # Errors
     /// The address cannot be listened on.
     pub async fn bind(listen: SocketAddr, advertise: &str) -> io::Result<Arc<DirectExchange>> {
-        let socket = match listen {
-            SocketAddr::V4(_) => TcpSocket::new_v4()?,
-            SocketAddr::V6(_) => TcpSocket::new_v6()?,
-        };
+        let socket = socket_for(listen)?;
         socket.set_reuseaddr(true)?;
         // Accepted connections inherit it.
         socket.set_recv_buffer_size(SOCKET_BUFFER)?;
@@ -186,6 +183,14 @@ async fn read_key(stream: &mut TcpStream) -> io::Result<String> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "a key that is not text"))
 }
 
+/// A TCP socket of `addr`'s family.
+fn socket_for(addr: SocketAddr) -> io::Result<TcpSocket> {
+    match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+}
+
 /// A producer's connection to its consumer.
 pub(super) struct Sending {
     writer: BufWriter<TcpStream>,
@@ -203,10 +208,7 @@ pub(super) async fn connect(address: &str, key: &str) -> Result<Sending, String>
     let handshake = async {
         let mut last = io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing");
         for addr in tokio::net::lookup_host(address).await? {
-            let socket = match addr {
-                SocketAddr::V4(_) => TcpSocket::new_v4()?,
-                SocketAddr::V6(_) => TcpSocket::new_v6()?,
-            };
+            let socket = socket_for(addr)?;
             socket.set_send_buffer_size(SOCKET_BUFFER)?;
             match socket.connect(addr).await {
                 Ok(mut stream) => {

@@ -443,7 +443,7 @@ impl NatsTransport {
                 Ok(reply) => return Answer::decode(&reply.payload).map_err(|e| broken(label, e)),
                 Err(e) if started.elapsed() > OPEN_TIMEOUT => {
                     return Err(broken(
-                        channel,
+                        label,
                         format!("its consumer did not appear within {OPEN_TIMEOUT:?} ({e})"),
                     ));
                 }
@@ -476,12 +476,7 @@ impl NatsTransport {
         let mut receiving = loop {
             tokio::select! {
                 Some(open) = opens.next() => {
-                    if let Some(reply) = open.reply {
-                        self.client
-                            .publish(reply, answer.clone())
-                            .await
-                            .map_err(|e| broken(&label, e))?;
-                    }
+                    self.answer(open, &answer).await.map_err(|e| broken(&label, e))?;
                 }
                 arrived = expected.arrived() => {
                     break arrived.map_err(|e| broken(&label, e))?;
@@ -495,14 +490,7 @@ impl NatsTransport {
             .await
             .map_err(|e| broken(&label, lost(e)))?
         {
-            let message = decoder.decode(frame).map_err(|e| broken(&label, e))?;
-            let end = matches!(message, Some(Message::EndOfStream));
-            if let Some(message) = message {
-                into.send(message)
-                    .await
-                    .map_err(|_| Error::ChannelClosed(format!("remote channel {channel}")))?;
-            }
-            if end {
+            if deliver(&mut decoder, frame, &into, channel, &label).await? {
                 return Ok(());
             }
         }
@@ -529,25 +517,11 @@ impl NatsTransport {
         loop {
             tokio::select! {
                 Some(open) = opens.next() => {
-                    if let Some(reply) = open.reply {
-                        self.client
-                            .publish(reply, answer.clone())
-                            .await
-                            .map_err(|e| broken(&label, e))?;
-                    }
+                    self.answer(open, &answer).await.map_err(|e| broken(&label, e))?;
                 }
                 frame = frames.next() => {
                     let frame = frame.ok_or_else(|| broken(&label, "the connection closed"))?;
-                    let message = decoder
-                        .decode(frame.payload)
-                        .map_err(|e| broken(&label, e))?;
-                    let end = matches!(message, Some(Message::EndOfStream));
-                    if let Some(message) = message {
-                        into.send(message)
-                            .await
-                            .map_err(|_| Error::ChannelClosed(format!("remote channel {channel}")))?;
-                    }
-                    if end {
+                    if deliver(&mut decoder, frame.payload, &into, channel, &label).await? {
                         return Ok(());
                     }
                     consumed += 1;
@@ -562,6 +536,39 @@ impl NatsTransport {
             }
         }
     }
+}
+
+impl NatsTransport {
+    /// Replies to a producer's `open` with the consumer's `answer`.
+    async fn answer(
+        &self,
+        open: async_nats::Message,
+        answer: &Bytes,
+    ) -> Result<(), async_nats::PublishError> {
+        match open.reply {
+            Some(reply) => self.client.publish(reply, answer.clone()).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Hands on to the consumer the message `frame` completes, if any; true
+/// once that was the end of the stream.
+async fn deliver(
+    decoder: &mut Decoder,
+    frame: Bytes,
+    into: &Sender<Message>,
+    channel: ChannelId,
+    label: &str,
+) -> Result<bool> {
+    let message = decoder.decode(frame).map_err(|e| broken(label, e))?;
+    let end = matches!(message, Some(Message::EndOfStream));
+    if let Some(message) = message {
+        into.send(message)
+            .await
+            .map_err(|_| Error::ChannelClosed(format!("remote channel {channel}")))?;
+    }
+    Ok(end)
 }
 
 fn read_u32(bytes: &[u8]) -> u32 {
